@@ -1,0 +1,278 @@
+"""CDN task-status client (``POST /ccm/{fetch,purge}/ItemIdQuery``, seed 002).
+
+Pure helpers (time formatting, chunking, classification, response parsing) are separate from the
+client so they are tested without a network. The client never retries by itself: the poller owns
+scheduling, budgets and backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from . import signing
+from .config import Account
+from .health import ApiHealth
+from .store import CdnTask
+
+log = logging.getLogger(__name__)
+
+PATHS = {"prefetch": "/ccm/fetch/ItemIdQuery", "purge": "/ccm/purge/ItemIdQuery"}
+MAX_SPAN = 86400.0  # one query spans at most one day
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+STATUSES = frozenset({"success", "failure", "wait", "run"})
+
+# Seed 002's Code-0 messages (all arrive at HTTP 200) and what they mean for us.
+BAD_REQUEST_MESSAGES = {
+    "parse json error",
+    "startTime or endTime must not be empty",
+    "query create time should not before 3 days",
+    "query time error",
+    "endTime should not before startTime",
+    "page size error",
+    "page no error",
+    "task status error,eg: init wait run success failure",
+}
+AUTH_MESSAGES = {"username is invalid"}
+
+
+class ApiError(Exception):
+    """A failed vendor call, classified. ``kind`` is one of health.RESULTS (never "ok")."""
+
+    def __init__(self, kind: str, message: str, *, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+        self.status = status
+
+    @property
+    def page_size_error(self) -> bool:
+        return self.message.strip().lower() == "page size error"
+
+    @property
+    def too_old(self) -> bool:
+        return "before 3 days" in self.message or "before 7 days" in self.message
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    count: int
+    page_no: int
+    page_size: int
+    tasks: list[CdnTask]
+
+
+# ---------------------------------------------------------------------- pure helpers
+def format_api_time(ts: float, tz: tzinfo) -> str:
+    """Unix seconds -> ``YYYY-MM-DD HH:MM:SS`` in the zone the API speaks."""
+    return datetime.fromtimestamp(int(ts), tz).strftime(TIME_FORMAT)
+
+
+def parse_api_time(text: Any, tz: tzinfo) -> float | None:
+    """``YYYY-MM-DD HH:MM:SS`` in the API zone -> unix seconds; ``""``/None -> None; junk -> ValueError."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"time is not a string: {text!r}")
+    return datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=tz).timestamp()
+
+
+def chunk_range(start: float, end: float, max_span: float = MAX_SPAN) -> list[tuple[float, float]]:
+    """Split [start, end] into consecutive whole-second pieces of at most ``max_span`` seconds."""
+    start, end = float(int(start)), float(int(end))
+    out = []
+    while start <= end:
+        stop = min(end, start + max_span)
+        out.append((start, stop))
+        if stop >= end:
+            break
+        start = stop
+    return out
+
+
+def clamp_start(start: float, now: float, max_age: float, margin: float = 120.0) -> float:
+    """Never ask for what the API refuses: start no earlier than ``now - max_age`` (plus a clock-skew margin)."""
+    return max(start, now - max_age + margin)
+
+
+def classify_message(message: str) -> str:
+    """Map a ``Code: 0`` message to a result kind."""
+    m = message.strip()
+    low = m.lower()
+    if m in BAD_REQUEST_MESSAGES or low in {x.lower() for x in BAD_REQUEST_MESSAGES}:
+        return "bad_request"
+    if m in AUTH_MESSAGES or any(w in low for w in ("auth", "signature", "unauthori", "forbidden", "permission",
+                                                    "username", "apikey", "api key", "access key")):
+        return "auth"
+    if any(w in low for w in ("rate limit", "too many", "frequen", "limit exceeded", "throttl")):
+        return "rate_limited"
+    return "unknown"
+
+
+def _field(data: dict, *names: str) -> Any:
+    for n in names:
+        if n in data:
+            return data[n]
+    return None
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise ApiError("malformed", f"{what} is not a number: {value!r}")
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        raise ApiError("malformed", f"{what} is not a number: {value!r}") from None
+
+
+def _as_rate(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        rate = float(str(value).strip().rstrip("%"))
+    except ValueError:
+        raise ApiError("malformed", f"rate is not a number: {value!r}") from None
+    return min(100.0, max(0.0, rate))
+
+
+def parse_response(data: Any, tz: tzinfo) -> QueryPage:
+    """Turn a decoded response body into a page, or raise a classified ApiError."""
+    if not isinstance(data, dict):
+        raise ApiError("malformed", f"response is a {type(data).__name__}, not an object")
+    code = _field(data, "Code", "code")
+    message = str(_field(data, "Message", "message") or "")
+    if code is None:
+        raise ApiError("malformed", "response has no Code")
+    if _as_int(code, "Code") != 1:
+        raise ApiError(classify_message(message), message or f"Code {code}")
+    count = _as_int(_field(data, "count", "Count") or 0, "count")
+    page_no = _as_int(_field(data, "pageNo", "PageNo") or 1, "pageNo")
+    page_size = _as_int(_field(data, "pageSize", "PageSize") or 0, "pageSize")
+    details = _field(data, "resultDetail", "ResultDetail")
+    if details is None:
+        details = []
+    if not isinstance(details, list):
+        raise ApiError("malformed", "resultDetail is not a list")
+    tasks = []
+    for i, row in enumerate(details):
+        if not isinstance(row, dict):
+            raise ApiError("malformed", f"resultDetail[{i}] is not an object")
+        url = row.get("url")
+        if not isinstance(url, str) or not url:
+            raise ApiError("malformed", f"resultDetail[{i}].url is missing")
+        try:
+            create_ts = parse_api_time(row.get("createTime"), tz)
+            begin_ts = parse_api_time(row.get("beginTime"), tz)
+            finish_ts = parse_api_time(row.get("finishTime"), tz)
+        except ValueError as exc:
+            raise ApiError("malformed", f"resultDetail[{i}]: bad time: {exc}") from None
+        if create_ts is None:
+            raise ApiError("malformed", f"resultDetail[{i}].createTime is missing")
+        status = str(row.get("status") or "").strip().lower()
+        tasks.append(CdnTask(
+            url=url, create_ts=create_ts, status=status if status in STATUSES else "unknown",
+            begin_ts=begin_ts, finish_ts=finish_ts, rate=_as_rate(row.get("rate")),
+        ))
+    return QueryPage(count=count, page_no=page_no, page_size=page_size, tasks=tasks)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def classify_http(status: int) -> str:
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    return "bad_request"
+
+
+# ---------------------------------------------------------------------- client
+class CdnClient:
+    def __init__(self, account: Account, *, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.time, timeout: float = 30.0,
+                 health: ApiHealth | None = None) -> None:
+        self.account = account
+        self.session = session or requests.Session()
+        self.clock = clock
+        self.timeout = timeout
+        self.health = health or ApiHealth()
+
+    def _headers(self, path: str, body: bytes) -> dict[str, str]:
+        acct = self.account
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if acct.auth == "aksk":
+            ts = str(int(self.clock()))
+            host = urlsplit(acct.endpoint).netloc
+            sig = signing.aksk_signature(acct.secret_key, method="POST", path=path, query="", host=host,
+                                         content_type=headers["Content-Type"], body=body, timestamp=ts)
+            headers.update({
+                "x-cnc-accessKey": acct.access_key, "x-cnc-timestamp": ts, "x-cnc-auth-method": "AKSK",
+                "Authorization": signing.aksk_authorization(acct.access_key, sig), "Host": host,
+            })
+        else:
+            date = signing.http_date(self.clock())
+            headers["Date"] = date
+            headers["Authorization"] = signing.basic_authorization(acct.username, acct.api_key, date)
+        return headers
+
+    def query(self, kind: str, start: float, end: float, *, page_no: int = 1, page_size: int = 100,
+              status: str | None = None) -> QueryPage:
+        """One signed request. Raises ApiError (classified, counted) on any failure."""
+        path = PATHS[kind]
+        payload: dict[str, Any] = {
+            "startTime": format_api_time(start, self.account.tz),
+            "endTime": format_api_time(end, self.account.tz),
+            "pageNo": page_no,
+            "pageSize": page_size,
+        }
+        if status:
+            payload["status"] = status
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        started = time.monotonic()
+        result = "ok"
+        try:
+            try:
+                resp = self.session.post(self.account.endpoint + path, data=body,
+                                         headers=self._headers(path, body), timeout=self.timeout)
+            except requests.Timeout as exc:
+                raise ApiError("timeout", f"no answer within {self.timeout:g}s") from exc
+            except requests.RequestException as exc:
+                raise ApiError("connection", f"{type(exc).__name__}: {exc}") from exc
+            if resp.status_code != 200:
+                detail = resp.text[:200].strip()
+                raise ApiError(classify_http(resp.status_code), f"HTTP {resp.status_code}: {detail}",
+                               retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                               status=resp.status_code)
+            try:
+                data = resp.json()
+            except ValueError as exc:
+                raise ApiError("malformed", f"response is not JSON: {resp.text[:100]!r}") from exc
+            return parse_response(data, self.account.tz)
+        except ApiError as exc:
+            result = exc.kind
+            raise
+        finally:
+            self.health.observe_request(kind, result, time.monotonic() - started)

@@ -1,0 +1,476 @@
+"""The object-storage Fmgr wire: status codes, status JSON, notifications and the status client.
+
+Everything here except :class:`FmgrClient` is a pure function of its input, so the poller, the notify
+receiver and the simulator share one reading of the vendor's documents (seeds 000 and 001) and the tests
+pin it down without a network. Nothing here stores anything or serves HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from exporter import __version__, signing
+
+# Task `code` of a status query. 2 does not exist for tasks: a failed item does not fail the task.
+TASK_STATES: dict[int, str] = {
+    0: "pending",
+    1: "processing",
+    3: "completed",
+    4: "notifying",
+    5: "notify_failed",
+    6: "notified",
+}
+
+# Item `code`. The 18..20 range is the "failed" twin of 4..6 (failed, then notifying about it).
+ITEM_STATES: dict[int, str] = {
+    0: "pending",
+    1: "processing",
+    2: "failed",
+    3: "succeeded",
+    4: "succeeded_notifying",
+    5: "succeeded_notify_failed",
+    6: "succeeded_notified",
+    18: "failed_notifying",
+    19: "failed_notify_failed",
+    20: "failed_notified",
+}
+
+# Processing is over once a task reaches these; 4 (notifying) can still move to 5 or 6, so it is not final.
+FINAL_TASK_CODES = frozenset({3, 5, 6})
+
+_SUCCEEDED_ITEM_CODES = frozenset({3, 4, 5, 6})
+_FAILED_ITEM_CODES = frozenset({2, 18, 19, 20})
+
+# Every code either table knows: the values a `code` label may take besides "other".
+_KNOWN_CODES = frozenset(TASK_STATES) | frozenset(ITEM_STATES)
+
+# The fops an item `cmd` starts with. The op becomes a metric label, so the set is closed: anything else
+# (including a typo or a future op) is reported as "other" rather than growing the series count.
+KNOWN_OPS: frozenset[str] = frozenset(
+    {
+        # resource management (the seed's list)
+        "fetch",
+        "copy",
+        "move",
+        "delete",
+        "deletePrefix",
+        "deletem3u8",
+        "setdeadline",
+        "compress",
+        "decompress",
+        "resource",
+        # media processing submitted through the same task queue
+        "transcode",
+        "avthumb",
+        "avconcat",
+        "vframe",
+        "vsample",
+    }
+)
+
+OTHER = "other"
+
+# Bounds for numbers that arrive as strings: ASCII digits only (int() would also take "٣" or "1_000"),
+# and short enough that int() never hits the interpreter's digit limit. 19 digits covers any int64 fsize.
+_INT_STRING = re.compile(r"-?[0-9]{1,19}")
+_OP_END = re.compile(r"[/|;]")
+_B64_BODY = re.compile(rb"[A-Za-z0-9_\-+/]*")
+
+
+# --------------------------------------------------------------------------------------------------
+# Code tables and label helpers
+
+
+def _as_code(value: object) -> int | None:
+    """A status code as an int, or None if it is not one (bools are JSON true/false, not codes)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INT_STRING.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
+def task_state(code: int | None) -> str:
+    """The state name of a task code, ``"other"`` for anything the vendor does not document."""
+    parsed = _as_code(code)
+    return TASK_STATES.get(parsed, OTHER) if parsed is not None else OTHER
+
+
+def item_state(code: int | None) -> str:
+    """The state name of an item code, ``"other"`` for anything the vendor does not document."""
+    parsed = _as_code(code)
+    return ITEM_STATES.get(parsed, OTHER) if parsed is not None else OTHER
+
+
+def item_outcome(code: int | None) -> str | None:
+    """``"succeeded"`` or ``"failed"`` once an item's processing is over, None while it is not."""
+    parsed = _as_code(code)
+    if parsed in _SUCCEEDED_ITEM_CODES:
+        return "succeeded"
+    if parsed in _FAILED_ITEM_CODES:
+        return "failed"
+    return None
+
+
+def code_label(code: int | None) -> str:
+    """A bounded ``code`` label value: the decimal code if either table knows it, else ``"other"``."""
+    parsed = _as_code(code)
+    return str(parsed) if parsed in _KNOWN_CODES else OTHER
+
+
+def op_of(cmd: str | None) -> str:
+    """The op of an item ``cmd`` (``fetch/aHR0cDovL...`` -> ``fetch``), ``"other"`` if not a known op.
+
+    The op ends at the first ``/``; a ``|`` (chained fops) or ``;`` (several fops) also ends it, so an op
+    with no arguments (``avinfo|saveas/...``) is still recognised.
+    """
+    if not isinstance(cmd, str):
+        return OTHER
+    op = _OP_END.split(cmd.strip(), maxsplit=1)[0]
+    return op if op in KNOWN_OPS else OTHER
+
+
+# --------------------------------------------------------------------------------------------------
+# Status JSON
+
+
+class FmgrParseError(ValueError):
+    """The status JSON or notification body is not what the vendor documents. Says which field."""
+
+
+@dataclass(frozen=True)
+class FmgrItem:
+    op: str
+    code: int | None
+    fsize: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class FmgrStatus:
+    id: str
+    code: int | None
+    separate: int | None
+    items: tuple[FmgrItem, ...]
+
+
+def _show(value: object) -> str:
+    """A short rendering of a bad value for an error message (bodies can be large)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clean_text(text: str | None) -> str | None:
+    """Free text with any lone surrogate replaced, so that it can always be stored."""
+    if text is None or _encodable(text):
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int | None = None) -> int | None:
+    """An optional integer that the vendor sends as a number or a numeric string ("" and null = absent)."""
+    value = obj.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    parsed = _as_code(value)
+    if parsed is None:
+        raise FmgrParseError(f"{where}{key}: {_show(value)} is not an integer")
+    if minimum is not None and parsed < minimum:
+        raise FmgrParseError(f"{where}{key}: {parsed} is below {minimum}")
+    return parsed
+
+
+def _parse_item(raw: object, index: int) -> FmgrItem:
+    where = f"items[{index}]."
+    if not isinstance(raw, dict):
+        raise FmgrParseError(f"items[{index}]: expected an object, got {type(raw).__name__}")
+    cmd = raw.get("cmd")
+    if cmd is not None and not isinstance(cmd, str):
+        raise FmgrParseError(f"{where}cmd: expected a string, got {type(cmd).__name__}")
+    error = raw.get("error")
+    if error is not None and not isinstance(error, str):
+        raise FmgrParseError(f"{where}error: expected a string or null, got {type(error).__name__}")
+    return FmgrItem(
+        op=op_of(cmd),
+        code=_int_field(raw, "code", where),
+        # A negative size would make the processed-bytes counter go backwards.
+        fsize=_int_field(raw, "fsize", where, minimum=0),
+        error=_clean_text(error) or None,  # "" carries no reason, same as null
+    )
+
+
+def parse_status(data: Any) -> FmgrStatus:
+    """The typed form of a decoded status JSON (a query answer or a decoded notification).
+
+    Numbers may arrive as strings (the seeds disagree with themselves); ``""``/null mean absent.
+    Raises FmgrParseError naming the field for anything that is not the documented shape.
+    """
+    if not isinstance(data, dict):
+        raise FmgrParseError(f"status: expected a JSON object, got {type(data).__name__}")
+    status_id = data.get("id")
+    if not isinstance(status_id, str) or not status_id.strip():
+        raise FmgrParseError(f"id: expected a non-empty string, got {_show(status_id)}")
+    if not _encodable(status_id):
+        # JSON escapes can carry lone surrogates, which no store or label can hold.
+        raise FmgrParseError(f"id: {_show(status_id)} is not valid Unicode")
+    items = data.get("items")
+    if items is None:
+        items = []  # a pending task may have no items yet
+    if not isinstance(items, list):
+        raise FmgrParseError(f"items: expected a list, got {type(items).__name__}")
+    return FmgrStatus(
+        id=status_id,
+        code=_int_field(data, "code", ""),
+        separate=_int_field(data, "separate", ""),
+        items=tuple(_parse_item(item, i) for i, item in enumerate(items)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Notifications (seed 001)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_notification_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object inside a notification body (urlsafe base64 of the status JSON).
+
+    Lenient about encoding details that carry no meaning (standard ``+``/``/`` alphabet, missing
+    ``=`` padding, whitespace or line wrapping) and strict about the rest. Call only after
+    :func:`verify_notification`: the signature covers the raw bytes, not this decoding.
+    """
+    compact = b"".join(raw.split()).rstrip(b"=")
+    if not compact:
+        raise FmgrParseError("body: empty")
+    if not _B64_BODY.fullmatch(compact):
+        raise FmgrParseError("body: not base64 (unexpected characters)")
+    if len(compact) % 4 == 1:
+        raise FmgrParseError("body: not base64 (truncated)")
+    padded = compact.translate(bytes.maketrans(b"+/", b"-_")) + b"=" * (-len(compact) % 4)
+    try:
+        text = base64.urlsafe_b64decode(padded).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise FmgrParseError(f"body: base64 does not decode to UTF-8 text ({type(exc).__name__})") from exc
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise FmgrParseError(f"body: decoded text is not JSON ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise FmgrParseError(f"body: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+class NotifyError(Exception):
+    """A notification that must not be accepted; ``reason`` is its ``result`` metric label."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _unpadded(sig: str) -> str:
+    # The '=' padding is implied by the length, so a sender (or proxy) that drops it sent the same
+    # signature. The alphabet needs no such care: base64 of hex digits never uses the last two characters.
+    return sig.rstrip("=")
+
+
+def verify_notification(authorization: str | None, raw_body: bytes, url: str, keys: Mapping[str, str]) -> str:
+    """Check the ``Authorization`` header of a notification; return the access key that signed it.
+
+    ``keys`` maps access key -> secret key; ``url`` is the notifyURL the vendor was given (it is what
+    was signed, whatever the request line says). Raises NotifyError with reason ``bad_signature``
+    (also for a missing or malformed header) or ``unknown_key``. Looks only at the raw bytes.
+    """
+    header = (authorization or "").strip()
+    if not header:
+        raise NotifyError("bad_signature", "missing Authorization header")
+    access_key, colon, signature = header.partition(":")
+    access_key, signature = access_key.strip(), signature.strip()
+    if not colon or not access_key or not signature:
+        raise NotifyError(
+            "bad_signature", "malformed Authorization header (expected <AccessKey>:<signature>)"
+        )
+    secret_key = keys.get(access_key)
+    if secret_key is None:
+        # The access key is not secret, so it may be named; it tells the operator which key to add.
+        raise NotifyError("unknown_key", f"unknown access key {_show(access_key)}")
+    # The expected signature is ASCII; a non-ASCII one cannot match and would not encode for the compare.
+    if not signature.isascii():
+        raise NotifyError("bad_signature", "signature does not match")
+    expected = signing.fmgr_notify_signature(secret_key, url, raw_body)
+    if not signing.constant_time_equals(_unpadded(signature), _unpadded(expected)):
+        raise NotifyError("bad_signature", "signature does not match")
+    return access_key
+
+
+def notification_dedup_key(raw_body: bytes) -> str:
+    """Identity of one delivery: the vendor's retries of it are byte-identical, later news is not."""
+    return hashlib.sha256(raw_body).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Status client
+
+
+class FmgrApiError(Exception):
+    """A status query that gave no status. ``kind`` drives counting and backoff:
+
+    ``not_found`` (the id is unknown: not an outage), ``bad_request``, ``rate_limited``,
+    ``server_error``, ``timeout``, ``connection``, ``malformed``. ``status`` is the code of the vendor's
+    failure body when there is one (it can say 404 inside an HTTP 200), else the HTTP status, else None.
+    """
+
+    def __init__(
+        self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None
+    ):
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+
+def kind_for_code(code: int) -> str:
+    """The error kind of an HTTP status code, as carried in the HTTP status line or a failure body."""
+    if code == 404:
+        return "not_found"
+    if code == 429:
+        return "rate_limited"
+    if 400 <= code < 500:
+        return "bad_request"
+    if 500 <= code < 600:
+        return "server_error"
+    return "malformed"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds; None when absent or not a number (the HTTP-date form is not used)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _failure_code(data: object) -> int | None:
+    """The ``code`` of a failure body ``{"code": ..., "message": ...}``; None if it is not one."""
+    if isinstance(data, dict) and "id" not in data and "code" in data:
+        return _as_code(data["code"])
+    return None
+
+
+def _failure_message(data: object) -> str:
+    message = data.get("message") if isinstance(data, dict) else None
+    return message[:200] if isinstance(message, str) else ""
+
+
+def _is_read_timeout(exc: requests.ConnectionError) -> bool:
+    # requests reports a read timeout while fetching the body as a ConnectionError wrapping urllib3's.
+    return bool(exc.args) and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError)
+
+
+class FmgrClient:
+    """``GET {endpoint}/fmgr/status?persistentId=ID``. No auth (seed 000); one call per id.
+
+    The session is a parameter so that the caller owns pooling, proxies and TLS settings.
+    """
+
+    def __init__(self, endpoint: str, *, session: requests.Session | None = None, timeout: float = 10.0):
+        self.endpoint = endpoint.rstrip("/")
+        self.session = session if session is not None else requests.Session()
+        self.timeout = timeout
+
+    def status(self, persistent_id: str) -> FmgrStatus:
+        """The current status of one task, or FmgrApiError saying why there is none."""
+        if not persistent_id:
+            raise ValueError("persistent_id must be a non-empty string")
+        try:
+            response = self.session.get(
+                f"{self.endpoint}/fmgr/status",
+                params={"persistentId": persistent_id},
+                timeout=self.timeout,
+                headers={"Accept": "application/json", "User-Agent": f"cdnetworks-exporter/{__version__}"},
+            )
+        except requests.Timeout as exc:
+            raise FmgrApiError("timeout", f"no answer within {self.timeout:g}s") from exc
+        except requests.ConnectionError as exc:
+            if _is_read_timeout(exc):
+                raise FmgrApiError("timeout", f"no answer within {self.timeout:g}s") from exc
+            raise FmgrApiError("connection", f"cannot reach the Fmgr endpoint: {type(exc).__name__}") from exc
+        except requests.RequestException as exc:
+            raise FmgrApiError("connection", f"request failed: {type(exc).__name__}: {exc}") from exc
+        return self._read(response, persistent_id)
+
+    def _read(self, response: requests.Response, persistent_id: str) -> FmgrStatus:
+        http = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        try:
+            data: object = json.loads(response.content, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # includes UnicodeDecodeError and JSONDecodeError
+            data = None
+
+        code = _failure_code(data)
+        if code is not None and code >= 400:
+            # The vendor's failure body is the more specific statement, whatever the HTTP status says
+            # (it also arrives as HTTP 200).
+            message = _failure_message(data)
+            raise FmgrApiError(
+                kind_for_code(code),
+                f"HTTP {http}, code {code}: {message}",
+                status=code,
+                retry_after=retry_after,
+            )
+        if http >= 400:
+            kind = kind_for_code(http)
+            if kind == "not_found":
+                # A 404 without the vendor's failure body is a wrong endpoint or path, not an unknown id:
+                # calling it not_found would hide a misconfiguration as "nothing to report".
+                kind = "malformed"
+            raise FmgrApiError(
+                kind,
+                f"HTTP {http} without a failure body from the Fmgr API",
+                status=http,
+                retry_after=retry_after,
+            )
+        if data is None:
+            raise FmgrApiError("malformed", f"HTTP {http}: body is not JSON", status=http)
+        try:
+            status = parse_status(data)
+        except FmgrParseError as exc:
+            raise FmgrApiError("malformed", f"HTTP {http}: {exc}", status=http) from exc
+        if status.id != persistent_id:
+            raise FmgrApiError(
+                "malformed",
+                f"HTTP {http}: asked for {_show(persistent_id)}, got {_show(status.id)}",
+                status=http,
+            )
+        return status
+
+    def close(self) -> None:
+        self.session.close()

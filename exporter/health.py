@@ -1,0 +1,98 @@
+"""The exporter's own view of the vendor APIs: request results, latency, up, last success, lag.
+
+Kept in memory (like any exporter's self-metrics): counters restart at zero with the process, which
+Prometheus' ``rate()`` handles as a counter reset.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+# Results of one vendor call; a bounded label set.
+RESULTS = ("ok", "bad_request", "auth", "rate_limited", "server_error", "timeout", "malformed", "not_found",
+           "connection", "unknown")
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class _Hist:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+
+class ApiHealth:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str], int] = defaultdict(int)
+        self._durations: dict[str, _Hist] = defaultdict(_Hist)
+        self._up: dict[tuple[str, str], int] = {}
+        self._last_ok: dict[tuple[str, str], float] = {}
+        self._lag: dict[tuple[str, str], float] = {}
+        self.apis: set[str] = set()
+
+    def declare(self, account: str, api: str) -> None:
+        """Make the series of a configured (account, api) exist before its first poll (known values start at 0)."""
+        with self._lock:
+            self.apis.add(api)
+            self._up.setdefault((account, api), 0)
+
+    def observe_request(self, api: str, result: str, seconds: float) -> None:
+        with self._lock:
+            self.apis.add(api)
+            self._requests[(api, result if result in RESULTS else "unknown")] += 1
+            h = self._durations[api]
+            for i, bound in enumerate(DURATION_BUCKETS):
+                if seconds <= bound:
+                    h.counts[i] += 1
+                    break
+            else:
+                h.counts[-1] += 1
+            h.total += seconds
+            h.n += 1
+
+    def poll_result(self, account: str, api: str, ok: bool, now: float) -> None:
+        with self._lock:
+            self._up[(account, api)] = 1 if ok else 0
+            if ok:
+                self._last_ok[(account, api)] = now
+
+    def set_lag(self, account: str, api: str, seconds: float) -> None:
+        with self._lock:
+            self._lag[(account, api)] = max(0.0, seconds)
+
+    # Snapshots for the collector (copies, so a scrape never holds the lock while rendering).
+    def requests(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            out = dict(self._requests)
+            for api in self.apis:
+                for result in RESULTS:
+                    out.setdefault((api, result), 0)
+            return out
+
+    def durations(self) -> dict[str, tuple[list[tuple[float, int]], float, int]]:
+        """api -> (cumulative buckets incl. +Inf, sum, count)."""
+        with self._lock:
+            out = {}
+            for api in self.apis:
+                h = self._durations[api]
+                cum, buckets = 0, []
+                for bound, c in zip((*DURATION_BUCKETS, float("inf")), h.counts, strict=True):
+                    cum += c
+                    buckets.append((bound, cum))
+                out[api] = (buckets, h.total, h.n)
+            return out
+
+    def up(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._up)
+
+    def last_ok(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return dict(self._last_ok)
+
+    def lag(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return dict(self._lag)

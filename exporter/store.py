@@ -1,0 +1,584 @@
+"""SQLite store: the single source of truth between the pollers/receivers and the collector.
+
+Writers (pollers, the notify receiver, the registration API) go through one connection guarded by a
+lock; the collector reads in-memory window counters and a few indexed lookups, never scanning tasks.
+WAL mode with ``synchronous=NORMAL`` makes every committed transaction survive a crash of the process
+(kill -9); only an OS crash or power loss can lose the last commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import fmgr as fmgrwire
+from .windows import WindowCounter
+
+log = logging.getLogger(__name__)
+
+CDN_STATUSES = ("success", "failure", "wait", "run", "unknown")
+CDN_FINAL = frozenset({"success", "failure"})
+# finishTime - createTime of a prefetch/purge: seconds to hours.
+DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cdn_tasks (
+    account TEXT NOT NULL, kind TEXT NOT NULL, url TEXT NOT NULL, create_ts REAL NOT NULL,
+    status TEXT NOT NULL, begin_ts REAL, finish_ts REAL, rate REAL, updated_ts REAL NOT NULL,
+    PRIMARY KEY (account, kind, url, create_ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cdn_tasks_unfinished ON cdn_tasks (account, kind, create_ts)
+    WHERE status IN ('wait', 'run', 'unknown');
+CREATE INDEX IF NOT EXISTS cdn_tasks_created ON cdn_tasks (create_ts);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fmgr_tasks (
+    id TEXT PRIMARY KEY, first_seen REAL NOT NULL, final_seen REAL, code INTEGER, source TEXT NOT NULL,
+    last_polled REAL, next_poll REAL NOT NULL, confirmed INTEGER NOT NULL DEFAULT 0,
+    abandoned INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    updated_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fmgr_tasks_due ON fmgr_tasks (next_poll)
+    WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0;
+CREATE INDEX IF NOT EXISTS fmgr_tasks_pending ON fmgr_tasks (first_seen)
+    WHERE final_seen IS NULL AND abandoned = 0;
+CREATE TABLE IF NOT EXISTS fmgr_items (
+    task_id TEXT NOT NULL, idx INTEGER NOT NULL, op TEXT NOT NULL, code INTEGER, fsize INTEGER,
+    PRIMARY KEY (task_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fmgr_notifications (
+    dedup_key TEXT PRIMARY KEY, task_id TEXT NOT NULL, received_ts REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fmgr_notifications_received ON fmgr_notifications (received_ts);
+"""
+
+
+@dataclass(frozen=True)
+class CdnTask:
+    """One row of ``resultDetail``, times as unix seconds."""
+
+    url: str
+    create_ts: float
+    status: str
+    begin_ts: float | None = None
+    finish_ts: float | None = None
+    rate: float | None = None  # 0..100 as the vendor sends it
+
+    @property
+    def final(self) -> bool:
+        return self.status in CDN_FINAL
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    new: int
+    changed: int
+    newly_finished: int
+
+
+@dataclass(frozen=True)
+class Histogram:
+    buckets: tuple[tuple[float, float], ...]  # cumulative (upper bound, count), +Inf last
+    total: float
+    count: float
+
+
+def _labels_key(labels: dict[str, str]) -> str:
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def _final_fmgr(code: int | None) -> bool:
+    return code is not None and code in fmgrwire.FINAL_TASK_CODES
+
+
+class Store:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self._clock = clock
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(SCHEMA)
+        self._migrate()
+        self.cdn_windows = WindowCounter()
+        self.fmgr_windows = WindowCounter()
+        self._counters: dict[tuple[str, str], float] = {}
+        self._fmgr_pending = 0
+        self._closed = False
+        self._rebuild_memory()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _migrate(self) -> None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: schema version {row[0]} is newer than this exporter understands ({SCHEMA_VERSION})"
+            )
+
+    def _rebuild_memory(self) -> None:
+        """Rebuild the in-memory aggregates from SQLite after a (re)start."""
+        rows = self._conn.execute(
+            "SELECT account, kind, create_ts, status, rate FROM cdn_tasks"
+        ).fetchall()
+        changes = []
+        for account, kind, create_ts, status, rate in rows:
+            changes.extend(self._cdn_deltas(account, kind, create_ts, status, rate, +1))
+        self.cdn_windows.add_many(changes)
+        fchanges: list[tuple[Any, float, Any, float]] = []
+        for task_id, first_seen, code in self._conn.execute("SELECT id, first_seen, code FROM fmgr_tasks"):
+            fchanges.extend(self._fmgr_task_deltas(first_seen, code, +1))
+            for op, icode in self._conn.execute(
+                "SELECT op, code FROM fmgr_items WHERE task_id = ?", (task_id,)
+            ):
+                fchanges.extend(self._fmgr_item_deltas(first_seen, op, icode, +1))
+        self.fmgr_windows.add_many(fchanges)
+        for name, labels, value in self._conn.execute("SELECT name, labels, value FROM counters"):
+            self._counters[(name, labels)] = value
+        self._fmgr_pending = self._conn.execute(
+            "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def ping(self) -> bool:
+        """True when the database answers (for /readyz)."""
+        try:
+            with self._lock:
+                if self._closed:
+                    return False
+                self._conn.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error as exc:
+            log.warning("store ping failed: %s", exc)
+            return False
+
+    # ------------------------------------------------------------------ generic state and counters
+    def get_state(self, key: str) -> Any:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def _inc_locked(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
+        key = (name, _labels_key(labels))
+        self._conn.execute(
+            "INSERT INTO counters VALUES (?, ?, ?) "
+            "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
+            (key[0], key[1], delta),
+        )
+        self._counters[key] = self._counters.get(key, 0.0) + delta
+
+    def increment(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
+        """A persistent counter (survives restarts, like the history it counts)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._inc_locked(name, labels, delta)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._reload_counters()
+                raise
+
+    def _reload_counters(self) -> None:
+        self._counters = {
+            (n, lab): v for n, lab, v in self._conn.execute("SELECT name, labels, value FROM counters")
+        }
+
+    def counters(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """All label sets and values of counter ``name`` (from memory: no SQL on a scrape)."""
+        return [(json.loads(lab), v) for (n, lab), v in list(self._counters.items()) if n == name]
+
+    # ------------------------------------------------------------------ CDN tasks
+    @staticmethod
+    def _cdn_deltas(account: str, kind: str, create_ts: float, status: str, rate: float | None, sign: int):
+        group = (account, kind)
+        out = [(group, create_ts, ("status", status), sign)]
+        if status in CDN_FINAL and rate is not None:
+            out.append((group, create_ts, ("rate_sum",), sign * rate))
+            out.append((group, create_ts, ("rate_n",), sign))
+        return out
+
+    def upsert_cdn_tasks(self, account: str, kind: str, tasks: Iterable[CdnTask]) -> UpsertResult:
+        """Insert or update tasks in one transaction; count each task's finish exactly once."""
+        now = self._clock()
+        new = changed = finished = 0
+        deltas: list = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for t in tasks:
+                    row = self._conn.execute(
+                        "SELECT status, rate FROM cdn_tasks WHERE account=? AND kind=? AND url=? AND create_ts=?",
+                        (account, kind, t.url, t.create_ts),
+                    ).fetchone()
+                    if row is not None and row[0] == t.status and row[1] == t.rate:
+                        continue
+                    self._conn.execute(
+                        "INSERT INTO cdn_tasks VALUES (?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT(account, kind, url, create_ts) DO UPDATE SET status=excluded.status, "
+                        "begin_ts=excluded.begin_ts, finish_ts=excluded.finish_ts, rate=excluded.rate, "
+                        "updated_ts=excluded.updated_ts",
+                        (account, kind, t.url, t.create_ts, t.status, t.begin_ts, t.finish_ts, t.rate, now),
+                    )
+                    if row is None:
+                        new += 1
+                    else:
+                        changed += 1
+                        deltas.extend(self._cdn_deltas(account, kind, t.create_ts, row[0], row[1], -1))
+                    deltas.extend(self._cdn_deltas(account, kind, t.create_ts, t.status, t.rate, +1))
+                    was_final = row is not None and row[0] in CDN_FINAL
+                    if t.final and not was_final:
+                        finished += 1
+                        self._inc_locked(f"{kind}_tasks_finished_total", {"account": account, "status": t.status})
+                        if t.finish_ts is not None:
+                            self._observe_locked(f"{kind}_duration_seconds", {"account": account},
+                                                 max(0.0, t.finish_ts - t.create_ts), DURATION_BUCKETS)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._reload_counters()
+                raise
+        self.cdn_windows.add_many(deltas)
+        return UpsertResult(new, changed, finished)
+
+    def _observe_locked(self, name: str, labels: dict[str, str], value: float, bounds: Sequence[float]) -> None:
+        for bound in bounds:
+            if value <= bound:
+                self._inc_locked(name + "_bucket", {**labels, "le": repr(float(bound))})
+        self._inc_locked(name + "_bucket", {**labels, "le": "+Inf"})
+        self._inc_locked(name + "_sum", labels, value)
+        self._inc_locked(name + "_count", labels)
+
+    def histogram(self, name: str, labels: dict[str, str], bounds: Sequence[float]) -> Histogram:
+        """Cumulative histogram kept as persistent counters (all buckets present, zeros included)."""
+        get = self._counters.get
+        buckets = [
+            (b, get((name + "_bucket", _labels_key({**labels, "le": repr(float(b))})), 0.0)) for b in bounds
+        ]
+        buckets.append((float("inf"), get((name + "_bucket", _labels_key({**labels, "le": "+Inf"})), 0.0)))
+        return Histogram(
+            tuple(buckets),
+            get((name + "_sum", _labels_key(labels)), 0.0),
+            get((name + "_count", _labels_key(labels)), 0.0),
+        )
+
+    def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counter]:
+        return self.cdn_windows.windows((account, kind), now, windows)
+
+    def cdn_oldest_unfinished(self, account: str, kind: str, since: float | None = None) -> float | None:
+        """Create time of the oldest task not yet finished (index seek, not a scan)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT min(create_ts) FROM cdn_tasks WHERE account=? AND kind=? AND "
+                "status IN ('wait','run','unknown') AND create_ts >= ?",
+                (account, kind, since if since is not None else float("-inf")),
+            ).fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    def cdn_task_count(self, account: str | None = None, kind: str | None = None) -> int:
+        sql, args = "SELECT count(*) FROM cdn_tasks WHERE 1=1", []
+        if account is not None:
+            sql += " AND account = ?"
+            args.append(account)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        with self._lock:
+            return int(self._conn.execute(sql, args).fetchone()[0])
+
+    def cdn_counts_by_status(self, account: str, kind: str, start: float, end: float) -> dict[str, int]:
+        """Exact counts for tasks created in [start, end] (tests and diagnostics; not used on scrapes)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT status, count(*) FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
+                "GROUP BY status",
+                (account, kind, start, end),
+            ).fetchall()
+        return {s: n for s, n in rows}
+
+    def prune_cdn(self, before: float) -> int:
+        """Drop tasks created before ``before``: they are older than every window and than the API's reach."""
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM cdn_tasks WHERE create_ts < ?", (before,))
+            deleted = cur.rowcount
+        self.cdn_windows.prune(before)
+        return deleted
+
+    # ------------------------------------------------------------------ Fmgr tasks
+    @staticmethod
+    def _fmgr_task_deltas(first_seen: float, code: int | None, sign: int):
+        # Keys stay bounded: unknown codes collapse to -1 ("other"); None = not polled yet.
+        key = code if code is None or code in fmgrwire.TASK_STATES else -1
+        return [("tasks", first_seen, key, sign)]
+
+    @staticmethod
+    def _fmgr_item_deltas(first_seen: float, op: str, code: int | None, sign: int):
+        key = code if code is None or code in fmgrwire.ITEM_STATES else -1
+        out = [("items", first_seen, (op, key), sign)]
+        outcome = fmgrwire.item_outcome(code)
+        if outcome is not None:
+            out.append(("outcomes", first_seen, outcome, sign))
+        return out
+
+    def register_fmgr_ids(self, ids: Sequence[str], source: str) -> int:
+        """Start tracking ids; returns how many were new. Known ids are left as they are."""
+        now = self._clock()
+        added = 0
+        deltas: list = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for task_id in ids:
+                    cur = self._conn.execute(
+                        "INSERT OR IGNORE INTO fmgr_tasks (id, first_seen, source, next_poll, updated_ts) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (task_id, now, source, now, now),
+                    )
+                    if cur.rowcount:
+                        added += 1
+                        deltas.extend(self._fmgr_task_deltas(now, None, +1))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        self._fmgr_pending += added
+        self.fmgr_windows.add_many(deltas)
+        return added
+
+    def apply_fmgr_status(
+        self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, next_poll: float | None = None
+    ) -> None:
+        """Record what the vendor said about a task (from a poll or a verified notification)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                deltas = self._apply_fmgr_locked(status, source=source, polled=polled, next_poll=next_poll)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._reload_counters()
+                self._fmgr_pending = self._conn.execute(
+                    "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
+                ).fetchone()[0]
+                raise
+        self.fmgr_windows.add_many(deltas)
+
+    def _apply_fmgr_locked(
+        self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, next_poll: float | None
+    ) -> list:
+        now = self._clock()
+        deltas: list = []
+        row = self._conn.execute(
+            "SELECT first_seen, final_seen, code, confirmed, abandoned FROM fmgr_tasks WHERE id = ?", (status.id,)
+        ).fetchone()
+        # A notification reports the task's *notification* status at top level, never the task code.
+        task_code = status.code if polled else None
+        if row is None:
+            first_seen, final_seen, old_code, confirmed, abandoned = now, None, None, 0, 0
+            self._conn.execute(
+                "INSERT INTO fmgr_tasks (id, first_seen, source, next_poll, updated_ts) VALUES (?, ?, ?, ?, ?)",
+                (status.id, now, source, now, now),
+            )
+            self._fmgr_pending += 1
+            deltas.extend(self._fmgr_task_deltas(now, None, +1))
+        else:
+            first_seen, final_seen, old_code, confirmed, abandoned = row
+        items_final = bool(status.items) and all(
+            fmgrwire.item_outcome(i.code) is not None for i in status.items
+        )
+        new_code = old_code
+        if task_code is not None:
+            new_code = task_code
+        elif not polled and items_final and (old_code is None or not _final_fmgr(old_code)):
+            # A notification is only sent once processing is over: the task is at least "completed".
+            new_code = 3
+        if new_code != old_code:
+            deltas.extend(self._fmgr_task_deltas(first_seen, old_code, -1))
+            deltas.extend(self._fmgr_task_deltas(first_seen, new_code, +1))
+        is_final = _final_fmgr(new_code)
+        new_final_seen = final_seen if final_seen is not None else (now if is_final else None)
+        if final_seen is None and new_final_seen is not None and not abandoned:
+            self._fmgr_pending -= 1
+        new_confirmed = 1 if (polled and is_final) else confirmed
+        self._conn.execute(
+            "UPDATE fmgr_tasks SET code=?, final_seen=?, confirmed=?, updated_ts=?, errors=0, last_error=NULL, "
+            "last_polled=CASE WHEN ? THEN ? ELSE last_polled END, next_poll=? WHERE id=?",
+            (new_code, new_final_seen, new_confirmed, now, polled, now,
+             next_poll if next_poll is not None else now, status.id),
+        )
+        old_items = {
+            idx: (op, code, fsize)
+            for idx, op, code, fsize in self._conn.execute(
+                "SELECT idx, op, code, fsize FROM fmgr_items WHERE task_id = ?", (status.id,)
+            )
+        }
+        for idx, item in enumerate(status.items):
+            old = old_items.get(idx)
+            if old is not None and old[1] == item.code and old[2] == item.fsize:
+                continue
+            self._conn.execute(
+                "INSERT INTO fmgr_items VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id, idx) DO UPDATE SET "
+                "op=excluded.op, code=excluded.code, fsize=excluded.fsize",
+                (status.id, idx, item.op, item.code, item.fsize),
+            )
+            if old is not None:
+                deltas.extend(self._fmgr_item_deltas(first_seen, old[0], old[1], -1))
+            deltas.extend(self._fmgr_item_deltas(first_seen, item.op, item.code, +1))
+            was_ok = old is not None and fmgrwire.item_outcome(old[1]) == "succeeded"
+            if fmgrwire.item_outcome(item.code) == "succeeded" and not was_ok and item.fsize:
+                self._inc_locked("fmgr_processed_bytes_total", {"op": item.op}, float(item.fsize))
+        return deltas
+
+    def record_notification(self, status: fmgrwire.FmgrStatus, dedup_key: str, received_ts: float) -> bool:
+        """Store a verified notification once; False when this exact delivery was already stored."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO fmgr_notifications VALUES (?, ?, ?)", (dedup_key, status.id, received_ts)
+                )
+                if cur.rowcount == 0:
+                    self._inc_locked("fmgr_notifications_total", {"result": "duplicate"})
+                    self._conn.execute("COMMIT")
+                    return False
+                deltas = self._apply_fmgr_locked(status, source="notify", polled=False, next_poll=None)
+                self._inc_locked("fmgr_notifications_total", {"result": "accepted"})
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._reload_counters()
+                self._fmgr_pending = self._conn.execute(
+                    "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
+                ).fetchone()[0]
+                raise
+        self.fmgr_windows.add_many(deltas)
+        return True
+
+    def count_notification(self, result: str) -> None:
+        self.increment("fmgr_notifications_total", {"result": result})
+
+    def fmgr_due(self, now: float, limit: int) -> list[str]:
+        """Ids to poll now: not final (or final by notification but not yet confirmed), oldest due first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM fmgr_tasks WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0 "
+                "AND next_poll <= ? ORDER BY next_poll LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def fmgr_next_due(self) -> float | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT min(next_poll) FROM fmgr_tasks WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0"
+            ).fetchone()
+        return row[0] if row else None
+
+    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, *, give_up: bool = False) -> None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT final_seen, abandoned FROM fmgr_tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            self._conn.execute(
+                "UPDATE fmgr_tasks SET errors = errors + 1, last_error = ?, next_poll = ?, "
+                "abandoned = CASE WHEN ? THEN 1 ELSE abandoned END, last_polled = ? WHERE id = ?",
+                (error[:200], next_poll, give_up, self._clock(), task_id),
+            )
+            if give_up and row is not None and row[0] is None and not row[1]:
+                self._fmgr_pending -= 1
+
+    def abandon_old_fmgr(self, before: float) -> int:
+        """Stop polling tasks first seen before ``before`` (fmgr.max_task_age) that never finished."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE fmgr_tasks SET abandoned = 1 WHERE abandoned = 0 AND first_seen < ? AND "
+                "(final_seen IS NULL OR confirmed = 0)",
+                (before,),
+            )
+            self._fmgr_pending = self._conn.execute(
+                "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
+            ).fetchone()[0]
+            return cur.rowcount
+
+    def fmgr_pending(self) -> tuple[int, float | None]:
+        """(number of tracked tasks not final, first-seen time of the oldest of them)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT min(first_seen) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
+            ).fetchone()
+        return self._fmgr_pending, (row[0] if row else None)
+
+    def fmgr_window_counts(self, now: float, windows: Sequence[float]) -> dict[str, list[Counter]]:
+        """Per group, one Counter per window: "tasks" code -> n, "items" (op, code) -> n (code -1 = other,
+        None = not polled yet), "outcomes" succeeded/failed -> n (final items)."""
+        return {g: self.fmgr_windows.windows(g, now, windows) for g in ("tasks", "items", "outcomes")}
+
+    def list_fmgr_tasks(self, state: str | None, limit: int, task_id: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT id, first_seen, final_seen, code, source, last_polled, confirmed, abandoned, errors, "
+               "last_error FROM fmgr_tasks")
+        args: tuple = ()
+        if task_id is not None:
+            sql, args = sql + " WHERE id = ?", (task_id,)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY first_seen DESC", args).fetchall()
+        out = []
+        for r in rows:
+            st = "abandoned" if r[7] else ("unknown" if r[3] is None else fmgrwire.task_state(r[3]))
+            if state is not None and st != state:
+                continue
+            out.append({
+                "persistentId": r[0], "state": st, "code": r[3], "firstSeen": r[1], "finalSeen": r[2],
+                "source": r[4], "lastPolled": r[5], "confirmed": bool(r[6]), "errors": r[8], "lastError": r[9],
+            })
+            if len(out) >= limit:
+                break
+        return out
+
+    def fmgr_task(self, task_id: str) -> dict[str, Any] | None:
+        rows = self.list_fmgr_tasks(None, 1, task_id=task_id)
+        return rows[0] if rows else None
+
+    def prune_fmgr(self, before: float) -> int:
+        """Forget final tasks (and old dedup keys) seen before ``before``."""
+        with self._lock:
+            ids = [r[0] for r in self._conn.execute(
+                "SELECT id FROM fmgr_tasks WHERE first_seen < ? AND (final_seen IS NOT NULL OR abandoned = 1)",
+                (before,),
+            )]
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                self._conn.execute(f"DELETE FROM fmgr_items WHERE task_id IN ({marks})", part)
+                self._conn.execute(f"DELETE FROM fmgr_tasks WHERE id IN ({marks})", part)
+            self._conn.execute("DELETE FROM fmgr_notifications WHERE received_ts < ?", (before,))
+        self.fmgr_windows.prune(before)
+        return len(ids)

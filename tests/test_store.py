@@ -1,0 +1,159 @@
+"""Store: upserts, exactly-once counting, windows at bucket resolution, restart, pruning, Fmgr state."""
+
+import pytest
+
+from exporter.fmgr import FmgrItem, FmgrStatus
+from exporter.store import CdnTask, Store
+from exporter.windows import window_start
+
+T0 = 1795334400.0  # on a minute boundary
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return Clock(T0)
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = Store(tmp_path / "db.sqlite", clock=clock)
+    yield s
+    s.close()
+
+
+def tasks(n, start, status="success", step=10.0, rate=100.0):
+    return [CdnTask(url=f"http://x/{start}/{i}", create_ts=start + i * step, status=status,
+                    finish_ts=start + i * step + 30 if status in ("success", "failure") else None,
+                    rate=rate if status in ("success", "failure") else None) for i in range(n)]
+
+
+def test_upsert_counts_each_finish_once(store):
+    running = [CdnTask("http://x/1", T0 - 100, "run")]
+    assert store.upsert_cdn_tasks("a", "prefetch", running).new == 1
+    done = [CdnTask("http://x/1", T0 - 100, "success", finish_ts=T0 - 40, rate=100.0)]
+    r = store.upsert_cdn_tasks("a", "prefetch", done)
+    assert (r.new, r.changed, r.newly_finished) == (0, 1, 1)
+    r = store.upsert_cdn_tasks("a", "prefetch", done)  # the overlap re-reads it: no double count
+    assert (r.new, r.changed, r.newly_finished) == (0, 0, 0)
+    counts = dict(((lab["account"], lab["status"]), v) for lab, v in store.counters("prefetch_tasks_finished_total"))
+    assert counts == {("a", "success"): 1.0}
+    h = store.histogram("prefetch_duration_seconds", {"account": "a"}, (30.0, 60.0, 120.0))
+    assert h.count == 1 and h.total == 60.0
+    assert [c for _, c in h.buckets] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_windows_move_tasks_between_statuses(store, clock):
+    store.upsert_cdn_tasks("a", "prefetch", tasks(5, T0 - 3000, "wait"))
+    (w1h,) = store.cdn_window_counts("a", "prefetch", clock(), [3600])
+    assert w1h[("status", "wait")] == 5
+    store.upsert_cdn_tasks("a", "prefetch", tasks(3, T0 - 3000, "failure", rate=40.0))
+    (w1h,) = store.cdn_window_counts("a", "prefetch", clock(), [3600])
+    assert w1h[("status", "wait")] == 2 and w1h[("status", "failure")] == 3
+    assert w1h[("rate_sum",)] == 120.0 and w1h[("rate_n",)] == 3
+
+
+def test_window_sums_equal_exact_sql_counts_at_bucket_resolution(store, clock):
+    # Tasks every 7.1 s over the last 2 h, mixed statuses; compare every window with an exact SQL count.
+    batch = []
+    for i in range(1000):
+        st = ("success", "failure", "wait", "run")[i % 4]
+        batch.append(CdnTask(f"u{i}", T0 - 7200 + i * 7.1, st, rate=90.0 if st in ("success", "failure") else None))
+    store.upsert_cdn_tasks("a", "prefetch", batch)
+    clock.t = T0 + 42.5
+    windows = [900, 3600, 5400]
+    sums = store.cdn_window_counts("a", "prefetch", clock(), windows)
+    for w, got in zip(windows, sums, strict=True):
+        exact = store.cdn_counts_by_status("a", "prefetch", window_start(clock(), w), clock())
+        assert {k[1]: v for k, v in got.items() if k[0] == "status"} == exact
+        assert sum(exact.values()) > 0
+
+
+def test_windows_slide_with_the_clock(store, clock):
+    store.upsert_cdn_tasks("a", "prefetch", tasks(1, T0, "success"))
+    assert store.cdn_window_counts("a", "prefetch", clock(), [900])[0][("status", "success")] == 1
+    clock.t = T0 + 960
+    assert store.cdn_window_counts("a", "prefetch", clock(), [900])[0][("status", "success")] == 0
+
+
+def test_restart_keeps_history_counters_and_state(tmp_path, clock):
+    s = Store(tmp_path / "db.sqlite", clock=clock)
+    s.upsert_cdn_tasks("a", "prefetch", tasks(4, T0 - 600, "success") + tasks(2, T0 - 300, "wait"))
+    s.set_state("cdn:a:prefetch", {"synced_until": T0})
+    s.register_fmgr_ids(["id-1", "id-2"], "api")
+    s.count_notification("bad_signature")
+    before = s.cdn_window_counts("a", "prefetch", clock(), [3600])
+    s.close()
+    s2 = Store(tmp_path / "db.sqlite", clock=clock)
+    assert s2.cdn_window_counts("a", "prefetch", clock(), [3600]) == before
+    assert s2.get_state("cdn:a:prefetch") == {"synced_until": T0}
+    assert s2.fmgr_pending()[0] == 2
+    assert dict((lab["result"], v) for lab, v in s2.counters("fmgr_notifications_total")) == {"bad_signature": 1.0}
+    assert dict(((lab["status"]), v) for lab, v in s2.counters("prefetch_tasks_finished_total")) == {"success": 4.0}
+    assert s2.cdn_oldest_unfinished("a", "prefetch") == T0 - 300
+    s2.close()
+
+
+def test_prune_drops_old_tasks_and_buckets(store, clock):
+    store.upsert_cdn_tasks("a", "prefetch", tasks(3, T0 - 5 * 86400, "success") + tasks(2, T0 - 60, "success"))
+    assert store.prune_cdn(T0 - 4 * 86400) == 3
+    assert store.cdn_task_count("a") == 2
+    (w,) = store.cdn_window_counts("a", "prefetch", clock(), [7 * 86400])
+    assert w[("status", "success")] == 2
+
+
+def status(task_id, code, items):
+    return FmgrStatus(id=task_id, code=code, separate=0,
+                      items=tuple(FmgrItem(op=op, code=c, fsize=fs, error=None) for op, c, fs in items))
+
+
+def test_fmgr_notification_dedup_and_bytes_once(store):
+    st = status("t1", 3, [("fetch", 3, 100), ("copy", 2, None)])
+    assert store.record_notification(st, "k1", T0) is True
+    assert store.record_notification(st, "k1", T0) is False  # vendor retry of the same delivery
+    notes = dict((lab["result"], v) for lab, v in store.counters("fmgr_notifications_total"))
+    assert notes == {"accepted": 1.0, "duplicate": 1.0}
+    assert dict((lab["op"], v) for lab, v in store.counters("fmgr_processed_bytes_total")) == {"fetch": 100.0}
+    # A confirming poll with the notified codes does not count the bytes again.
+    store.apply_fmgr_status(status("t1", 6, [("fetch", 6, 100), ("copy", 20, None)]), source="poll", polled=True)
+    assert dict((lab["op"], v) for lab, v in store.counters("fmgr_processed_bytes_total")) == {"fetch": 100.0}
+    task = store.fmgr_task("t1")
+    assert task["state"] == "notified" and task["confirmed"] is True
+
+
+def test_fmgr_notification_top_level_code_is_not_task_code(store):
+    # Top-level code 1 in a notification means "notified separately", not "processing".
+    store.record_notification(status("t2", 1, [("fetch", 3, 5)]), "k2", T0)
+    task = store.fmgr_task("t2")
+    assert task["code"] == 3 and task["confirmed"] is False
+    assert store.fmgr_due(T0 + 1, 10) == ["t2"]  # one confirming poll is due
+
+
+def test_fmgr_pending_and_polling_until_final(store, clock):
+    store.register_fmgr_ids(["a", "b", "a"], "api")
+    assert store.fmgr_pending() == (2, T0)
+    store.apply_fmgr_status(status("a", 1, [("fetch", 1, None)]), source="poll", polled=True, next_poll=T0 + 60)
+    assert store.fmgr_due(T0, 10) == ["b"]
+    store.apply_fmgr_status(status("b", 3, [("fetch", 3, 7)]), source="poll", polled=True)
+    assert store.fmgr_pending()[0] == 1
+    clock.t = T0 + 61
+    assert store.fmgr_due(clock(), 10) == ["a"]
+    groups = store.fmgr_window_counts(clock(), [3600])
+    assert groups["tasks"][0] == {1: 1, 3: 1}
+    assert groups["outcomes"][0] == {"succeeded": 1}
+
+
+def test_fmgr_abandon_after_max_age(store, clock):
+    store.register_fmgr_ids(["old"], "config")
+    clock.t = T0 + 10 * 86400
+    assert store.abandon_old_fmgr(clock() - 7 * 86400) == 1
+    assert store.fmgr_pending()[0] == 0
+    assert store.fmgr_due(clock(), 10) == []
+    assert store.list_fmgr_tasks("abandoned", 10)[0]["persistentId"] == "old"
