@@ -195,14 +195,14 @@ class CdnPoller(Worker):
             plan.chunks.pop(0)
             plan.page_no = 1
             return
-        self.budget.record()
-        self.store.set_state(self._key + ":budget", self.budget.history())
         plan.requests += 1
         try:
             page = self.client.query(self.kind, start, end, page_no=plan.page_no, page_size=self.page_size)
         except ApiError as exc:
+            self._spend_slot()
             self._on_error(exc)
             return
+        self._spend_slot()
         self.failures = 0
         self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
         self.health.poll_result(self.account.name, self.kind, True, self.clock())
@@ -213,6 +213,12 @@ class CdnPoller(Worker):
                 self._finish_plan()
         else:
             plan.page_no += 1
+
+    def _spend_slot(self) -> None:
+        # Recorded when the answer is in: the vendor counts arrivals, and an arrival is never later than
+        # our completion, so spacing completions by the budget spaces the vendor's arrivals too.
+        self.budget.record()
+        self.store.set_state(self._key + ":budget", self.budget.history())
 
     def _finish_plan(self) -> None:
         assert self.plan is not None
@@ -251,11 +257,11 @@ class CdnPoller(Worker):
                       "retrying in %.0fs", self.name, exc.message, self.account.name, AUTH_BACKOFF)
             return
         if exc.kind == "bad_request":
-            # Our request was refused for a reason that will not change by retrying the same chunk.
-            log.error("%s: vendor refused the query (%s); skipping this range", self.name, exc.message)
-            if self.plan and self.plan.chunks:
-                self.plan.chunks.pop(0)
-                self.plan.page_no = 1
+            # Never read as "no tasks": keep the watermark, re-plan after a backoff, and stay down (up=0)
+            # so the alert fires if the vendor keeps refusing.
+            log.error("%s: vendor refused the query (%s); re-planning", self.name, exc.message)
+            self.plan = None
+            self.last_plan_at = now
             self.not_before = now + backoff_delay(self.failures, self.rng)
             return
         delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
@@ -310,8 +316,9 @@ class FmgrPoller(Worker):
         for task_id in self.store.fmgr_due(now, limit=self.cfg.rate_limit.requests):
             if self.budget.wait_time() > 0 or self._stop.is_set():
                 break
-            self.budget.record()
-            if not self.poll_one(task_id):
+            ok = self.poll_one(task_id)
+            self.budget.record()  # at completion, as for the CDN budget
+            if not ok:
                 break
 
     def poll_one(self, task_id: str) -> bool:

@@ -119,6 +119,7 @@ class Store:
         self.cdn_windows = WindowCounter()
         self.fmgr_windows = WindowCounter()
         self._counters: dict[tuple[str, str], float] = {}
+        self._txn_incs: dict[tuple[str, str], float] = {}
         self._fmgr_pending = 0
         self._closed = False
         self._rebuild_memory()
@@ -188,13 +189,25 @@ class Store:
             )
 
     def _inc_locked(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
+        """Add to a counter inside the open transaction; written once per key by ``_commit``."""
         key = (name, _labels_key(labels))
-        self._conn.execute(
-            "INSERT INTO counters VALUES (?, ?, ?) "
-            "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
-            (key[0], key[1], delta),
-        )
-        self._counters[key] = self._counters.get(key, 0.0) + delta
+        self._txn_incs[key] = self._txn_incs.get(key, 0.0) + delta
+
+    def _commit(self) -> None:
+        if self._txn_incs:
+            self._conn.executemany(
+                "INSERT INTO counters VALUES (?, ?, ?) "
+                "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
+                [(k[0], k[1], v) for k, v in self._txn_incs.items()],
+            )
+        self._conn.execute("COMMIT")
+        for key, delta in self._txn_incs.items():
+            self._counters[key] = self._counters.get(key, 0.0) + delta
+        self._txn_incs = {}
+
+    def _rollback(self) -> None:
+        self._txn_incs = {}
+        self._conn.execute("ROLLBACK")
 
     def increment(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
         """A persistent counter (survives restarts, like the history it counts)."""
@@ -202,16 +215,10 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._inc_locked(name, labels, delta)
-                self._conn.execute("COMMIT")
+                self._commit()
             except BaseException:
-                self._conn.execute("ROLLBACK")
-                self._reload_counters()
+                self._rollback()
                 raise
-
-    def _reload_counters(self) -> None:
-        self._counters = {
-            (n, lab): v for n, lab, v in self._conn.execute("SELECT name, labels, value FROM counters")
-        }
 
     def counters(self, name: str) -> list[tuple[dict[str, str], float]]:
         """All label sets and values of counter ``name`` (from memory: no SQL on a scrape)."""
@@ -262,10 +269,9 @@ class Store:
                         if t.finish_ts is not None:
                             self._observe_locked(f"{kind}_duration_seconds", {"account": account},
                                                  max(0.0, t.finish_ts - t.create_ts), DURATION_BUCKETS)
-                self._conn.execute("COMMIT")
+                self._commit()
             except BaseException:
-                self._conn.execute("ROLLBACK")
-                self._reload_counters()
+                self._rollback()
                 raise
         self.cdn_windows.add_many(deltas)
         return UpsertResult(new, changed, finished)
@@ -366,9 +372,9 @@ class Store:
                     if cur.rowcount:
                         added += 1
                         deltas.extend(self._fmgr_task_deltas(now, None, +1))
-                self._conn.execute("COMMIT")
+                self._commit()
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         self._fmgr_pending += added
         self.fmgr_windows.add_many(deltas)
@@ -382,10 +388,9 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 deltas = self._apply_fmgr_locked(status, source=source, polled=polled, next_poll=next_poll)
-                self._conn.execute("COMMIT")
+                self._commit()
             except BaseException:
-                self._conn.execute("ROLLBACK")
-                self._reload_counters()
+                self._rollback()
                 self._fmgr_pending = self._conn.execute(
                     "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
                 ).fetchone()[0]
@@ -468,14 +473,13 @@ class Store:
                 )
                 if cur.rowcount == 0:
                     self._inc_locked("fmgr_notifications_total", {"result": "duplicate"})
-                    self._conn.execute("COMMIT")
+                    self._commit()
                     return False
                 deltas = self._apply_fmgr_locked(status, source="notify", polled=False, next_poll=None)
                 self._inc_locked("fmgr_notifications_total", {"result": "accepted"})
-                self._conn.execute("COMMIT")
+                self._commit()
             except BaseException:
-                self._conn.execute("ROLLBACK")
-                self._reload_counters()
+                self._rollback()
                 self._fmgr_pending = self._conn.execute(
                     "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
                 ).fetchone()[0]

@@ -1,0 +1,197 @@
+"""Command line: Go-style flags like other Prometheus exporters, logging, signals, demo mode."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config, parse_config
+from .webconfig import load_web_config
+
+log = logging.getLogger("exporter")
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="cdnetworks-exporter",
+        description="Prometheus exporter for CDNetworks asynchronous task APIs (prefetch, purge, Fmgr).",
+    )
+    p.add_argument("--config.file", dest="config_file",
+                   default=env("CDNETWORKS_EXPORTER_CONFIG_FILE", "config.yml"),
+                   help="path to the YAML configuration (env CDNETWORKS_EXPORTER_CONFIG_FILE; default: %(default)s)")
+    p.add_argument("--web.listen-address", dest="listen_address",
+                   default=env("CDNETWORKS_EXPORTER_LISTEN_ADDRESS", ":9891"),
+                   help="address to serve HTTP on (env CDNETWORKS_EXPORTER_LISTEN_ADDRESS; default: %(default)s)")
+    p.add_argument("--web.config.file", dest="web_config_file", default=env("CDNETWORKS_EXPORTER_WEB_CONFIG_FILE"),
+                   help="exporter-toolkit web config for TLS and basic auth (default: none)")
+    p.add_argument("--storage.path", dest="storage_path", default=env("CDNETWORKS_EXPORTER_STORAGE_PATH"),
+                   help="SQLite database path (overrides storage.path in the config)")
+    p.add_argument("--log.level", dest="log_level", default=env("CDNETWORKS_EXPORTER_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warn", "error"], help="log level (default: %(default)s)")
+    p.add_argument("--log.format", dest="log_format", default=env("CDNETWORKS_EXPORTER_LOG_FORMAT", "logfmt"),
+                   choices=["logfmt", "json"], help="log format (default: %(default)s)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration (and web config), print every problem, exit 0 or 2")
+    p.add_argument("--demo", action="store_true",
+                   help="run against the built-in simulator with a generated configuration (no config needed)")
+    p.add_argument("--version", action="version", version=f"cdnetworks-exporter {__version__}")
+    return p
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        quoted = json.dumps(msg, ensure_ascii=False)
+        return (f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S%z')} level={record.levelname.lower()} "
+                f"logger={record.name} msg={quoted}")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+    # cheroot and urllib3 are chatty at info level about things that are not ours to act on.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+
+    if args.check_config:
+        return check_config(args)
+
+    web_config = None
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            for err in exc.errors:
+                print(f"{args.web_config_file}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    from .app import Exporter
+
+    sim = runner = None
+    if args.demo:
+        from .demo import JobRunner, demo_config, local_base_url, start_simulator
+
+        exporter_url = local_base_url(args.listen_address)
+        if web_config is not None and web_config.tls_enabled:
+            exporter_url = exporter_url.replace("http://", "https://", 1)
+        storage = args.storage_path or str(Path(tempfile.mkdtemp(prefix="cdnetworks-demo-")) / "demo.db")
+        sim = start_simulator(exporter_url)
+        config = parse_config(demo_config(sim.url, exporter_url, storage))
+        log.info("demo mode: simulator at %s, storage %s", sim.url, storage)
+    else:
+        try:
+            config = load_config(args.config_file)
+        except ConfigError as exc:
+            for err in exc.errors:
+                print(f"{args.config_file}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    try:
+        exporter = Exporter(config, storage_path=args.storage_path, web_config=web_config,
+                            listen_address=args.listen_address)
+        exporter.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        if sim is not None:
+            sim.stop()
+        return 1
+    if sim is not None:
+        runner = JobRunner(sim, exporter.server.url.replace("0.0.0.0", "127.0.0.1"))
+        runner.start()
+    log.info("cdnetworks-exporter %s serving on %s", __version__, exporter.server.url)
+
+    stop = threading.Event()
+    reload_requested = threading.Event()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        reload_requested.set()
+        stop.set()  # wake the main loop
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+
+    while True:
+        stop.wait()
+        if reload_requested.is_set() and not args.demo:
+            reload_requested.clear()
+            stop.clear()
+            try:
+                exporter.reload(load_config(args.config_file))
+            except ConfigError as exc:
+                log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.errors))
+            continue
+        if reload_requested.is_set():
+            reload_requested.clear()
+            stop.clear()
+            log.info("demo mode: nothing to reload")
+            continue
+        break
+
+    if runner is not None:
+        runner.stop()
+    exporter.stop()
+    if sim is not None:
+        sim.stop()
+    log.info("stopped")
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    if not args.demo:
+        try:
+            load_config(args.config_file)
+        except ConfigError as exc:
+            problems.extend(f"{args.config_file}: {e}" for e in exc.errors)
+    if args.web_config_file:
+        try:
+            load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            problems.extend(f"{args.web_config_file}: {e}" for e in exc.errors)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return EXIT_CONFIG
+    print("configuration is valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

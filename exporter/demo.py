@@ -1,0 +1,106 @@
+"""``--demo``: the exporter against the built-in simulator, with a generated configuration.
+
+Two CDN accounts (one per auth scheme) with a steady stream of prefetch and purge tasks, Fmgr jobs
+that notify the exporter with signed callbacks (a few duplicated or forged, as in real life), and a
+small "job runner" that registers other Fmgr ids through the registration API. Rate budgets are set
+generously so that things move within seconds, and the simulator enforces them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import requests
+
+from .simulator import Simulator
+from .web import parse_listen_address
+
+log = logging.getLogger(__name__)
+
+DEMO_TOKEN = "demo-register-token"
+DEMO_NOTIFY_KEY = ("demo-access-key", "demo-secret-key")
+BUDGET = {"requests": 5, "per": "1s"}
+
+
+def local_base_url(listen_address: str) -> str:
+    host, port = parse_listen_address(listen_address)
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def start_simulator(exporter_url: str, *, now: float | None = None) -> Simulator:
+    now = time.time() if now is None else now
+    sim = Simulator(seed=42, max_page_size=200,
+                    rate_limits={"prefetch": (BUDGET["requests"], 1.0), "purge": (BUDGET["requests"], 1.0)})
+    sim.add_account("acme", "acme-demo-api-key")
+    sim.add_account("globex", access_key="globex-demo-ak", secret_key="globex-demo-sk")
+    for user, per_hour, failing in (("acme", 600.0, 0.03), ("globex", 240.0, 0.12)):
+        sim.add_cdn_stream(user, "prefetch", per_hour=per_hour, failure_ratio=failing, start_ts=now - 2 * 86400)
+        sim.add_cdn_stream(user, "purge", per_hour=per_hour / 4, failure_ratio=failing / 2,
+                           start_ts=now - 2 * 86400)
+    sim.add_fmgr_stream(per_minute=20, start_ts=now - 600, failure_ratio=0.08,
+                        notify_url=exporter_url + "/notify/fmgr", notify_key=DEMO_NOTIFY_KEY, id_prefix="notify")
+    sim.add_fmgr_stream(per_minute=6, start_ts=now - 300, failure_ratio=0.15, id_prefix="job")
+    sim.start()
+    sim.start_notifier(duplicate_ratio=0.1, forged_ratio=0.02)
+    return sim
+
+
+def demo_config(sim_url: str, exporter_url: str, storage_path: str) -> dict[str, Any]:
+    kind = {"enabled": True, "windows": ["15m", "1h", "24h"], "poll_interval": "10s", "lookback": "24h",
+            "page_size": 400, "rate_limit": BUDGET}
+    return {
+        "accounts": [
+            {"name": "acme", "username": "acme", "api_key": "acme-demo-api-key", "endpoint": sim_url},
+            {"name": "globex", "auth": "aksk", "access_key": "globex-demo-ak", "secret_key": "globex-demo-sk",
+             "endpoint": sim_url},
+        ],
+        "prefetch": dict(kind),
+        "purge": dict(kind),
+        "fmgr": {
+            "enabled": True, "endpoint": sim_url, "windows": ["1h", "24h"], "poll_interval": "5s",
+            "register_token": DEMO_TOKEN, "rate_limit": {"requests": 20, "per": "1s"},
+            "notify": {"url": exporter_url + "/notify/fmgr",
+                       "keys": [{"access_key": DEMO_NOTIFY_KEY[0], "secret_key": DEMO_NOTIFY_KEY[1]}]},
+        },
+        "storage": {"path": storage_path},
+    }
+
+
+class JobRunner:
+    """Registers the simulator's ``job-*`` Fmgr ids with the exporter, like a CI job would after submitting."""
+
+    def __init__(self, sim: Simulator, exporter_url: str, interval: float = 2.0) -> None:
+        self.sim, self.url, self.interval = sim, exporter_url, interval
+        self.sent: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-job-runner", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.wait(self.interval):
+            ids = [i for i in self.sim.fmgr_ids() if i.startswith("job-") and i not in self.sent]
+            if not ids:
+                continue
+            try:
+                resp = session.post(self.url + "/api/v1/fmgr/tasks", data=json.dumps({"persistentIds": ids[:500]}),
+                                    headers={"Authorization": f"Bearer {DEMO_TOKEN}",
+                                             "Content-Type": "application/json"}, timeout=5)
+                if resp.status_code == 200:
+                    self.sent.update(ids[:500])
+                else:
+                    log.warning("demo job runner: registration answered %s: %s", resp.status_code, resp.text[:200])
+            except requests.RequestException as exc:
+                log.warning("demo job runner: %s", exc)

@@ -1,0 +1,462 @@
+"""HTTP: the landing page, ``/metrics``, health, the Fmgr notify receiver and the registration API.
+
+A hand-written WSGI app served by cheroot. Each handler is a method returning a ``Response``; the
+dispatcher adds the configured headers, applies basic auth where it belongs and turns unexpected
+exceptions into a logged 500 so that no stack trace reaches a client.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import html
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import prometheus_client
+from cheroot import wsgi
+from cheroot.ssl import Adapter
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from exporter import fmgr
+from exporter.fmgr import FmgrStatus
+from exporter.webconfig import BasicAuth
+
+log = logging.getLogger(__name__)
+
+NAME = "cdnetworks-exporter"
+REALM = "cdnetworks-exporter"
+API_PREFIX = "/api/v1/"
+TASKS_PATH = "/api/v1/fmgr/tasks"
+API_MAX_BODY_BYTES = 1024 * 1024
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 1000
+PERSISTENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+STATE_PARAM = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+StartResponse = Callable[..., Any]
+
+
+class NotificationSink(Protocol):
+    def record_notification(self, status: FmgrStatus, dedup_key: str, received_ts: float) -> bool:
+        """True = new and durably stored, False = a duplicate already stored. Raises on storage failure."""
+        ...
+
+    def count_notification(self, result: str) -> None:
+        """Count a rejected notification (bad_signature, unknown_key, malformed, too_large)."""
+        ...
+
+
+class TaskRegistry(Protocol):
+    def register_ids(self, ids: Sequence[str], source: str) -> int:
+        """Track these Fmgr persistentIds; return how many were not tracked before."""
+        ...
+
+    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """JSON-able descriptions of tracked tasks, optionally only those in ``state``."""
+        ...
+
+
+@dataclass
+class NotifyEndpoint:
+    path: str
+    url: str  # the notifyURL given to the vendor: it is what was signed
+    keys: Mapping[str, str] = field(repr=False)  # access key -> secret key
+    max_body_bytes: int
+    sink: NotificationSink
+
+
+@dataclass
+class RegistrationApi:
+    token: str = field(repr=False)
+    max_ids: int
+    registry: TaskRegistry
+
+
+@dataclass
+class Response:
+    status: str
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def text(status: str, body: str) -> Response:
+    return Response(status, (body + "\n").encode())
+
+
+def json_response(status: str, payload: Any) -> Response:
+    return Response(status, json.dumps(payload).encode() + b"\n", "application/json")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """The request body, or BodyTooLarge if it is (or claims to be) over ``limit`` bytes.
+
+    Never reads more than limit + 1 bytes, whatever the client says: a declared length is checked
+    first, and a chunked or lying body is cut off at the first byte over the limit.
+    """
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    got = 0
+    while got <= limit:
+        chunk = stream.read(limit + 1 - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    if got > limit:
+        raise BodyTooLarge
+    return b"".join(chunks)
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``:9891`` -> ("0.0.0.0", 9891); ``127.0.0.1:0``; ``[::1]:9891``; ``localhost:9891``."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"listen address {value!r}: expected [IPv6]:port")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"listen address {value!r}: expected host:port or :port")
+        if ":" in host:
+            raise ValueError(f"listen address {value!r}: put an IPv6 address in brackets, e.g. [::1]:9891")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {value!r}: port must be a number from 0 to 65535")
+    return host or "0.0.0.0", int(port)
+
+
+class App:
+    """The exporter's WSGI application."""
+
+    def __init__(
+        self,
+        *,
+        registry: prometheus_client.CollectorRegistry,
+        version: str,
+        ready: Callable[[], tuple[bool, str]],
+        notify: NotifyEndpoint | None = None,
+        api: RegistrationApi | None = None,
+        basic_auth: BasicAuth | None = None,
+        headers: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._version = version
+        self._ready = ready
+        self._notify = notify
+        self._api = api
+        self._basic_auth = basic_auth
+        self._headers = list((headers or {}).items())
+        self._clock = clock
+        # path -> {method: handler}; HEAD is answered wherever GET is, without the body.
+        self._routes: dict[str, dict[str, Callable[[dict[str, Any]], Response]]] = {
+            "/": {"GET": self._landing},
+            "/metrics": {"GET": self._metrics},
+            "/healthz": {"GET": self._healthz},
+            "/readyz": {"GET": self._readyz},
+            TASKS_PATH: {"GET": self._list_tasks, "POST": self._register},
+        }
+        if notify is not None:
+            if not notify.path.startswith("/") or notify.path in self._routes or notify.path.startswith(API_PREFIX):
+                raise ValueError(f"notify path {notify.path!r} must start with / and not shadow another route")
+            self._routes[notify.path] = {"POST": self._notification}
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        """The largest request body any route accepts (the server uses it to bound what it drains)."""
+        return max(API_MAX_BODY_BYTES, self._notify.max_body_bytes if self._notify else 0)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            response = self._dispatch(environ, method)
+        except Exception:
+            log.exception("unhandled error serving %s %s", method, environ.get("PATH_INFO"))
+            response = text("500 Internal Server Error", "internal error")
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            *response.headers,
+            *self._headers,
+        ]
+        start_response(response.status, headers)
+        return [b""] if method == "HEAD" else [response.body]
+
+    def _auth_exempt(self, path: str) -> bool:
+        # The notify path is authenticated by its signature, the API by its bearer token.
+        return (self._notify is not None and path == self._notify.path) or path.startswith(API_PREFIX)
+
+    def _dispatch(self, environ: dict[str, Any], method: str) -> Response:
+        path = environ.get("PATH_INFO") or "/"
+        if (
+            self._basic_auth is not None
+            and not self._auth_exempt(path)
+            and not self._basic_auth.check(environ.get("HTTP_AUTHORIZATION"))
+        ):
+            response = text("401 Unauthorized", "unauthorized")
+            response.headers.append(("WWW-Authenticate", f'Basic realm="{REALM}"'))
+            return response
+        handlers = self._routes.get(path)
+        if handlers is None:
+            if path.startswith(API_PREFIX):
+                return json_response("404 Not Found", {"error": f"no such API route: {path}"})
+            return text("404 Not Found", "not found")
+        handler = handlers.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            allowed = sorted({*handlers, *(("HEAD",) if "GET" in handlers else ())})
+            response = text("405 Method Not Allowed", "method not allowed")
+            response.headers.append(("Allow", ", ".join(allowed)))
+            return response
+        return handler(environ)
+
+    # ---------------------------------------------------------------------------------------------
+    # Pages
+
+    def _landing(self, environ: dict[str, Any]) -> Response:
+        notes = []
+        if self._notify is not None:
+            notes.append(f"Fmgr notifications are received with POST {self._notify.path}.")
+        if self._api is not None:
+            notes.append(f"Fmgr tasks can be registered with POST {TASKS_PATH} (bearer token).")
+        links = "".join(
+            f'<li><a href="{p}">{p}</a></li>' for p in ("/metrics", "/healthz", "/readyz")
+        )
+        extra = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+        page = (
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{NAME}</title></head><body>"
+            f"<h1>{NAME}</h1><p>Version {html.escape(self._version)}</p>"
+            f"<ul>{links}</ul>{extra}</body></html>\n"
+        )
+        return Response("200 OK", page.encode(), "text/html; charset=utf-8")
+
+    def _metrics(self, environ: dict[str, Any]) -> Response:
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        registry: Any = self._registry
+        names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+        if names:
+            registry = registry.restricted_registry(names)
+        output = encoder(registry)
+        response = Response("200 OK", output, content_type, [("Vary", "Accept, Accept-Encoding")])
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            response.body = gzip.compress(output)
+            response.headers.append(("Content-Encoding", "gzip"))
+        return response
+
+    def _healthz(self, environ: dict[str, Any]) -> Response:
+        return text("200 OK", "ok")
+
+    def _readyz(self, environ: dict[str, Any]) -> Response:
+        ok, reason = self._ready()
+        return text("200 OK", "ready") if ok else text("503 Service Unavailable", reason or "not ready")
+
+    # ---------------------------------------------------------------------------------------------
+    # Fmgr notifications: size, then signature over the raw bytes, then parse, then store.
+
+    def _notification(self, environ: dict[str, Any]) -> Response:
+        notify = self._notify
+        assert notify is not None  # the route exists only when configured
+        try:
+            raw = read_body(environ, notify.max_body_bytes)
+        except BodyTooLarge:
+            return self._reject(notify, "413 Payload Too Large", "too_large", "body over the size limit")
+        try:
+            access_key = fmgr.verify_notification(environ.get("HTTP_AUTHORIZATION"), raw, notify.url, notify.keys)
+        except fmgr.NotifyError as exc:
+            return self._reject(notify, "401 Unauthorized", exc.reason, str(exc))
+        try:
+            status = fmgr.parse_status(fmgr.decode_notification_body(raw))
+        except fmgr.FmgrParseError as exc:
+            return self._reject(notify, "400 Bad Request", "malformed", str(exc))
+        try:
+            new = notify.sink.record_notification(status, fmgr.notification_dedup_key(raw), self._clock())
+        except Exception:
+            # 5xx makes the vendor deliver again later; nothing was acknowledged.
+            log.exception("could not store Fmgr notification for %s", status.id)
+            return json_response("503 Service Unavailable", {"result": "error", "error": "could not store"})
+        result = "accepted" if new else "duplicate"
+        log.debug("Fmgr notification %s: id=%s code=%s key=%s", result, status.id, status.code, access_key)
+        return json_response("200 OK", {"result": result})
+
+    def _reject(self, notify: NotifyEndpoint, status: str, reason: str, detail: str) -> Response:
+        log.warning("Fmgr notification rejected (%s): %s", reason, detail)
+        try:
+            notify.sink.count_notification(reason)
+        except Exception:
+            log.exception("could not count rejected Fmgr notification (%s)", reason)
+        # The detail names fields or the access key, never a secret or a signature.
+        return json_response(status, {"result": reason, "error": detail})
+
+    # ---------------------------------------------------------------------------------------------
+    # Registration API
+
+    def _api_auth(self, environ: dict[str, Any]) -> Response | None:
+        """None when the bearer token is right, else the response to send."""
+        api = self._api
+        if api is None:
+            return json_response(
+                "404 Not Found", {"error": "the registration API is disabled (set fmgr.register_token)"}
+            )
+        scheme, _, token = (environ.get("HTTP_AUTHORIZATION") or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api.token.encode()):
+            return None
+        response = json_response("401 Unauthorized", {"error": "missing or wrong bearer token"})
+        response.headers.append(("WWW-Authenticate", f'Bearer realm="{REALM}"'))
+        return response
+
+    def _register(self, environ: dict[str, Any]) -> Response:
+        denied = self._api_auth(environ)
+        if denied is not None:
+            return denied
+        api = self._api
+        assert api is not None
+        try:
+            raw = read_body(environ, API_MAX_BODY_BYTES)
+        except BodyTooLarge:
+            return json_response("413 Payload Too Large", {"error": f"body over {API_MAX_BODY_BYTES} bytes"})
+        ids, problem = validate_registration(raw, api.max_ids)
+        if problem is not None:
+            return json_response("400 Bad Request", {"error": problem})
+        try:
+            new = api.registry.register_ids(ids, "api")
+        except Exception:
+            log.exception("could not register %d Fmgr ids", len(ids))
+            return json_response("503 Service Unavailable", {"error": "could not store the ids"})
+        log.debug("registered %d Fmgr ids through the API (%d new)", len(ids), new)
+        return json_response("200 OK", {"registered": new, "tracked": len(ids)})
+
+    def _list_tasks(self, environ: dict[str, Any]) -> Response:
+        denied = self._api_auth(environ)
+        if denied is not None:
+            return denied
+        api = self._api
+        assert api is not None
+        params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        state = params.get("state", [None])[0] or None
+        if state is not None and not STATE_PARAM.fullmatch(state):
+            return json_response("400 Bad Request", {"error": "state: expected a state name"})
+        raw_limit = params.get("limit", [str(LIST_LIMIT_DEFAULT)])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+            return json_response(
+                "400 Bad Request", {"error": f"limit: expected an integer from 1 to {LIST_LIMIT_MAX}"}
+            )
+        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, int(raw_limit))})
+
+
+def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | None]:
+    """The unique ids of a registration body in first-seen order, or a message saying what is wrong."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError, a ValueError
+        return [], "body is not valid JSON"
+    if not isinstance(data, dict) or "persistentIds" not in data:
+        return [], 'expected a JSON object with "persistentIds"'
+    ids = data["persistentIds"]
+    if not isinstance(ids, list):
+        return [], "persistentIds: expected a list of strings"
+    if not ids:
+        return [], "persistentIds: empty"
+    if len(ids) > max_ids:
+        return [], f"persistentIds: {len(ids)} ids, at most {max_ids} per request"
+    for i, value in enumerate(ids):
+        if not isinstance(value, str) or not PERSISTENT_ID.fullmatch(value):
+            return [], f"persistentIds[{i}]: expected 1-128 characters of A-Z a-z 0-9 _ . : -"
+    return list(dict.fromkeys(ids)), None
+
+
+# -------------------------------------------------------------------------------------------------
+# Server
+
+
+class _ContextSSLAdapter(BuiltinSSLAdapter):
+    """cheroot's builtin TLS adapter, but with a ready-made SSLContext instead of file names.
+
+    The stock adapter builds its own context from paths and cannot express the web config's
+    versions or client-certificate policy, so its constructor is bypassed.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        Adapter.__init__(self, None, None)
+        self.context = context
+        self._server_env: dict[str, Any] = {}
+
+
+class _LoggingWSGIServer(wsgi.Server):
+    """cheroot writes its own diagnostics to stderr; send them through logging instead."""
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        # Its INFO messages are per-connection noise (a scanner dropping a TLS handshake).
+        log.log(logging.DEBUG if level <= logging.INFO else level, "http server: %s", msg, exc_info=traceback)
+
+
+class Server:
+    """cheroot serving ``app`` on a background thread."""
+
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        listen_address: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        threads: int = 8,
+    ) -> None:
+        host, port = parse_listen_address(listen_address)
+        self._server = _LoggingWSGIServer((host, port), app, numthreads=threads, server_name=NAME)
+        # cheroot drains unread request bodies to keep connections alive, so a huge body sent to any
+        # route would be read in full. Its own cap bounds that; it sits well above what the app accepts
+        # so that oversized notifications still reach the app's counted 413 unless they are absurd.
+        largest = getattr(app, "max_request_body_bytes", API_MAX_BODY_BYTES)
+        self._server.max_request_body_size = max(4 * largest, 16 * 1024 * 1024)
+        if ssl_context is not None:
+            self._server.ssl_adapter = _ContextSSLAdapter(ssl_context)
+        self._scheme = "https" if ssl_context is not None else "http"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server.prepare()  # binds; raises here if the address is taken
+        self._thread = threading.Thread(target=self._serve, name="http-server", daemon=True)
+        self._thread.start()
+        log.info("listening on %s", self.url)
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve()
+        except Exception:
+            log.exception("HTTP server stopped with an error")
+
+    def stop(self) -> None:
+        self._server.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    @property
+    def host(self) -> str:
+        return str(self._server.bind_addr[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._server.bind_addr[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self._scheme}://{host}:{self.port}"

@@ -1,0 +1,76 @@
+"""Shared fixtures: a fake clock shared by the simulator and the exporter, a started simulator, and a
+config builder that goes through the real config parser."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from exporter.config import Config, parse_config
+from exporter.simulator import Simulator
+
+T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary
+
+
+class Clock:
+    """A settable clock: the simulator and the exporter read the same time, so tests are exact."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sim_factory(clock):
+    started: list[Simulator] = []
+
+    def make(**kwargs: Any) -> Simulator:
+        kwargs.setdefault("clock", clock)
+        sim = Simulator(**kwargs)
+        sim.add_account("acme", "acme-key")
+        sim.add_account("globex", access_key="globex-ak", secret_key="globex-sk")
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+BASE: dict[str, Any] = {
+    "accounts": [
+        {"name": "acme", "username": "acme", "api_key": "acme-key"},
+        {"name": "globex", "auth": "aksk", "access_key": "globex-ak", "secret_key": "globex-sk"},
+    ],
+    "prefetch": {"windows": ["15m", "1h", "24h"], "poll_interval": "5m", "lookback": "24h", "page_size": 100,
+                 "rate_limit": {"requests": 1000, "per": "1s"}, "request_timeout": "2s"},
+    "purge": {"enabled": False},
+    "fmgr": {"enabled": False},
+}
+
+
+def make_config(sim_url: str, storage: str, **overrides: Any) -> Config:
+    """BASE pointed at the simulator, with top-level sections shallow-merged from ``overrides``."""
+    data = copy.deepcopy(BASE)
+    for acct in data["accounts"]:
+        acct["endpoint"] = sim_url
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    data["storage"] = {"path": storage}
+    return parse_config(data)

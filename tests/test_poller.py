@@ -1,0 +1,214 @@
+"""The CDN polling path end to end over real HTTP against the simulator, with a shared fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import T0, make_config
+
+from exporter.cdn import CdnClient
+from exporter.config import RateLimit
+from exporter.health import ApiHealth
+from exporter.poller import CdnPoller, RateBudget, backoff_delay
+from exporter.store import Store
+from exporter.windows import window_start
+
+DAY = 86400.0
+
+
+def build(sim, clock, tmp_path, account=0, kind="prefetch", store=None, **overrides):
+    cfg = make_config(sim.url, str(tmp_path / "db.sqlite"), **overrides)
+    store = store or Store(cfg.storage.path, clock=clock)
+    health = ApiHealth()
+    acct = cfg.accounts[account]
+    kcfg = getattr(cfg, kind)
+    client = CdnClient(acct, clock=clock, timeout=kcfg.request_timeout, health=health)
+    return CdnPoller(acct, kind, kcfg, store, client, health, clock=clock, rng=random.Random(7)), store, health
+
+
+def run_cycle(poller, clock, max_steps=5000):
+    """Advance the fake clock as the poller asks and step until one whole plan is read."""
+    steps = 0
+    while steps < max_steps:
+        nr = poller.next_run()
+        if nr > clock():
+            clock.t = nr
+        poller.step()
+        steps += 1
+        if poller.plan is None and poller.synced_until is not None:
+            return poller.requests_in_last_plan
+    raise AssertionError("plan never finished")
+
+
+def assert_windows_match_truth(sim, store, clock, user, kind="prefetch", windows=(900, 3600, DAY)):
+    sums = store.cdn_window_counts(user, kind, clock(), list(windows))
+    for w, got in zip(windows, sums, strict=True):
+        truth = sim.cdn_truth(user, kind, window_start(clock(), w), clock())
+        total = truth.pop("total")
+        assert total > 0
+        assert {s: got.get(("status", s), 0) for s in truth} == truth, f"window {w}"
+
+
+@pytest.mark.parametrize("account", [0, 1], ids=["basic", "aksk"])
+def test_backfill_then_windows_equal_simulator_truth(sim_factory, clock, tmp_path, account):
+    sim = sim_factory()
+    user = ("acme", "globex")[account]
+    sim.add_cdn_stream(user, "prefetch", per_hour=400, failure_ratio=0.1, start_ts=T0 - 2 * DAY)
+    poller, store, health = build(sim, clock, tmp_path, account=account)
+    run_cycle(poller, clock)
+    assert_windows_match_truth(sim, store, clock, user)
+    assert health.up()[(user, "prefetch")] == 1
+    # Later cycles keep matching as tasks finish and new ones arrive.
+    for _ in range(3):
+        clock.advance(300)
+        run_cycle(poller, clock)
+        assert_windows_match_truth(sim, store, clock, user)
+
+
+def test_incremental_polling_needs_far_fewer_requests_than_a_full_refetch(sim_factory, clock, tmp_path):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=600, start_ts=T0 - 2 * DAY)
+    poller, store, _ = build(sim, clock, tmp_path)
+    backfill = run_cycle(poller, clock)
+    clock.advance(300)
+    sim.reset_counters()
+    incremental = run_cycle(poller, clock)
+    assert sim.requests[("prefetch", "acme")] == incremental
+    # What a naive poller would need: every page of the whole 24h window.
+    full = sim.cdn_truth("acme", "prefetch", clock() - DAY, clock())["total"]
+    naive = -(-full // poller.page_size)
+    assert backfill >= naive * 0.9
+    assert incremental * 10 <= naive, (incremental, naive)
+    assert_windows_match_truth(sim, store, clock, "acme")
+
+
+def test_rate_budget_is_never_exceeded(sim_factory, clock, tmp_path):
+    sim = sim_factory(rate_limits={"prefetch": (3, 60.0)})
+    sim.add_cdn_stream("acme", "prefetch", per_hour=120, start_ts=T0 - DAY)
+    poller, _, _ = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 3, "per": "1m"},
+                                                              "page_size": 50})
+    start = clock()
+    run_cycle(poller, clock)
+    clock.advance(300)
+    run_cycle(poller, clock)
+    assert sim.rate_limit_violations == 0
+    sent = sorted(r["ts"] for r in sim.request_log if r["api"] == "prefetch")
+    assert len(sent) > 10  # the plan needed many slots and resumed across them
+    for i in range(3, len(sent)):
+        assert sent[i] - sent[i - 3] >= 60.0
+    assert clock() - start >= (len(sent) // 3 - 1) * 60
+
+
+def test_budget_survives_restart(sim_factory, clock, tmp_path):
+    sim = sim_factory(rate_limits={"prefetch": (1, 300.0)})
+    sim.add_cdn_stream("acme", "prefetch", per_hour=60, start_ts=T0 - DAY)
+    limit = {"rate_limit": {"requests": 1, "per": "5m"}}
+    poller, store, _ = build(sim, clock, tmp_path, prefetch=limit)
+    poller.step()
+    store.close()
+    clock.advance(10)
+    poller2, store2, _ = build(sim, clock, tmp_path, prefetch=limit)
+    assert poller2.next_run() >= T0 + 300  # the restarted poller still waits for the slot
+    store2.close()
+
+
+def test_page_size_error_halves_and_remembers(sim_factory, clock, tmp_path):
+    sim = sim_factory(max_page_size=40)
+    sim.add_cdn_stream("acme", "prefetch", per_hour=100, start_ts=T0 - DAY)
+    poller, store, health = build(sim, clock, tmp_path, prefetch={"page_size": 300})
+    run_cycle(poller, clock)
+    assert poller.page_size <= 40
+    assert health.requests()[("prefetch", "bad_request")] >= 1
+    assert_windows_match_truth(sim, store, clock, "acme")
+    store.close()
+    poller2, _, _ = build(sim, clock, tmp_path, prefetch={"page_size": 300})
+    assert poller2.page_size == poller.page_size
+
+
+def test_never_asks_for_more_than_a_day_or_older_than_three_days(sim_factory, clock, tmp_path):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=60, start_ts=T0 - 5 * DAY)
+    poller, _, health = build(sim, clock, tmp_path, prefetch={"lookback": "3d"})
+    run_cycle(poller, clock)
+    clock.advance(3600)
+    run_cycle(poller, clock)
+    assert all(r["result"] == "ok" for r in sim.request_log), {r["result"] for r in sim.request_log}
+    assert health.requests()[("prefetch", "bad_request")] == 0
+    assert len({(r["body"]["startTime"], r["body"]["endTime"]) for r in sim.request_log}) >= 3
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("http500", "server_error"),
+        ("http503", "server_error"),
+        ("http429", "rate_limited"),
+        ("timeout", "timeout"),
+        ("malformed", "malformed"),
+        ("wrong_types", "malformed"),
+        ("code0:username is invalid", "auth"),
+        ("code0:query time error", "bad_request"),
+        ("code0:rate limit exceeded", "rate_limited"),
+        ("code0:a brand new error", "unknown"),
+    ],
+)
+def test_each_error_class_is_counted_backs_off_and_keeps_data(sim_factory, clock, tmp_path, fault, kind):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=100, start_ts=T0 - DAY)
+    poller, store, health = build(sim, clock, tmp_path, prefetch={"request_timeout": "500ms", "page_size": 500})
+    run_cycle(poller, clock)
+    stored = store.cdn_task_count("acme", "prefetch")
+    clock.advance(300)
+    sim.inject("prefetch", fault, 1)
+    poller.step()  # plans and makes the faulty request
+    assert health.requests()[("prefetch", kind)] == 1
+    assert health.up()[("acme", "prefetch")] == 0
+    assert store.cdn_task_count("acme", "prefetch") == stored  # nothing lost or wiped
+    assert poller.next_run() > clock()  # no hot loop
+    run_cycle(poller, clock)  # recovers by itself (may first finish the interrupted plan)
+    run_cycle(poller, clock)
+    assert health.up()[("acme", "prefetch")] == 1
+    assert_windows_match_truth(sim, store, clock, "acme")
+
+
+def test_retry_after_is_honoured(sim_factory, clock, tmp_path):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=60, start_ts=T0 - DAY)
+    poller, _, _ = build(sim, clock, tmp_path)
+    sim.inject("prefetch", "http503", 1)  # Retry-After: 2
+    poller.step()
+    assert poller.next_run() >= clock() + 2
+
+
+def test_restart_resumes_incrementally(sim_factory, clock, tmp_path):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=600, start_ts=T0 - 2 * DAY)
+    poller, store, _ = build(sim, clock, tmp_path)
+    backfill = run_cycle(poller, clock)
+    store.close()
+    clock.advance(300)
+    poller2, store2, _ = build(sim, clock, tmp_path)
+    assert run_cycle(poller2, clock) * 10 < backfill
+    assert_windows_match_truth(sim, store2, clock, "acme")
+
+
+def test_rate_budget_unit():
+    t = [0.0]
+    b = RateBudget(RateLimit(2, 10.0), lambda: t[0])
+    assert b.wait_time() == 0
+    b.record()
+    b.record()
+    assert b.wait_time() == 10.0
+    t[0] = 4.0
+    assert b.wait_time() == 6.0
+    b.block_until(20.0)
+    assert b.wait_time() == 16.0
+
+
+def test_backoff_grows_is_jittered_and_capped():
+    rng = random.Random(1)
+    delays = [backoff_delay(n, rng) for n in range(1, 15)]
+    assert delays[0] <= 5.0 and delays[3] > delays[0]
+    assert max(delays) <= 900.0
+    assert len({round(d, 6) for d in delays}) == len(delays)
