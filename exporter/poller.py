@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .cdn import ApiError, CdnClient, chunk_range, clamp_start
 from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
@@ -68,11 +68,10 @@ class Plan:
     """The ranges still to read in this cycle, newest first, and where paging stands in the current one."""
 
     chunks: list[tuple[float, float]]
+    start: float  # nothing created before this needs reading in this cycle
     end: float  # when all chunks are read, everything created up to here is in sync
     page_no: int = 1
     requests: int = 0
-    started: float = 0.0
-    seen_count: dict[int, int] = field(default_factory=dict)
 
 
 class Worker:
@@ -174,7 +173,7 @@ class CdnPoller(Worker):
         start = max(start, horizon)
         chunks = chunk_range(start, now)
         chunks.reverse()  # newest first: the short windows are right soonest
-        return Plan(chunks=chunks, end=now, started=now)
+        return Plan(chunks=chunks, start=start, end=now)
 
     # -------------------------------------------------------------- one request
     def step(self) -> None:
@@ -184,7 +183,9 @@ class CdnPoller(Worker):
             self.last_plan_at = now
             self._save()
         plan = self.plan
-        self.health.set_lag(self.account.name, self.kind, now - (self.synced_until or plan.started))
+        # Before the first plan completes, everything since the plan's start is unsynced.
+        self.health.set_lag(self.account.name, self.kind,
+                            now - (self.synced_until if self.synced_until is not None else plan.start))
         if not plan.chunks:
             self._finish_plan()
             return

@@ -212,3 +212,20 @@ def test_backoff_grows_is_jittered_and_capped():
     assert delays[0] <= 5.0 and delays[3] > delays[0]
     assert max(delays) <= 900.0
     assert len({round(d, 6) for d in delays}) == len(delays)
+
+
+def test_lag_is_large_during_backfill_and_small_once_synced(sim_factory, clock, tmp_path):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=200, start_ts=T0 - DAY)
+    poller, _, health = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 1, "per": "1m"},
+                                                              "page_size": 100})
+    poller.step()  # first page of the back-fill: most of the lookback is not read yet
+    assert health.lag()[("acme", "prefetch")] >= DAY - 600
+    run_cycle(poller, clock)
+    behind = health.lag()[("acme", "prefetch")]
+    # Synced up to where the finished plan ended; the back-fill itself took the budget's time.
+    assert behind == clock() - poller.synced_until
+    assert behind < 3600
+    clock.advance(1800)  # nothing polled for 30 minutes: the next step reports it
+    poller.step()
+    assert health.lag()[("acme", "prefetch")] >= 1800
