@@ -144,12 +144,12 @@ class Store:
             changes.extend(self._cdn_deltas(account, kind, create_ts, status, rate, +1))
         self.cdn_windows.add_many(changes)
         fchanges: list[tuple[Any, float, Any, float]] = []
-        for task_id, first_seen, code in self._conn.execute("SELECT id, first_seen, code FROM fmgr_tasks"):
+        for first_seen, code in self._conn.execute("SELECT first_seen, code FROM fmgr_tasks"):
             fchanges.extend(self._fmgr_task_deltas(first_seen, code, +1))
-            for op, icode in self._conn.execute(
-                "SELECT op, code FROM fmgr_items WHERE task_id = ?", (task_id,)
-            ):
-                fchanges.extend(self._fmgr_item_deltas(first_seen, op, icode, +1))
+        for first_seen, op, icode in self._conn.execute(
+            "SELECT t.first_seen, i.op, i.code FROM fmgr_items i JOIN fmgr_tasks t ON t.id = i.task_id"
+        ):
+            fchanges.extend(self._fmgr_item_deltas(first_seen, op, icode, +1))
         self.fmgr_windows.add_many(fchanges)
         for name, labels, value in self._conn.execute("SELECT name, labels, value FROM counters"):
             self._counters[(name, labels)] = value
