@@ -14,7 +14,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,7 @@ class Store:
         self.fmgr_windows.add_many(fchanges)
         for name, labels, value in self._conn.execute("SELECT name, labels, value FROM counters"):
             self._counters[(name, labels)] = value
-        self._fmgr_pending = self._conn.execute(
-            "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
-        ).fetchone()[0]
+        self._fmgr_pending = self._count_pending()
 
     def close(self) -> None:
         with self._lock:
@@ -189,36 +188,43 @@ class Store:
             )
 
     def _inc_locked(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
-        """Add to a counter inside the open transaction; written once per key by ``_commit``."""
+        """Add to a counter inside the open transaction; written once per key when the transaction commits."""
         key = (name, _labels_key(labels))
         self._txn_incs[key] = self._txn_incs.get(key, 0.0) + delta
 
-    def _commit(self) -> None:
-        if self._txn_incs:
-            self._conn.executemany(
-                "INSERT INTO counters VALUES (?, ?, ?) "
-                "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
-                [(k[0], k[1], v) for k, v in self._txn_incs.items()],
-            )
-        self._conn.execute("COMMIT")
-        for key, delta in self._txn_incs.items():
-            self._counters[key] = self._counters.get(key, 0.0) + delta
-        self._txn_incs = {}
-
-    def _rollback(self) -> None:
-        self._txn_incs = {}
-        self._conn.execute("ROLLBACK")
-
-    def increment(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
-        """A persistent counter (survives restarts, like the history it counts)."""
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the store lock; counters reach memory only once it committed."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._inc_locked(name, labels, delta)
-                self._commit()
+                yield
+                if self._txn_incs:
+                    self._conn.executemany(
+                        "INSERT INTO counters VALUES (?, ?, ?) "
+                        "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
+                        [(k[0], k[1], v) for k, v in self._txn_incs.items()],
+                    )
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._rollback()
+                self._txn_incs = {}
+                self._conn.execute("ROLLBACK")
+                # The in-memory pending count may have moved with the rolled-back writes: recount it.
+                self._fmgr_pending = self._count_pending()
                 raise
+            for key, delta in self._txn_incs.items():
+                self._counters[key] = self._counters.get(key, 0.0) + delta
+            self._txn_incs = {}
+
+    def _count_pending(self) -> int:
+        return self._conn.execute(
+            "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
+        ).fetchone()[0]
+
+    def increment(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
+        """A persistent counter (survives restarts, like the history it counts)."""
+        with self._transaction():
+            self._inc_locked(name, labels, delta)
 
     def counters(self, name: str) -> list[tuple[dict[str, str], float]]:
         """All label sets and values of counter ``name`` (from memory: no SQL on a scrape)."""
@@ -239,40 +245,34 @@ class Store:
         now = self._clock()
         new = changed = finished = 0
         deltas: list = []
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for t in tasks:
-                    row = self._conn.execute(
-                        "SELECT status, rate FROM cdn_tasks WHERE account=? AND kind=? AND url=? AND create_ts=?",
-                        (account, kind, t.url, t.create_ts),
-                    ).fetchone()
-                    if row is not None and row[0] == t.status and row[1] == t.rate:
-                        continue
-                    self._conn.execute(
-                        "INSERT INTO cdn_tasks VALUES (?,?,?,?,?,?,?,?,?) "
-                        "ON CONFLICT(account, kind, url, create_ts) DO UPDATE SET status=excluded.status, "
-                        "begin_ts=excluded.begin_ts, finish_ts=excluded.finish_ts, rate=excluded.rate, "
-                        "updated_ts=excluded.updated_ts",
-                        (account, kind, t.url, t.create_ts, t.status, t.begin_ts, t.finish_ts, t.rate, now),
-                    )
-                    if row is None:
-                        new += 1
-                    else:
-                        changed += 1
-                        deltas.extend(self._cdn_deltas(account, kind, t.create_ts, row[0], row[1], -1))
-                    deltas.extend(self._cdn_deltas(account, kind, t.create_ts, t.status, t.rate, +1))
-                    was_final = row is not None and row[0] in CDN_FINAL
-                    if t.final and not was_final:
-                        finished += 1
-                        self._inc_locked(f"{kind}_tasks_finished_total", {"account": account, "status": t.status})
-                        if t.finish_ts is not None:
-                            self._observe_locked(f"{kind}_duration_seconds", {"account": account},
-                                                 max(0.0, t.finish_ts - t.create_ts), DURATION_BUCKETS)
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
+        with self._transaction():
+            for t in tasks:
+                row = self._conn.execute(
+                    "SELECT status, rate FROM cdn_tasks WHERE account=? AND kind=? AND url=? AND create_ts=?",
+                    (account, kind, t.url, t.create_ts),
+                ).fetchone()
+                if row is not None and row[0] == t.status and row[1] == t.rate:
+                    continue
+                self._conn.execute(
+                    "INSERT INTO cdn_tasks VALUES (?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(account, kind, url, create_ts) DO UPDATE SET status=excluded.status, "
+                    "begin_ts=excluded.begin_ts, finish_ts=excluded.finish_ts, rate=excluded.rate, "
+                    "updated_ts=excluded.updated_ts",
+                    (account, kind, t.url, t.create_ts, t.status, t.begin_ts, t.finish_ts, t.rate, now),
+                )
+                if row is None:
+                    new += 1
+                else:
+                    changed += 1
+                    deltas.extend(self._cdn_deltas(account, kind, t.create_ts, row[0], row[1], -1))
+                deltas.extend(self._cdn_deltas(account, kind, t.create_ts, t.status, t.rate, +1))
+                was_final = row is not None and row[0] in CDN_FINAL
+                if t.final and not was_final:
+                    finished += 1
+                    self._inc_locked(f"{kind}_tasks_finished_total", {"account": account, "status": t.status})
+                    if t.finish_ts is not None:
+                        self._observe_locked(f"{kind}_duration_seconds", {"account": account},
+                                             max(0.0, t.finish_ts - t.create_ts), DURATION_BUCKETS)
         self.cdn_windows.add_many(deltas)
         return UpsertResult(new, changed, finished)
 
@@ -360,22 +360,16 @@ class Store:
         now = self._clock()
         added = 0
         deltas: list = []
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for task_id in ids:
-                    cur = self._conn.execute(
-                        "INSERT OR IGNORE INTO fmgr_tasks (id, first_seen, source, next_poll, updated_ts) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (task_id, now, source, now, now),
-                    )
-                    if cur.rowcount:
-                        added += 1
-                        deltas.extend(self._fmgr_task_deltas(now, None, +1))
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
+        with self._transaction():
+            for task_id in ids:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO fmgr_tasks (id, first_seen, source, next_poll, updated_ts) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (task_id, now, source, now, now),
+                )
+                if cur.rowcount:
+                    added += 1
+                    deltas.extend(self._fmgr_task_deltas(now, None, +1))
         self._fmgr_pending += added
         self.fmgr_windows.add_many(deltas)
         return added
@@ -384,17 +378,8 @@ class Store:
         self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, next_poll: float | None = None
     ) -> None:
         """Record what the vendor said about a task (from a poll or a verified notification)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                deltas = self._apply_fmgr_locked(status, source=source, polled=polled, next_poll=next_poll)
-                self._commit()
-            except BaseException:
-                self._rollback()
-                self._fmgr_pending = self._conn.execute(
-                    "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
-                ).fetchone()[0]
-                raise
+        with self._transaction():
+            deltas = self._apply_fmgr_locked(status, source=source, polled=polled, next_poll=next_poll)
         self.fmgr_windows.add_many(deltas)
 
     def _apply_fmgr_locked(
@@ -465,25 +450,15 @@ class Store:
 
     def record_notification(self, status: fmgrwire.FmgrStatus, dedup_key: str, received_ts: float) -> bool:
         """Store a verified notification once; False when this exact delivery was already stored."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO fmgr_notifications VALUES (?, ?, ?)", (dedup_key, status.id, received_ts)
-                )
-                if cur.rowcount == 0:
-                    self._inc_locked("fmgr_notifications_total", {"result": "duplicate"})
-                    self._commit()
-                    return False
-                deltas = self._apply_fmgr_locked(status, source="notify", polled=False, next_poll=None)
-                self._inc_locked("fmgr_notifications_total", {"result": "accepted"})
-                self._commit()
-            except BaseException:
-                self._rollback()
-                self._fmgr_pending = self._conn.execute(
-                    "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
-                ).fetchone()[0]
-                raise
+        with self._transaction():
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO fmgr_notifications VALUES (?, ?, ?)", (dedup_key, status.id, received_ts)
+            )
+            if cur.rowcount == 0:
+                self._inc_locked("fmgr_notifications_total", {"result": "duplicate"})
+                return False
+            deltas = self._apply_fmgr_locked(status, source="notify", polled=False, next_poll=None)
+            self._inc_locked("fmgr_notifications_total", {"result": "accepted"})
         self.fmgr_windows.add_many(deltas)
         return True
 
@@ -528,9 +503,7 @@ class Store:
                 "(final_seen IS NULL OR confirmed = 0)",
                 (before,),
             )
-            self._fmgr_pending = self._conn.execute(
-                "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
-            ).fetchone()[0]
+            self._fmgr_pending = self._count_pending()
             return cur.rowcount
 
     def fmgr_pending(self) -> tuple[int, float | None]:
