@@ -335,17 +335,21 @@ def dashboard(
 # Dashboards
 
 
-def overview() -> dict[str, Any]:
-    lay = Layout()
-    lay.row("Exporter at a glance")
-    lay.add(stat(
+def exporter_scrape_stat() -> dict[str, Any]:
+    return stat(
         "Exporter scrape", "Prometheus's scrape of the exporter: DOWN means every other panel is stale.",
         [target(f"up{sel()}", "{{instance}}", instant=True)],
         thresholds=steps("red", (1, "green")),
         mappings=[{"type": "value", "options": {
             "0": {"color": "red", "index": 0, "text": "DOWN"}, "1": {"color": "green", "index": 1, "text": "UP"},
         }}],
-    ), 6, 4)
+    )
+
+
+def overview() -> dict[str, Any]:
+    lay = Layout()
+    lay.row("Exporter at a glance")
+    lay.add(exporter_scrape_stat(), 6, 4)
     lay.add(stat(
         "Vendor APIs", "Worst last poll per vendor API over the selected accounts: failing means the "
         "exporter serves old data for at least one account.",
@@ -575,14 +579,7 @@ def fmgr() -> dict[str, Any]:
 def exporter_health() -> dict[str, Any]:
     lay = Layout()
     lay.row("Exporter")
-    lay.add(stat(
-        "Exporter scrape", "Prometheus's scrape of the exporter: DOWN means every other panel is stale.",
-        [target(f"up{sel()}", "{{instance}}", instant=True)],
-        thresholds=steps("red", (1, "green")),
-        mappings=[{"type": "value", "options": {
-            "0": {"color": "red", "index": 0, "text": "DOWN"}, "1": {"color": "green", "index": 1, "text": "UP"},
-        }}],
-    ), 6, 4)
+    lay.add(exporter_scrape_stat(), 6, 4)
     lay.add(stat(
         "Version", "Exporter and Python version: several versions at once means a half-finished rollout.",
         [target(f"cdnetworks_exporter_build_info{sel()}", "{{version}} (Python {{python}})", instant=True)],
@@ -692,18 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs is not None:
         files[args.docs] = RULES.replace_section(
             args.docs.read_text(encoding="utf-8"), "panels", panels_table(), "dashboards/generate.py")
-    stale = []
-    for path, text in files.items():
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(str(path))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    if stale:
-        print("stale (run python dashboards/generate.py): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    return RULES.write_or_check(files, check=args.check, generator="dashboards/generate.py")
 
 
 if __name__ == "__main__":

@@ -460,16 +460,21 @@ def main(argv: list[str] | None = None) -> int:
     files = {args.out_dir / name: text for name, text in outputs(settings).items()}
     if args.docs is not None:
         files[args.docs] = render_docs(args.docs.read_text(encoding="utf-8"), settings)
+    return write_or_check(files, check=args.check, generator="prometheus/generate.py")
+
+
+def write_or_check(files: dict[Path, str], *, check: bool, generator: str) -> int:
+    """Write generated files, or with ``check`` only report (exit 1) the ones that differ from the output."""
     stale = []
     for path, text in files.items():
-        if args.check:
+        if check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(str(path))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if stale:
-        print("stale (run python prometheus/generate.py): " + ", ".join(stale), file=sys.stderr)
+        print(f"stale (run python {generator}): " + ", ".join(stale), file=sys.stderr)
         return 1
     return 0
 
