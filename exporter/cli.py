@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, load_config, parse_config
-from .webconfig import load_web_config
+from .config import Config, ConfigError, load_config, parse_config
+from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -86,14 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         return check_config(args)
 
-    web_config = None
-    if args.web_config_file:
-        try:
-            web_config = load_web_config(args.web_config_file)
-        except ConfigError as exc:
-            for err in exc.errors:
-                print(f"{args.web_config_file}: {err}", file=sys.stderr)
-            return EXIT_CONFIG
+    config, web_config, problems = load_configs(args)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return EXIT_CONFIG
 
     from .app import Exporter
 
@@ -108,13 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim = start_simulator(exporter_url)
         config = parse_config(demo_config(sim.url, exporter_url, storage))
         log.info("demo mode: simulator at %s, storage %s", sim.url, storage)
-    else:
-        try:
-            config = load_config(args.config_file)
-        except ConfigError as exc:
-            for err in exc.errors:
-                print(f"{args.config_file}: {err}", file=sys.stderr)
-            return EXIT_CONFIG
+    assert config is not None
 
     try:
         exporter = Exporter(config, storage_path=args.storage_path, web_config=web_config,
@@ -172,18 +163,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_config(args: argparse.Namespace) -> int:
+def _in_file(path: str, error: str) -> str:
+    # File-level errors (unreadable, YAML syntax) already name the file.
+    return error if error.startswith(f"{path}:") else f"{path}: {error}"
+
+
+def load_configs(args: argparse.Namespace) -> tuple[Config | None, WebConfig | None, list[str]]:
+    """Load the config (unless in demo mode) and the web config; every problem, prefixed by its file."""
     problems: list[str] = []
+    config = web_config = None
     if not args.demo:
         try:
-            load_config(args.config_file)
+            config = load_config(args.config_file)
         except ConfigError as exc:
-            problems.extend(f"{args.config_file}: {e}" for e in exc.errors)
+            problems.extend(_in_file(args.config_file, e) for e in exc.errors)
     if args.web_config_file:
         try:
-            load_web_config(args.web_config_file)
+            web_config = load_web_config(args.web_config_file)
         except ConfigError as exc:
-            problems.extend(f"{args.web_config_file}: {e}" for e in exc.errors)
+            problems.extend(_in_file(args.web_config_file, e) for e in exc.errors)
+    return config, web_config, problems
+
+
+def check_config(args: argparse.Namespace) -> int:
+    _, _, problems = load_configs(args)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
