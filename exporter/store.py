@@ -520,25 +520,38 @@ class Store:
         return {g: self.fmgr_windows.windows(g, now, windows) for g in ("tasks", "items", "outcomes")}
 
     def list_fmgr_tasks(self, state: str | None, limit: int, task_id: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT id, first_seen, final_seen, code, source, last_polled, confirmed, abandoned, errors, "
-               "last_error FROM fmgr_tasks")
-        args: tuple = ()
+        """Tracked tasks, newest first, optionally only those in ``state`` (filtered and limited in SQL)."""
+        where, args = self._state_filter(state)
         if task_id is not None:
-            sql, args = sql + " WHERE id = ?", (task_id,)
+            where, args = [*where, "id = ?"], [*args, task_id]
+        sql = ("SELECT id, first_seen, final_seen, code, source, last_polled, confirmed, abandoned, errors, "
+               "last_error FROM fmgr_tasks" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY first_seen DESC LIMIT ?")
         with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY first_seen DESC", args).fetchall()
-        out = []
-        for r in rows:
-            st = "abandoned" if r[7] else ("unknown" if r[3] is None else fmgrwire.task_state(r[3]))
-            if state is not None and st != state:
-                continue
-            out.append({
-                "persistentId": r[0], "state": st, "code": r[3], "firstSeen": r[1], "finalSeen": r[2],
-                "source": r[4], "lastPolled": r[5], "confirmed": bool(r[6]), "errors": r[8], "lastError": r[9],
-            })
-            if len(out) >= limit:
-                break
-        return out
+            rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        return [{
+            "persistentId": r[0], "code": r[3], "firstSeen": r[1], "finalSeen": r[2], "source": r[4],
+            "state": "abandoned" if r[7] else ("unknown" if r[3] is None else fmgrwire.task_state(r[3])),
+            "lastPolled": r[5], "confirmed": bool(r[6]), "errors": r[8], "lastError": r[9],
+        } for r in rows]
+
+    @staticmethod
+    def _state_filter(state: str | None) -> tuple[list[str], list[Any]]:
+        """SQL conditions for a task state name, the inverse of the state shown by list_fmgr_tasks."""
+        if state is None:
+            return [], []
+        if state == "abandoned":
+            return ["abandoned = 1"], []
+        if state == "unknown":
+            return ["abandoned = 0", "code IS NULL"], []
+        known = sorted(fmgrwire.TASK_STATES)
+        marks = ",".join("?" * len(known))
+        if state == "other":
+            return ["abandoned = 0", "code IS NOT NULL", f"code NOT IN ({marks})"], list(known)
+        codes = [c for c, name in fmgrwire.TASK_STATES.items() if name == state]
+        if not codes:
+            return ["0"], []  # a state no task can be in
+        return ["abandoned = 0", f"code IN ({','.join('?' * len(codes))})"], codes
 
     def fmgr_task(self, task_id: str) -> dict[str, Any] | None:
         rows = self.list_fmgr_tasks(None, 1, task_id=task_id)

@@ -157,3 +157,18 @@ def test_fmgr_abandon_after_max_age(store, clock):
     assert store.fmgr_pending()[0] == 0
     assert store.fmgr_due(clock(), 10) == []
     assert store.list_fmgr_tasks("abandoned", 10)[0]["persistentId"] == "old"
+
+
+def test_list_fmgr_tasks_filters_by_state_and_limits(store, clock):
+    store.register_fmgr_ids(["u1", "u2"], "api")
+    store.apply_fmgr_status(status("p1", 1, [("fetch", 1, None)]), source="poll", polled=True)
+    store.apply_fmgr_status(status("d1", 6, [("fetch", 6, 1)]), source="poll", polled=True)
+    store.apply_fmgr_status(status("x1", 42, []), source="poll", polled=True)
+    assert {t["persistentId"] for t in store.list_fmgr_tasks("unknown", 10)} == {"u1", "u2"}
+    assert [t["persistentId"] for t in store.list_fmgr_tasks("processing", 10)] == ["p1"]
+    assert [t["persistentId"] for t in store.list_fmgr_tasks("notified", 10)] == ["d1"]
+    assert [t["persistentId"] for t in store.list_fmgr_tasks("other", 10)] == ["x1"]
+    assert store.list_fmgr_tasks("no-such-state", 10) == []
+    assert len(store.list_fmgr_tasks(None, 3)) == 3
+    for t in store.list_fmgr_tasks(None, 10):  # the state shown is the state filtered on
+        assert t["persistentId"] in {x["persistentId"] for x in store.list_fmgr_tasks(t["state"], 10)}
