@@ -124,6 +124,8 @@ class Exporter:
         old = self.pollers
         old.stop()
         self.config = config
+        self.health.retain({(a.name, kind) for a in config.accounts for kind, _ in config.task_kinds()}
+                           | ({("", "fmgr")} if config.fmgr.enabled and config.fmgr.endpoint else set()))
         self.pollers = PollerGroup(config, self.store, self.health, clock=self.clock)
         self.collector.config = config
         self.ingest.wake = self.pollers.fmgr.wake

@@ -35,13 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env("CDNETWORKS_EXPORTER_LISTEN_ADDRESS", ":9891"),
                    help="address to serve HTTP on (env CDNETWORKS_EXPORTER_LISTEN_ADDRESS; default: %(default)s)")
     p.add_argument("--web.config.file", dest="web_config_file", default=env("CDNETWORKS_EXPORTER_WEB_CONFIG_FILE"),
-                   help="exporter-toolkit web config for TLS and basic auth (default: none)")
+                   help="exporter-toolkit web config for TLS and basic auth (env CDNETWORKS_EXPORTER_WEB_CONFIG_FILE; "
+                        "default: none)")
     p.add_argument("--storage.path", dest="storage_path", default=env("CDNETWORKS_EXPORTER_STORAGE_PATH"),
-                   help="SQLite database path (overrides storage.path in the config)")
+                   help="SQLite database path, overriding storage.path in the config "
+                        "(env CDNETWORKS_EXPORTER_STORAGE_PATH)")
     p.add_argument("--log.level", dest="log_level", default=env("CDNETWORKS_EXPORTER_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warn", "error"], help="log level (default: %(default)s)")
+                   choices=["debug", "info", "warn", "error"],
+                   help="log level (env CDNETWORKS_EXPORTER_LOG_LEVEL; default: %(default)s)")
     p.add_argument("--log.format", dest="log_format", default=env("CDNETWORKS_EXPORTER_LOG_FORMAT", "logfmt"),
-                   choices=["logfmt", "json"], help="log format (default: %(default)s)")
+                   choices=["logfmt", "json"],
+                   help="log format (env CDNETWORKS_EXPORTER_LOG_FORMAT; default: %(default)s)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and web config), print every problem, exit 0 or 2")
     p.add_argument("--demo", action="store_true",

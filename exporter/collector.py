@@ -82,7 +82,7 @@ class ExporterCollector(Collector):
         rate = GaugeMetricFamily(f"{p}_rate_ratio", f"Mean vendor-reported completion rate (0..1) of finished "
                                  f"{k} tasks created within the window. " + POLLED, labels=["account", "window"])
         oldest = GaugeMetricFamily(f"{p}_oldest_unfinished_age_seconds", f"Age of the oldest {k} task still "
-                                   "waiting or running (0 when none). " + POLLED, labels=["account"])
+                                   "waiting, running or of unknown status (0 when none). " + POLLED, labels=["account"])
         finished = CounterMetricFamily(f"{p}_tasks_finished", f"CDN {k} tasks seen reaching a final status, "
                                        "each counted once. " + POLLED, labels=["account", "status"])
         duration = HistogramMetricFamily(f"{p}_duration_seconds", f"Time from creation to finish of {k} tasks "

@@ -39,6 +39,14 @@ class ApiHealth:
             self.apis.add(api)
             self._up.setdefault((account, api), 0)
 
+    def retain(self, pairs: set[tuple[str, str]]) -> None:
+        """After a reload: forget up/last-poll/lag of (account, api) pairs no longer configured, so a
+        removed account's frozen timestamp does not look like a poller that stopped."""
+        with self._lock:
+            for table in (self._up, self._last_ok, self._lag):
+                for key in [k for k in table if k not in pairs]:
+                    del table[key]
+
     def observe_request(self, api: str, result: str, seconds: float) -> None:
         with self._lock:
             self.apis.add(api)

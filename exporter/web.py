@@ -253,7 +253,7 @@ class App:
         registry: Any = self._registry
         names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
         if names:
-            registry = registry.restricted_registry(names)
+            registry = _NameFilter(registry, set(names))
         output = encoder(registry)
         response = Response("200 OK", output, content_type, [("Vary", "Accept, Accept-Encoding")])
         if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
@@ -359,6 +359,20 @@ class App:
                 "400 Bad Request", {"error": f"limit: expected an integer from 1 to {LIST_LIMIT_MAX}"}
             )
         return json_response("200 OK", {"tasks": api.registry.list_tasks(state, int(raw_limit))})
+
+
+class _NameFilter:
+    """``name[]=`` filtering done after collecting: our collector has no fixed list of names to describe
+    (a reload can change which families exist), so prometheus_client's restricted_registry cannot be used."""
+
+    def __init__(self, registry: Any, names: set[str]) -> None:
+        self._registry = registry
+        self._names = names
+
+    def collect(self) -> Iterable[Any]:
+        for family in self._registry.collect():
+            if family.name in self._names or any(s.name in self._names for s in family.samples):
+                yield family
 
 
 def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | None]:

@@ -1,0 +1,375 @@
+"""The command line as a user runs it: a real ``python -m exporter.cli`` process for every test.
+
+Flags, exit codes and messages of --version, --help and --check-config; the demo end to end (metrics
+filled, ready, clean exit on SIGTERM); and a SIGHUP reload of a real config pointed at a simulator.
+Every wait is bounded; every started process is stopped (killed if it will not stop) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import __version__
+from exporter.cli import build_parser
+from exporter.simulator import Simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "exporter.cli"]
+FLAGS = ("--config.file", "--web.listen-address", "--web.config.file", "--storage.path", "--log.level",
+         "--log.format", "--check-config", "--demo", "--version")
+DEMO_WAIT = 30.0
+STOP_WAIT = 10.0
+
+posix_signals = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs POSIX signals")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without the exporter's own variables (they would change flag defaults)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDNETWORKS_EXPORTER_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False,
+                          env=env if env is not None else clean_env(), cwd=cwd or ROOT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"exporter exited with {proc.returncode} while waiting for {what}:\n{tail(log)}")
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass  # not listening yet
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+
+
+def samples(url: str) -> dict[tuple[str, frozenset], float]:
+    text = requests.get(url + "/metrics", timeout=5).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in metrics.items() if n == name and want <= lab)
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, Path]]]:
+    started: list[tuple[subprocess.Popen, IO[bytes]]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"exporter-{len(started)}.log"
+        out = log.open("wb")
+        proc = subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=tmp_path)
+        started.append((proc, out))
+        return proc, log
+
+    yield start
+    for proc, out in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=STOP_WAIT)
+        out.close()
+
+
+def stop(proc: subprocess.Popen, log: Path) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=STOP_WAIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"exporter did not exit within {STOP_WAIT:g}s of SIGTERM:\n{tail(log)}")
+
+
+# ------------------------------------------------------------------------------------ flags and help
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"cdnetworks-exporter {__version__}"
+
+
+def test_console_script_is_installed() -> None:
+    # The README's quick start runs `cdnetworks-exporter`; it is installed next to this interpreter.
+    script = shutil.which("cdnetworks-exporter", path=str(Path(sys.executable).parent)) or shutil.which(
+        "cdnetworks-exporter")
+    if script is None:
+        pytest.skip("cdnetworks-exporter is not on PATH (package not installed)")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_help_lists_every_flag() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in FLAGS:
+        assert flag in result.stdout, flag
+    # And the fixed list above is complete: a new flag must be added here (and to the README).
+    declared = {opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")}
+    assert declared - {"--help"} == set(FLAGS)
+
+
+def test_readme_documents_every_flag() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for flag in FLAGS:
+        assert f"`{flag}" in readme, f"README.md does not document {flag}"
+
+
+# ---------------------------------------------------------------------------------------- check-config
+
+
+def example_config_dir(tmp_path: Path) -> Path:
+    """config.example.yml with the secret files it names, in a directory of its own."""
+    shutil.copy(ROOT / "config.example.yml", tmp_path / "config.yml")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "globex_secret_key").write_text("globex-secret\n")
+    (tmp_path / "secrets" / "fmgr_ak2_secret_key").write_text("ak2-secret\n")
+    return tmp_path / "config.yml"
+
+
+EXAMPLE_ENV = {"ACME_API_KEY": "acme-key", "FMGR_SECRET_KEY": "fmgr-secret", "EXPORTER_REGISTER_TOKEN": "token"}
+
+
+def test_check_config_accepts_the_example(tmp_path: Path) -> None:
+    config = example_config_dir(tmp_path)
+    result = run_cli("--config.file", str(config), "--check-config", env=clean_env(**EXAMPLE_ENV))
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+    for secret in (*EXAMPLE_ENV.values(), "globex-secret", "ak2-secret"):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_config_file_flag_has_an_env_var(tmp_path: Path) -> None:
+    config = example_config_dir(tmp_path)
+    env = clean_env(**EXAMPLE_ENV, CDNETWORKS_EXPORTER_CONFIG_FILE=str(config))
+    result = run_cli("--check-config", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_without_the_secrets_names_what_is_missing(tmp_path: Path) -> None:
+    config = example_config_dir(tmp_path)
+    (tmp_path / "secrets" / "globex_secret_key").unlink()
+    result = run_cli("--config.file", str(config), "--check-config",
+                     env=clean_env(**{k: v for k, v in EXAMPLE_ENV.items() if k != "ACME_API_KEY"}))
+    assert result.returncode == 2
+    assert "ACME_API_KEY" in result.stderr
+    assert "accounts[1].secret_key_file" in result.stderr
+
+
+BROKEN = """\
+accounts:
+  - name: acme
+    api_key: k
+    timezone: "+25:00"
+prefetch:
+  windows: [15m, 2x]
+  poll_interval: soon
+  page_sizes: 10
+fmgr:
+  notify:
+    max_body_bytes: 5
+"""
+BROKEN_PATHS = ("accounts[0].username", "accounts[0].timezone", "prefetch.windows[1]", "prefetch.poll_interval",
+                "prefetch.page_sizes", "fmgr.notify.max_body_bytes")
+KEY_PATH = r"[A-Za-z_]+(?:\[[0-9]+\])?(?:\.[A-Za-z_]+(?:\[[0-9]+\])?)*"
+
+
+@pytest.mark.parametrize("check_only", [True, False], ids=["check-config", "start"])
+def test_broken_config_lists_every_problem_with_its_key_path(tmp_path: Path, check_only: bool) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(BROKEN)
+    args = ["--config.file", str(config), "--storage.path", str(tmp_path / "never.db")]
+    result = run_cli(*args, *(["--check-config"] if check_only else []))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{config}: ")]
+    for path in BROKEN_PATHS:
+        assert any(line.startswith(f"{config}: {path}: ") for line in lines), (path, result.stderr)
+    for line in lines:
+        assert re.match(rf"{re.escape(str(config))}: {KEY_PATH}: \S", line), line
+    assert len(lines) == len(BROKEN_PATHS)
+    assert not (tmp_path / "never.db").exists()  # nothing started
+
+
+@pytest.mark.parametrize("check_only", [True, False], ids=["check-config", "start"])
+def test_missing_config_file(tmp_path: Path, check_only: bool) -> None:
+    missing = tmp_path / "nope.yml"
+    result = run_cli("--config.file", str(missing), *(["--check-config"] if check_only else []))
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+    assert "cannot read: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("check_only", [True, False], ids=["check-config", "start"])
+def test_broken_web_config(tmp_path: Path, check_only: bool) -> None:
+    config = example_config_dir(tmp_path)
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: not-a-bcrypt-hash\ntls_server_config:\n  cert_file: missing.pem\n")
+    result = subprocess.run(
+        [*CLI, "--config.file", str(config), "--web.config.file", str(web), "--web.listen-address",
+         f"127.0.0.1:{free_port()}", *(["--check-config"] if check_only else [])],
+        capture_output=True, text=True, timeout=60, check=False, env=clean_env(**EXAMPLE_ENV))
+    assert result.returncode == 2
+    assert f"{web}: basic_auth_users.alice: " in result.stderr
+    assert f"{web}: tls_server_config.cert_file: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+@posix_signals
+def test_demo_serves_metrics_and_stops_on_sigterm(tmp_path: Path, start_exporter) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, log = start_exporter("--demo", "--web.listen-address", f"127.0.0.1:{port}",
+                               "--storage.path", str(tmp_path / "demo.db"))
+
+    def filled() -> bool:
+        m = samples(url)
+        return (total(m, "cdnetworks_prefetch_tasks", status="success") > 0
+                and total(m, "cdnetworks_fmgr_notifications_total", result="accepted") > 0)
+
+    wait_for("prefetch successes and accepted notifications", filled, DEMO_WAIT, log, proc)
+    assert requests.get(url + "/readyz", timeout=5).status_code == 200
+    assert stop(proc, log) == 0, tail(log)
+    assert "stopped" in log.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- reload
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    sim = Simulator(seed=7)
+    sim.add_account("acme", "acme-key")
+    sim.add_cdn_stream("acme", "prefetch", per_hour=120, failure_ratio=0.1, start_ts=time.time() - 7200)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def write_config(path: Path, sim_url: str, windows: list[str]) -> None:
+    path.write_text(yaml.safe_dump({
+        "accounts": [{"name": "acme", "username": "acme", "api_key": "acme-key", "endpoint": sim_url}],
+        "prefetch": {"windows": windows, "poll_interval": "1s", "lookback": "1h",
+                     "rate_limit": {"requests": 100, "per": "1s"}, "request_timeout": "5s"},
+        "fmgr": {"enabled": False},
+    }))
+
+
+def windows_of(url: str) -> set[str]:
+    return {dict(lab)["window"] for (name, lab) in samples(url) if name == "cdnetworks_prefetch_tasks"}
+
+
+@posix_signals
+def test_sighup_reloads_the_config(tmp_path: Path, simulator: Simulator, start_exporter) -> None:
+    config = tmp_path / "config.yml"
+    write_config(config, simulator.url, ["15m", "1h"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, log = start_exporter("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}",
+                               "--storage.path", str(tmp_path / "store.db"))
+    wait_for("the configured windows", lambda: windows_of(url) == {"15m", "1h"}, DEMO_WAIT, log, proc)
+    wait_for("a successful poll", lambda: total(samples(url), "cdnetworks_up", api="prefetch") == 1,
+             DEMO_WAIT, log, proc)
+
+    write_config(config, simulator.url, ["15m", "6h"])
+    proc.send_signal(signal.SIGHUP)
+    wait_for("the reloaded windows", lambda: windows_of(url) == {"15m", "6h"}, DEMO_WAIT, log, proc)
+    assert "configuration reloaded" in log.read_text()
+
+    # A broken file on the next SIGHUP keeps the running configuration, and says why.
+    config.write_text("prefetch:\n  windows: [2x]\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_for("the reload error in the log", lambda: "reload failed" in log.read_text(), DEMO_WAIT, log, proc)
+    assert "prefetch.windows[0]" in log.read_text()
+    assert windows_of(url) == {"15m", "6h"}
+    assert stop(proc, log) == 0, tail(log)
+
+
+# ---------------------------------------------------------------------------------------------- README
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", (ROOT / "README.md").read_text(), flags=re.S | re.M)
+
+
+def test_readme_quick_start_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", quick, flags=re.S)
+    assert block is not None
+    commands = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    assert commands == ["pip install . && cdnetworks-exporter --demo", "./scripts/test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^exec \./scripts/test\b", ci, flags=re.M)
+
+
+def test_readme_documents_every_environment_variable() -> None:
+    source = (ROOT / "exporter" / "cli.py").read_text()
+    names = set(re.findall(r'env\("(CDNETWORKS_EXPORTER_[A-Z_]+)"', source))
+    assert len(names) == 6
+    readme = (ROOT / "README.md").read_text()
+    for name in names:
+        assert f"`{name}`" in readme, name
+
+
+def test_readme_promql_examples_parse(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is not installed (CI=true): install the Debian 'prometheus' package")
+        pytest.skip("promtool is not installed")
+    exprs = [line.strip() for block in readme_blocks("promql") for line in block.splitlines() if line.strip()]
+    assert len(exprs) >= 6
+    rules = {"groups": [{"name": "readme", "rules": [
+        {"record": f"readme:example_{i}", "expr": expr} for i, expr in enumerate(exprs)
+    ]}]}
+    path = tmp_path / "readme-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_config_example_is_valid(tmp_path: Path) -> None:
+    block = next(b for b in readme_blocks("yaml") if b.startswith("accounts:"))
+    (tmp_path / "config.yml").write_text(block)
+    result = run_cli("--config.file", str(tmp_path / "config.yml"), "--check-config", env=clean_env(**EXAMPLE_ENV))
+    assert result.returncode == 0, result.stderr

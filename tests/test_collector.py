@@ -1,0 +1,417 @@
+"""The collector against a fixed store: values, known label values at 0, and a golden exposition file.
+
+The golden file is ``tests/fixtures/expected.prom``. After an intended change of metric names, HELP text
+or the fixed inputs below, regenerate it and review the diff line by line before committing:
+
+    UPDATE_GOLDEN=1 python -m pytest -q tests/test_collector.py -k golden
+
+The inputs are fixed (clock, tasks, Fmgr statuses, request observations), so the file is exact. These
+numbers in it were checked by hand against the inputs (the same arithmetic is spelled out in the
+assertions of the tests above the golden test):
+
+* prefetch tasks of acme per window and status (15m: 2 success, 1 failure, 1 run, 1 unknown;
+  1h adds 1 wait; 24h adds 1 success), every status of every account/window present (globex all 0);
+* prefetch success ratios 2/3, 2/3, 3/4 and rate ratios 0.8, 0.8, 0.825, none for globex;
+* oldest unfinished age 930 s (the wait task a5 was created at T0 - 900 s; "now" is T0 + 30 s);
+* finished totals 4 success / 1 failure (a task seen three times counted once), the duration histogram
+  (10, 60, 120, 3000 and 20000 s: cumulative 0,1,1,2,3,3,3,3,4,4,5,5,5, sum 23190);
+* purge kept apart from prefetch (1 success in 1h, 20 s in the le=30 bucket);
+* Fmgr tasks per window and code (none, other, 0..6), items per op and code, success ratios 2/3 and 3/5,
+  3 pending with the oldest first seen 1230 s ago, processed bytes copy 200 / fetch 1500, notifications
+  1 accepted / 1 duplicate / 1 bad_signature;
+* request counters (prefetch 2 ok, 1 rate_limited, 1 unknown; fmgr 1 timeout), latency buckets (prefetch
+  0.05 / 0.2 / 0.7 / 1.0 s: cumulative 1,1,2,2,4..., sum 1.95), up (only acme/prefetch is 1), last
+  successful poll T0 - 10 s, lag 42 s.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.collector import ExporterCollector
+from exporter.config import Config, parse_config
+from exporter.fmgr import FmgrItem, FmgrStatus
+from exporter.health import ApiHealth
+from exporter.store import CdnTask, Store
+from exporter.web import App, Server
+
+GOLDEN = Path(__file__).parent / "fixtures" / "expected.prom"
+METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary
+NOW = T0 + 30.0  # half-way through the current minute: windows count whole minutes including this one
+STATUSES = ("success", "failure", "wait", "run", "unknown")
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+CONFIG = {
+    "accounts": [
+        {"name": "acme", "username": "acme", "api_key": "acme-key", "endpoint": "http://127.0.0.1:9"},
+        {"name": "globex", "auth": "aksk", "access_key": "globex-ak", "secret_key": "globex-sk",
+         "endpoint": "http://127.0.0.1:9"},
+    ],
+    "prefetch": {"windows": ["15m", "1h", "24h"]},
+    "purge": {"enabled": True, "windows": ["1h"]},
+    "fmgr": {"enabled": True, "endpoint": "http://127.0.0.1:9", "windows": ["1h", "24h"]},
+}
+
+
+def task(url: str, created: float, status: str, *, took: float | None = None, rate: float | None = None) -> CdnTask:
+    """A task created ``created`` seconds relative to T0 that finished ``took`` seconds later."""
+    final = status in ("success", "failure")
+    return CdnTask(url=url, create_ts=T0 + created, status=status,
+                   begin_ts=T0 + created + 1 if final else None,
+                   finish_ts=T0 + created + took if final and took is not None else None, rate=rate)
+
+
+def fill(store: Store, clock: Clock) -> None:
+    """The fixed inputs, written through the store's public methods as the pollers and receivers do."""
+    clock.t = T0 - 3600
+    # acme prefetch. a1 is seen running, then finished, then the same again: its finish counts once.
+    store.upsert_cdn_tasks("acme", "prefetch", [task("https://x/a1", -60, "run")])
+    store.upsert_cdn_tasks("acme", "prefetch", [
+        task("https://x/a1", -60, "success", took=10, rate=100),
+        task("https://x/a2", -300, "failure", took=60, rate=40),
+        task("https://x/a3", -600, "success", took=120, rate=100),
+        task("https://x/a4", -840, "wait"),  # the first minute of the 15m window
+        task("https://x/a5", -900, "wait"),  # the minute just before it: 1h and 24h only
+        task("https://x/a8", -700, "unknown"),
+        task("https://x/a6", -7200, "success", took=3000, rate=90),  # 24h only
+        task("https://x/a7", -30 * 3600, "success", took=20000, rate=100),  # older than every window
+    ])
+    store.upsert_cdn_tasks("acme", "prefetch", [
+        task("https://x/a1", -60, "success", took=10, rate=100),
+        task("https://x/a4", -840, "run"),
+    ])
+    # acme purge: its own family, not mixed with prefetch.
+    store.upsert_cdn_tasks("acme", "purge", [task("https://x/p1", -120, "success", took=20, rate=100)])
+
+    # Fmgr. first_seen is the store clock at the first write about an id.
+    clock.t = T0 - 7200
+    store.apply_fmgr_status(FmgrStatus("job-4", 6, 0, (
+        FmgrItem("delete", 20, None, "source file not found"),
+        FmgrItem("fetch", 6, 500, None),
+    )), source="poll", polled=True)
+    clock.t = T0 - 1200
+    store.register_fmgr_ids(["job-2"], "api")
+    store.apply_fmgr_status(FmgrStatus("job-2", 1, 0, (FmgrItem("fetch", 1, None, None),)),
+                            source="poll", polled=True)
+    clock.t = T0 - 600
+    store.register_fmgr_ids(["job-1", "job-2"], "config")  # job-2 is known: left as it is
+    clock.t = T0 - 300
+    store.apply_fmgr_status(FmgrStatus("job-3", 1, 0, (FmgrItem("fetch", 1, None, None),
+                                                        FmgrItem("copy", 1, None, None))),
+                            source="poll", polled=True)
+    clock.t = T0 - 240
+    store.apply_fmgr_status(FmgrStatus("job-3", 3, 0, (FmgrItem("fetch", 3, 1000, None),
+                                                        FmgrItem("copy", 2, None, "source timeout"))),
+                            source="poll", polled=True)
+    clock.t = T0 - 120
+    # In a notification the top-level code is the notification status; the items make the task completed.
+    note = FmgrStatus("notify-1", 3, 0, (FmgrItem("copy", 4, 200, None),))
+    assert store.record_notification(note, "dedup-1", clock.t) is True
+    assert store.record_notification(note, "dedup-1", clock.t) is False
+    store.count_notification("bad_signature")
+    clock.t = T0 - 60
+    # A task code and an item code outside the vendor tables, and an op we do not know.
+    store.apply_fmgr_status(FmgrStatus("job-5", 9, 0, (FmgrItem("other", 7, None, None),)),
+                            source="poll", polled=True)
+    clock.t = NOW
+
+
+def observe(health: ApiHealth) -> None:
+    for account in ("acme", "globex"):
+        for api in ("prefetch", "purge"):
+            health.declare(account, api)
+    health.declare("", "fmgr")
+    health.observe_request("prefetch", "ok", 0.2)
+    health.observe_request("prefetch", "ok", 0.7)
+    health.observe_request("prefetch", "rate_limited", 0.05)
+    health.observe_request("prefetch", "no-such-result", 1.0)  # counted as "unknown"
+    health.observe_request("fmgr", "timeout", 12.0)
+    health.poll_result("acme", "prefetch", True, T0 - 10)
+    health.poll_result("globex", "prefetch", False, T0 - 5)
+    health.set_lag("acme", "prefetch", 42.0)
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG, environ={})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    clock = Clock(T0)
+    s = Store(tmp_path / "store.db", clock=clock)
+    fill(s, clock)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def registry(config: Config, store: Store) -> CollectorRegistry:
+    health = ApiHealth()
+    observe(health)
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(ExporterCollector(config, store, health, clock=lambda: NOW))
+    return reg
+
+
+def value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+# ---------------------------------------------------------------------------------------------- CDN
+
+
+@pytest.mark.parametrize(("window", "expected"), [
+    ("15m", {"success": 2, "failure": 1, "wait": 0, "run": 1, "unknown": 1}),
+    ("1h", {"success": 2, "failure": 1, "wait": 1, "run": 1, "unknown": 1}),
+    ("24h", {"success": 3, "failure": 1, "wait": 1, "run": 1, "unknown": 1}),
+])
+def test_prefetch_tasks_by_window_and_status(registry, window, expected) -> None:
+    got = {s: value(registry, "cdnetworks_prefetch_tasks", account="acme", window=window, status=s)
+           for s in STATUSES}
+    assert got == expected
+
+
+def test_known_label_values_start_at_zero(registry) -> None:
+    # globex has no task at all, yet every status of every window is there, at 0.
+    for window in ("15m", "1h", "24h"):
+        for status in STATUSES:
+            assert value(registry, "cdnetworks_prefetch_tasks", account="globex", window=window, status=status) == 0
+    for status in STATUSES:
+        assert value(registry, "cdnetworks_purge_tasks", account="globex", window="1h", status=status) == 0
+    for status in ("success", "failure", "unknown"):
+        assert value(registry, "cdnetworks_prefetch_tasks_finished_total", account="globex", status=status) == 0
+    assert value(registry, "cdnetworks_prefetch_oldest_unfinished_age_seconds", account="globex") == 0
+    assert value(registry, "cdnetworks_prefetch_duration_seconds_count", account="globex") == 0
+    assert value(registry, "cdnetworks_prefetch_duration_seconds_bucket", account="globex", le="+Inf") == 0
+    for result in ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large"):
+        assert value(registry, "cdnetworks_fmgr_notifications_total", result=result) is not None
+    assert value(registry, "cdnetworks_fmgr_notifications_total", result="too_large") == 0
+    # Every API that was declared has every request result, at 0 until it happens.
+    assert value(registry, "cdnetworks_api_requests_total", api="purge", result="ok") == 0
+    assert value(registry, "cdnetworks_api_requests_total", api="fmgr", result="auth") == 0
+    assert value(registry, "cdnetworks_up", account="globex", api="purge") == 0
+
+
+def test_success_ratio_absent_until_something_finished(registry) -> None:
+    assert value(registry, "cdnetworks_prefetch_success_ratio", account="acme", window="15m") == pytest.approx(2 / 3)
+    assert value(registry, "cdnetworks_prefetch_success_ratio", account="acme", window="1h") == pytest.approx(2 / 3)
+    assert value(registry, "cdnetworks_prefetch_success_ratio", account="acme", window="24h") == pytest.approx(3 / 4)
+    for window in ("15m", "1h", "24h"):
+        assert value(registry, "cdnetworks_prefetch_success_ratio", account="globex", window=window) is None
+        assert value(registry, "cdnetworks_prefetch_rate_ratio", account="globex", window=window) is None
+    assert value(registry, "cdnetworks_purge_success_ratio", account="acme", window="1h") == 1.0
+    assert value(registry, "cdnetworks_purge_success_ratio", account="globex", window="1h") is None
+
+
+def test_rate_ratio_is_the_mean_vendor_rate_of_finished_tasks(registry) -> None:
+    # 15m and 1h: a1 100, a2 40, a3 100 -> 80%; 24h adds a6 at 90 -> 330/4 = 82.5%. Unfinished tasks do not count.
+    assert value(registry, "cdnetworks_prefetch_rate_ratio", account="acme", window="15m") == pytest.approx(0.8)
+    assert value(registry, "cdnetworks_prefetch_rate_ratio", account="acme", window="1h") == pytest.approx(0.8)
+    assert value(registry, "cdnetworks_prefetch_rate_ratio", account="acme", window="24h") == pytest.approx(0.825)
+
+
+def test_oldest_unfinished_age(registry) -> None:
+    # a5 (wait) was created at T0-900; now is T0+30.
+    assert value(registry, "cdnetworks_prefetch_oldest_unfinished_age_seconds", account="acme") == 930
+    assert value(registry, "cdnetworks_purge_oldest_unfinished_age_seconds", account="acme") == 0
+
+
+def test_finished_total_counts_each_task_once(registry) -> None:
+    # a1 was written three times (run, success, success again): one finish. a7 is older than every window
+    # but still finished while we watched. a4 moved wait -> run: not finished.
+    assert value(registry, "cdnetworks_prefetch_tasks_finished_total", account="acme", status="success") == 4
+    assert value(registry, "cdnetworks_prefetch_tasks_finished_total", account="acme", status="failure") == 1
+    assert value(registry, "cdnetworks_prefetch_tasks_finished_total", account="acme", status="unknown") == 0
+    assert value(registry, "cdnetworks_purge_tasks_finished_total", account="acme", status="success") == 1
+
+
+def test_duration_histogram_is_cumulative(registry) -> None:
+    # Durations 10, 60, 120, 3000, 20000 s.
+    expected = {"5.0": 0, "15.0": 1, "30.0": 1, "60.0": 2, "120.0": 3, "300.0": 3, "600.0": 3, "1800.0": 3,
+                "3600.0": 4, "7200.0": 4, "21600.0": 5, "86400.0": 5, "+Inf": 5}
+    got = {le: value(registry, "cdnetworks_prefetch_duration_seconds_bucket", account="acme", le=le)
+           for le in expected}
+    assert got == expected
+    counts = list(got.values())
+    assert counts == sorted(counts)
+    assert value(registry, "cdnetworks_prefetch_duration_seconds_count", account="acme") == 5
+    assert value(registry, "cdnetworks_prefetch_duration_seconds_sum", account="acme") == 23190
+    assert value(registry, "cdnetworks_purge_duration_seconds_bucket", account="acme", le="15.0") == 0
+    assert value(registry, "cdnetworks_purge_duration_seconds_bucket", account="acme", le="30.0") == 1
+
+
+# --------------------------------------------------------------------------------------------- Fmgr
+
+
+@pytest.mark.parametrize(("window", "expected"), [
+    ("1h", {("none", "unknown"): 1, ("other", "other"): 1, ("0", "pending"): 0, ("1", "processing"): 1,
+            ("3", "completed"): 2, ("4", "notifying"): 0, ("5", "notify_failed"): 0, ("6", "notified"): 0}),
+    ("24h", {("none", "unknown"): 1, ("other", "other"): 1, ("0", "pending"): 0, ("1", "processing"): 1,
+             ("3", "completed"): 2, ("4", "notifying"): 0, ("5", "notify_failed"): 0, ("6", "notified"): 1}),
+])
+def test_fmgr_tasks(registry, window, expected) -> None:
+    got = {(c, s): value(registry, "cdnetworks_fmgr_tasks", window=window, code=c, state=s) for c, s in expected}
+    assert got == expected
+
+
+def test_fmgr_items_ratio_pending_bytes_notifications(registry) -> None:
+    items_1h = {
+        ("copy", "2", "failed"): 1, ("copy", "4", "succeeded_notifying"): 1, ("delete", "20", "failed_notified"): 0,
+        ("fetch", "1", "processing"): 1, ("fetch", "3", "succeeded"): 1, ("fetch", "6", "succeeded_notified"): 0,
+        ("other", "other", "other"): 1,
+    }
+    got = {k: value(registry, "cdnetworks_fmgr_items", window="1h", op=k[0], code=k[1], state=k[2]) for k in items_1h}
+    assert got == items_1h
+    assert value(registry, "cdnetworks_fmgr_items", window="24h", op="delete", code="20", state="failed_notified") == 1
+    # Final items: 1h has copy 4 and fetch 3 succeeded, copy 2 failed; 24h adds fetch 6 and delete 20.
+    assert value(registry, "cdnetworks_fmgr_success_ratio", window="1h") == pytest.approx(2 / 3)
+    assert value(registry, "cdnetworks_fmgr_success_ratio", window="24h") == pytest.approx(3 / 5)
+    # job-1 (not seen yet), job-2 (processing), job-5 (unknown code 9); the oldest is job-2 from T0-1200.
+    assert value(registry, "cdnetworks_fmgr_pending_tasks") == 3
+    assert value(registry, "cdnetworks_fmgr_oldest_pending_age_seconds") == 1230
+    assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="fetch") == 1500
+    assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="copy") == 200
+    assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="delete") is None
+    assert value(registry, "cdnetworks_fmgr_notifications_total", result="accepted") == 1
+    assert value(registry, "cdnetworks_fmgr_notifications_total", result="duplicate") == 1
+    assert value(registry, "cdnetworks_fmgr_notifications_total", result="bad_signature") == 1
+    assert value(registry, "cdnetworks_fmgr_notifications_total", result="unknown_key") == 0
+
+
+# ------------------------------------------------------------------------------------ exporter health
+
+
+def test_health_metrics(registry) -> None:
+    assert value(registry, "cdnetworks_api_requests_total", api="prefetch", result="ok") == 2
+    assert value(registry, "cdnetworks_api_requests_total", api="prefetch", result="rate_limited") == 1
+    assert value(registry, "cdnetworks_api_requests_total", api="prefetch", result="unknown") == 1
+    assert value(registry, "cdnetworks_api_requests_total", api="prefetch", result="no-such-result") is None
+    assert value(registry, "cdnetworks_api_requests_total", api="fmgr", result="timeout") == 1
+    assert value(registry, "cdnetworks_api_request_duration_seconds_bucket", api="prefetch", le="0.05") == 1
+    assert value(registry, "cdnetworks_api_request_duration_seconds_bucket", api="prefetch", le="0.25") == 2
+    assert value(registry, "cdnetworks_api_request_duration_seconds_bucket", api="prefetch", le="1.0") == 4
+    assert value(registry, "cdnetworks_api_request_duration_seconds_bucket", api="fmgr", le="10.0") == 0
+    assert value(registry, "cdnetworks_api_request_duration_seconds_bucket", api="fmgr", le="+Inf") == 1
+    assert value(registry, "cdnetworks_api_request_duration_seconds_sum", api="fmgr") == 12.0
+    assert value(registry, "cdnetworks_up", account="acme", api="prefetch") == 1
+    assert value(registry, "cdnetworks_up", account="globex", api="prefetch") == 0
+    last = "cdnetworks_last_successful_poll_timestamp_seconds"
+    assert value(registry, last, account="acme", api="prefetch") == T0 - 10
+    # Never succeeded: no timestamp rather than a misleading 0 (1970).
+    assert value(registry, last, account="globex", api="prefetch") is None
+    assert value(registry, "cdnetworks_poll_lag_seconds", account="acme", api="prefetch") == 42
+    assert value(registry, "cdnetworks_exporter_build_info", version="0.1.0",
+                 python=platform.python_version()) == 1
+
+
+def test_describe_does_not_touch_the_store(tmp_path: Path, config: Config) -> None:
+    store = Store(tmp_path / "closed.db")
+    store.close()
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(ExporterCollector(config, store, ApiHealth()))  # would raise if it queried the closed database
+    assert list(ExporterCollector(config, store, ApiHealth()).describe()) == []
+
+
+def test_disabled_parts_are_not_exported(tmp_path: Path) -> None:
+    data = {**CONFIG, "purge": {"enabled": False}, "fmgr": {"enabled": False}}
+    store = Store(tmp_path / "s.db", clock=Clock(T0))
+    try:
+        reg = CollectorRegistry(auto_describe=True)
+        reg.register(ExporterCollector(parse_config(data, environ={}), store, ApiHealth(), clock=lambda: NOW))
+        names = {m.name for m in reg.collect()}
+        assert "cdnetworks_prefetch_tasks" in names
+        assert not {n for n in names if n.startswith(("cdnetworks_purge_", "cdnetworks_fmgr_"))}
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------------------------------- golden
+
+
+def normalise(text: str) -> str:
+    """build_info carries the Python version of the machine that renders it."""
+    return re.sub(r'python="[^"]*"', 'python="X.Y.Z"', text)
+
+
+def test_golden_exposition(registry) -> None:
+    rendered = normalise(generate_latest(registry).decode())
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(rendered)
+    assert rendered == GOLDEN.read_text(), "exposition changed: see the module docstring to update the golden file"
+
+
+def test_promtool_accepts_the_exposition(registry) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is not installed (CI=true): install the Debian 'prometheus' package")
+        pytest.skip("promtool is not installed")
+    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def test_every_metric_is_documented(registry) -> None:
+    """docs/metrics.md has a row for every family the collector renders (purge as cdnetworks_purge_*)."""
+    doc = METRICS_DOC.read_text()
+    names = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    for name in names:
+        shown = name + "_total" if f"{name}_total" in GOLDEN.read_text() else name
+        if shown.startswith("cdnetworks_purge_"):
+            shown = shown.replace("cdnetworks_purge_", "cdnetworks_prefetch_", 1)
+        assert f"`{shown}`" in doc, f"docs/metrics.md does not document {shown}"
+
+
+def test_metrics_endpoint_filters_by_name(registry) -> None:
+    server = Server(App(registry=registry, version="0.1.0", ready=lambda: (True, "ready")), "127.0.0.1:0")
+    server.start()
+    try:
+        text = requests.get(server.url + "/metrics", params={"name[]": "cdnetworks_up"}, timeout=5).text
+    finally:
+        server.stop()
+    assert 'cdnetworks_up{account="acme",api="prefetch"} 1.0' in text
+    assert "cdnetworks_prefetch_tasks" not in text
+
+
+def test_reload_drops_self_metrics_of_removed_accounts(tmp_path: Path) -> None:
+    # Left in place, the frozen last-poll timestamp of a removed account would fire CDNetworksNotPolling.
+    storage = {"path": str(tmp_path / "s.db")}
+    exporter = Exporter(parse_config({**CONFIG, "storage": storage}, environ={}), listen_address="127.0.0.1:0")
+    try:
+        exporter.health.poll_result("globex", "prefetch", True, T0)
+        assert exporter.registry.get_sample_value("cdnetworks_up", {"account": "globex", "api": "prefetch"}) == 1
+        exporter.reload(parse_config({**CONFIG, "accounts": CONFIG["accounts"][:1], "purge": {"enabled": False},
+                                      "storage": storage}, environ={}))
+        reg = exporter.registry
+        assert reg.get_sample_value("cdnetworks_prefetch_tasks", {"account": "globex", "window": "1h",
+                                                                  "status": "run"}) is None
+        assert reg.get_sample_value("cdnetworks_up", {"account": "globex", "api": "prefetch"}) is None
+        assert reg.get_sample_value("cdnetworks_last_successful_poll_timestamp_seconds",
+                                    {"account": "globex", "api": "prefetch"}) is None
+        assert reg.get_sample_value("cdnetworks_up", {"account": "acme", "api": "purge"}) is None
+    finally:
+        exporter.stop()
