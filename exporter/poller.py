@@ -1,6 +1,6 @@
 """Background polling: one worker per (account, CDN task kind) and one for Fmgr.
 
-Each worker makes at most one vendor request per step and only when its rate budget allows, so the
+Each worker makes vendor requests only when its rate budget allows (a CDN worker one per step), so the
 vendor's published limits are never exceeded, even across restarts (the budget's recent request times
 are persisted). A sync *plan* (chunks of <= 1 day, page by page) survives failures and budget waits:
 the next slot resumes it instead of starting over. Incremental: a finished task never changes, so each
@@ -281,7 +281,7 @@ class FmgrPoller(Worker):
         super().__init__(clock)
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
         self.rng = rng or random.Random()
-        self.budget = RateBudget(cfg.rate_limit, clock)
+        self.budget = RateBudget(cfg.rate_limit, clock, store.get_state("fmgr:budget"))
         self.failures = 0
         self.not_before = 0.0
         self.maintenance = maintenance
@@ -319,6 +319,7 @@ class FmgrPoller(Worker):
                 break
             ok = self.poll_one(task_id)
             self.budget.record()  # at completion, as for the CDN budget
+            self.store.set_state("fmgr:budget", self.budget.history())
             if not ok:
                 break
 
@@ -392,7 +393,8 @@ class PollerGroup:
             if n:
                 log.info("pruned %d CDN task(s) older than every window", n)
         fkeep = max([w.seconds for w in config.fmgr.windows] + [config.fmgr.max_task_age])
-        store.prune_fmgr(now - fkeep - 3600)
+        # Ids listed in the config stay known: pruned, they would be registered as new on the next start.
+        store.prune_fmgr(now - fkeep - 3600, keep=config.fmgr.persistent_ids)
 
     def start(self) -> None:
         for w in self.workers:

@@ -557,13 +557,14 @@ class Store:
         rows = self.list_fmgr_tasks(None, 1, task_id=task_id)
         return rows[0] if rows else None
 
-    def prune_fmgr(self, before: float) -> int:
-        """Forget final tasks (and old dedup keys) seen before ``before``."""
+    def prune_fmgr(self, before: float, keep: Sequence[str] = ()) -> int:
+        """Forget final tasks (and old dedup keys) seen before ``before``, except the ids in ``keep``."""
+        kept = set(keep)
         with self._lock:
             ids = [r[0] for r in self._conn.execute(
                 "SELECT id FROM fmgr_tasks WHERE first_seen < ? AND (final_seen IS NOT NULL OR abandoned = 1)",
                 (before,),
-            )]
+            ) if r[0] not in kept]
             for chunk in range(0, len(ids), 500):
                 part = ids[chunk:chunk + 500]
                 marks = ",".join("?" * len(part))

@@ -1,0 +1,312 @@
+"""The Fmgr poller over real HTTP against the simulator, stepped with a fake clock shared by both.
+
+No threads: each test calls ``step()`` whenever ``next_run()`` allows, moving the clock there first,
+so the schedule (and so every request the vendor sees) is exact. Metrics are read through a real
+``ExporterCollector`` on a private registry, as a scrape would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import T0, Clock, make_config
+from prometheus_client import CollectorRegistry
+
+from exporter.collector import ExporterCollector
+from exporter.config import Config
+from exporter.fmgr import FmgrClient
+from exporter.health import ApiHealth
+from exporter.poller import BASE_BACKOFF, MAX_BACKOFF, FmgrPoller
+from exporter.simulator import Simulator
+from exporter.store import Store
+
+POLL_INTERVAL = 30.0
+HOUR = 3600.0
+
+
+@dataclass
+class Rig:
+    """One simulator, one store and the poller between them, plus the metrics a scrape would show."""
+
+    sim: Simulator
+    clock: Clock
+    config: Config
+    store: Store
+    poller: FmgrPoller
+    registry: CollectorRegistry
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def up(self) -> float | None:
+        return self.metric("cdnetworks_up", account="", api="fmgr")
+
+    def requests(self, result: str) -> float | None:
+        return self.metric("cdnetworks_api_requests_total", api="fmgr", result=result)
+
+    def fmgr_requests(self) -> int:
+        return self.sim.requests[("fmgr", None)]
+
+    def polls(self, persistent_id: str | None = None) -> list[float]:
+        """Arrival times (fake clock) of status queries the vendor saw, for one id or all of them."""
+        return [
+            r["ts"] for r in self.sim.request_log
+            if r["api"] == "fmgr" and persistent_id in (None, r["body"].get("persistentId"))
+        ]
+
+    def state(self, persistent_id: str) -> str:
+        task = self.store.fmgr_task(persistent_id)
+        assert task is not None, f"{persistent_id} is not tracked"
+        return task["state"]
+
+    def run_until(self, until: float, max_steps: int = 5000) -> int:
+        """Step whenever the poller asks to, moving the clock to that moment; stop at ``until``.
+
+        ``max_steps`` turns a poller that keeps asking to run right now (a hot loop) into a failure.
+        """
+        steps = 0
+        while (due := self.poller.next_run()) <= until:
+            self.clock.t = max(self.clock.t, due)
+            self.poller.step()
+            steps += 1
+            assert steps < max_steps, "the poller keeps asking to run: hot loop"
+        self.clock.t = max(self.clock.t, until)
+        return steps
+
+
+@pytest.fixture
+def rig_factory(sim_factory, clock: Clock, tmp_path) -> Iterator:
+    made: list[tuple[Store, FmgrClient]] = []
+
+    def make(*, sim: Simulator | None = None, sim_kwargs: dict | None = None, **fmgr: object) -> Rig:
+        """A fresh poller and store on this test's database; ``sim`` reuses a running simulator."""
+        sim = sim or sim_factory(**(sim_kwargs or {}))
+        fmgr_section = {
+            "enabled": True, "endpoint": sim.url, "poll_interval": f"{POLL_INTERVAL:g}s", "request_timeout": "2s",
+            "rate_limit": {"requests": 100, "per": "1s"}, **fmgr,
+        }
+        config = make_config(sim.url, str(tmp_path / "db.sqlite"), prefetch={"enabled": False}, fmgr=fmgr_section)
+        store = Store(config.storage.path, clock=clock)
+        health = ApiHealth()
+        client = FmgrClient(sim.url, timeout=config.fmgr.request_timeout)
+        poller = FmgrPoller(config.fmgr, store, client, health, clock=clock, rng=random.Random(11))
+        registry = CollectorRegistry()
+        registry.register(ExporterCollector(config, store, health, clock=clock))
+        made.append((store, client))
+        return Rig(sim, clock, config, store, poller, registry)
+
+    yield make
+    for store, client in made:
+        client.close()
+        store.close()
+
+
+def test_tracked_ids_are_polled_until_final_then_never_again(rig_factory):
+    rig = rig_factory()
+    # (pending, processing): done after 25 s, 60 s (exactly on a poll), 120 s and 60 s.
+    timings = {"job-a": (5, 20), "job-b": (10, 50), "job-c": (5, 115), "job-d": (30, 30)}
+    for pid, (pending, processing) in timings.items():
+        rig.sim.add_fmgr_task(pid, ["fetch", "copy"], pending=pending, processing=processing)
+    rig.store.register_fmgr_ids(list(timings), "api")
+    assert rig.metric("cdnetworks_fmgr_pending_tasks") == 4
+
+    rig.run_until(T0 + HOUR)
+
+    for pid, (pending, processing) in timings.items():
+        done = T0 + pending + processing
+        polls = rig.polls(pid)
+        # One poll per interval from registration, the last one the first to see the final code.
+        assert len(polls) == math.ceil((pending + processing) / POLL_INTERVAL) + 1, pid
+        assert [t >= done for t in polls] == [False] * (len(polls) - 1) + [True], pid
+        task = rig.store.fmgr_task(pid)
+        assert task is not None
+        assert (task["state"], task["confirmed"]) == ("completed", True)
+    assert rig.fmgr_requests() == len(rig.polls()) == sum(len(rig.polls(pid)) for pid in timings)
+    assert rig.metric("cdnetworks_fmgr_pending_tasks") == 0
+    assert rig.metric("cdnetworks_fmgr_tasks", window="24h", code="3", state="completed") == 4
+
+    before = rig.fmgr_requests()
+    rig.run_until(T0 + 2 * 86400)
+    assert rig.fmgr_requests() == before  # final ids are never asked about again
+
+
+def test_an_unknown_id_is_not_an_outage_and_is_retried_later(rig_factory):
+    rig = rig_factory()
+    rig.store.register_fmgr_ids(["late-1"], "api")
+    rig.poller.step()
+
+    assert rig.requests("not_found") == 1
+    assert rig.up() == 1  # the vendor answered; it just does not know the id (yet)
+    task = rig.store.fmgr_task("late-1")
+    assert task is not None and task["lastError"].startswith("not_found")
+    assert rig.state("late-1") == "unknown"
+    retry_at = rig.poller.next_run()
+    assert retry_at >= T0 + POLL_INTERVAL  # later, not in a loop
+
+    rig.run_until(retry_at - 10)
+    assert rig.fmgr_requests() == 1
+    # The vendor learns about the id between two tries (and finishes it); the next try picks it up.
+    rig.sim.add_fmgr_task("late-1", ["copy"], pending=1, processing=5)
+    rig.run_until(T0 + HOUR)
+
+    polls = rig.polls("late-1")
+    assert len(polls) == 2 and polls[1] == retry_at
+    assert rig.state("late-1") == "completed"
+    assert rig.requests("not_found") == 1 and rig.requests("ok") == 1
+    assert rig.up() == 1
+    task = rig.store.fmgr_task("late-1")
+    assert task is not None and task["lastError"] is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "result"),
+    [
+        ("http500", "server_error"),
+        ("http503", "server_error"),
+        ("http429", "rate_limited"),
+        ("timeout", "timeout"),
+        ("malformed", "malformed"),
+        ("wrong_types", "malformed"),
+        ("code0:system busy", "malformed"),
+    ],
+)
+def test_a_fault_is_counted_takes_up_down_backs_off_and_recovers(rig_factory, fault, result):
+    rig = rig_factory(request_timeout="300ms")
+    rig.sim.timeout_fault_seconds = 0.6  # longer than the client waits
+    rig.sim.add_fmgr_task("job-1", ["fetch"], pending=5, processing=100)
+    rig.store.register_fmgr_ids(["job-1"], "api")
+    rig.poller.step()
+    assert rig.up() == 1 and rig.state("job-1") == "pending"
+
+    rig.clock.advance(POLL_INTERVAL)
+    rig.sim.inject("fmgr", fault)
+    rig.poller.step()
+
+    assert rig.requests(result) == 1
+    assert rig.up() == 0
+    # The last good data stays in the store and on /metrics.
+    assert rig.state("job-1") == "pending"
+    assert rig.metric("cdnetworks_fmgr_tasks", window="1h", code="0", state="pending") == 1
+    # Backoff: the next try is at least the shortest backoff away, and stepping early sends nothing.
+    assert rig.poller.next_run() - rig.clock() >= BASE_BACKOFF / 2
+    sent = rig.fmgr_requests()
+    rig.poller.step()
+    assert rig.fmgr_requests() == sent
+
+    rig.run_until(T0 + HOUR)
+    assert rig.up() == 1
+    assert rig.state("job-1") == "completed"
+    assert rig.requests(result) == 1
+
+
+def test_a_failing_api_is_retried_with_growing_gaps_not_in_a_hot_loop(rig_factory):
+    rig = rig_factory()
+    ids = [f"job-{i}" for i in range(5)]
+    for pid in ids:
+        rig.sim.add_fmgr_task(pid, ["fetch"], pending=2, processing=10)
+    rig.store.register_fmgr_ids(ids, "api")
+    failures = 8
+    rig.sim.inject("fmgr", "http500", failures)
+
+    rig.run_until(T0 + 2 * HOUR)
+
+    log = [r for r in rig.sim.request_log if r["api"] == "fmgr"]
+    assert [r["fault"] for r in log[:failures]] == ["http500"] * failures
+    assert all(r["fault"] is None for r in log[failures:])
+    times = [r["ts"] for r in log[:failures + 1]]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # One request per try (not one per tracked id), each wait at least as long as the one before.
+    assert all(later >= earlier for earlier, later in itertools.pairwise(gaps)), gaps
+    assert gaps[0] >= BASE_BACKOFF / 2 and max(gaps) <= MAX_BACKOFF
+    assert rig.requests("server_error") == failures
+    # Recovered: every id polled once and final, up again.
+    assert len(log) == failures + len(ids)
+    assert all(rig.state(pid) == "completed" for pid in ids)
+    assert rig.up() == 1
+
+
+def test_max_task_age_abandons_tasks_that_never_finish(rig_factory):
+    rig = rig_factory(max_task_age="1h")
+    rig.sim.add_fmgr_task("slow", ["fetch"], pending=5, processing=10 * 86400)
+    rig.store.register_fmgr_ids(["slow", "ghost"], "config")  # "ghost": the vendor never knows it
+
+    rig.run_until(T0 + 2 * HOUR)
+
+    assert {t["persistentId"]: t["state"] for t in rig.store.list_fmgr_tasks(None, 10)} == {
+        "slow": "abandoned", "ghost": "abandoned",
+    }
+    assert rig.metric("cdnetworks_fmgr_pending_tasks") == 0
+    assert rig.metric("cdnetworks_fmgr_oldest_pending_age_seconds") == 0
+    # Polled right up to max_task_age (plus at most one maintenance pass), then left alone.
+    maintenance = rig.poller.maintenance_every
+    for pid in ("slow", "ghost"):
+        polls = rig.polls(pid)
+        assert T0 + HOUR - 5 * POLL_INTERVAL <= polls[-1] <= T0 + HOUR + maintenance, pid
+    assert len(rig.polls("slow")) >= HOUR / POLL_INTERVAL
+    before = rig.fmgr_requests()
+    rig.run_until(T0 + 86400)
+    assert rig.fmgr_requests() == before
+
+
+def test_the_fmgr_rate_budget_is_never_exceeded(rig_factory):
+    rig = rig_factory(sim_kwargs={"rate_limits": {"fmgr": (3, 10.0)}}, rate_limit={"requests": 3, "per": "10s"},
+                      poll_interval="10s")
+    ids = [f"job-{i:02d}" for i in range(20)]
+    for i, pid in enumerate(ids):
+        rig.sim.add_fmgr_task(pid, ["fetch"], pending=2, processing=10 + 3 * i)
+    rig.store.register_fmgr_ids(ids, "api")
+
+    rig.run_until(T0 + 1800)
+
+    assert rig.sim.rate_limit_violations == 0
+    assert rig.requests("rate_limited") == 0
+    sent = sorted(rig.polls())
+    assert len(sent) >= 2 * len(ids)
+    for i in range(3, len(sent)):
+        assert sent[i] - sent[i - 3] >= 10.0
+    # The budget, not the number of ids, set the pace: three requests per 10 s, back to back.
+    assert sent[-1] - sent[0] >= (math.ceil(len(sent) / 3) - 1) * 10.0
+    assert all(rig.state(pid) == "completed" for pid in ids)
+
+
+def test_a_vendor_429_is_honoured_for_its_retry_after(rig_factory):
+    # The configured budget is looser than what the vendor enforces: the vendor's 429 must slow us down.
+    rig = rig_factory(sim_kwargs={"rate_limits": {"fmgr": (1, 60.0)}})
+    ids = ["job-1", "job-2"]
+    for pid in ids:
+        rig.sim.add_fmgr_task(pid, ["fetch"], pending=1, processing=5)
+    rig.clock.advance(10)
+    rig.store.register_fmgr_ids(ids, "api")
+
+    rig.poller.step()
+
+    assert [r["result"] for r in rig.sim.request_log] == ["ok", "rate_limited"]
+    assert rig.requests("rate_limited") == 1
+    assert rig.poller.next_run() >= rig.clock() + 60  # Retry-After: 60, longer than any first backoff
+    rig.run_until(rig.clock() + HOUR)
+    assert rig.sim.rate_limit_violations == 1
+    assert all(rig.state(pid) == "completed" for pid in ids)
+
+
+def test_the_fmgr_rate_budget_survives_a_restart(rig_factory):
+    rig = rig_factory(sim_kwargs={"rate_limits": {"fmgr": (2, 300.0)}}, rate_limit={"requests": 2, "per": "5m"})
+    ids = [f"job-{i}" for i in range(4)]
+    for pid in ids:
+        rig.sim.add_fmgr_task(pid, ["fetch"], pending=1, processing=5)
+    rig.clock.advance(10)
+    rig.store.register_fmgr_ids(ids, "api")
+    rig.poller.step()  # spends the whole budget of the next five minutes
+    assert len(rig.polls()) == 2
+    rig.store.close()
+
+    rig.clock.advance(10)
+    restarted = rig_factory(sim=rig.sim, rate_limit={"requests": 2, "per": "5m"})  # same database
+    restarted.poller.step()
+
+    assert rig.sim.rate_limit_violations == 0
+    assert len(rig.polls()) == 2
