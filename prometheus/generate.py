@@ -115,6 +115,9 @@ class Settings:
     exporter_down_for: str = setting("5m", "How long the scrape must fail before CDNetworksExporterDown fires.")
 
 
+NOT_FMGR = 'api!="fmgr"'
+
+
 def selector(s: Settings, *matchers: str) -> str:
     """``{job="cdnetworks", a="b"}``: the job selector first, then the given matchers."""
     return "{" + ", ".join((s.job_selector, *matchers)) + "}"
@@ -239,7 +242,9 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
         ),
         alert(
             s, "CDNetworksNotPolling",
-            f"time() - cdnetworks_last_successful_poll_timestamp_seconds{selector(s)}\n"
+            # Fmgr is polled only while tracked tasks are pending, so its timestamp rightly ages when
+            # nothing is; a stuck Fmgr API shows in CDNetworksFmgrTasksStuck and CDNetworksAPIErrors.
+            f"time() - cdnetworks_last_successful_poll_timestamp_seconds{selector(s, NOT_FMGR)}\n"
             f"> {s.not_polling_seconds}",
             "5m", "critical",
             "The CDNetworks exporter has stopped polling a vendor API successfully.",
