@@ -33,11 +33,14 @@ class ApiHealth:
         self._lag: dict[tuple[str, str], float] = {}
         self.apis: set[str] = set()
 
-    def declare(self, account: str, api: str) -> None:
-        """Make the series of a configured (account, api) exist before its first poll (known values start at 0)."""
+    def declare(self, account: str, api: str, *, up: bool = True) -> None:
+        """Make the series of a configured (account, api) exist before its first poll (known values start at
+        0). ``up=False`` only registers the API's request counters: for an API polled on demand (Fmgr), 0 before
+        any poll would read as "failing" when there was simply nothing to ask."""
         with self._lock:
             self.apis.add(api)
-            self._up.setdefault((account, api), 0)
+            if up:
+                self._up.setdefault((account, api), 0)
 
     def retain(self, pairs: set[tuple[str, str]]) -> None:
         """After a reload: forget up/last-poll/lag of (account, api) pairs no longer configured, so a

@@ -288,7 +288,7 @@ class FmgrPoller(Worker):
         self.maintenance_every = maintenance_every
         self.last_maintenance = 0.0
         if client is not None:
-            health.declare("", "fmgr")
+            health.declare("", "fmgr", up=False)
 
     def next_run(self) -> float:
         now = self.clock()
