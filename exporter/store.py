@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,23 @@ class UpsertResult:
     newly_finished: int
 
 
+@dataclass
+class _Note:
+    """A notification waiting for the group commit, and what became of it."""
+
+    status: fmgrwire.FmgrStatus
+    dedup_key: str
+    ts: float
+    done: bool = False
+    result: bool = False
+    error: BaseException | None = None
+
+    def outcome(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 @dataclass(frozen=True)
 class Histogram:
     buckets: tuple[tuple[float, float], ...]  # cumulative (upper bound, count), +Inf last
@@ -97,7 +116,19 @@ class Histogram:
 
 
 def _labels_key(labels: dict[str, str]) -> str:
-    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+    return _labels_key_of(tuple(sorted(labels.items())))
+
+
+# Label sets repeat endlessly (a few per account and bucket): encoding and decoding them once keeps
+# json off the scrape path and out of the per-task write path.
+@lru_cache(maxsize=8192)
+def _labels_key_of(items: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps(dict(items), separators=(",", ":"))
+
+
+@lru_cache(maxsize=8192)
+def _labels_of(key: str) -> tuple[tuple[str, str], ...]:
+    return tuple(json.loads(key).items())
 
 
 def _final_fmgr(code: int | None) -> bool:
@@ -122,6 +153,9 @@ class Store:
         self._counters: dict[tuple[str, str], float] = {}
         self._txn_incs: dict[tuple[str, str], float] = {}
         self._fmgr_pending = 0
+        self._notes: list[_Note] = []
+        self._notes_cv = threading.Condition()
+        self._notes_writing = False
         self._closed = False
         self._rebuild_memory()
 
@@ -228,7 +262,7 @@ class Store:
 
     def counters(self, name: str) -> list[tuple[dict[str, str], float]]:
         """All label sets and values of counter ``name`` (from memory: no SQL on a scrape)."""
-        return [(json.loads(lab), v) for (n, lab), v in list(self._counters.items()) if n == name]
+        return [(dict(_labels_of(lab)), v) for (n, lab), v in list(self._counters.items()) if n == name]
 
     # ------------------------------------------------------------------ CDN tasks
     @staticmethod
@@ -449,18 +483,69 @@ class Store:
         return deltas
 
     def record_notification(self, status: fmgrwire.FmgrStatus, dedup_key: str, received_ts: float) -> bool:
-        """Store a verified notification once; False when this exact delivery was already stored."""
-        with self._transaction():
-            cur = self._conn.execute(
-                "INSERT OR IGNORE INTO fmgr_notifications VALUES (?, ?, ?)", (dedup_key, status.id, received_ts)
-            )
-            if cur.rowcount == 0:
-                self._inc_locked("fmgr_notifications_total", {"result": "duplicate"})
-                return False
-            deltas = self._apply_fmgr_locked(status, source="notify", polled=False, next_poll=None)
-            self._inc_locked("fmgr_notifications_total", {"result": "accepted"})
+        """Store a verified notification once; False when this exact delivery was already stored.
+
+        Group commit: concurrent callers queue their notification and the first of them writes the whole
+        queue in one transaction, so a burst costs one commit instead of one per notification. Every caller
+        returns only once its own notification is committed (or raises if it could not be)."""
+        note = _Note(status, dedup_key, received_ts)
+        with self._notes_cv:
+            self._notes.append(note)
+            if self._notes_writing:
+                while not note.done:
+                    self._notes_cv.wait()
+                return note.outcome()
+            self._notes_writing = True
+        batch: list[_Note] = []
+        try:
+            while True:
+                with self._notes_cv:
+                    batch, self._notes = self._notes, []
+                    if not batch:
+                        self._notes_writing = False
+                        break
+                self._write_notes(batch)
+                with self._notes_cv:
+                    for n in batch:
+                        n.done = True
+                    self._notes_cv.notify_all()
+        except BaseException:
+            with self._notes_cv:  # never leave followers waiting for a writer that is gone
+                self._notes_writing = False
+                for n in [*batch, *self._notes, note]:
+                    if not n.done:
+                        n.error, n.done = RuntimeError("notification writer stopped"), True
+                self._notes = []
+                self._notes_cv.notify_all()
+            raise
+        return note.outcome()
+
+    def _write_notes(self, batch: list[_Note]) -> None:
+        """One transaction for the batch; if it fails, each notification alone, so one bad entry fails only
+        its own sender (who gets a 5xx and retries) and a broken store fails them all."""
+        try:
+            deltas = self._notes_transaction(batch)
+        except Exception:
+            if len(batch) == 1:
+                batch[0].error = sys.exc_info()[1]
+                return
+            for n in batch:
+                self._write_notes([n])
+            return
         self.fmgr_windows.add_many(deltas)
-        return True
+
+    def _notes_transaction(self, batch: list[_Note]) -> list:
+        deltas: list = []
+        with self._transaction():
+            for n in batch:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO fmgr_notifications VALUES (?, ?, ?)", (n.dedup_key, n.status.id, n.ts)
+                )
+                n.result = cur.rowcount != 0
+                if n.result:
+                    deltas.extend(self._apply_fmgr_locked(n.status, source="notify", polled=False, next_poll=None))
+                self._inc_locked("fmgr_notifications_total", {"result": "accepted" if n.result else "duplicate"})
+        return deltas
 
     def count_notification(self, result: str) -> None:
         self.increment("fmgr_notifications_total", {"result": result})

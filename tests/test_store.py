@@ -172,3 +172,56 @@ def test_list_fmgr_tasks_filters_by_state_and_limits(store, clock):
     assert len(store.list_fmgr_tasks(None, 3)) == 3
     for t in store.list_fmgr_tasks(None, 10):  # the state shown is the state filtered on
         assert t["persistentId"] in {x["persistentId"] for x in store.list_fmgr_tasks(t["state"], 10)}
+
+
+def test_concurrent_notifications_are_group_committed_each_once(store):
+    import threading
+
+    results: dict[str, list[bool]] = {}
+    lock = threading.Lock()
+
+    def send(i: int) -> None:
+        key = f"k{i % 150}"  # every key arrives twice: one accepted, one duplicate
+        ok = store.record_notification(status(f"n{i % 150}", 3, [("fetch", 3, 10)]), key, T0)
+        with lock:
+            results.setdefault(key, []).append(ok)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert all(sorted(v) == [False, True] for v in results.values()) and len(results) == 150
+    notes = dict((lab["result"], v) for lab, v in store.counters("fmgr_notifications_total"))
+    assert notes == {"accepted": 150.0, "duplicate": 150.0}
+    assert dict((lab["op"], v) for lab, v in store.counters("fmgr_processed_bytes_total")) == {"fetch": 1500.0}
+    assert store.fmgr_window_counts(T0, [3600])["tasks"][0] == {3: 150}
+
+
+def test_a_bad_notification_in_a_batch_fails_alone(store):
+    import threading
+
+    bad = status("bad", 3, [("fetch", 3, 1)])
+    bad = FmgrStatus(id=bad.id, code=3, separate=0, items=(FmgrItem(op=None, code=3, fsize=1, error=None),))
+    errors: list[BaseException] = []
+    oks: list[bool] = []
+    gate = threading.Barrier(9)
+
+    def send(st, key):
+        gate.wait()
+        try:
+            oks.append(store.record_notification(st, key, T0))
+        except Exception as exc:  # the failure must reach its own sender
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(status(f"g{i}", 3, [("copy", 3, 5)]), f"g{i}")) for i in range(8)]
+    threads.append(threading.Thread(target=send, args=(bad, "bad")))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 1 and oks == [True] * 8
+    assert store.fmgr_task("bad") is None
+    assert {t["persistentId"] for t in store.list_fmgr_tasks(None, 100)} == {f"g{i}" for i in range(8)}
+    notes = dict((lab["result"], v) for lab, v in store.counters("fmgr_notifications_total"))
+    assert notes == {"accepted": 8.0}
