@@ -207,6 +207,15 @@ class CdnPoller(Worker):
         self.failures = 0
         self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
         self.health.poll_result(self.account.name, self.kind, True, self.clock())
+        if page.tasks and len(page.tasks) < self.page_size and plan.page_no * self.page_size < page.count:
+            # A short page before the end: the vendor caps the page size without saying so. Paging on with
+            # our size would skip rows, so adopt its size and read the chunk again from the first page.
+            log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, len(page.tasks),
+                        self.page_size, len(page.tasks))
+            self.page_size = len(page.tasks)
+            plan.page_no = 1
+            self._save()
+            return
         if plan.page_no * self.page_size >= page.count or not page.tasks:
             plan.chunks.pop(0)
             plan.page_no = 1

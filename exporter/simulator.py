@@ -428,6 +428,7 @@ class Simulator:
         date_skew: float = 900.0,
         rate_limits: dict[str, tuple[int, float]] | None = None,
         string_numbers: bool = False,
+        silent_page_cap: int | None = None,
     ) -> None:
         self._clock = clock
         self.seed = seed
@@ -438,6 +439,8 @@ class Simulator:
         self.date_skew = date_skew
         self.rate_limits = dict(rate_limits or {})
         self.string_numbers = string_numbers
+        # Some APIs cap the page size without an error: they answer fewer rows and echo the smaller size.
+        self.silent_page_cap = silent_page_cap
         # The "timeout" fault sleeps this long (real time) before answering normally.
         self.timeout_fault_seconds = 3.0
         self.notify_timeout = 5.0
@@ -1259,6 +1262,8 @@ class Simulator:
         page_size = _parse_count(request.get("pageSize"), 20)
         if page_size is None or not 1 <= page_size <= self.max_page_size:
             return _cdn_error(MSG_PAGE_SIZE)
+        if self.silent_page_cap is not None:
+            page_size = min(page_size, self.silent_page_cap)
         page_no = _parse_count(request.get("pageNo"), 1)
         if page_no is None or page_no < 1:
             return _cdn_error(MSG_PAGE_NO)

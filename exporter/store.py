@@ -424,47 +424,48 @@ class Store:
         row = self._conn.execute(
             "SELECT first_seen, final_seen, code, confirmed, abandoned FROM fmgr_tasks WHERE id = ?", (status.id,)
         ).fetchone()
+        new_task = row is None
+        first_seen, final_seen, old_code, confirmed, abandoned = (now, None, None, 0, 0) if new_task else row
         # A notification reports the task's *notification* status at top level, never the task code.
-        task_code = status.code if polled else None
-        if row is None:
-            first_seen, final_seen, old_code, confirmed, abandoned = now, None, None, 0, 0
-            self._conn.execute(
-                "INSERT INTO fmgr_tasks (id, first_seen, source, next_poll, updated_ts) VALUES (?, ?, ?, ?, ?)",
-                (status.id, now, source, now, now),
-            )
-            self._fmgr_pending += 1
-            deltas.extend(self._fmgr_task_deltas(now, None, +1))
-        else:
-            first_seen, final_seen, old_code, confirmed, abandoned = row
-        items_final = bool(status.items) and all(
-            fmgrwire.item_outcome(i.code) is not None for i in status.items
-        )
         new_code = old_code
-        if task_code is not None:
-            new_code = task_code
-        elif not polled and items_final and (old_code is None or not _final_fmgr(old_code)):
+        if polled:
+            new_code = status.code
+        elif (status.items and all(fmgrwire.item_outcome(i.code) is not None for i in status.items)
+              and not _final_fmgr(old_code)):
             # A notification is only sent once processing is over: the task is at least "completed".
             new_code = 3
-        if new_code != old_code:
+        if new_task:
+            deltas.extend(self._fmgr_task_deltas(first_seen, new_code, +1))
+        elif new_code != old_code:
             deltas.extend(self._fmgr_task_deltas(first_seen, old_code, -1))
             deltas.extend(self._fmgr_task_deltas(first_seen, new_code, +1))
         is_final = _final_fmgr(new_code)
         new_final_seen = final_seen if final_seen is not None else (now if is_final else None)
-        if final_seen is None and new_final_seen is not None and not abandoned:
+        if new_final_seen is None and new_task:
+            self._fmgr_pending += 1
+        elif final_seen is None and new_final_seen is not None and not abandoned and not new_task:
             self._fmgr_pending -= 1
-        new_confirmed = 1 if (polled and is_final) else confirmed
-        self._conn.execute(
-            "UPDATE fmgr_tasks SET code=?, final_seen=?, confirmed=?, updated_ts=?, errors=0, last_error=NULL, "
-            "last_polled=CASE WHEN ? THEN ? ELSE last_polled END, next_poll=? WHERE id=?",
-            (new_code, new_final_seen, new_confirmed, now, polled, now,
-             next_poll if next_poll is not None else now, status.id),
-        )
-        old_items = {
-            idx: (op, code, fsize)
-            for idx, op, code, fsize in self._conn.execute(
-                "SELECT idx, op, code, fsize FROM fmgr_items WHERE task_id = ?", (status.id,)
+        values = (new_code, new_final_seen, 1 if (polled and is_final) else confirmed, now,
+                  now if polled else None, next_poll if next_poll is not None else now)
+        if new_task:
+            self._conn.execute(
+                "INSERT INTO fmgr_tasks (code, final_seen, confirmed, updated_ts, last_polled, next_poll, id, "
+                "first_seen, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*values, status.id, now, source),
             )
-        }
+            old_items: dict[int, tuple] = {}
+        else:
+            self._conn.execute(
+                "UPDATE fmgr_tasks SET code=?, final_seen=?, confirmed=?, updated_ts=?, "
+                "last_polled=coalesce(?, last_polled), next_poll=?, errors=0, last_error=NULL WHERE id=?",
+                (*values, status.id),
+            )
+            old_items = {
+                idx: (op, code, fsize)
+                for idx, op, code, fsize in self._conn.execute(
+                    "SELECT idx, op, code, fsize FROM fmgr_items WHERE task_id = ?", (status.id,)
+                )
+            }
         for idx, item in enumerate(status.items):
             old = old_items.get(idx)
             if old is not None and old[1] == item.code and old[2] == item.fsize:

@@ -35,8 +35,9 @@ class WindowCounter:
         self._size = bucket_seconds
         self._data: dict[Hashable, dict[int, Counter]] = defaultdict(dict)
         self._lock = threading.Lock()
-        self._version = 0
-        self._cache: dict[tuple, list[Counter]] = {}
+        # Per group, so that a write to one (account, kind) does not invalidate the others' cached sums.
+        self._versions: dict[Hashable, int] = defaultdict(int)
+        self._cache: dict[tuple, tuple[int, list[Counter]]] = {}
 
     def add(self, group: Hashable, ts: float, label: Hashable, delta: float = 1) -> None:
         with self._lock:
@@ -57,16 +58,17 @@ class WindowCounter:
         counter[label] += delta
         if counter[label] == 0:
             del counter[label]
-        self._version += 1
+        self._versions[group] += 1
 
     def windows(self, group: Hashable, now: float, windows: Sequence[float]) -> list[Counter]:
         """Counter of label -> sum for each window (same order as ``windows``)."""
         current = bucket_of(now, self._size)
         key = (group, current, tuple(windows))
         with self._lock:
+            version = self._versions[group]
             cached = self._cache.get(key)
-            if cached is not None and cached[0] == self._version:  # type: ignore[comparison-overlap]
-                return cached[1]  # type: ignore[return-value]
+            if cached is not None and cached[0] == version:
+                return cached[1]
             buckets = self._data.get(group, {})
             starts = [window_start(now, w, self._size) for w in windows]
             earliest = min(starts) if starts else current
@@ -79,14 +81,14 @@ class WindowCounter:
                         totals[i].update(counter)
             if len(self._cache) > 256:
                 self._cache.clear()
-            self._cache[key] = (self._version, totals)  # type: ignore[assignment]
+            self._cache[key] = (version, totals)
             return totals
 
     def prune(self, before: float) -> None:
         """Forget buckets that start before ``before`` (older than any window we serve)."""
         cutoff = bucket_of(before, self._size)
         with self._lock:
-            for buckets in self._data.values():
+            for group, buckets in self._data.items():
                 for b in [b for b in buckets if b < cutoff]:
                     del buckets[b]
-            self._version += 1
+                self._versions[group] += 1

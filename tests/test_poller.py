@@ -229,3 +229,13 @@ def test_lag_is_large_during_backfill_and_small_once_synced(sim_factory, clock, 
     clock.advance(1800)  # nothing polled for 30 minutes: the next step reports it
     poller.step()
     assert health.lag()[("acme", "prefetch")] >= 1800
+
+
+def test_a_silently_capped_page_size_is_adopted_without_skipping_rows(sim_factory, clock, tmp_path):
+    sim = sim_factory(silent_page_cap=30)
+    sim.add_cdn_stream("acme", "prefetch", per_hour=200, start_ts=T0 - DAY)
+    poller, store, _ = build(sim, clock, tmp_path, prefetch={"page_size": 100})
+    run_cycle(poller, clock)
+    assert poller.page_size == 30
+    assert_windows_match_truth(sim, store, clock, "acme")
+    assert store.cdn_task_count("acme", "prefetch") == sim.cdn_truth("acme", "prefetch", T0 - DAY, T0)["total"]
