@@ -83,6 +83,7 @@ class TaskKindConfig:
     lookback: float
     page_size: int
     rate_limit: RateLimit
+    max_page_size: int = 1000  # page_size grows up to this while the budget cannot keep up
     max_query_age: float = 3 * DAY  # the API refuses older start times
     overlap: float = 300.0  # re-read this much before the watermark (late-created tasks)
     request_timeout: float = 30.0
@@ -590,7 +591,7 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     ),
     "prefetch": frozenset(
         {
-            "enabled", "windows", "poll_interval", "lookback", "page_size", "rate_limit",
+            "enabled", "windows", "poll_interval", "lookback", "page_size", "max_page_size", "rate_limit",
             "max_query_age", "overlap", "request_timeout",
         }
     ),
@@ -709,12 +710,17 @@ def _task_kind(
             f"{format_duration(lookback)} is longer than max_query_age ({format_duration(max_query_age)});"
             " the API refuses older start times",
         )
+    page_size = s.integer("page_size", 100, lo=1, hi=10000)
+    max_page_size = s.integer("max_page_size", max(1000, page_size), lo=1, hi=10000)
+    if max_page_size < page_size and ctx.ok(s.sub("page_size"), s.sub("max_page_size")):
+        ctx.error(s.sub("max_page_size"), f"{max_page_size} is smaller than page_size ({page_size})")
     return TaskKindConfig(
         enabled=s.boolean("enabled", enabled),
         windows=s.windows("windows", ("15m", "1h", "24h")),
         poll_interval=s.duration("poll_interval", "5m", minimum=1.0),
         lookback=lookback,
-        page_size=s.integer("page_size", 100, lo=1, hi=10000),
+        page_size=page_size,
+        max_page_size=max_page_size,
         rate_limit=s.rate_limit("rate_limit", rate_limit),
         max_query_age=max_query_age,
         overlap=s.duration("overlap", "5m", positive=False),

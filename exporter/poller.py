@@ -134,7 +134,9 @@ class CdnPoller(Worker):
         self.budget = RateBudget(cfg.rate_limit, clock, store.get_state(self._key + ":budget"))
         st = store.get_state(self._key) or {}
         self.synced_until: float | None = st.get("synced_until")
-        self.page_size: int = int(st.get("page_size") or cfg.page_size)
+        # The largest page size the vendor is known to serve (refused or silently capped sizes lower it).
+        self.page_ceiling: int = min(int(st.get("page_ceiling") or cfg.max_page_size), cfg.max_page_size)
+        self.page_size: int = min(int(st.get("page_size") or cfg.page_size), self.page_ceiling)
         self.last_plan_at: float = float(st.get("last_plan_at") or 0.0)
         self.plan: Plan | None = None
         self.failures = 0
@@ -156,7 +158,8 @@ class CdnPoller(Worker):
 
     def _save(self) -> None:
         self.store.set_state(self._key, {
-            "synced_until": self.synced_until, "page_size": self.page_size, "last_plan_at": self.last_plan_at,
+            "synced_until": self.synced_until, "page_size": self.page_size, "page_ceiling": self.page_ceiling,
+            "last_plan_at": self.last_plan_at,
         })
 
     def make_plan(self, now: float) -> Plan:
@@ -212,7 +215,7 @@ class CdnPoller(Worker):
             # our size would skip rows, so adopt its size and read the chunk again from the first page.
             log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, len(page.tasks),
                         self.page_size, len(page.tasks))
-            self.page_size = len(page.tasks)
+            self.page_size = self.page_ceiling = len(page.tasks)
             plan.page_no = 1
             self._save()
             return
@@ -234,9 +237,21 @@ class CdnPoller(Worker):
         assert self.plan is not None
         self.synced_until = self.plan.end
         self.requests_in_last_plan = self.plan.requests
+        self._grow_page_size(self.plan.requests)
         self.plan = None
         self._save()
         self.health.set_lag(self.account.name, self.kind, self.clock() - self.synced_until)
+
+    def _grow_page_size(self, requests_used: int) -> None:
+        """A cycle that needed more requests than the budget allows per poll interval falls behind a little
+        more each time: fewer, larger pages are the only way to catch up within the vendor's limits."""
+        limit = self.cfg.rate_limit
+        per_interval = max(1, int(limit.requests * self.cfg.poll_interval / limit.per))
+        if requests_used > per_interval and self.page_size < self.page_ceiling:
+            grown = min(self.page_size * 2, self.page_ceiling)
+            log.info("%s: a cycle took %d requests, the budget allows %d per %.0fs; page size %d -> %d",
+                     self.name, requests_used, per_interval, self.cfg.poll_interval, self.page_size, grown)
+            self.page_size = grown
 
     def _on_error(self, exc: ApiError) -> None:
         now = self.clock()
@@ -244,7 +259,9 @@ class CdnPoller(Worker):
         self.failures += 1
         if exc.kind == "bad_request" and exc.page_size_error and self.page_size > 1:
             # The maximum page size is undocumented: halve, restart the chunk (page borders moved), remember.
-            self.page_size = max(1, self.page_size // 2)
+            # Growth stops at the halved size: probing sizes between it and the refused one would spend the
+            # tight budget on refusals.
+            self.page_size = self.page_ceiling = max(1, self.page_size // 2)
             log.warning("%s: vendor refused page size; trying %d", self.name, self.page_size)
             if self.plan:
                 self.plan.page_no = 1

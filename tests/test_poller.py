@@ -239,3 +239,37 @@ def test_a_silently_capped_page_size_is_adopted_without_skipping_rows(sim_factor
     assert poller.page_size == 30
     assert_windows_match_truth(sim, store, clock, "acme")
     assert store.cdn_task_count("acme", "prefetch") == sim.cdn_truth("acme", "prefetch", T0 - DAY, T0)["total"]
+
+
+PUBLISHED = {"rate_limit": {"requests": 1, "per": "5m"}, "lookback": "1h"}
+
+
+def test_page_size_grows_until_the_published_budget_keeps_up(sim_factory, clock, tmp_path):
+    # 3,000 tasks an hour need 3 pages of 100 every 5 minutes; the vendor allows 1 request per 5 minutes.
+    sim = sim_factory(rate_limits={"prefetch": (1, 300.0)}, max_page_size=1000)
+    sim.add_cdn_stream("acme", "prefetch", per_hour=3000, start_ts=T0 - DAY)
+    poller, store, health = build(sim, clock, tmp_path, prefetch=PUBLISHED)
+    lags = []
+    for _ in range(12):
+        run_cycle(poller, clock)
+        lags.append(health.lag()[("acme", "prefetch")])
+    assert sim.rate_limit_violations == 0
+    assert 100 < poller.page_size <= 1000
+    assert lags[-1] <= 600 and lags[-1] <= lags[-3]  # caught up: bounded, not growing cycle after cycle
+    # Complete up to where it says it is synced (statuses there may have moved on since they were read).
+    start, end = poller.synced_until - 3600, poller.synced_until
+    assert sum(store.cdn_counts_by_status("acme", "prefetch", start, end).values()) == \
+        sim.cdn_truth("acme", "prefetch", start, end)["total"]
+
+
+def test_page_size_never_grows_past_a_size_the_vendor_refused(sim_factory, clock, tmp_path):
+    sim = sim_factory(rate_limits={"prefetch": (1, 300.0)}, max_page_size=300)
+    sim.add_cdn_stream("acme", "prefetch", per_hour=6000, start_ts=T0 - DAY)
+    poller, store, health = build(sim, clock, tmp_path, prefetch=PUBLISHED)
+    for _ in range(12):
+        run_cycle(poller, clock)
+    assert poller.page_size <= 300
+    assert health.requests()[("prefetch", "bad_request")] == 1  # refused once, remembered after that
+    store.close()
+    restarted, _, _ = build(sim, clock, tmp_path, prefetch=PUBLISHED)
+    assert restarted.page_ceiling == poller.page_ceiling <= 300
