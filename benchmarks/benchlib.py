@@ -1,0 +1,134 @@
+"""Helpers shared by the benchmark scripts.
+
+Machines are noisy, so every timing benchmark measures its two sides interleaved in one run (A then B,
+then B then A, ...) and compares medians; a slow moment of the machine then hits both sides alike.
+Each script records its goals with :class:`Goals` and exits non-zero when one is missed; the
+``RESULT`` lines it prints are what ``run_all.sh`` collects into its summary.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary (as in the tests)
+DAY = 86400.0
+
+
+class Clock:
+    """A settable clock shared by the simulator and the exporter, so that hours pass in milliseconds."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def time_interleaved(
+    sides: dict[str, Callable[[], object]],
+    repeats: int,
+    before_each: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each side, ``repeats`` times, alternating the order of the sides every round.
+
+    ``before_each[name]`` (untimed) runs right before each timed call of that side, e.g. to change the
+    store so that the call after it starts cold.
+    """
+    names = list(sides)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    before_each = before_each or {}
+    gc.collect()
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else reversed(names):
+            prep = before_each.get(name)
+            if prep is not None:
+                prep()
+            started = time.perf_counter()
+            sides[name]()
+            out[name].append(time.perf_counter() - started)
+    return out
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1000.0
+
+
+def p90_ms(samples: Sequence[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))] * 1000.0
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        # Headers and the first column (row names) read left to right; numbers line up on the right.
+        padded = (v.rjust(w) if n and i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+        print("  ".join(padded))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+class StaticCollector(Collector):
+    """Yields pre-built metric families: the cheapest possible source of a given exposition."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def static_registry(exposition: str) -> CollectorRegistry:
+    """A registry that serves exactly the series of ``exposition`` (text format), parsed once up front."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StaticCollector(list(text_string_to_metric_families(exposition))))
+    return registry
+
+
+def samples_of(exposition: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """Every sample of an exposition as (name, sorted labels, value), for comparing two renders."""
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+class Goals:
+    """Goal checks of one benchmark; ``exit_code()`` is 1 when any was missed."""
+
+    def __init__(self, bench: str) -> None:
+        self.bench = bench
+        self.results: list[tuple[str, str]] = []
+
+    def check(self, ok: bool, text: str) -> bool:
+        self.results.append(("PASS" if ok else "FAIL", text))
+        return ok
+
+    def note(self, text: str) -> None:
+        """A measured number that has no goal but belongs in the summary."""
+        self.results.append(("INFO", text))
+
+    def exit_code(self) -> int:
+        print()
+        for verdict, text in self.results:
+            print(f"RESULT {self.bench}: {verdict} {text}")
+        return 1 if any(verdict == "FAIL" for verdict, _ in self.results) else 0
