@@ -100,17 +100,19 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            delay = self.next_run() - self.clock()
-            if delay > 0:
-                self._wake.wait(min(delay, 5.0))
-                self._wake.clear()
-                continue
             try:
+                delay = self.next_run() - self.clock()
+                if delay > 0:
+                    self._wake.wait(min(delay, 5.0))
+                    self._wake.clear()
+                    continue
                 self.step()
             except Exception:
-                # A bug must not kill polling for good; it is logged with its traceback and retried later.
+                # A bug or a store failure must not kill polling for good: logged with its traceback, retried
+                # after a backoff, and never in a hot loop even if next_run() itself keeps failing.
                 log.exception("%s: unexpected error", self.name)
                 self.on_unexpected()
+                self._stop.wait(1.0)
 
     def next_run(self) -> float:
         raise NotImplementedError

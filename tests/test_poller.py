@@ -273,3 +273,38 @@ def test_page_size_never_grows_past_a_size_the_vendor_refused(sim_factory, clock
     store.close()
     restarted, _, _ = build(sim, clock, tmp_path, prefetch=PUBLISHED)
     assert restarted.page_ceiling == poller.page_ceiling <= 300
+
+
+def test_a_failing_worker_keeps_running_without_a_hot_loop(caplog):
+    import time as _time
+
+    from exporter.poller import Worker
+
+    class Flaky(Worker):
+        name = "flaky"
+
+        def __init__(self):
+            super().__init__(_time.time)
+            self.calls = 0
+            self.steps = 0
+
+        def next_run(self):
+            self.calls += 1
+            if self.calls <= 2:
+                raise RuntimeError("store went away")
+            return 0.0  # due now
+
+        def step(self):
+            self.steps += 1
+            self._stop.set()
+
+        def on_unexpected(self):
+            pass
+
+    w = Flaky()
+    started = _time.monotonic()
+    w.start()
+    w._thread.join(10)
+    assert w.steps == 1 and w.calls == 3  # survived two failures, then worked
+    assert _time.monotonic() - started >= 1.9  # waited between failures instead of spinning
+    assert sum("unexpected error" in r.getMessage() for r in caplog.records) == 2
