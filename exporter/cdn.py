@@ -69,6 +69,11 @@ class QueryPage:
     page_no: int
     page_size: int
     tasks: list[CdnTask]
+    rows: int = -1  # rows the vendor sent (tasks plus any unusable row that was skipped)
+
+    def __post_init__(self) -> None:
+        if self.rows < 0:
+            object.__setattr__(self, "rows", len(self.tasks))
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -164,25 +169,35 @@ def parse_response(data: Any, tz: tzinfo) -> QueryPage:
         raise ApiError("malformed", "resultDetail is not a list")
     tasks = []
     for i, row in enumerate(details):
-        if not isinstance(row, dict):
-            raise ApiError("malformed", f"resultDetail[{i}] is not an object")
-        url = row.get("url")
-        if not isinstance(url, str) or not url:
-            raise ApiError("malformed", f"resultDetail[{i}].url is missing")
         try:
-            create_ts = parse_api_time(row.get("createTime"), tz)
-            begin_ts = parse_api_time(row.get("beginTime"), tz)
-            finish_ts = parse_api_time(row.get("finishTime"), tz)
-        except ValueError as exc:
-            raise ApiError("malformed", f"resultDetail[{i}]: bad time: {exc}") from None
-        if create_ts is None:
-            raise ApiError("malformed", f"resultDetail[{i}].createTime is missing")
-        status = str(row.get("status") or "").strip().lower()
-        tasks.append(CdnTask(
-            url=url, create_ts=create_ts, status=status if status in STATUSES else "unknown",
-            begin_ts=begin_ts, finish_ts=finish_ts, rate=_as_rate(row.get("rate")),
-        ))
-    return QueryPage(count=count, page_no=page_no, page_size=page_size, tasks=tasks)
+            tasks.append(_parse_row(row, tz))
+        except ApiError as exc:
+            if len(details) == 1:
+                raise
+            # One unusable row must not stall every later cycle on the same page: skip it, say so.
+            log.warning("skipping resultDetail[%d]: %s", i, exc.message)
+    if details and not tasks:
+        raise ApiError("malformed", "no usable row in resultDetail")
+    return QueryPage(count=count, page_no=page_no, page_size=page_size, tasks=tasks, rows=len(details))
+
+
+def _parse_row(row: Any, tz: tzinfo) -> CdnTask:
+    if not isinstance(row, dict):
+        raise ApiError("malformed", "row is not an object")
+    url = row.get("url")
+    if not isinstance(url, str) or not url:
+        raise ApiError("malformed", "url is missing")
+    try:
+        create_ts = parse_api_time(row.get("createTime"), tz)
+        begin_ts = parse_api_time(row.get("beginTime"), tz)
+        finish_ts = parse_api_time(row.get("finishTime"), tz)
+    except ValueError as exc:
+        raise ApiError("malformed", f"bad time: {exc}") from None
+    if create_ts is None:
+        raise ApiError("malformed", "createTime is missing")
+    status = str(row.get("status") or "").strip().lower()
+    return CdnTask(url=url, create_ts=create_ts, status=status if status in STATUSES else "unknown",
+                   begin_ts=begin_ts, finish_ts=finish_ts, rate=_as_rate(row.get("rate")))
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -252,7 +267,7 @@ class CdnClient:
             payload["status"] = status
         body = json.dumps(payload, separators=(",", ":")).encode()
         started = time.monotonic()
-        result = "ok"
+        result = "unknown"  # until proven otherwise: an unexpected exception must not count as ok
         try:
             try:
                 resp = self.session.post(self.account.endpoint + path, data=body,
@@ -268,9 +283,14 @@ class CdnClient:
                                status=resp.status_code)
             try:
                 data = resp.json()
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ApiError("malformed", f"response is not JSON: {resp.text[:100]!r}") from exc
-            return parse_response(data, self.account.tz)
+            page = parse_response(data, self.account.tz)
+            if page.rows == 0 and page.count > (page_no - 1) * page_size:
+                # Success with the rows missing is never "no tasks": paging on would skip them for good.
+                raise ApiError("malformed", f"page {page_no} is empty but count says {page.count} tasks")
+            result = "ok"
+            return page
         except ApiError as exc:
             result = exc.kind
             raise

@@ -167,15 +167,17 @@ class CdnPoller(Worker):
     def make_plan(self, now: float) -> Plan:
         """The range that can still change: from the oldest unfinished task (or the last synced point
         minus an overlap, for tasks created late) up to now, never older than the API allows."""
-        horizon = clamp_start(now - self.cfg.lookback, now, self.cfg.max_query_age)
         if self.synced_until is None:
-            start = horizon  # first start: back-fill the lookback
+            start = clamp_start(now - self.cfg.lookback, now, self.cfg.max_query_age)  # first start: back-fill
         else:
+            # Unfinished tasks are re-read as far back as the API reaches (not just the lookback): otherwise a
+            # slow task would stay "run" here, and count as unfinished, long after the vendor finished it.
+            reach = clamp_start(now - self.cfg.max_query_age, now, self.cfg.max_query_age)
             start = self.synced_until - self.cfg.overlap
-            oldest = self.store.cdn_oldest_unfinished(self.account.name, self.kind, since=horizon)
+            oldest = self.store.cdn_oldest_unfinished(self.account.name, self.kind, since=reach)
             if oldest is not None:
                 start = min(start, oldest)
-        start = max(start, horizon)
+            start = max(start, reach)
         chunks = chunk_range(start, now)
         chunks.reverse()  # newest first: the short windows are right soonest
         return Plan(chunks=chunks, start=start, end=now)
@@ -203,25 +205,28 @@ class CdnPoller(Worker):
             return
         plan.requests += 1
         try:
-            page = self.client.query(self.kind, start, end, page_no=plan.page_no, page_size=self.page_size)
+            try:
+                page = self.client.query(self.kind, start, end, page_no=plan.page_no, page_size=self.page_size)
+            finally:
+                self._spend_slot()  # whatever happened, the request may have reached the vendor
         except ApiError as exc:
-            self._spend_slot()
             self._on_error(exc)
             return
-        self._spend_slot()
         self.failures = 0
         self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
         self.health.poll_result(self.account.name, self.kind, True, self.clock())
-        if page.tasks and len(page.tasks) < self.page_size and plan.page_no * self.page_size < page.count:
-            # A short page before the end: the vendor caps the page size without saying so. Paging on with
-            # our size would skip rows, so adopt its size and read the chunk again from the first page.
-            log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, len(page.tasks),
-                        self.page_size, len(page.tasks))
-            self.page_size = self.page_ceiling = len(page.tasks)
+        # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
+        expected = min(self.page_size, page.count - (plan.page_no - 1) * self.page_size)
+        if 0 < page.rows < expected:
+            # A short page: the vendor caps the page size without saying so. Paging on with our size would
+            # skip rows, so adopt its size and read the chunk again from the first page.
+            log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, page.rows,
+                        self.page_size, page.rows)
+            self.page_size = self.page_ceiling = page.rows
             plan.page_no = 1
             self._save()
             return
-        if plan.page_no * self.page_size >= page.count or not page.tasks:
+        if plan.page_no * self.page_size >= page.count:
             plan.chunks.pop(0)
             plan.page_no = 1
             if not plan.chunks:

@@ -68,7 +68,7 @@ MSG_STATUS = "task status error,eg: init wait run success failure"
 MSG_AUTH_FAILED = "authentication failed"
 MSG_RATE_LIMITED = "rate limit exceeded"
 
-FAULTS = ("http500", "http503", "http429", "timeout", "malformed", "wrong_types")
+FAULTS = ("http500", "http503", "http429", "timeout", "malformed", "wrong_types", "empty_page")
 CODE0_FAULT_PREFIX = "code0:"
 MALFORMED_CDN_BODY = b'{"count": 1, "Code": 1,'
 MALFORMED_FMGR_BODY = b'{"id": "x", "code": 3,'
@@ -1124,6 +1124,11 @@ class Simulator:
             payload = {"id": "x", "code": 3, "desc": "fileOperateSucceed", "separate": 0,
                        "items": "unavailable"}
             return _json_response(200, payload, result)
+        if fault == "empty_page" and cdn:
+            # A glitch seen from paged APIs: success, a large count, and no rows.
+            payload = {"count": 10**6, "Code": 1, "message": "success", "pageNo": 1, "pageSize": 20,
+                       "resultDetail": []}
+            return _json_response(200, payload, result, CDN_CONTENT_TYPE)
         message = fault[len(CODE0_FAULT_PREFIX):]
         if cdn:
             return _cdn_error(message, result)

@@ -136,3 +136,11 @@ def test_http_classification_and_retry_after():
     assert cdn.retry_after_seconds("7") == 7.0
     assert cdn.retry_after_seconds(None) is None
     assert cdn.retry_after_seconds("soon") is None
+
+
+def test_one_unusable_row_is_skipped_not_the_whole_page():
+    good = {"createTime": "2026-11-22 16:00:00", "status": "success", "url": "http://a/1", "rate": "100"}
+    page = cdn.parse_response({"Code": 1, "count": 3, "resultDetail": [good, {"url": "u"}, dict(good, url="b")]},
+                              CST)
+    assert [t.url for t in page.tasks] == ["http://a/1", "b"]
+    assert page.rows == 3  # the vendor sent three: paging arithmetic must not mistake this for a short page

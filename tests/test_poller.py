@@ -147,6 +147,7 @@ def test_never_asks_for_more_than_a_day_or_older_than_three_days(sim_factory, cl
         ("timeout", "timeout"),
         ("malformed", "malformed"),
         ("wrong_types", "malformed"),
+        ("empty_page", "malformed"),  # success with rows missing is never read as "no tasks"
         ("code0:username is invalid", "auth"),
         ("code0:query time error", "bad_request"),
         ("code0:rate limit exceeded", "rate_limited"),
@@ -264,9 +265,9 @@ def test_page_size_grows_until_the_published_budget_keeps_up(sim_factory, clock,
 
 def test_page_size_never_grows_past_a_size_the_vendor_refused(sim_factory, clock, tmp_path):
     sim = sim_factory(rate_limits={"prefetch": (1, 300.0)}, max_page_size=300)
-    sim.add_cdn_stream("acme", "prefetch", per_hour=6000, start_ts=T0 - DAY)
+    sim.add_cdn_stream("acme", "prefetch", per_hour=1500, start_ts=T0 - DAY)
     poller, store, health = build(sim, clock, tmp_path, prefetch=PUBLISHED)
-    for _ in range(12):
+    for _ in range(8):
         run_cycle(poller, clock)
     assert poller.page_size <= 300
     assert health.requests()[("prefetch", "bad_request")] == 1  # refused once, remembered after that
@@ -308,3 +309,28 @@ def test_a_failing_worker_keeps_running_without_a_hot_loop(caplog):
     assert w.steps == 1 and w.calls == 3  # survived two failures, then worked
     assert _time.monotonic() - started >= 1.9  # waited between failures instead of spinning
     assert sum("unexpected error" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_capped_page_that_looks_like_the_last_one_is_still_caught(sim_factory, clock, tmp_path):
+    # count (75) fits in one page of 100, but the vendor serves only 50: the first page is not the last.
+    sim = sim_factory(silent_page_cap=50)
+    for i in range(75):
+        sim.add_cdn_task("acme", "prefetch", f"http://x/{i}", T0 - 3000 + i * 10, wait=1, run=1)
+    poller, store, _ = build(sim, clock, tmp_path, prefetch={"page_size": 100})
+    run_cycle(poller, clock)
+    assert store.cdn_task_count("acme", "prefetch") == 75
+    assert poller.page_size == 50
+
+
+def test_a_task_finishing_after_the_lookback_is_still_read_and_counted(sim_factory, clock, tmp_path):
+    sim = sim_factory()
+    sim.add_cdn_task("acme", "prefetch", "http://slow/1", T0 - 3600, wait=60, run=26 * 3600)
+    sim.add_cdn_stream("acme", "prefetch", per_hour=30, start_ts=T0 - DAY)
+    poller, store, _ = build(sim, clock, tmp_path, prefetch={"lookback": "2h"})
+    run_cycle(poller, clock)
+    assert store.cdn_oldest_unfinished("acme", "prefetch") == T0 - 3600
+    clock.advance(27 * 3600)  # the vendor finished it 2 hours ago; it is far outside the 2h lookback now
+    run_cycle(poller, clock)
+    assert store.cdn_counts_by_status("acme", "prefetch", T0 - 3600, T0 - 3600) == {"success": 1}
+    finished = {lab["status"]: v for lab, v in store.counters("prefetch_tasks_finished_total")}
+    assert finished.get("success", 0) >= 1
