@@ -105,7 +105,7 @@ class ExporterCollector(Collector):
                     rate.add_metric([name, w.name], c[("rate_sum",)] / c[("rate_n",)] / 100.0)
             first = self.store.cdn_oldest_unfinished(name, kind, since=now - kcfg.max_query_age)
             oldest.add_metric([name], max(0.0, now - first) if first is not None else 0.0)
-            for status in ("success", "failure", "unknown"):
+            for status in ("success", "failure"):  # the only final statuses
                 finished.add_metric([name, status], finished_counts.get((name, status), 0.0))
             h = self.store.histogram(f"{kind}_duration_seconds", {"account": name}, DURATION_BUCKETS)
             duration.add_metric([name], [(_fmt_bound(b), c) for b, c in h.buckets], h.total)

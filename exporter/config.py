@@ -537,8 +537,9 @@ class _Section:
             seconds = self._duration_value(path, value)
             if seconds is None:
                 continue
-            if seconds <= 0:
-                self.ctx.error(path, "must be greater than 0")
+            if seconds < 60:
+                # Windows are summed from per-minute counts: a shorter one would always read 0.
+                self.ctx.error(path, "must be at least 1m (windows are evaluated at one-minute resolution)")
                 continue
             if seconds in first_path:
                 self.ctx.error(path, f"duplicate window (same length as {first_path[seconds]})")

@@ -403,8 +403,8 @@ class Store:
                 )
                 if cur.rowcount:
                     added += 1
+                    self._fmgr_pending += 1  # under the store lock, like every other change to it
                     deltas.extend(self._fmgr_task_deltas(now, None, +1))
-        self._fmgr_pending += added
         self.fmgr_windows.add_many(deltas)
         return added
 
@@ -582,11 +582,16 @@ class Store:
                 self._fmgr_pending -= 1
 
     def abandon_old_fmgr(self, before: float) -> int:
-        """Stop polling tasks first seen before ``before`` (fmgr.max_task_age) that never finished."""
+        """Stop polling tasks first seen before ``before`` (fmgr.max_task_age): those that never finished are
+        abandoned; those that finished (by notification) but were never confirmed by a poll just stop
+        waiting for that poll and stay completed."""
         with self._lock:
             cur = self._conn.execute(
-                "UPDATE fmgr_tasks SET abandoned = 1 WHERE abandoned = 0 AND first_seen < ? AND "
-                "(final_seen IS NULL OR confirmed = 0)",
+                "UPDATE fmgr_tasks SET abandoned = 1 WHERE abandoned = 0 AND first_seen < ? AND final_seen IS NULL",
+                (before,),
+            )
+            self._conn.execute(
+                "UPDATE fmgr_tasks SET confirmed = 1 WHERE confirmed = 0 AND first_seen < ? AND final_seen IS NOT NULL",
                 (before,),
             )
             self._fmgr_pending = self._count_pending()

@@ -762,3 +762,15 @@ def test_example_mentions_every_key():
 def test_fixed_offset_tz_is_a_timezone():
     # Consumers format API times with the zone; a fixed offset is a plain datetime.timezone.
     assert parse_timezone("+08:00") == timezone(timedelta(hours=8))
+
+
+def test_windows_shorter_than_a_minute_are_rejected():
+    import pytest as _pytest
+
+    from exporter.config import ConfigError as _ConfigError
+    from exporter.config import parse_config as _parse
+
+    with _pytest.raises(_ConfigError) as err:
+        _parse({"accounts": [{"name": "a", "username": "u", "api_key": "k"}], "prefetch": {"windows": ["30s", "1h"]}},
+               environ={})
+    assert any(e.startswith("prefetch.windows[0]:") and "1m" in e for e in err.value.errors)

@@ -225,3 +225,14 @@ def test_a_bad_notification_in_a_batch_fails_alone(store):
     assert {t["persistentId"] for t in store.list_fmgr_tasks(None, 100)} == {f"g{i}" for i in range(8)}
     notes = dict((lab["result"], v) for lab, v in store.counters("fmgr_notifications_total"))
     assert notes == {"accepted": 8.0}
+
+
+def test_max_task_age_abandons_only_unfinished_tasks(store, clock):
+    store.register_fmgr_ids(["never-seen"], "api")
+    store.record_notification(status("notified", 3, [("fetch", 3, 1)]), "kn", T0)  # final, never confirmed
+    clock.t = T0 + 8 * 86400
+    assert store.abandon_old_fmgr(clock() - 7 * 86400) == 1
+    assert store.fmgr_task("never-seen")["state"] == "abandoned"
+    done = store.fmgr_task("notified")
+    assert done["state"] == "completed" and done["confirmed"] is True  # stops waiting for a poll, stays completed
+    assert store.fmgr_due(clock(), 10) == []
