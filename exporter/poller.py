@@ -1,8 +1,9 @@
 """Background polling: one worker per (account, CDN task kind) and one for Fmgr.
 
 Each worker makes vendor requests only when its rate budget allows (a CDN worker one per step), so the
-vendor's published limits are never exceeded, even across restarts (the budget's recent request times
-are persisted). A sync *plan* (chunks of <= 1 day, page by page) survives failures and budget waits:
+vendor's published limits are never exceeded, even across restarts and reloads (the budget's recent
+request times, any Retry-After block and the backoff are persisted, and a reload waits for a request in
+flight). A sync *plan* (chunks of <= 1 day, page by page) survives failures and budget waits:
 the next slot resumes it instead of starting over. Incremental: a finished task never changes, so each
 plan starts at the oldest task still unfinished (or the last synced point minus an overlap), never at
 the start of the largest window.
@@ -34,11 +35,15 @@ BASE_BACKOFF = 5.0
 class RateBudget:
     """At most ``requests`` calls in any sliding ``per`` seconds; ``block_until`` honours Retry-After."""
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float], history: list[float] | None = None) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float], saved: list | dict | None = None) -> None:
+        """``saved`` is what ``state()`` returned before a restart (a bare list of send times is accepted too)."""
         self.limit = limit
         self.clock = clock
-        self.sent: deque[float] = deque(sorted(history or [])[-limit.requests:], maxlen=limit.requests)
-        self.blocked_until = 0.0
+        if isinstance(saved, dict):
+            history, self.blocked_until = saved.get("sent") or [], float(saved.get("blocked_until") or 0.0)
+        else:
+            history, self.blocked_until = saved or [], 0.0
+        self.sent: deque[float] = deque(sorted(history)[-limit.requests:], maxlen=limit.requests)
 
     def wait_time(self) -> float:
         now = self.clock()
@@ -55,6 +60,10 @@ class RateBudget:
 
     def history(self) -> list[float]:
         return list(self.sent)
+
+    def state(self) -> dict[str, object]:
+        """What must survive a restart or reload so that neither can burst past the vendor's limits."""
+        return {"sent": list(self.sent), "blocked_until": self.blocked_until}
 
 
 def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF, cap: float = MAX_BACKOFF) -> float:
@@ -89,11 +98,17 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    stop_timeout = 5.0
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop and wait for a request in flight, so a successor (after a reload) sees its budget slot."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(self.stop_timeout if timeout is None else timeout)
+            if self._thread.is_alive():
+                log.warning("%s: still busy after %.0fs; stopping without waiting further", self.name,
+                            self.stop_timeout if timeout is None else timeout)
 
     def wake(self) -> None:
         self._wake.set()
@@ -133,7 +148,9 @@ class CdnPoller(Worker):
         self.name = f"poll-{kind}-{account.name}"
         self.rng = rng or random.Random()
         self._key = f"cdn:{account.name}:{kind}"
-        self.budget = RateBudget(cfg.rate_limit, clock, store.get_state(self._key + ":budget"))
+        saved = store.get_state(self._key + ":budget")
+        self.budget = RateBudget(cfg.rate_limit, clock, saved)
+        self.stop_timeout = cfg.request_timeout + 5.0
         st = store.get_state(self._key) or {}
         self.synced_until: float | None = st.get("synced_until")
         # The largest page size the vendor is known to serve (refused or silently capped sizes lower it).
@@ -142,7 +159,7 @@ class CdnPoller(Worker):
         self.last_plan_at: float = float(st.get("last_plan_at") or 0.0)
         self.plan: Plan | None = None
         self.failures = 0
-        self.not_before = 0.0
+        self.not_before = float(saved.get("not_before") or 0.0) if isinstance(saved, dict) else 0.0
         self.requests_in_last_plan = 0
         health.declare(account.name, kind)
 
@@ -211,6 +228,7 @@ class CdnPoller(Worker):
                 self._spend_slot()  # whatever happened, the request may have reached the vendor
         except ApiError as exc:
             self._on_error(exc)
+            self._save_budget()  # Retry-After and backoff hold across a reload or restart too
             return
         self.failures = 0
         self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
@@ -238,7 +256,10 @@ class CdnPoller(Worker):
         # Recorded when the answer is in: the vendor counts arrivals, and an arrival is never later than
         # our completion, so spacing completions by the budget spaces the vendor's arrivals too.
         self.budget.record()
-        self.store.set_state(self._key + ":budget", self.budget.history())
+        self._save_budget()
+
+    def _save_budget(self) -> None:
+        self.store.set_state(self._key + ":budget", {**self.budget.state(), "not_before": self.not_before})
 
     def _finish_plan(self) -> None:
         assert self.plan is not None
@@ -315,6 +336,7 @@ class FmgrPoller(Worker):
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
         self.rng = rng or random.Random()
         self.budget = RateBudget(cfg.rate_limit, clock, store.get_state("fmgr:budget"))
+        self.stop_timeout = cfg.request_timeout + 5.0
         self.failures = 0
         self.not_before = 0.0
         self.maintenance = maintenance
@@ -352,7 +374,7 @@ class FmgrPoller(Worker):
                 break
             ok = self.poll_one(task_id)
             self.budget.record()  # at completion, as for the CDN budget
-            self.store.set_state("fmgr:budget", self.budget.history())
+            self.store.set_state("fmgr:budget", self.budget.state())
             if not ok:
                 break
 

@@ -334,3 +334,17 @@ def test_a_task_finishing_after_the_lookback_is_still_read_and_counted(sim_facto
     assert store.cdn_counts_by_status("acme", "prefetch", T0 - 3600, T0 - 3600) == {"success": 1}
     finished = {lab["status"]: v for lab, v in store.counters("prefetch_tasks_finished_total")}
     assert finished.get("success", 0) >= 1
+
+
+@pytest.mark.parametrize("fault", ["http503", "http500"])  # Retry-After block; plain backoff
+def test_retry_after_and_backoff_hold_across_a_restart(sim_factory, clock, tmp_path, fault):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=60, start_ts=T0 - DAY)
+    poller, store, _ = build(sim, clock, tmp_path)
+    sim.inject("prefetch", fault, 1)
+    poller.step()
+    held_until = poller.next_run()
+    assert held_until > clock() + 1
+    store.close()
+    restarted, _, _ = build(sim, clock, tmp_path)
+    assert restarted.next_run() >= held_until - 0.001
