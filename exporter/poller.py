@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 AUTH_BACKOFF = 600.0  # a wrong key will not fix itself: wait long, say so
 MAX_BACKOFF = 900.0
 BASE_BACKOFF = 5.0
+# This many different Fmgr ids answering "not found" in a row, with no success between, is an outage.
+NOT_FOUND_OUTAGE = 10
 
 
 class RateBudget:
@@ -335,6 +337,7 @@ class FmgrPoller(Worker):
         super().__init__(clock)
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
         self.rng = rng or random.Random()
+        self.not_found_run: set[str] = set()  # distinct ids answered "not found" since the last success
         self.budget = RateBudget(cfg.rate_limit, clock, store.get_state("fmgr:budget"))
         self.stop_timeout = cfg.request_timeout + 5.0
         self.failures = 0
@@ -388,8 +391,14 @@ class FmgrPoller(Worker):
             self.health.observe_request("fmgr", exc.kind, time.monotonic() - started)
             now = self.clock()
             if exc.kind == "not_found":
-                # The vendor does not know the id (typo, or not indexed yet): not an outage.
-                self.health.poll_result("", "fmgr", True, now)
+                # The vendor does not know the id (typo, or not indexed yet): not an outage, unless no id at all
+                # is found, which points at a wrong fmgr.endpoint rather than at the ids.
+                self.not_found_run.add(task_id)
+                wrong_endpoint = len(self.not_found_run) >= NOT_FOUND_OUTAGE
+                if wrong_endpoint and len(self.not_found_run) == NOT_FOUND_OUTAGE:
+                    log.error("fmgr: the last %d different ids all answered 'not found' and none succeeded: "
+                              "check fmgr.endpoint", NOT_FOUND_OUTAGE)
+                self.health.poll_result("", "fmgr", not wrong_endpoint, now)
                 self.store.fmgr_poll_failed(task_id, f"not_found: {exc}", now + self.cfg.poll_interval * 5)
                 return True
             self.failures += 1
@@ -404,6 +413,7 @@ class FmgrPoller(Worker):
         self.health.observe_request("fmgr", "ok", time.monotonic() - started)
         now = self.clock()
         self.failures = 0
+        self.not_found_run.clear()
         self.health.poll_result("", "fmgr", True, now)
         final = status.code is not None and status.code in FINAL_TASK_CODES
         self.store.apply_fmgr_status(status, source="poll", polled=True,

@@ -163,6 +163,23 @@ def test_an_unknown_id_is_not_an_outage_and_is_retried_later(rig_factory):
     assert task is not None and task["lastError"] is None
 
 
+def test_every_id_not_found_means_a_wrong_endpoint_not_unknown_ids(rig_factory):
+    from exporter.poller import NOT_FOUND_OUTAGE
+
+    rig = rig_factory()
+    ids = [f"typo-{i}" for i in range(NOT_FOUND_OUTAGE)]
+    rig.store.register_fmgr_ids(ids[:-1], "api")
+    rig.run_until(T0 + 1)
+    assert rig.requests("not_found") == NOT_FOUND_OUTAGE - 1 and rig.up() == 1  # a few unknown ids: no outage
+    rig.store.register_fmgr_ids(ids[-1:], "api")
+    rig.run_until(T0 + 2)
+    assert rig.up() == 0  # nothing at all is found: the endpoint is wrong, and the dashboards should say so
+    rig.sim.add_fmgr_task("real-1", ["fetch"], pending=1, processing=1)
+    rig.store.register_fmgr_ids(["real-1"], "api")
+    rig.run_until(T0 + 60)
+    assert rig.up() == 1  # one success ends it
+
+
 @pytest.mark.parametrize(
     ("fault", "result"),
     [
