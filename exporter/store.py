@@ -431,7 +431,7 @@ class Store:
         if polled:
             new_code = status.code
         elif (status.items and all(fmgrwire.item_outcome(i.code) is not None for i in status.items)
-              and not _final_fmgr(old_code)):
+              and old_code in (None, 0, 1)):  # never back from notifying/notified to completed
             # A notification is only sent once processing is over: the task is at least "completed".
             new_code = 3
         if new_task:
@@ -478,8 +478,9 @@ class Store:
             if old is not None:
                 deltas.extend(self._fmgr_item_deltas(first_seen, old[0], old[1], -1))
             deltas.extend(self._fmgr_item_deltas(first_seen, item.op, item.code, +1))
-            was_ok = old is not None and fmgrwire.item_outcome(old[1]) == "succeeded"
-            if fmgrwire.item_outcome(item.code) == "succeeded" and not was_ok and item.fsize:
+            # Counted once: when an item is first seen succeeded with a size (the size may come later).
+            counted = old is not None and fmgrwire.item_outcome(old[1]) == "succeeded" and bool(old[2])
+            if fmgrwire.item_outcome(item.code) == "succeeded" and item.fsize and not counted:
                 self._inc_locked("fmgr_processed_bytes_total", {"op": item.op}, float(item.fsize))
         return deltas
 

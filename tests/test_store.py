@@ -236,3 +236,16 @@ def test_max_task_age_abandons_only_unfinished_tasks(store, clock):
     done = store.fmgr_task("notified")
     assert done["state"] == "completed" and done["confirmed"] is True  # stops waiting for a poll, stays completed
     assert store.fmgr_due(clock(), 10) == []
+
+
+def test_bytes_counted_once_even_when_the_size_arrives_later(store):
+    store.apply_fmgr_status(status("late", 3, [("fetch", 3, None)]), source="poll", polled=True)
+    store.apply_fmgr_status(status("late", 6, [("fetch", 6, 700)]), source="poll", polled=True)
+    store.apply_fmgr_status(status("late", 6, [("fetch", 6, 700)]), source="poll", polled=True)
+    assert dict((lab["op"], v) for lab, v in store.counters("fmgr_processed_bytes_total")) == {"fetch": 700.0}
+
+
+def test_a_late_notification_does_not_move_a_task_back_from_notifying(store):
+    store.apply_fmgr_status(status("t4", 4, [("fetch", 4, 1)]), source="poll", polled=True)
+    store.record_notification(status("t4", 3, [("fetch", 3, 1)]), "k4", T0)
+    assert store.fmgr_task("t4")["code"] == 4
