@@ -18,21 +18,17 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from exporter.simulator import ManualClock
+
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary (as in the tests)
 DAY = 86400.0
 
 
-class Clock:
-    """A settable clock shared by the simulator and the exporter, so that hours pass in milliseconds."""
+class Clock(ManualClock):
+    """The shared fake clock, starting at T0 unless told otherwise."""
 
     def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+        super().__init__(t)
 
 
 def time_interleaved(

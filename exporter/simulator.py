@@ -406,6 +406,20 @@ class _Server(ThreadingHTTPServer):
 # ------------------------------------------------------------------------------------------ Simulator
 
 
+class ManualClock:
+    """A settable clock to share between the simulator and the exporter (tests, benchmarks), so that hours
+    of vendor behaviour pass in milliseconds and both sides agree on what "now" is."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
 class Simulator:
     """Both vendor APIs on one local HTTP server, with faults, rate limits and signed notifications.
 

@@ -9,22 +9,16 @@ from typing import Any
 import pytest
 
 from exporter.config import Config, parse_config
-from exporter.simulator import Simulator
+from exporter.simulator import ManualClock, Simulator
 
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary
 
 
-class Clock:
-    """A settable clock: the simulator and the exporter read the same time, so tests are exact."""
+class Clock(ManualClock):
+    """The shared fake clock, starting at T0 unless told otherwise."""
 
     def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+        super().__init__(t)
 
 
 @pytest.fixture
