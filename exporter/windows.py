@@ -39,10 +39,6 @@ class WindowCounter:
         self._versions: dict[Hashable, int] = defaultdict(int)
         self._cache: dict[tuple, tuple[int, list[Counter]]] = {}
 
-    def add(self, group: Hashable, ts: float, label: Hashable, delta: float = 1) -> None:
-        with self._lock:
-            self._add_locked(group, ts, label, delta)
-
     def add_many(self, changes: Sequence[tuple[Hashable, float, Hashable, float]]) -> None:
         """Apply several (group, ts, label, delta) changes atomically with respect to readers."""
         with self._lock:
