@@ -4,12 +4,20 @@ config builder that goes through the real config parser."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from exporter.config import Config, parse_config
 from exporter.simulator import ManualClock, Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary
 
@@ -68,3 +76,27 @@ def make_config(sim_url: str, storage: str, **overrides: Any) -> Config:
             data[key] = value
     data["storage"] = {"path": storage}
     return parse_config(data)
+
+
+def require_tool(binary: str) -> str:
+    """A binary a test needs (promtool, prometheus): missing, it fails the test under CI=true, where the test
+    command installs it, and skips it elsewhere."""
+    path = shutil.which(binary)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{binary} is not installed (CI=true): install the Debian 'prometheus' package")
+        pytest.skip(f"{binary} is not installed")
+    return path
+
+
+def load_rules_generator() -> ModuleType:
+    """prometheus/generate.py (a script, not a package module), loaded once under one name."""
+    name = "cdnetworks_rules_generate"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "prometheus" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

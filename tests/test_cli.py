@@ -22,6 +22,7 @@ from typing import IO
 import pytest
 import requests
 import yaml
+from conftest import require_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
@@ -351,11 +352,7 @@ def test_readme_documents_every_environment_variable() -> None:
 
 
 def test_readme_promql_examples_parse(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is not installed (CI=true): install the Debian 'prometheus' package")
-        pytest.skip("promtool is not installed")
+    promtool = require_tool("promtool")
     exprs = [line.strip() for block in readme_blocks("promql") for line in block.splitlines() if line.strip()]
     assert len(exprs) >= 6
     rules = {"groups": [{"name": "readme", "rules": [

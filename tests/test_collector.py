@@ -29,13 +29,13 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from conftest import require_tool
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -365,11 +365,7 @@ def test_golden_exposition(registry) -> None:
 
 
 def test_promtool_accepts_the_exposition(registry) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is not installed (CI=true): install the Debian 'prometheus' package")
-        pytest.skip("promtool is not installed")
+    promtool = require_tool("promtool")
     result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()

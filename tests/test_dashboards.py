@@ -4,18 +4,17 @@ There is no Grafana here: tests/test_prometheus_integration.py runs every panel 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from conftest import load_rules_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS_DIR = ROOT / "dashboards"
@@ -31,16 +30,7 @@ MIN_SCHEMA_VERSION = 39
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range"}
 
 
-def load_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-RULES_GEN = load_module("cdnetworks_rules_generate", ROOT / "prometheus" / "generate.py")
+RULES_GEN = load_rules_generator()
 
 
 def load_dashboards() -> dict[str, dict[str, Any]]:

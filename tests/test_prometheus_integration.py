@@ -8,11 +8,8 @@ Bounded: at most WAIT_LIMIT seconds of waiting for data in all; both processes a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +22,7 @@ from typing import IO, Any
 import pytest
 import requests
 import yaml
+from conftest import load_rules_generator, require_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.prometheus
@@ -58,32 +56,13 @@ EMPTY_WHEN_HEALTHY: dict[str, str] = {
 }
 
 
-def load_rules_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("cdnetworks_rules_generate", ROOT / "prometheus" / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 RULES_GEN = load_rules_generator()
-
-
-def require(binary: str) -> str:
-    """A tool the test needs; missing fails the test in CI (CI=true) and skips it elsewhere."""
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{binary} is not installed (CI=true)")
-        pytest.skip(f"{binary} is not installed")
-    return path
 
 
 def exporter_command() -> str:
     """The console script pip installed next to this Python (or on PATH)."""
     beside = Path(sys.executable).with_name("cdnetworks-exporter")
-    return str(beside) if beside.exists() else require("cdnetworks-exporter")
+    return str(beside) if beside.exists() else require_tool("cdnetworks-exporter")
 
 
 def free_port() -> int:
@@ -171,7 +150,7 @@ def prometheus_config(exporter_port: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus, promtool = require("prometheus"), require("promtool")
+    prometheus, promtool = require_tool("prometheus"), require_tool("promtool")
     exporter = exporter_command()
     tmp = tmp_path_factory.mktemp("prometheus-integration")
     exporter_port, prometheus_port = free_port(), free_port()
@@ -307,7 +286,7 @@ def test_empty_when_healthy_names_only_existing_queries() -> None:
 
 
 def test_promtool_check_metrics_accepts_the_exporter_output(stack: Stack) -> None:
-    result = subprocess.run([require("promtool"), "check", "metrics"], input=stack.metrics_text(),
+    result = subprocess.run([require_tool("promtool"), "check", "metrics"], input=stack.metrics_text(),
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
 

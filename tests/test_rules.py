@@ -3,18 +3,15 @@ conventions (severity, summary, description, runbook), the single job selector, 
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from conftest import load_rules_generator, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "prometheus"
@@ -24,26 +21,7 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 JOB_SELECTOR = 'job="cdnetworks"'
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cdnetworks_rules_generate", RULES_DIR / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = load_generator()
-
-
-def promtool() -> str:
-    """The promtool binary; a missing one fails the test in CI and skips it elsewhere."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is not installed (CI=true): install the Debian 'prometheus' package")
-        pytest.skip("promtool is not installed")
-    return path
+GEN = load_rules_generator()
 
 
 def run(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,7 +44,7 @@ RECORDS = rules(RULES_DIR / "recording.yml", "record")
 
 @pytest.mark.prometheus
 def test_promtool_check_rules() -> None:
-    result = run(promtool(), "check", "rules", *RULE_FILES)
+    result = run(require_tool("promtool"), "check", "rules", *RULE_FILES)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_FILES)
 
@@ -74,7 +52,7 @@ def test_promtool_check_rules() -> None:
 @pytest.mark.prometheus
 def test_promtool_unit_tests_pass() -> None:
     assert UNIT_TESTS, "no promtool unit tests in prometheus/tests/"
-    result = run(promtool(), "test", "rules", *UNIT_TESTS)
+    result = run(require_tool("promtool"), "test", "rules", *UNIT_TESTS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(UNIT_TESTS)
 
@@ -89,14 +67,14 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
         broken.replace("../recording.yml", str(RULE_FILES[0])).replace("../alerts.yml", str(RULE_FILES[1])),
         encoding="utf-8",
     )
-    result = run(promtool(), "test", "rules", tmp_path / "exporter_test.yml")
+    result = run(require_tool("promtool"), "test", "rules", tmp_path / "exporter_test.yml")
     assert result.returncode != 0
     assert "FAILED" in result.stdout + result.stderr
 
 
 @pytest.mark.prometheus
 def test_example_prometheus_config_is_valid() -> None:
-    result = run(promtool(), "check", "config", RULES_DIR / "prometheus.example.yml")
+    result = run(require_tool("promtool"), "check", "config", RULES_DIR / "prometheus.example.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
