@@ -254,7 +254,7 @@ class CdnClient:
         return headers
 
     def query(self, kind: str, start: float, end: float, *, page_no: int = 1, page_size: int = 100,
-              status: str | None = None) -> QueryPage:
+              status: str | None = None, url: str | None = None) -> QueryPage:
         """One signed request. Raises ApiError (classified, counted) on any failure."""
         path = PATHS[kind]
         payload: dict[str, Any] = {
@@ -265,6 +265,8 @@ class CdnClient:
         }
         if status:
             payload["status"] = status
+        if url:
+            payload["url"] = url  # one URL per query (seed 002): a re-check of one task costs one row
         body = json.dumps(payload, separators=(",", ":")).encode()
         started = time.monotonic()
         result = "unknown"  # until proven otherwise: an unexpected exception must not count as ok

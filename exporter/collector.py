@@ -177,4 +177,10 @@ class ExporterCollector(Collector):
                                 "this API is; grows when the rate budget cannot keep up.", labels=["account", "api"])
         for (account, api), v in sorted(self.health.lag().items()):
             lag.add_metric([account, api], v)
-        yield from (up, reqs, dur, last, lag)
+        backfill = GaugeMetricFamily(
+            "cdnetworks_poll_backfill_remaining_seconds",
+            "Seconds of older history (within the lookback) not yet read once; the back-fill after a first "
+            "start or a long outage reads it newest first on a share of the budget.", labels=["account", "api"])
+        for (account, api), v in sorted(self.health.backfill().items()):
+            backfill.add_metric([account, api], v)
+        yield from (up, reqs, dur, last, lag, backfill)

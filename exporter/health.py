@@ -31,6 +31,7 @@ class ApiHealth:
         self._up: dict[tuple[str, str], int] = {}
         self._last_ok: dict[tuple[str, str], float] = {}
         self._lag: dict[tuple[str, str], float] = {}
+        self._backfill: dict[tuple[str, str], float] = {}
         self.apis: set[str] = set()
 
     def declare(self, account: str, api: str, *, up: bool = True) -> None:
@@ -46,7 +47,7 @@ class ApiHealth:
         """After a reload: forget up/last-poll/lag of (account, api) pairs no longer configured, so a
         removed account's frozen timestamp does not look like a poller that stopped."""
         with self._lock:
-            for table in (self._up, self._last_ok, self._lag):
+            for table in (self._up, self._last_ok, self._lag, self._backfill):
                 for key in [k for k in table if k not in pairs]:
                     del table[key]
 
@@ -73,6 +74,10 @@ class ApiHealth:
     def set_lag(self, account: str, api: str, seconds: float) -> None:
         with self._lock:
             self._lag[(account, api)] = max(0.0, seconds)
+
+    def set_backfill(self, account: str, api: str, seconds: float) -> None:
+        with self._lock:
+            self._backfill[(account, api)] = max(0.0, seconds)
 
     # Snapshots for the collector (copies, so a scrape never holds the lock while rendering).
     def requests(self) -> dict[tuple[str, str], int]:
@@ -107,3 +112,7 @@ class ApiHealth:
     def lag(self) -> dict[tuple[str, str], float]:
         with self._lock:
             return dict(self._lag)
+
+    def backfill(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return dict(self._backfill)

@@ -1,12 +1,11 @@
 """Background polling: one worker per (account, CDN task kind) and one for Fmgr.
 
-Each worker makes vendor requests only when its rate budget allows (a CDN worker one per step), so the
-vendor's published limits are never exceeded, even across restarts and reloads (the budget's recent
-request times, any Retry-After block and the backoff are persisted, and a reload waits for a request in
-flight). A sync *plan* (chunks of <= 1 day, page by page) survives failures and budget waits:
-the next slot resumes it instead of starting over. Incremental: a finished task never changes, so each
-plan starts at the oldest task still unfinished (or the last synced point minus an overlap), never at
-the start of the largest window.
+Each worker makes vendor requests only when its rate budget allows, so the vendor's published limits
+are never exceeded, even across restarts and reloads (the budget's recent request times, any Retry-After
+block and the backoff are persisted, and a reload waits for a request in flight). A CDN worker sends,
+one at a time, the read its ``planner.Planner`` chooses (newest tasks first, then holes, re-checks of
+unfinished tasks, probes and back-fill); the planner's state is persisted too, so a read that needs
+several pages resumes after a failure, a budget wait or a restart instead of starting over.
 """
 
 from __future__ import annotations
@@ -17,12 +16,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from .cdn import ApiError, CdnClient, chunk_range, clamp_start
+from .cdn import ApiError, CdnClient
 from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
 from .fmgr import FINAL_TASK_CODES, FmgrApiError, FmgrClient
 from .health import ApiHealth
+from .planner import FILL, Planner
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -72,17 +71,6 @@ def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF,
     """Exponential backoff with full jitter in its upper half: never a hot loop, no thundering herd."""
     ceiling = min(cap, base * (2 ** max(0, failures - 1)))
     return ceiling / 2 + rng.random() * ceiling / 2
-
-
-@dataclass
-class Plan:
-    """The ranges still to read in this cycle, newest first, and where paging stands in the current one."""
-
-    chunks: list[tuple[float, float]]
-    start: float  # nothing created before this needs reading in this cycle
-    end: float  # when all chunks are read, everything created up to here is in sync
-    page_no: int = 1
-    requests: int = 0
 
 
 class Worker:
@@ -141,37 +129,72 @@ class Worker:
         raise NotImplementedError
 
 
+class _TaskView:
+    """The store as the planner sees it: one account's tasks of one kind."""
+
+    def __init__(self, store: Store, account: str, kind: str) -> None:
+        self.store, self.account, self.kind = store, account, kind
+
+    def range_count(self, start: float, end: float) -> int:
+        return self.store.cdn_range_count(self.account, self.kind, start, end)
+
+    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float]]:
+        return self.store.cdn_unfinished(self.account, self.kind, start, end)
+
+
 class CdnPoller(Worker):
+    """One (account, task kind): sends the request the planner picks whenever the budget allows."""
+
     def __init__(self, account: Account, kind: str, cfg: TaskKindConfig, store: Store, client: CdnClient,
-                 health: ApiHealth, *, clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 health: ApiHealth, *, clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 shortest_window: float | None = None, longest_window: float | None = None):
         super().__init__(clock)
         self.account, self.kind, self.cfg = account, kind, cfg
         self.store, self.client, self.health = store, client, health
         self.name = f"poll-{kind}-{account.name}"
         self.rng = rng or random.Random()
         self._key = f"cdn:{account.name}:{kind}"
+        self.view = _TaskView(store, account.name, kind)
         saved = store.get_state(self._key + ":budget")
         self.budget = RateBudget(cfg.rate_limit, clock, saved)
         self.stop_timeout = cfg.request_timeout + 5.0
         st = store.get_state(self._key) or {}
-        self.synced_until: float | None = st.get("synced_until")
         # The largest page size the vendor is known to serve (refused or silently capped sizes lower it).
         self.page_ceiling: int = min(int(st.get("page_ceiling") or cfg.max_page_size), cfg.max_page_size)
         self.page_size: int = min(int(st.get("page_size") or cfg.page_size), self.page_ceiling)
-        self.last_plan_at: float = float(st.get("last_plan_at") or 0.0)
-        self.plan: Plan | None = None
+        windows = [w.seconds for w in cfg.windows] or [cfg.poll_interval]
+        self.planner = Planner(
+            poll_interval=cfg.poll_interval, overlap=cfg.overlap, lookback=cfg.lookback,
+            shortest_window=shortest_window or min(windows), longest_window=longest_window or max(windows),
+            max_query_age=cfg.max_query_age, page_size=self.page_size)
+        self.planner.restore(st.get("plan"))
+        if self.planner.head is None and st.get("synced_until") is not None:
+            # A store written before range planning: everything up to its watermark was read.
+            self.planner.head = int(st["synced_until"])
         self.failures = 0
         self.not_before = float(saved.get("not_before") or 0.0) if isinstance(saved, dict) else 0.0
-        self.requests_in_last_plan = 0
+        self.requests_sent = 0  # since start (tests and benchmarks count cycles with it)
+        self.rows_read = 0
         health.declare(account.name, kind)
 
     # -------------------------------------------------------------- scheduling
+    @property
+    def slot(self) -> float:
+        """Seconds between two requests at the budget's steady pace."""
+        return self.cfg.rate_limit.per / max(1, self.cfg.rate_limit.requests)
+
     def next_run(self) -> float:
         now = self.clock()
         at = max(self.not_before, now + self.budget.wait_time())
-        if self.plan is None:
-            at = max(at, self.last_plan_at + self.cfg.poll_interval)
+        if self.planner.head is not None and self.planner.current is None:
+            at = max(at, self.planner.next_due(now, self.view))
         return at
+
+    def idle(self) -> bool:
+        """Nothing to read until the next poll interval (or re-check, or probe) comes due."""
+        now = self.clock()
+        return self.planner.head is not None and self.planner.current is None and \
+            self.planner.next_due(now, self.view) > now
 
     def on_unexpected(self) -> None:
         self.failures += 1
@@ -179,80 +202,61 @@ class CdnPoller(Worker):
 
     def _save(self) -> None:
         self.store.set_state(self._key, {
-            "synced_until": self.synced_until, "page_size": self.page_size, "page_ceiling": self.page_ceiling,
-            "last_plan_at": self.last_plan_at,
+            "plan": self.planner.state(), "page_size": self.page_size, "page_ceiling": self.page_ceiling,
         })
 
-    def make_plan(self, now: float) -> Plan:
-        """The range that can still change: from the oldest unfinished task (or the last synced point
-        minus an overlap, for tasks created late) up to now, never older than the API allows."""
-        if self.synced_until is None:
-            start = clamp_start(now - self.cfg.lookback, now, self.cfg.max_query_age)  # first start: back-fill
-        else:
-            # Unfinished tasks are re-read as far back as the API reaches (not just the lookback): otherwise a
-            # slow task would stay "run" here, and count as unfinished, long after the vendor finished it.
-            reach = clamp_start(now - self.cfg.max_query_age, now, self.cfg.max_query_age)
-            start = self.synced_until - self.cfg.overlap
-            oldest = self.store.cdn_oldest_unfinished(self.account.name, self.kind, since=reach)
-            if oldest is not None:
-                start = min(start, oldest)
-            start = max(start, reach)
-        chunks = chunk_range(start, now)
-        chunks.reverse()  # newest first: the short windows are right soonest
-        return Plan(chunks=chunks, start=start, end=now)
+    def _report(self, now: float) -> None:
+        self.health.set_lag(self.account.name, self.kind, self.planner.lag(now))
+        self.health.set_backfill(self.account.name, self.kind, self.planner.backfill_remaining())
 
     # -------------------------------------------------------------- one request
     def step(self) -> None:
         now = self.clock()
-        if self.plan is None:
-            self.plan = self.make_plan(now)
-            self.last_plan_at = now
+        self.planner.page_size = self.page_size
+        read = self.planner.next_read(now, self.view, self.slot)
+        self._report(now)
+        if read is None:
             self._save()
-        plan = self.plan
-        # Before the first plan completes, everything since the plan's start is unsynced.
-        self.health.set_lag(self.account.name, self.kind,
-                            now - (self.synced_until if self.synced_until is not None else plan.start))
-        if not plan.chunks:
-            self._finish_plan()
+            self.not_before = now + 1.0  # nothing due: next_run() says when, never a hot loop
             return
-        start, end = plan.chunks[0]
-        # The API refuses starts older than its limit; a plan that waited long may have drifted past it.
-        start = clamp_start(start, now, self.cfg.max_query_age)
-        if start > end:
-            plan.chunks.pop(0)
-            plan.page_no = 1
-            return
-        plan.requests += 1
+        size = 1 if read.count_only else self.page_size
         try:
             try:
-                page = self.client.query(self.kind, start, end, page_no=plan.page_no, page_size=self.page_size)
+                page = self.client.query(self.kind, read.start, read.end, page_no=read.page_no, page_size=size,
+                                         url=read.url)
             finally:
                 self._spend_slot()  # whatever happened, the request may have reached the vendor
         except ApiError as exc:
             self._on_error(exc)
+            self._save()
             self._save_budget()  # Retry-After and backoff hold across a reload or restart too
             return
         self.failures = 0
-        self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
-        self.health.poll_result(self.account.name, self.kind, True, self.clock())
+        self.requests_sent += 1
+        self.rows_read += page.rows
+        done_at = self.clock()
+        if not read.count_only:
+            self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
+        self.health.poll_result(self.account.name, self.kind, True, done_at)
         # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
-        expected = min(self.page_size, page.count - (plan.page_no - 1) * self.page_size)
+        expected = min(size, page.count - (read.page_no - 1) * size)
         if 0 < page.rows < expected:
             # A short page: the vendor caps the page size without saying so. Paging on with our size would
-            # skip rows, so adopt its size and read the chunk again from the first page.
+            # skip rows, so adopt its size and read the range again from the first page.
             log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, page.rows,
-                        self.page_size, page.rows)
+                        size, page.rows)
             self.page_size = self.page_ceiling = page.rows
-            plan.page_no = 1
+            read.page_no, read.count = 1, None
             self._save()
             return
-        if plan.page_no * self.page_size >= page.count:
-            plan.chunks.pop(0)
-            plan.page_no = 1
-            if not plan.chunks:
-                self._finish_plan()
-        else:
-            plan.page_no += 1
+        outcome = self.planner.on_answer(done_at, read, page.count, page.rows)
+        if outcome == "done" and not read.count_only:
+            # Every unfinished task of the range was in the answer, or is no longer there to be read.
+            self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url)
+        if read.purpose == "head":
+            self._grow_page_size()
+        self._report(done_at)
+        self._save()
 
     def _spend_slot(self) -> None:
         # Recorded when the answer is in: the vendor counts arrivals, and an arrival is never later than
@@ -263,44 +267,34 @@ class CdnPoller(Worker):
     def _save_budget(self) -> None:
         self.store.set_state(self._key + ":budget", {**self.budget.state(), "not_before": self.not_before})
 
-    def _finish_plan(self) -> None:
-        assert self.plan is not None
-        self.synced_until = self.plan.end
-        self.requests_in_last_plan = self.plan.requests
-        self._grow_page_size(self.plan.requests)
-        self.plan = None
-        self._save()
-        self.health.set_lag(self.account.name, self.kind, self.clock() - self.synced_until)
-
-    def _grow_page_size(self, requests_used: int) -> None:
-        """A cycle that needed more requests than the budget allows per poll interval falls behind a little
-        more each time: fewer, larger pages are the only way to catch up within the vendor's limits."""
-        limit = self.cfg.rate_limit
-        per_interval = max(1, int(limit.requests * self.cfg.poll_interval / limit.per))
-        if requests_used > per_interval and self.page_size < self.page_ceiling:
+    def _grow_page_size(self) -> None:
+        """When the new tasks of a poll interval need more than half a page, the head leaves too little of the
+        budget for re-checks and back-fill: fewer, larger pages are the only way to make room within the
+        vendor's limits (a size it refuses halves back and stays the ceiling)."""
+        per_interval = self.planner.rate * self.cfg.poll_interval
+        if per_interval > FILL * self.page_size / 2 and self.page_size < self.page_ceiling:
             grown = min(self.page_size * 2, self.page_ceiling)
-            log.info("%s: a cycle took %d requests, the budget allows %d per %.0fs; page size %d -> %d",
-                     self.name, requests_used, per_interval, self.cfg.poll_interval, self.page_size, grown)
+            log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; page size -> %d",
+                     self.name, per_interval, self.cfg.poll_interval, self.page_size, grown)
             self.page_size = grown
 
     def _on_error(self, exc: ApiError) -> None:
         now = self.clock()
         self.health.poll_result(self.account.name, self.kind, False, now)
         self.failures += 1
+        read = self.planner.current
         if exc.kind == "bad_request" and exc.page_size_error and self.page_size > 1:
-            # The maximum page size is undocumented: halve, restart the chunk (page borders moved), remember.
+            # The maximum page size is undocumented: halve, restart the range (page borders moved), remember.
             # Growth stops at the halved size: probing sizes between it and the refused one would spend the
             # tight budget on refusals.
             self.page_size = self.page_ceiling = max(1, self.page_size // 2)
             log.warning("%s: vendor refused page size; trying %d", self.name, self.page_size)
-            if self.plan:
-                self.plan.page_no = 1
-            self._save()
+            if read is not None:
+                read.page_no, read.count = 1, None
             return
         if exc.kind == "bad_request" and exc.too_old:
             log.warning("%s: vendor says the range is too old (%s); re-planning", self.name, exc.message)
-            self.plan = None
-            self.last_plan_at = 0.0
+            self.planner.abandon()
             self.not_before = now + backoff_delay(self.failures, self.rng)
             return
         if exc.kind == "rate_limited":
@@ -314,11 +308,10 @@ class CdnPoller(Worker):
                       "retrying in %.0fs", self.name, exc.message, self.account.name, AUTH_BACKOFF)
             return
         if exc.kind == "bad_request":
-            # Never read as "no tasks": keep the watermark, re-plan after a backoff, and stay down (up=0)
-            # so the alert fires if the vendor keeps refusing.
+            # Never read as "no tasks": the range stays unread, the read is planned again after a backoff,
+            # and the API stays down (up=0) so the alert fires if the vendor keeps refusing.
             log.error("%s: vendor refused the query (%s); re-planning", self.name, exc.message)
-            self.plan = None
-            self.last_plan_at = now
+            self.planner.abandon()
             self.not_before = now + backoff_delay(self.failures, self.rng)
             return
         delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)

@@ -198,6 +198,7 @@ class _CdnTask(NamedTuple):
     rate: int
     url: str
     item_id: str
+    visible: float = -math.inf  # the API serves the task from this time on (some appear late)
 
     @property
     def finish(self) -> float:
@@ -215,6 +216,18 @@ def _sort_key(task: _CdnTask) -> tuple[int, str]:
     return (-task.create, task.url)
 
 
+def _sort_key_asc(task: _CdnTask) -> tuple[int, str]:
+    return (task.create, task.url)
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: more independent bits from one task's draw (slow and late shares)."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
 @dataclass(frozen=True)
 class _SlotSummary:
     """What a (user, kind, minute) slot holds, without building its tasks: enough to count."""
@@ -222,6 +235,7 @@ class _SlotSummary:
     count: int
     settled_at: float  # from this time on every task of the slot is in its final state
     finals: Mapping[str, int]  # final status -> tasks
+    visible_at: float = -math.inf  # from this time on every task of the slot is served
 
 
 _EMPTY_SUMMARY = _SlotSummary(0, -math.inf, {})
@@ -234,6 +248,23 @@ class _CdnStream:
     failure_ratio: float
     start_ts: float
     end_ts: float | None
+    slow_ratio: float = 0.0  # this share waits or runs for hours or days (seen in the field)
+    slow_range: tuple[float, float] = (2 * 3600.0, 48 * 3600.0)
+    late_ratio: float = 0.0  # this share is served only some time after its createTime
+    late_max: float = 600.0
+
+    def extra(self, bits: int) -> tuple[float, float]:
+        """(added run time, visibility delay) of the task drawn as ``bits``."""
+        if not (self.slow_ratio or self.late_ratio):
+            return 0.0, 0.0
+        m = _mix64(bits)
+        slow = late = 0.0
+        if (m & 0xFFFF) < self.slow_ratio * 65536:
+            lo, hi = self.slow_range
+            slow = lo + ((m >> 16) & 0xFFFFF) / 0x100000 * (hi - lo)
+        if ((m >> 36) & 0xFFFF) < self.late_ratio * 65536:
+            late = 1.0 + ((m >> 52) & 0xFFF) / 0x1000 * self.late_max
+        return slow, late
 
     def overlaps(self, slot_start: int) -> bool:
         if slot_start + SLOT_SECONDS <= self.start_ts:
@@ -443,6 +474,7 @@ class Simulator:
         rate_limits: dict[str, tuple[int, float]] | None = None,
         string_numbers: bool = False,
         silent_page_cap: int | None = None,
+        order: str = "desc",
     ) -> None:
         self._clock = clock
         self.seed = seed
@@ -455,6 +487,10 @@ class Simulator:
         self.string_numbers = string_numbers
         # Some APIs cap the page size without an error: they answer fewer rows and echo the smaller size.
         self.silent_page_cap = silent_page_cap
+        # Seed 002 does not say how rows are ordered; the exporter must not depend on it, so both are served.
+        if order not in ("asc", "desc"):
+            raise ValueError("order must be 'asc' or 'desc' (by createTime)")
+        self.order = order
         # The "timeout" fault sleeps this long (real time) before answering normally.
         self.timeout_fault_seconds = 3.0
         self.notify_timeout = 5.0
@@ -545,7 +581,7 @@ class Simulator:
 
     def add_cdn_task(self, username: str, kind: str, url: str, create_ts: float, *,
                      wait: float = 30.0, run: float = 60.0, final: str = "success",
-                     rate: int | None = None, item_id: str | None = None) -> None:
+                     rate: int | None = None, item_id: str | None = None, visible_after: float = 0.0) -> None:
         """One task; ``rate`` defaults to 100 for a success and 0 for a failure (failures stay < 100)."""
         _check_kind(kind)
         if final not in ("success", "failure"):
@@ -560,37 +596,45 @@ class Simulator:
         if item_id is None:
             item_id = hashlib.blake2b(f"{self.seed}|{username}|{kind}|{url}|{create}".encode(),
                                       digest_size=16).hexdigest()
-        task = _CdnTask(create, float(wait), float(run), final, int(rate), url, item_id)
+        task = _CdnTask(create, float(wait), float(run), final, int(rate), url, item_id,
+                        create + float(visible_after) if visible_after > 0 else -math.inf)
         with self._lock:
             slots = self._cdn_manual.setdefault((username, kind), {})
             slots.setdefault(create // SLOT_SECONDS, []).append(task)
             self._cdn_generation[(username, kind)] += 1
 
     def add_cdn_stream(self, username: str, kind: str, *, per_hour: float, failure_ratio: float = 0.05,
-                       start_ts: float, end_ts: float | None = None) -> None:
-        """Tasks at ``per_hour`` on average from ``start_ts`` to ``end_ts`` (exclusive; None: forever)."""
+                       start_ts: float, end_ts: float | None = None, slow_ratio: float = 0.0,
+                       slow_range: tuple[float, float] = (2 * 3600.0, 48 * 3600.0), late_ratio: float = 0.0,
+                       late_max: float = 600.0) -> None:
+        """Tasks at ``per_hour`` on average from ``start_ts`` to ``end_ts`` (exclusive; None: forever).
+
+        Most take 15 s to 12 min; ``slow_ratio`` of them stay unfinished for ``slow_range`` seconds more, and
+        ``late_ratio`` of them are served only up to ``late_max`` seconds after their createTime."""
         _check_kind(kind)
-        if per_hour < 0 or not 0 <= failure_ratio <= 1:
-            raise ValueError("per_hour must be >= 0 and failure_ratio within 0..1")
+        if per_hour < 0 or not 0 <= failure_ratio <= 1 or not 0 <= slow_ratio <= 1 or not 0 <= late_ratio <= 1:
+            raise ValueError("per_hour must be >= 0 and failure_ratio, slow_ratio, late_ratio within 0..1")
         with self._lock:
             streams = self._cdn_streams.setdefault((username, kind), [])
-            streams.append(_CdnStream(len(streams), per_hour, failure_ratio, start_ts, end_ts))
+            streams.append(_CdnStream(len(streams), per_hour, failure_ratio, start_ts, end_ts, slow_ratio,
+                                      slow_range, late_ratio, late_max))
             self._cdn_generation[(username, kind)] += 1
 
     def cdn_truth(self, username: str, kind: str, start_ts: float, end_ts: float,
-                  at: float | None = None) -> dict[str, int]:
-        """Tasks created in [start_ts, end_ts] and by ``at``, per status at ``at``, plus ``total``."""
+                  at: float | None = None, *, served: bool = True) -> dict[str, int]:
+        """Tasks created in [start_ts, end_ts] and by ``at``, per status at ``at``, plus ``total``; with
+        ``served`` (the default) only those the API serves at ``at`` (a late task is not served yet)."""
         now = self._clock() if at is None else at
         counts = dict.fromkeys(TASK_STATUSES, 0)
         lo, hi = math.ceil(start_ts), min(math.floor(end_ts), math.floor(now))
         with self._lock:
             for slot_no, summary, whole in self._slots_desc(username, kind, lo, hi):
-                if whole and summary.settled_at <= now:
+                if whole and summary.settled_at <= now and (summary.visible_at <= now or not served):
                     for status, n in summary.finals.items():
                         counts[status] += n
                     continue
                 for task in self._slot_tasks(username, kind, slot_no):
-                    if lo <= task.create <= hi:
+                    if lo <= task.create <= hi and (task.visible <= now or not served):
                         counts[task.status_at(now)] += 1
         counts["total"] = sum(counts.values())
         return counts
@@ -615,11 +659,12 @@ class Simulator:
         summary = _lru_get(self._summary_cache, key)
         if summary is not None:
             return summary
-        count, settled_at = 0, -math.inf
+        count, settled_at, visible_at = 0, -math.inf, -math.inf
         finals: collections.Counter[str] = collections.Counter()
         for task in self._cdn_manual.get((username, kind), {}).get(slot_no, ()):
             count += 1
             settled_at = max(settled_at, task.finish)
+            visible_at = max(visible_at, task.visible)
             finals[task.final] += 1
         slot_start = slot_no * SLOT_SECONDS
         for stream in self._cdn_streams.get((username, kind), ()):
@@ -631,19 +676,22 @@ class Simulator:
                 if not stream.contains(create):
                     continue
                 kept += 1
-                finish = create + 5 + (bits >> 32) % 116 + 10 + (bits >> 40) % 591
+                slow, late = stream.extra(bits)
+                finish = create + 5 + (bits >> 32) % 116 + 10 + (bits >> 40) % 591 + slow
                 settled_at = max(settled_at, finish)
+                if late:
+                    visible_at = max(visible_at, create + late)
                 failed += (bits >> 50) < failure_cut
             count += kept
             finals["failure"] += failed
             finals["success"] += kept - failed
-        summary = _SlotSummary(count, settled_at, {k: v for k, v in finals.items() if v}) if count else (
+        summary = _SlotSummary(count, settled_at, {k: v for k, v in finals.items() if v}, visible_at) if count else (
             _EMPTY_SUMMARY)
         _lru_put(self._summary_cache, key, summary, SUMMARY_CACHE_SIZE)
         return summary
 
     def _slot_tasks(self, username: str, kind: str, slot_no: int) -> tuple[_CdnTask, ...]:
-        """The slot's tasks in wire order: newest first, then url."""
+        """The slot's tasks in wire order (by createTime as ``order`` says, then url)."""
         key = (username, kind, self._cdn_generation[(username, kind)], slot_no)
         tasks = _lru_get(self._tasks_cache, key)
         if tasks is not None:
@@ -651,7 +699,7 @@ class Simulator:
         built = list(self._cdn_manual.get((username, kind), {}).get(slot_no, ()))
         for stream in self._cdn_streams.get((username, kind), ()):
             built.extend(self._stream_slot_tasks(username, kind, stream, slot_no))
-        built.sort(key=_sort_key)
+        built.sort(key=_sort_key if self.order == "desc" else _sort_key_asc)
         tasks = tuple(built)
         _lru_put(self._tasks_cache, key, tasks, TASKS_CACHE_SIZE)
         return tasks
@@ -685,14 +733,16 @@ class Simulator:
             if not stream.contains(create):
                 continue
             failed = (bits >> 50) < failure_cut
+            slow, late = stream.extra(bits)
             out.append(_CdnTask(
                 create,
                 float(5 + (bits >> 32) % 116),  # wait 5..120 s
-                float(10 + (bits >> 40) % 591),  # run 10..600 s
+                float(10 + (bits >> 40) % 591) + slow,  # run 10..600 s (slow ones: hours more)
                 "failure" if failed else "success",
                 (bits >> 8) % 100 if failed else 100,
                 f"{prefixes[(bits >> 6) & 3]}{i:03d}-{(bits >> 8) & 0xFFFFFF:06x}.jpg",
                 batch_ids[i // 10],
+                create + late if late else -math.inf,
             ))
         return out
 
@@ -718,15 +768,20 @@ class Simulator:
         simple = url is None and item_id is None
 
         def matches(task: _CdnTask) -> bool:
-            return ((status is None or task.status_at(now) == status)
+            return (task.visible <= now
+                    and (status is None or task.status_at(now) == status)
                     and (url is None or task.url == url)
                     and (item_id is None or task.item_id == item_id))
 
         count = 0
         page: list[_CdnTask] = []
         end = offset + limit
-        for slot_no, summary, whole in self._slots_desc(username, kind, lo, hi):
+        slots = self._slots_desc(username, kind, lo, hi)
+        if self.order == "asc":
+            slots = reversed(list(slots))
+        for slot_no, summary, whole in slots:
             matched: list[_CdnTask] | None = None
+            whole = whole and summary.visible_at <= now
             if whole and simple and status is None:
                 n = summary.count
             elif whole and simple and summary.settled_at <= now:

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS cdn_tasks (
 CREATE INDEX IF NOT EXISTS cdn_tasks_unfinished ON cdn_tasks (account, kind, create_ts)
     WHERE status IN ('wait', 'run', 'unknown');
 CREATE INDEX IF NOT EXISTS cdn_tasks_created ON cdn_tasks (create_ts);
+CREATE INDEX IF NOT EXISTS cdn_tasks_range ON cdn_tasks (account, kind, create_ts);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels)
 ) WITHOUT ROWID;
@@ -286,6 +287,11 @@ class Store:
                     (account, kind, t.url, t.create_ts),
                 ).fetchone()
                 if row is not None and row[0] == t.status and row[1] == t.rate:
+                    if not t.final:
+                        # Unchanged but unfinished: remember when it was last seen, for re-check planning.
+                        self._conn.execute(
+                            "UPDATE cdn_tasks SET updated_ts=? WHERE account=? AND kind=? AND url=? AND create_ts=?",
+                            (now, account, kind, t.url, t.create_ts))
                     continue
                 self._conn.execute(
                     "INSERT INTO cdn_tasks VALUES (?,?,?,?,?,?,?,?,?) "
@@ -343,6 +349,35 @@ class Store:
                 (account, kind, since if since is not None else float("-inf")),
             ).fetchone()
         return row[0] if row and row[0] is not None else None
+
+    def cdn_range_count(self, account: str, kind: str, start: float, end: float) -> int:
+        """Stored tasks created in [start, end] (an index range count, for planning reads)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT count(*) FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ?",
+                (account, kind, start, end)).fetchone()
+        return int(row[0])
+
+    def cdn_unfinished(self, account: str, kind: str, start: float, end: float) -> list[tuple[float, str, float]]:
+        """(create_ts, url, last seen) of the unfinished tasks created in [start, end], oldest first."""
+        with self._lock:
+            return [(c, u, s) for c, u, s in self._conn.execute(
+                "SELECT create_ts, url, updated_ts FROM cdn_tasks WHERE account=? AND kind=? AND "
+                "status IN ('wait','run','unknown') AND create_ts BETWEEN ? AND ? ORDER BY create_ts",
+                (account, kind, start, end))]
+
+    def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
+                         url: str | None = None) -> None:
+        """A read covered [start, end] (or one url in it): its unfinished tasks were checked at ``ts``, even
+        those the vendor did not return, so that re-check planning does not ask for them again at once."""
+        sql = ("UPDATE cdn_tasks SET updated_ts=? WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
+               "AND status IN ('wait','run','unknown')")
+        args: list[Any] = [ts, account, kind, start, end]
+        if url is not None:
+            sql += " AND url=?"
+            args.append(url)
+        with self._lock:
+            self._conn.execute(sql, args)
 
     def cdn_task_count(self, account: str | None = None, kind: str | None = None) -> int:
         sql, args = "SELECT count(*) FROM cdn_tasks WHERE 1=1", []

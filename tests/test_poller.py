@@ -28,17 +28,31 @@ def build(sim, clock, tmp_path, account=0, kind="prefetch", store=None, **overri
 
 
 def run_cycle(poller, clock, max_steps=5000):
-    """Advance the fake clock as the poller asks and step until one whole plan is read."""
-    steps = 0
-    while steps < max_steps:
+    """Advance the fake clock as the poller asks and step until it has nothing left to read; the requests."""
+    before = poller.requests_sent
+    for _ in range(max_steps):
+        if poller.idle():
+            return poller.requests_sent - before
         nr = poller.next_run()
         if nr > clock():
             clock.t = nr
         poller.step()
-        steps += 1
-        if poller.plan is None and poller.synced_until is not None:
-            return poller.requests_in_last_plan
-    raise AssertionError("plan never finished")
+    raise AssertionError("the poller never caught up")
+
+
+def run_for(poller, clock, seconds):
+    """Step as the budget allows for ``seconds`` of fake time; the lag seen after each request."""
+    lags, end = [], clock() + seconds
+    while True:
+        nr = poller.next_run()
+        if nr > end:
+            clock.t = end
+            return lags
+        clock.t = max(clock(), nr)
+        before = poller.requests_sent
+        poller.step()
+        if poller.requests_sent > before:
+            lags.append(poller.planner.lag(clock()))
 
 
 def assert_windows_match_truth(sim, store, clock, user, kind="prefetch", windows=(900, 3600, DAY)):
@@ -215,21 +229,26 @@ def test_backoff_grows_is_jittered_and_capped():
     assert len({round(d, 6) for d in delays}) == len(delays)
 
 
-def test_lag_is_large_during_backfill_and_small_once_synced(sim_factory, clock, tmp_path):
+def test_a_first_start_reads_the_shortest_window_first_and_reports_the_backfill(sim_factory, clock, tmp_path):
     sim = sim_factory()
     sim.add_cdn_stream("acme", "prefetch", per_hour=200, start_ts=T0 - DAY)
-    poller, _, health = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 1, "per": "1m"},
-                                                              "page_size": 100})
-    poller.step()  # first page of the back-fill: most of the lookback is not read yet
-    assert health.lag()[("acme", "prefetch")] >= DAY - 600
+    poller, store, health = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 1, "per": "1m"},
+                                                                  "page_size": 100})
+    poller.step()  # one request: the 15 minutes the shortest window needs, before any history
+    assert health.lag()[("acme", "prefetch")] <= 60
+    assert health.backfill()[("acme", "prefetch")] >= DAY - 900 - 60
+    truth = sim.cdn_truth("acme", "prefetch", clock() - 899, clock())
+    assert sum(store.cdn_counts_by_status("acme", "prefetch", clock() - 899, clock()).values()) == truth["total"]
     run_cycle(poller, clock)
-    behind = health.lag()[("acme", "prefetch")]
-    # Synced up to where the finished plan ended; the back-fill itself took the budget's time.
-    assert behind == clock() - poller.synced_until
-    assert behind < 3600
-    clock.advance(1800)  # nothing polled for 30 minutes: the next step reports it
+    assert health.backfill()[("acme", "prefetch")] == 0
+    assert health.lag()[("acme", "prefetch")] < 600
+    head = poller.planner.head  # every task created up to here is stored (statuses as of their last read)
+    assert store.cdn_task_count("acme", "prefetch") == sim.cdn_truth("acme", "prefetch", T0 - DAY + 1, head)["total"]
+    clock.advance(1800)  # nothing polled for 30 minutes: 1,800 s of tasks do not fit one page of 100
     poller.step()
-    assert health.lag()[("acme", "prefetch")] >= 1800
+    assert 1800 <= health.lag()[("acme", "prefetch")] < 1800 + 600  # newest part read, the rest still owed
+    run_cycle(poller, clock)
+    assert health.lag()[("acme", "prefetch")] < 600
 
 
 def test_a_silently_capped_page_size_is_adopted_without_skipping_rows(sim_factory, clock, tmp_path):
@@ -249,16 +268,13 @@ def test_page_size_grows_until_the_published_budget_keeps_up(sim_factory, clock,
     # 3,000 tasks an hour need 3 pages of 100 every 5 minutes; the vendor allows 1 request per 5 minutes.
     sim = sim_factory(rate_limits={"prefetch": (1, 300.0)}, max_page_size=1000)
     sim.add_cdn_stream("acme", "prefetch", per_hour=3000, start_ts=T0 - DAY)
-    poller, store, health = build(sim, clock, tmp_path, prefetch=PUBLISHED)
-    lags = []
-    for _ in range(12):
-        run_cycle(poller, clock)
-        lags.append(health.lag()[("acme", "prefetch")])
+    poller, store, _ = build(sim, clock, tmp_path, prefetch=PUBLISHED)
+    lags = run_for(poller, clock, 3 * 3600)
     assert sim.rate_limit_violations == 0
     assert 100 < poller.page_size <= 1000
-    assert lags[-1] <= 600 and lags[-1] <= lags[-3]  # caught up: bounded, not growing cycle after cycle
-    # Complete up to where it says it is synced (statuses there may have moved on since they were read).
-    start, end = poller.synced_until - 3600, poller.synced_until
+    assert max(lags[-12:]) <= 600  # caught up: bounded, not growing cycle after cycle
+    # Complete up to the head (statuses there may have moved on since they were read).
+    start, end = poller.planner.head - 3600, poller.planner.head
     assert sum(store.cdn_counts_by_status("acme", "prefetch", start, end).values()) == \
         sim.cdn_truth("acme", "prefetch", start, end)["total"]
 
@@ -267,8 +283,7 @@ def test_page_size_never_grows_past_a_size_the_vendor_refused(sim_factory, clock
     sim = sim_factory(rate_limits={"prefetch": (1, 300.0)}, max_page_size=300)
     sim.add_cdn_stream("acme", "prefetch", per_hour=1500, start_ts=T0 - DAY)
     poller, store, health = build(sim, clock, tmp_path, prefetch=PUBLISHED)
-    for _ in range(8):
-        run_cycle(poller, clock)
+    run_for(poller, clock, 2 * 3600)
     assert poller.page_size <= 300
     assert health.requests()[("prefetch", "bad_request")] == 1  # refused once, remembered after that
     store.close()

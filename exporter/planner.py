@@ -1,0 +1,408 @@
+"""Which range of CDN tasks to read next: one request at a time, freshest first, within the vendor's budget.
+
+The vendor answers a query with ``count`` (every match) and one page of rows; a request costs the same
+whether it carries 1 row or a full page. So the planner works in *time ranges sized to fit one page*
+(``FILL`` of it, from the observed task rate), never in "every page of a day", and chooses each request
+by what it buys:
+
+1. **head**: ``(S, now]``, the tasks created since the last read (S is the head point). When it would not
+   fit a page, its newest part is read and the rest becomes a *recent hole*, read next, newest first.
+   A head read that leaves room in its page reaches back over ``overlap`` to re-read the newest tasks
+   (most are still unfinished at their first read, and a task may become visible a little late).
+2. **recent holes**, newest first (at a first start, the range feeding the shortest window is one).
+3. **maintenance**, on a share of the budget (``MAINTENANCE_SHARE``) while the head is busy, and on all of
+   it otherwise: *suspect* ranges (count mismatch) narrowed down by bisection, *probes* (one ``pageSize:
+   1`` request per day of synced range tells the vendor's exact count; more than we hold means tasks
+   became visible late), *re-checks* of unfinished tasks older than the head (clustered into ranges
+   whose stored count fits a page; a lone task is one ``url`` query), and *history* back-fill, newest
+   first.
+
+Order of rows within an answer does not matter: a range is read whole when its ``count`` fits a page, and
+split into smaller time ranges when it does not; only a single second holding more than a page is paged
+through (and read again from page 1 if its count changes meanwhile).
+
+Everything here is pure bookkeeping on whole seconds; the poller does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+FILL = 0.9  # plan a range to 90% of a page: rates vary, and an overflowing range costs a split
+MAINTENANCE_SHARE = 0.25  # of the requests while the head is busy, for re-checks, probes and back-fill
+LAG_LIMIT_INTERVALS = 2  # maintenance never pushes the head further behind than this many poll intervals
+PROBE_INTERVAL = 3600.0  # how often the synced range is checked for tasks that became visible late
+RECHECK_MAX = 2 * 3600.0  # an unfinished task is re-read at least this often (while within the API's reach)
+DAY = 86400
+
+
+class StoreView(Protocol):
+    def range_count(self, start: float, end: float) -> int: ...
+    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float]]: ...
+
+
+@dataclass
+class Read:
+    """One range query in progress; ``[start, end]`` are inclusive whole seconds of createTime."""
+
+    start: int
+    end: int
+    purpose: str  # head | recent | history | recheck | probe | suspect
+    url: str | None = None
+    page_no: int = 1
+    count: int | None = None  # the vendor's count on the first page (paging restarts if it changes)
+    stored: int | None = None  # probes: what the store held for the range when the probe was sent
+    diff: int = 0  # suspects: how many tasks the vendor has there that the store lacks
+    parent_start: int | None = None  # suspects: where the range being narrowed down starts
+
+    @property
+    def count_only(self) -> bool:
+        return self.purpose in ("probe", "suspect")
+
+
+def recheck_interval(age: float, poll_interval: float) -> float:
+    """How long an unfinished task may go unread: young tasks change fast, old stuck ones rarely."""
+    return min(RECHECK_MAX, max(poll_interval, age / 4))
+
+
+def subtract(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """``ranges`` minus ``[start, end]`` (inclusive integer ranges; order kept)."""
+    out: list[list[int]] = []
+    for a, b in ranges:
+        if b < start or a > end:
+            out.append([a, b])
+            continue
+        if b > end:
+            out.append([end + 1, b])
+        if a < start:
+            out.append([a, start - 1])
+    return out
+
+
+def split(start: int, end: int, pieces: int) -> list[list[int]]:
+    """``[start, end]`` in ``pieces`` near-equal whole-second ranges, newest first."""
+    span = end - start + 1
+    pieces = max(1, min(pieces, span))
+    out = []
+    for i in range(pieces):
+        a = start + span * i // pieces
+        b = start + span * (i + 1) // pieces - 1
+        out.append([a, b])
+    out.reverse()
+    return out
+
+
+@dataclass
+class Planner:
+    poll_interval: float
+    overlap: float
+    lookback: float
+    shortest_window: float
+    longest_window: float
+    max_query_age: float
+    page_size: int = 100
+    head: int | None = None  # every task created up to here was read once, except inside the holes
+    recent: list[list[int]] = field(default_factory=list)  # unread, newest first; counts as lag
+    history: list[list[int]] = field(default_factory=list)  # unread back-fill, newest first
+    suspects: list[list[int]] = field(default_factory=list)  # [start, end, missing]: narrow down, re-read
+    rate: float = 0.0  # tasks per second, from counts
+    last_head_at: float = 0.0
+    last_probe_at: float = 0.0
+    credit: float = 0.0
+    turn: int = 0  # alternates re-checks and back-fill
+    current: Read | None = None
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, Any]:
+        return {
+            "head": self.head, "recent": self.recent, "history": self.history, "suspects": self.suspects,
+            "rate": self.rate, "last_head_at": self.last_head_at, "last_probe_at": self.last_probe_at,
+            "current": asdict(self.current) if self.current else None,
+        }
+
+    def restore(self, saved: dict[str, Any] | None) -> None:
+        if not saved or saved.get("head") is None:
+            return
+        self.head = int(saved["head"])
+        self.recent = [list(map(int, r)) for r in saved.get("recent") or []]
+        self.history = [list(map(int, r)) for r in saved.get("history") or []]
+        self.suspects = [list(map(int, r)) for r in saved.get("suspects") or []]
+        self.rate = float(saved.get("rate") or 0.0)
+        self.last_head_at = float(saved.get("last_head_at") or 0.0)
+        self.last_probe_at = float(saved.get("last_probe_at") or 0.0)
+        cur = saved.get("current")
+        self.current = Read(**cur) if isinstance(cur, dict) else None
+
+    # ------------------------------------------------------------------ derived figures
+    def reach(self, now: float) -> int:
+        """The oldest second the API still answers for (with a margin for clock skew)."""
+        return math.ceil(now - self.max_query_age + 120)
+
+    def page_seconds(self) -> float:
+        """How many seconds of tasks fill a page at the observed rate."""
+        return math.inf if self.rate <= 0 else max(1.0, FILL * self.page_size / self.rate)
+
+    def lag(self, now: float) -> float:
+        """Seconds since the newest point up to which everything is read once (holes count as unread)."""
+        if self.head is None:
+            return self.lookback
+        synced = self.head
+        if self.recent:
+            synced = min(synced, min(a for a, _ in self.recent) - 1)
+        return max(0.0, now - synced)
+
+    def backfill_remaining(self) -> float:
+        return float(sum(b - a + 1 for a, b in self.history))
+
+    # ------------------------------------------------------------------ start
+    def begin(self, now: float) -> None:
+        """First start: the range feeding the shortest window is read first, then history newest first."""
+        end = math.floor(now)
+        first = max(self.shortest_window, self.poll_interval)
+        reach = self.reach(now)
+        recent_start = max(reach, end - int(first) + 1)
+        history_start = max(reach, math.floor(now - self.lookback) + 1)
+        self.head = end
+        self.recent = [[recent_start, end]]
+        self.history = [[history_start, recent_start - 1]] if history_start < recent_start else []
+        self.last_head_at = now
+        self.last_probe_at = now
+
+    # ------------------------------------------------------------------ choice
+    def _trim(self, now: float) -> None:
+        """Ranges the API no longer answers for are dropped (nothing could read them)."""
+        reach = self.reach(now)
+        # A recent hole older than the shortest window feeds no short window any more: it is history now.
+        edge = math.floor(now - self.shortest_window)
+        aged = [[a, min(b, edge)] for a, b in self.recent if a <= edge]
+        if aged:
+            self.recent = subtract(self.recent, min(a for a, _ in aged), edge)
+            self.history = sorted(self.history + aged, key=lambda r: -r[1])
+        self.recent = [[max(a, reach), b] for a, b in self.recent if b >= reach]
+        self.history = [[max(a, reach), b] for a, b in self.history if b >= reach]
+        self.suspects = [[max(a, reach), b, d] for a, b, d in self.suspects if b >= reach]
+
+    def head_due(self, now: float) -> bool:
+        assert self.head is not None
+        return math.floor(now) > self.head and now - self.last_head_at >= self.poll_interval
+
+    def next_read(self, now: float, store: StoreView, slot: float) -> Read | None:
+        """The next request to send, or None when nothing is due (see ``next_due``)."""
+        if self.head is None:
+            self.begin(now)
+        if self.current is not None and self.current.purpose == "head" and self.current.page_no == 1:
+            self.current = None  # not started (or failed): a head read always reaches up to now
+        if self.current is not None:
+            return self.current
+        self._trim(now)
+        assert self.head is not None
+        busy = self.head_due(now) or bool(self.recent)
+        if busy:
+            lag_after = self.lag(now) + slot
+            if self.credit >= 1 and lag_after <= LAG_LIMIT_INTERVALS * self.poll_interval:
+                read = self._maintenance(now, store)
+                if read is not None:
+                    self.credit -= 1
+                    self.current = read
+                    return read
+            self.credit = min(1.0, self.credit + MAINTENANCE_SHARE)
+            read = self._head(now) if self.head_due(now) else self._recent()
+        else:
+            read = self._maintenance(now, store)
+        self.current = read
+        return read
+
+    def _head(self, now: float) -> Read:
+        assert self.head is not None
+        # Up to the current second, which may still gain tasks: the next head read reaches back over it.
+        end = math.floor(now)
+        start = self.head + 1
+        room = self.page_seconds()
+        if end - start + 1 > room:
+            start = end - int(room) + 1  # the rest becomes a recent hole when this read completes
+        else:
+            # Room left in the page: re-read the newest tasks (statuses, late arrivals) for free.
+            back = start - int(self.overlap)
+            if room != math.inf:
+                # Up to three quarters of the page: a burst must not push the read over a page.
+                back = max(back, end - int(0.75 * room) + 1)
+            start = max(back, self.reach(now))
+        return Read(start, end, "head")
+
+    def _recent(self) -> Read:
+        a, b = self.recent[0]
+        room = self.page_seconds()
+        if b - a + 1 > room:
+            a = b - int(room) + 1
+        return Read(a, b, "recent")
+
+    def _maintenance(self, now: float, store: StoreView) -> Read | None:
+        read = self._suspect(store)
+        if read is None and now - self.last_probe_at >= PROBE_INTERVAL:
+            read = self._probe(now, store)
+        if read is not None:
+            return read
+        options: list[Callable[[], Read | None]] = [lambda: self._recheck(now, store), self._history]
+        if self.turn % 2:
+            options.reverse()
+        for choose in options:
+            read = choose()
+            if read is not None:
+                self.turn += 1
+                return read
+        return None
+
+    def _suspect(self, store: StoreView) -> Read | None:
+        while self.suspects:
+            a, b, missing = self.suspects[0]
+            if a == b or store.range_count(a, b) + missing <= FILL * self.page_size:
+                # Small enough to read whole: it becomes a hole (history, read by back-fill turns).
+                self.suspects.pop(0)
+                self.history = [[a, b], *subtract(self.history, a, b)]
+                continue
+            mid = (a + b + 1) // 2
+            return Read(mid, b, "suspect", stored=store.range_count(mid, b), diff=missing, parent_start=a)
+        return None
+
+    def _probe(self, now: float, store: StoreView) -> Read | None:
+        """One count per day of the synced range within the longest window, oldest probed last."""
+        assert self.head is not None
+        end = self.head - int(self.overlap)
+        start = max(self.reach(now), math.floor(now - self.longest_window) + 1)
+        for a, b in reversed(_chunks(start, end)):
+            if not any(x <= b and a <= y for x, y in self.recent + self.history):
+                self.last_probe_at = now  # one probe per round keeps the cost bounded
+                return Read(a, b, "probe", stored=store.range_count(a, b))
+        self.last_probe_at = now
+        return None
+
+    def _recheck(self, now: float, store: StoreView) -> Read | None:
+        assert self.head is not None
+        end = self.head - int(self.overlap)
+        reach = self.reach(now)
+        if end < reach:
+            return None
+        due = [(c, u) for c, u, seen in store.unfinished(reach, end)
+               if now - seen >= recheck_interval(seen - c, self.poll_interval)]
+        if not due:
+            return None
+        first, url = due[0]
+        c0 = math.floor(first)
+        limit = FILL * self.page_size
+        # Cluster the due tasks that follow into one range whose stored tasks fit a page.
+        lo, hi = 0, len(due) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            c = math.floor(due[mid][0])
+            if c - c0 < DAY and store.range_count(c0, c) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0:
+            return Read(c0, c0, "recheck", url=url)
+        return Read(c0, math.floor(due[lo][0]), "recheck")
+
+    def _history(self) -> Read | None:
+        """The newest day of unread history at once: its count says how dense it really is (history is often
+        sparser than today), and a dense one is split by that count into page-sized pieces."""
+        if not self.history:
+            return None
+        a, b = self.history[0]
+        return Read(max(a, b - DAY + 1), b, "history")
+
+    # ------------------------------------------------------------------ results
+    def on_answer(self, now: float, read: Read, count: int, rows: int) -> str:
+        """Account for one page of ``read``: "done" (all of it read), "split" (more than a page: the range
+        went back to its list in page-sized pieces) or "more" (page on)."""
+        if read.count_only:
+            self._on_count(read, count)
+            self.current = None
+            return "done"
+        span = read.end - read.start + 1
+        if read.url is None and span >= 60 and read.page_no == 1:
+            sample = count / span
+            self.rate = sample if self.rate <= 0 else 0.5 * self.rate + 0.5 * sample
+        if read.page_no == 1 and count > 2 * self.page_size and read.url is None and span > 1 and \
+                read.purpose != "recheck":
+            # Far more than a page (a first start, an outage, a burst): split the range in time so that each
+            # piece fits one page and the newest is read first. A page or two more is cheaper to page through.
+            start = read.start
+            if read.purpose == "head" and self.head is not None:
+                start = max(start, self.head + 1)  # what it re-read before the head was read before
+            share = count * (read.end - start + 1) / span
+            pieces = split(start, read.end, math.ceil(share / (FILL * self.page_size)))
+            self._complete(now, read, pieces)
+            return "split"
+        if read.count is not None and read.count != count:
+            read.page_no = 1  # the set moved under us: page borders moved, start over
+            read.count = count
+            return "more"
+        read.count = count
+        if read.page_no * self.page_size < count:
+            read.page_no += 1
+            return "more"
+        self._complete(now, read, [])
+        return "done"
+
+    def _complete(self, now: float, read: Read, unread: list[list[int]]) -> None:
+        """``read`` is done; ``unread`` (parts of it still to read) goes back to the right list."""
+        self.current = None
+        if read.purpose == "head":
+            assert self.head is not None
+            if read.start > self.head + 1:
+                unread = [*unread, [self.head + 1, read.start - 1]]  # did not fit the page: read next
+            self.head = max(self.head, read.end)
+            self.last_head_at = now
+        self.recent = subtract(self.recent, read.start, read.end)
+        self.history = subtract(self.history, read.start, read.end)
+        if not unread:
+            return
+        if read.purpose in ("head", "recent"):
+            self.recent = sorted(self.recent + unread, key=lambda r: -r[1])
+        else:
+            self.history = sorted(self.history + unread, key=lambda r: -r[1])
+
+    def _on_count(self, read: Read, count: int) -> None:
+        stored = read.stored or 0
+        if read.purpose == "probe":
+            if count > stored:
+                self.suspects.append([read.start, read.end, count - stored])
+            return
+        # A suspect's newer half: what it lacks is there; the rest of the shortfall is in the older half.
+        self.suspects.pop(0)
+        missing_new = max(0, count - stored)
+        if missing_new:
+            self.suspects.append([read.start, read.end, missing_new])
+        if read.diff > missing_new:
+            start = read.parent_start if read.parent_start is not None else read.start
+            self.suspects.append([start, read.start - 1, read.diff - missing_new])
+
+    def abandon(self) -> None:
+        """The vendor refused the read as it stands: drop it (its range stays in its list, if any)."""
+        self.current = None
+
+    def next_due(self, now: float, store: StoreView) -> float:
+        """When there will be something to read, if nothing is due now."""
+        assert self.head is not None
+        due = self.last_head_at + self.poll_interval
+        if self.suspects or self.history or self.recent:
+            return now
+        due = min(due, self.last_probe_at + PROBE_INTERVAL)
+        end = self.head - int(self.overlap)
+        reach = self.reach(now)
+        if end >= reach:
+            for c, _, seen in store.unfinished(reach, end):
+                due = min(due, seen + recheck_interval(seen - c, self.poll_interval))
+        return due
+
+
+def _chunks(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end] in consecutive day-long pieces, oldest first."""
+    out = []
+    while start <= end:
+        out.append((start, min(end, start + DAY - 1)))
+        start += DAY
+    return out
