@@ -711,7 +711,7 @@ def _task_kind(
             f"{format_duration(lookback)} is longer than max_query_age ({format_duration(max_query_age)});"
             " the API refuses older start times",
         )
-    page_size = s.integer("page_size", 100, lo=1, hi=10000)
+    page_size = s.integer("page_size", 500, lo=1, hi=10000)
     max_page_size = s.integer("max_page_size", max(1000, page_size), lo=1, hi=10000)
     if max_page_size < page_size and ctx.ok(s.sub("page_size"), s.sub("max_page_size")):
         ctx.error(s.sub("max_page_size"), f"{max_page_size} is smaller than page_size ({page_size})")

@@ -61,7 +61,7 @@ def test_defaults_of_a_minimal_config():
     p = config.prefetch
     assert p.enabled is True
     assert p.windows == (Window("15m", 900), Window("1h", 3600), Window("24h", 86400))
-    assert (p.poll_interval, p.lookback, p.page_size) == (300, 86400, 100)
+    assert (p.poll_interval, p.lookback, p.page_size) == (300, 86400, 500)
     assert p.rate_limit == RateLimit(requests=1, per=300)
     assert (p.max_query_age, p.overlap, p.request_timeout) == (3 * 86400, 300, 30)
 
@@ -87,7 +87,7 @@ def test_defaults_of_a_minimal_config():
 
 def test_null_sections_and_values_mean_defaults():
     config = parse_config(minimal(prefetch=None, purge={"page_size": None}, storage=None), environ={})
-    assert config.prefetch.page_size == 100 and config.purge.page_size == 100
+    assert config.prefetch.page_size == 500 and config.purge.page_size == 500
     assert config.storage.path == "./data/cdnetworks-exporter.db"
 
 
