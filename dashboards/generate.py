@@ -36,6 +36,7 @@ UNFINISHED_TASK = 'status=~"wait|run"'
 FAILED_ITEM = 'state=~"failed.*"'
 ACCEPTED = 'result=~"accepted|duplicate"'
 REJECTED = 'result=~"bad_signature|unknown_key|malformed|too_large"'
+TASK_SCOPE = 'scope="task"'
 RATE_LIMITED = 'result="rate_limited"'
 
 
@@ -492,29 +493,38 @@ def fmgr() -> dict[str, Any]:
         "threshold.",
         [target(f"cdnetworks_fmgr_success_ratio{sel(window=True)}", "{{window}}", instant=True)],
         unit="percentunit", thresholds=GOOD_FMGR_RATIO, min_=0, max_=1,
-    ), 6, 4)
+    ), 5, 4)
     lay.add(stat(
-        "Pending tasks", "Tracked tasks not final yet: a number that only grows means tasks are stuck.",
+        "Pending tasks", "Tracked tasks whose processing is not over yet: a number that only grows means "
+        "tasks are stuck.",
         [target(f"cdnetworks_fmgr_pending_tasks{sel()}", "pending", instant=True)],
-    ), 6, 4)
+    ), 5, 4)
     lay.add(stat(
         "Oldest pending task", "How long the oldest non-final task has been tracked: red is above the "
         "alert threshold.",
         [target(f"cdnetworks_fmgr_oldest_pending_age_seconds{sel()}", "oldest", instant=True)],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
-    ), 6, 4)
+    ), 5, 4)
+    lay.add(stat(
+        f"Notification failures ({ALERTS.notify_failure_window})", "Tasks that ended in code 5 in the "
+        "last hour: the vendor gave up delivering their notifyURL callback (CDNetworksFmgrNotificationsFailing).",
+        [target(f'sum(increase(cdnetworks_fmgr_notify_failures_total{sel(TASK_SCOPE)}'
+                f'[{ALERTS.notify_failure_window}]))', "failed", instant=True)],
+        thresholds=steps("green", (1, "red")),
+    ), 5, 4)
     lay.add(stat(
         "Notifications rejected (1h)", "Vendor notifications refused in the last hour: anything above "
         "0 is a wrong notify key, a forgery or a broken sender.",
         [target(f'sum(increase(cdnetworks_fmgr_notifications_total{sel(REJECTED)}[1h]))',
                 "rejected", instant=True)],
         thresholds=steps("green", (1, "red")),
-    ), 6, 4)
+    ), 4, 4)
 
     lay.row("Tasks and items")
     lay.add(timeseries(
         "Tasks by state", "Tasks first seen in the window by state: growing pending/processing means a "
-        "slow vendor, notify_failed means the vendor cannot reach the notify endpoint.",
+        "slow vendor, notifying the notification phase (code 4), notify_failed a callback the vendor could "
+        "not deliver.",
         [target(f"sum by (state) (cdnetworks_fmgr_tasks{sel(window=True)})", "{{state}}")], stack=True,
     ), 12, 8)
     lay.add(timeseries(
@@ -559,15 +569,21 @@ def fmgr() -> dict[str, Any]:
         unit="reqps",
     ), 8, 8)
     lay.add(timeseries(
-        "Pending tasks over time", "Tracked tasks not final yet: a line that only climbs means tasks never finish.",
+        "Notification failures", "Tasks (code 5) and items (codes 5 and 19) that ended in a notification "
+        "failure, per hour: the vendor finished the job but could not deliver its notifyURL callback.",
+        [target(f"sum by (scope) (increase(cdnetworks_fmgr_notify_failures_total{sel()}[1h]))", "{{scope}}")],
+    ), 8, 8)
+    lay.add(timeseries(
+        "Pending tasks over time", "Tracked tasks whose processing is not over yet: a line that only climbs "
+        "means tasks never finish.",
         [target(f"cdnetworks_fmgr_pending_tasks{sel()}", "pending")],
-    ), 12, 8)
+    ), 8, 8)
     lay.add(timeseries(
         "Oldest pending task over time", "Time since the oldest non-final task was first seen: above the dashed line "
         "(the alert threshold) it is stuck.",
         [target(f"cdnetworks_fmgr_oldest_pending_age_seconds{sel()}", "oldest")],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
-    ), 12, 8)
+    ), 8, 8)
     return dashboard(
         "cdnetworks-fmgr", "CDNetworks / Fmgr",
         "Object storage (Fmgr) jobs: tasks and items by state and operation, success, bytes, notifications.",

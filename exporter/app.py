@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from . import __version__
 from .collector import ExporterCollector
 from .config import Config
-from .fmgr import FmgrStatus
+from .fmgr import FmgrStatus, Lifecycle
 from .health import ApiHealth
 from .poller import PollerGroup
 from .store import Store
@@ -30,12 +30,13 @@ class FmgrIngest:
     """What the notify receiver and the registration API write to: the store, plus a nudge to the poller
     so that a freshly registered or notified id is polled (confirmed) without waiting for the next tick."""
 
-    def __init__(self, store: Store, wake: Callable[[], None]) -> None:
+    def __init__(self, store: Store, wake: Callable[[], None], lifecycle: Lifecycle) -> None:
         self.store = store
         self.wake = wake
+        self.lifecycle = lifecycle  # when a notified task gets its confirming poll
 
     def record_notification(self, status: FmgrStatus, dedup_key: str, received_ts: float) -> bool:
-        new = self.store.record_notification(status, dedup_key, received_ts)
+        new = self.store.record_notification(status, dedup_key, received_ts, lifecycle=self.lifecycle)
         if new:
             self.wake()
         return new
@@ -79,7 +80,7 @@ class Exporter:
         self.collector = ExporterCollector(config, self.store, self.health, clock=clock)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
-        self.ingest = FmgrIngest(self.store, self.pollers.fmgr.wake)
+        self.ingest = FmgrIngest(self.store, self.pollers.fmgr.wake, self.pollers.fmgr.lifecycle)
         self.app = self._build_app(config)
         self.server = Server(_Swappable(self), listen_address,
                              ssl_context=build_ssl_context(web_config) if web_config else None)
@@ -129,6 +130,7 @@ class Exporter:
         self.pollers = PollerGroup(config, self.store, self.health, clock=self.clock)
         self.collector.config = config
         self.ingest.wake = self.pollers.fmgr.wake
+        self.ingest.lifecycle = self.pollers.fmgr.lifecycle
         self.app = self._build_app(config)
         self.pollers.start()
         log.info("configuration reloaded")

@@ -21,6 +21,7 @@ from .store import CDN_STATUSES, DURATION_BUCKETS, Store
 
 POLLED = "Polled in the background from the CDNetworks API; a scrape never calls the vendor."
 NOTIFY_RESULTS = ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large")
+NOTIFY_FAILURE_SCOPES = ("task", "item")
 KIND_TEXT = {"prefetch": "prefetch", "purge": "purge"}
 
 
@@ -138,7 +139,7 @@ class ExporterCollector(Collector):
                 ratio.add_metric([w.name], ok / (ok + bad))
         pending_n, oldest = self.store.fmgr_pending()
         pending = GaugeMetricFamily("cdnetworks_fmgr_pending_tasks", "Tracked Fmgr tasks whose processing is "
-                                    "not known to be over.", value=pending_n)
+                                    "not known to be over (code 3 or later not seen yet).", value=pending_n)
         age = GaugeMetricFamily("cdnetworks_fmgr_oldest_pending_age_seconds", "Time since the oldest pending Fmgr "
                                 "task was first seen (0 when none).",
                                 value=max(0.0, now - oldest) if oldest is not None else 0.0)
@@ -152,7 +153,13 @@ class ExporterCollector(Collector):
         got = {lab["result"]: v for lab, v in self.store.counters("fmgr_notifications_total")}
         for result in NOTIFY_RESULTS:
             notes.add_metric([result], got.get(result, 0.0))
-        yield from (tasks, items, ratio, pending, age, processed, notes)
+        failures = CounterMetricFamily("cdnetworks_fmgr_notify_failures", "Fmgr tasks (code 5) and items (codes 5 "
+                                       "and 19) seen ending in a notification failure: the vendor could not deliver "
+                                       "the job's notifyURL callback. Each counted once.", labels=["scope"])
+        failed = {lab["scope"]: v for lab, v in self.store.counters("fmgr_notify_failures_total")}
+        for scope in NOTIFY_FAILURE_SCOPES:
+            failures.add_metric([scope], failed.get(scope, 0.0))
+        yield from (tasks, items, ratio, pending, age, processed, notes, failures)
 
     # ------------------------------------------------------------------ exporter health
     def _health(self) -> Iterator[Metric]:

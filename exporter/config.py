@@ -116,6 +116,8 @@ class FmgrConfig:
     rate_limit: RateLimit
     request_timeout: float = 10.0
     max_register_ids: int = 1000
+    notify_grace: float = 300.0
+    confirm_delay: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -601,7 +603,7 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
         {
             "enabled", "endpoint", "windows", "poll_interval", "max_task_age", "persistent_ids",
             "register_token", "register_token_file", "rate_limit", "request_timeout", "max_register_ids",
-            "notify",
+            "notify", "notify_grace", "confirm_delay",
         }
     ),
     "fmgr.notify": frozenset({"path", "url", "max_body_bytes", "keys"}),
@@ -808,6 +810,9 @@ def _fmgr(ctx: _Context, root: _Section) -> FmgrConfig:
         rate_limit=s.rate_limit("rate_limit", RateLimit(requests=10, per=1.0)),
         request_timeout=s.duration("request_timeout", "10s"),
         max_register_ids=s.integer("max_register_ids", 1000, lo=1),
+        # 0 = code 3 is final at once (no job ever has a notifyURL); at most a day, bounded like any poll.
+        notify_grace=s.duration("notify_grace", "5m", positive=False, maximum=86400.0),
+        confirm_delay=s.duration("confirm_delay", "30s", minimum=1.0, maximum=3600.0),
     )
 
 

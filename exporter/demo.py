@@ -2,7 +2,9 @@
 
 Two CDN accounts (one per auth scheme) with a steady stream of prefetch and purge tasks, Fmgr jobs
 that notify the exporter with signed callbacks (a few duplicated or forged, as in real life), and a
-small "job runner" that registers other Fmgr ids through the registration API. Rate budgets are set
+small "job runner" that registers other Fmgr ids through the registration API: jobs without a notifyURL
+(they stay at code 3) and jobs whose notifyURL the vendor sometimes cannot reach (they end at code 5,
+so the dashboards and CDNetworksFmgrNotificationsFailing show notification failures). Rate budgets are set
 generously so that things move within seconds, and the simulator enforces them.
 """
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 DEMO_TOKEN = "demo-register-token"
 DEMO_NOTIFY_KEY = ("demo-access-key", "demo-secret-key")
 BUDGET = {"requests": 5, "per": "1s"}
+REGISTERED = ("job-", "hook-")  # the Fmgr streams whose ids the job runner registers
 
 
 def local_base_url(listen_address: str) -> str:
@@ -46,6 +49,8 @@ def start_simulator(exporter_url: str, *, now: float | None = None) -> Simulator
     sim.add_fmgr_stream(per_minute=20, start_ts=now - 600, failure_ratio=0.08,
                         notify_url=exporter_url + "/notify/fmgr", notify_key=DEMO_NOTIFY_KEY, id_prefix="notify")
     sim.add_fmgr_stream(per_minute=6, start_ts=now - 300, failure_ratio=0.15, id_prefix="job")
+    sim.add_fmgr_stream(per_minute=6, start_ts=now - 300, failure_ratio=0.1, notify_failure_ratio=0.2,
+                        notify_url=exporter_url + "/notify/fmgr", notify_key=DEMO_NOTIFY_KEY, id_prefix="hook")
     sim.start()
     sim.start_notifier(duplicate_ratio=0.1, forged_ratio=0.02)
     return sim
@@ -65,6 +70,8 @@ def demo_config(sim_url: str, exporter_url: str, storage_path: str) -> dict[str,
         "fmgr": {
             "enabled": True, "endpoint": sim_url, "windows": ["1h", "24h"], "poll_interval": "5s",
             "register_token": DEMO_TOKEN, "rate_limit": {"requests": 20, "per": "1s"},
+            # Things move within seconds here: settle the notification phase quickly too.
+            "notify_grace": "30s", "confirm_delay": "3s",
             "notify": {"url": exporter_url + "/notify/fmgr",
                        "keys": [{"access_key": DEMO_NOTIFY_KEY[0], "secret_key": DEMO_NOTIFY_KEY[1]}]},
         },
@@ -73,7 +80,8 @@ def demo_config(sim_url: str, exporter_url: str, storage_path: str) -> dict[str,
 
 
 class JobRunner:
-    """Registers the simulator's ``job-*`` Fmgr ids with the exporter, like a CI job would after submitting."""
+    """Registers the simulator's ``job-*`` and ``hook-*`` Fmgr ids with the exporter, like a CI job would after
+    submitting."""
 
     def __init__(self, sim: Simulator, exporter_url: str, interval: float = 2.0) -> None:
         self.sim, self.url, self.interval = sim, exporter_url, interval
@@ -91,7 +99,7 @@ class JobRunner:
     def _run(self) -> None:
         session = requests.Session()
         while not self._stop.wait(self.interval):
-            ids = [i for i in self.sim.fmgr_ids() if i.startswith("job-") and i not in self.sent]
+            ids = [i for i in self.sim.fmgr_ids() if i.startswith(REGISTERED) and i not in self.sent]
             if not ids:
                 continue
             try:

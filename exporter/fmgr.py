@@ -46,8 +46,24 @@ ITEM_STATES: dict[int, str] = {
     20: "failed_notified",
 }
 
-# Processing is over once a task reaches these; 4 (notifying) can still move to 5 or 6, so it is not final.
-FINAL_TASK_CODES = frozenset({3, 5, 6})
+# The lifecycle (seeds 000/001): 0 pending -> 1 processing -> 3 processing completed; a job submitted with a
+# notifyURL then goes on to 4 notifying -> 5 notification failure or 6 notification success, a few seconds
+# after 3. Processing is over from 3 on; only 5 and 6 are final as soon as they are seen. 3 is final only
+# once the notification phase has had a grace period to start (a job without notifyURL stays at 3).
+PROCESSED_TASK_CODES = frozenset({3, 4, 5, 6})
+FINAL_TASK_CODES = frozenset({5, 6})
+NOTIFY_FAILED_TASK_CODES = frozenset({5})
+# Items: 3 -> 4 -> 5/6 for a succeeded item, 2 -> 18 -> 19/20 for a failed one.
+NOTIFY_FAILED_ITEM_CODES = frozenset({5, 19})
+
+# Largest code, size or flag accepted from the vendor: 2**53, the largest integer a JSON number keeps exactly
+# in the vendor's Java and in any JSON parser. Beyond it a value is malformed, never stored.
+MAX_JSON_INT = 2**53
+
+# persistentIds as the registration API accepts them (1-128 of A-Z a-z 0-9 _ . : -). A status JSON or a
+# notification naming anything else is malformed: the id is stored and shown, so its size and alphabet
+# must be bounded like every other id.
+PERSISTENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 _SUCCEEDED_ITEM_CODES = frozenset({3, 4, 5, 6})
 _FAILED_ITEM_CODES = frozenset({2, 18, 19, 20})
@@ -81,8 +97,8 @@ KNOWN_OPS: frozenset[str] = frozenset(
 
 OTHER = "other"
 
-# Bounds for numbers that arrive as strings: ASCII digits only (int() would also take "٣" or "1_000"),
-# and short enough that int() never hits the interpreter's digit limit. 19 digits covers any int64 fsize.
+# Numbers that arrive as strings: ASCII digits only (int() would also take "٣" or "1_000"), and short
+# enough that int() never hits the interpreter's digit limit; the range is checked after parsing.
 _INT_STRING = re.compile(r"-?[0-9]{1,19}")
 _OP_END = re.compile(r"[/|;]")
 _B64_BODY = re.compile(rb"[A-Za-z0-9_\-+/]*")
@@ -143,6 +159,51 @@ def op_of(cmd: str | None) -> str:
     return op if op in KNOWN_OPS else OTHER
 
 
+def notify_failed(code: int | None, *, item: bool) -> bool:
+    """True for the codes that say the vendor could not deliver the notification (task 5; items 5, 19)."""
+    return _as_code(code) in (NOTIFY_FAILED_ITEM_CODES if item else NOTIFY_FAILED_TASK_CODES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lifecycle: when to poll a tracked task again
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """When a tracked task is polled next, and when it needs no more polls. Pure; the store applies it.
+
+    * 0/1 (and anything undocumented): poll every ``poll_interval``.
+    * 3 (processing completed): the notification phase starts seconds later for a job with a notifyURL;
+      poll every ``poll_interval`` until it does, or until ``notify_grace`` has passed since the task was
+      first seen processed, after which 3 is final (the job has no notifyURL). A task that was notified is
+      known to have a notifyURL, so for it 3 is never final.
+    * 4 (notifying): poll every ``poll_interval`` until the vendor says 5 or 6.
+    * 5/6: final, no more polls.
+    * A received notification asks for a confirming poll ``confirm_delay`` later, long enough for the
+      vendor to have recorded the delivery (our 200 answer) as 6; a task already at 6 needs none.
+    """
+
+    poll_interval: float = 60.0
+    notify_grace: float = 300.0
+    confirm_delay: float = 30.0
+
+    def after_poll(self, code: int | None, now: float, *, processed_since: float | None,
+                   notified: bool) -> float | None:
+        """The time of the next poll after a poll answered ``code`` at ``now``; None when final."""
+        if code in FINAL_TASK_CODES:
+            return None
+        if code == 3 and not notified:
+            deadline = (now if processed_since is None else processed_since) + self.notify_grace
+            if now >= deadline:
+                return None
+            return min(now + self.poll_interval, deadline)
+        return now + self.poll_interval
+
+    def after_notification(self, code: int | None, now: float) -> float | None:
+        """The time of the confirming poll after a notification received at ``now`` for a task at ``code``."""
+        return None if code == 6 else now + self.confirm_delay
+
+
 # --------------------------------------------------------------------------------------------------
 # Status JSON
 
@@ -188,8 +249,10 @@ def _clean_text(text: str | None) -> str | None:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int | None = None) -> int | None:
-    """An optional integer that the vendor sends as a number or a numeric string ("" and null = absent)."""
+def _int_field(obj: Mapping[str, Any], key: str, where: str) -> int | None:
+    """An optional integer in 0..2**53 that the vendor sends as a number or a numeric string ("" and null =
+    absent). Codes, sizes and flags are never negative, and a larger value is not one the vendor can mean:
+    it would overflow the store (SQLite integers are 64-bit) or stay in a counter for good."""
     value = obj.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -198,8 +261,8 @@ def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int | N
     parsed = _as_code(value)
     if parsed is None:
         raise FmgrParseError(f"{where}{key}: {_show(value)} is not an integer")
-    if minimum is not None and parsed < minimum:
-        raise FmgrParseError(f"{where}{key}: {parsed} is below {minimum}")
+    if not 0 <= parsed <= MAX_JSON_INT:
+        raise FmgrParseError(f"{where}{key}: {_show(parsed)} is outside 0..2**53")
     return parsed
 
 
@@ -216,8 +279,7 @@ def _parse_item(raw: object, index: int) -> FmgrItem:
     return FmgrItem(
         op=op_of(cmd),
         code=_int_field(raw, "code", where),
-        # A negative size would make the processed-bytes counter go backwards.
-        fsize=_int_field(raw, "fsize", where, minimum=0),
+        fsize=_int_field(raw, "fsize", where),
         error=_clean_text(error) or None,  # "" carries no reason, same as null
     )
 
@@ -233,9 +295,8 @@ def parse_status(data: Any) -> FmgrStatus:
     status_id = data.get("id")
     if not isinstance(status_id, str) or not status_id.strip():
         raise FmgrParseError(f"id: expected a non-empty string, got {_show(status_id)}")
-    if not _encodable(status_id):
-        # JSON escapes can carry lone surrogates, which no store or label can hold.
-        raise FmgrParseError(f"id: {_show(status_id)} is not valid Unicode")
+    if not PERSISTENT_ID.fullmatch(status_id):
+        raise FmgrParseError(f"id: {_show(status_id)} is not 1-128 characters of A-Z a-z 0-9 _ . : -")
     items = data.get("items")
     if items is None:
         items = []  # a pending task may have no items yet

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from .cdn import ApiError, CdnClient
 from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
-from .fmgr import FINAL_TASK_CODES, FmgrApiError, FmgrClient
+from .fmgr import FmgrApiError, FmgrClient, Lifecycle
 from .health import ApiHealth
 from .planner import FILL, Planner
 from .store import Store
@@ -319,6 +319,12 @@ class CdnPoller(Worker):
         log.warning("%s: %s (%s); retrying in %.1fs", self.name, exc.kind, exc.message, delay)
 
 
+def fmgr_lifecycle(cfg: FmgrConfig) -> Lifecycle:
+    """The polling policy of a task's lifecycle (README: "Fmgr task lifecycle") from the fmgr config."""
+    return Lifecycle(poll_interval=cfg.poll_interval, notify_grace=cfg.notify_grace,
+                     confirm_delay=cfg.confirm_delay)
+
+
 class FmgrPoller(Worker):
     """Polls tracked Fmgr ids that are not final (or final by notification only) within the budget."""
 
@@ -329,6 +335,7 @@ class FmgrPoller(Worker):
                  maintenance: Callable[[], None] | None = None, maintenance_every: float = 300.0):
         super().__init__(clock)
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
+        self.lifecycle = fmgr_lifecycle(cfg)
         self.rng = rng or random.Random()
         self.not_found_run: set[str] = set()  # distinct ids answered "not found" since the last success
         self.budget = RateBudget(cfg.rate_limit, clock, store.get_state("fmgr:budget"))
@@ -408,9 +415,7 @@ class FmgrPoller(Worker):
         self.failures = 0
         self.not_found_run.clear()
         self.health.poll_result("", "fmgr", True, now)
-        final = status.code is not None and status.code in FINAL_TASK_CODES
-        self.store.apply_fmgr_status(status, source="poll", polled=True,
-                                     next_poll=now if final else now + self.cfg.poll_interval)
+        self.store.apply_fmgr_status(status, source="poll", polled=True, lifecycle=self.lifecycle)
         return True
 
 

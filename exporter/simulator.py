@@ -309,10 +309,17 @@ class _FmgrTask:
     notify_url: str | None
     notify_key: tuple[str, str] | None = field(repr=False)
     separate: int
+    notify_delay: float = 3.0  # seconds at 3 (processing completed) before the notification phase (4)
+    notify_fails: bool = False  # every delivery attempt is lost (the notifyURL cannot be reached)
 
     @property
     def completed_at(self) -> float:
         return self.created_ts + self.pending + self.processing
+
+    @property
+    def notify_at(self) -> float:
+        """When the task goes from 3 to 4 and the first delivery is attempted (with a notifyURL)."""
+        return self.completed_at + self.notify_delay
 
     @property
     def any_failed(self) -> bool:
@@ -328,6 +335,7 @@ class _FmgrStream:
     failure_ratio: float
     notify_url: str | None
     notify_key: tuple[str, str] | None = field(repr=False)
+    notify_failure_ratio: float = 0.0
 
     def last_index(self, at: float) -> int:
         """Index of the newest id that exists at ``at``; -1 when none does yet."""
@@ -494,6 +502,9 @@ class Simulator:
         # The "timeout" fault sleeps this long (real time) before answering normally.
         self.timeout_fault_seconds = 3.0
         self.notify_timeout = 5.0
+        # The vendor records a delivery (code 4 -> 6) or a give-up (4 -> 5) this long after it happened, so a
+        # poll right after a notification still sees 4.
+        self.notify_record_delay = 2.0
 
         self.url = ""
         self._server: _Server | None = None
@@ -827,8 +838,15 @@ class Simulator:
     def add_fmgr_task(self, persistent_id: str, ops: list[str], *, created_ts: float | None = None,
                       pending: float = 5.0, processing: float = 20.0, fail_items: Sequence[int] = (),
                       fsize: int = 1048576, notify_url: str | None = None,
-                      notify_key: tuple[str, str] | None = None, separate: int = 0) -> None:
-        """One task with an item per op; without ``notify_key`` its notification goes out unsigned."""
+                      notify_key: tuple[str, str] | None = None, separate: int = 0,
+                      notify_delay: float = 3.0, notify_fails: bool = False) -> None:
+        """One task with an item per op; without ``notify_key`` its notification goes out unsigned.
+
+        With ``notify_url`` the task goes 3 -> 4 ``notify_delay`` seconds after processing completed, then
+        to 6 once a delivery was answered 200, or to 5 when every attempt failed (``notify_fails``: none
+        reaches the URL). Without it the task stays at 3."""
+        if notify_delay < 0:
+            raise ValueError("notify_delay must be >= 0")
         if not ops:
             raise ValueError("an Fmgr task needs at least one op")
         if any(not 0 <= i < len(ops) for i in fail_items):
@@ -839,22 +857,27 @@ class Simulator:
             created = self._clock() if created_ts is None else created_ts
             task = self._build_fmgr_task(persistent_id, len(self._fmgr_tasks), created, pending,
                                          processing, ops, set(fail_items), [fsize] * len(ops),
-                                         notify_url, notify_key, separate)
+                                         notify_url, notify_key, separate, notify_delay, notify_fails)
             self._fmgr_tasks[persistent_id] = task
             if notify_url is not None:
                 self._notify_open.add(persistent_id)
 
     def add_fmgr_stream(self, *, per_minute: float, start_ts: float, ops: Sequence[str] = FMGR_OPS,
                         failure_ratio: float = 0.1, notify_url: str | None = None,
-                        notify_key: tuple[str, str] | None = None, id_prefix: str = "sim") -> None:
-        """Ids ``f"{id_prefix}-{n:08d}"``, one every 60/per_minute s from ``start_ts``, made on demand."""
-        if per_minute <= 0 or not ops or not 0 <= failure_ratio <= 1:
-            raise ValueError("per_minute must be > 0, ops non-empty, failure_ratio within 0..1")
+                        notify_key: tuple[str, str] | None = None, id_prefix: str = "sim",
+                        notify_failure_ratio: float = 0.0) -> None:
+        """Ids ``f"{id_prefix}-{n:08d}"``, one every 60/per_minute s from ``start_ts``, made on demand.
+
+        ``failure_ratio`` of the items fail; with ``notify_url``, ``notify_failure_ratio`` of the tasks
+        cannot be notified (every attempt is lost) and end in 5, their items in 5/19."""
+        if (per_minute <= 0 or not ops or not 0 <= failure_ratio <= 1
+                or not 0 <= notify_failure_ratio <= 1):
+            raise ValueError("per_minute must be > 0, ops non-empty, failure ratios within 0..1")
         with self._lock:
             if any(s.prefix == id_prefix for s in self._fmgr_streams):
                 raise ValueError(f"an Fmgr stream with prefix {id_prefix!r} exists")
             self._fmgr_streams.append(_FmgrStream(id_prefix, 60.0 / per_minute, start_ts, tuple(ops),
-                                                  failure_ratio, notify_url, notify_key))
+                                                  failure_ratio, notify_url, notify_key, notify_failure_ratio))
             self._stream_cursor[id_prefix] = 0
 
     def fmgr_ids(self, at: float | None = None) -> list[str]:
@@ -896,14 +919,18 @@ class Simulator:
         pending = float(rng.randint(1, 10))
         processing = float(rng.randint(5, 90))
         sizes = [rng.randint(1024, 100 * 2**20) for _ in range(count)]
-        return self._build_fmgr_task(f"{stream.prefix}-{n:08d}", n, stream.start_ts + n * stream.interval,
+        pid = f"{stream.prefix}-{n:08d}"
+        # Drawn apart from the rng above, so that adding them changed no earlier task.
+        notify_delay = 1.0 + math.floor(_hash_uniform(self.seed, "notify-delay", pid) * 8)
+        notify_fails = _hash_uniform(self.seed, "notify-fails", pid) < stream.notify_failure_ratio
+        return self._build_fmgr_task(pid, n, stream.start_ts + n * stream.interval,
                                      pending, processing, ops, failed, sizes, stream.notify_url,
-                                     stream.notify_key, 0)
+                                     stream.notify_key, 0, notify_delay, notify_fails)
 
     def _build_fmgr_task(self, pid: str, ordinal: int, created: float, pending: float, processing: float,
                          ops: Sequence[str], failed: set[int], sizes: Sequence[int],
                          notify_url: str | None, notify_key: tuple[str, str] | None,
-                         separate: int) -> _FmgrTask:
+                         separate: int, notify_delay: float = 3.0, notify_fails: bool = False) -> _FmgrTask:
         items = []
         for index, op in enumerate(ops):
             src = f"http://origin.example.com/{pid}/{index}.mp4"
@@ -921,19 +948,20 @@ class Simulator:
                                    sizes[index], index in failed,
                                    _FMGR_ERRORS[digest[0] % len(_FMGR_ERRORS)]))
         return _FmgrTask(pid, ordinal, created, pending, processing, tuple(items), notify_url,
-                         notify_key, separate)
+                         notify_key, separate, notify_delay, notify_fails)
 
     def _fmgr_code(self, task: _FmgrTask, now: float) -> int:
         if now < task.created_ts + task.pending:
             return 0
         if now < task.completed_at:
             return 1
-        if task.notify_url is None:
+        if task.notify_url is None or now < task.notify_at:
             return 3
         state = self._notify_state.get(task.id)
-        if state is not None and state.delivered_at is not None and state.delivered_at <= now:
+        recorded = now - self.notify_record_delay
+        if state is not None and state.delivered_at is not None and state.delivered_at <= recorded:
             return 6
-        if state is not None and state.failed_at is not None and state.failed_at <= now:
+        if state is not None and state.failed_at is not None and state.failed_at <= recorded:
             return 5
         return 4
 
@@ -1032,7 +1060,7 @@ class Simulator:
         return due
 
     def _is_due(self, task: _FmgrTask, now: float) -> bool:
-        if task.completed_at > now:
+        if task.notify_at > now:
             return False
         state = self._notify_state.setdefault(task.id, _NotifyState())
         return not state.final and state.next_at <= now
@@ -1050,15 +1078,24 @@ class Simulator:
         with self._lock:
             attempt = self._notify_state[task.id].attempts + 1
         sent = 0
-        if task.notify_key is not None and _hash_uniform(self.seed, "forged", task.id, attempt) < (
+        if task.notify_key is not None and not task.notify_fails and _hash_uniform(
+                self.seed, "forged", task.id, attempt) < (
                 settings.forged_ratio):
             access_key, secret_key = task.notify_key
             forged = {**headers, "Authorization": signing.fmgr_notify_authorization(
                 access_key, secret_key + "-forged", url, body)}
             self._post_notification(task.id, attempt, url, body, forged, forged=True, duplicate=False)
             sent += 1
-        status = self._post_notification(task.id, attempt, url, body, headers, forged=False, duplicate=False)
-        sent += 1
+        if task.notify_fails:
+            # The notifyURL cannot be reached from the vendor: the attempt never arrives.
+            status = None
+            with self._lock:
+                self.notify_log.append({"id": task.id, "attempt": attempt, "status_code": None, "forged": False,
+                                        "duplicate": False, "ts": self._clock(), "lost": True})
+        else:
+            status = self._post_notification(task.id, attempt, url, body, headers, forged=False,
+                                             duplicate=False)
+            sent += 1
         with self._lock:
             state = self._notify_state[task.id]
             state.attempts = attempt
@@ -1092,7 +1129,7 @@ class Simulator:
             status = None
         with self._lock:
             self.notify_log.append({"id": pid, "attempt": attempt, "status_code": status,
-                                    "forged": forged, "duplicate": duplicate})
+                                    "forged": forged, "duplicate": duplicate, "ts": self._clock(), "lost": False})
         return status
 
     # ----------------------------------------------------------------------- faults and observation

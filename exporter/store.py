@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CDN_STATUSES = ("success", "failure", "wait", "run", "unknown")
 CDN_FINAL = frozenset({"success", "failure"})
+DEFAULT_LIFECYCLE = fmgrwire.Lifecycle()
 # finishTime - createTime of a prefetch/purge: seconds to hours.
 DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS fmgr_notifications (
     dedup_key TEXT PRIMARY KEY, task_id TEXT NOT NULL, received_ts REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fmgr_notifications_received ON fmgr_notifications (received_ts);
+CREATE INDEX IF NOT EXISTS fmgr_notifications_task ON fmgr_notifications (task_id);
 """
 
 
@@ -99,6 +101,7 @@ class _Note:
     status: fmgrwire.FmgrStatus
     dedup_key: str
     ts: float
+    lifecycle: fmgrwire.Lifecycle
     done: bool = False
     result: bool = False
     error: BaseException | None = None
@@ -132,8 +135,20 @@ def _labels_of(key: str) -> tuple[tuple[str, str], ...]:
     return tuple(json.loads(key).items())
 
 
-def _final_fmgr(code: int | None) -> bool:
-    return code is not None and code in fmgrwire.FINAL_TASK_CODES
+def _processed_fmgr(code: int | None) -> bool:
+    """Processing is over (3 and the notification phase after it): the task is no longer pending."""
+    return code is not None and code in fmgrwire.PROCESSED_TASK_CODES
+
+
+def _item_phase(code: int | None) -> int:
+    """How far an item's code is along its lifecycle (0/1, then 2/3, then 4/18, then 5/6/19/20)."""
+    if code in (2, 3):
+        return 1
+    if code in (4, 18):
+        return 2
+    if code in (5, 6, 19, 20):
+        return 3
+    return 0
 
 
 class Store:
@@ -444,23 +459,27 @@ class Store:
         return added
 
     def apply_fmgr_status(
-        self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, next_poll: float | None = None
+        self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool,
+        lifecycle: fmgrwire.Lifecycle = DEFAULT_LIFECYCLE,
     ) -> None:
-        """Record what the vendor said about a task (from a poll or a verified notification)."""
+        """Record what the vendor said about a task (from a poll or a verified notification); ``lifecycle``
+        says when it is polled next, or that it is final."""
         with self._transaction():
-            deltas = self._apply_fmgr_locked(status, source=source, polled=polled, next_poll=next_poll)
+            deltas = self._apply_fmgr_locked(status, source=source, polled=polled, lifecycle=lifecycle)
         self.fmgr_windows.add_many(deltas)
 
     def _apply_fmgr_locked(
-        self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, next_poll: float | None
+        self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, lifecycle: fmgrwire.Lifecycle
     ) -> list:
         now = self._clock()
         deltas: list = []
         row = self._conn.execute(
-            "SELECT first_seen, final_seen, code, confirmed, abandoned FROM fmgr_tasks WHERE id = ?", (status.id,)
+            "SELECT first_seen, final_seen, code, confirmed, abandoned, next_poll FROM fmgr_tasks WHERE id = ?",
+            (status.id,),
         ).fetchone()
         new_task = row is None
-        first_seen, final_seen, old_code, confirmed, abandoned = (now, None, None, 0, 0) if new_task else row
+        first_seen, final_seen, old_code, confirmed, abandoned, next_poll = (
+            (now, None, None, 0, 0, now) if new_task else row)
         # A notification reports the task's *notification* status at top level, never the task code.
         new_code = old_code
         if polled:
@@ -474,14 +493,25 @@ class Store:
         elif new_code != old_code:
             deltas.extend(self._fmgr_task_deltas(first_seen, old_code, -1))
             deltas.extend(self._fmgr_task_deltas(first_seen, new_code, +1))
-        is_final = _final_fmgr(new_code)
-        new_final_seen = final_seen if final_seen is not None else (now if is_final else None)
+        if fmgrwire.notify_failed(new_code, item=False) and not fmgrwire.notify_failed(old_code, item=False):
+            self._inc_locked("fmgr_notify_failures_total", {"scope": "task"})
+        new_final_seen = final_seen if final_seen is not None else (now if _processed_fmgr(new_code) else None)
         if new_final_seen is None and new_task:
             self._fmgr_pending += 1
         elif final_seen is None and new_final_seen is not None and not abandoned and not new_task:
             self._fmgr_pending -= 1
-        values = (new_code, new_final_seen, 1 if (polled and is_final) else confirmed, now,
-                  now if polled else None, next_poll if next_poll is not None else now)
+        if polled:
+            # A task that was notified has a notifyURL, so its 3 is not final whatever the grace period.
+            notified = self._conn.execute(
+                "SELECT 1 FROM fmgr_notifications WHERE task_id = ? LIMIT 1", (status.id,)
+            ).fetchone() is not None
+            due = lifecycle.after_poll(new_code, now, processed_since=new_final_seen, notified=notified)
+            confirmed, next_poll = (1, now) if due is None else (0, due)
+        else:
+            due = lifecycle.after_notification(new_code, now)
+            if due is not None:
+                confirmed, next_poll = 0, due
+        values = (new_code, new_final_seen, confirmed, now, now if polled else None, next_poll)
         if new_task:
             self._conn.execute(
                 "INSERT INTO fmgr_tasks (code, final_seen, confirmed, updated_ts, last_polled, next_poll, id, "
@@ -505,6 +535,8 @@ class Store:
             old = old_items.get(idx)
             if old is not None and old[1] == item.code and old[2] == item.fsize:
                 continue
+            if not polled and old is not None and _item_phase(item.code) < _item_phase(old[1]):
+                continue  # a notification is older news than a poll that saw the notification phase
             self._conn.execute(
                 "INSERT INTO fmgr_items VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id, idx) DO UPDATE SET "
                 "op=excluded.op, code=excluded.code, fsize=excluded.fsize",
@@ -513,19 +545,24 @@ class Store:
             if old is not None:
                 deltas.extend(self._fmgr_item_deltas(first_seen, old[0], old[1], -1))
             deltas.extend(self._fmgr_item_deltas(first_seen, item.op, item.code, +1))
+            if fmgrwire.notify_failed(item.code, item=True) and not (
+                    old is not None and fmgrwire.notify_failed(old[1], item=True)):
+                self._inc_locked("fmgr_notify_failures_total", {"scope": "item"})
             # Counted once: when an item is first seen succeeded with a size (the size may come later).
             counted = old is not None and fmgrwire.item_outcome(old[1]) == "succeeded" and bool(old[2])
             if fmgrwire.item_outcome(item.code) == "succeeded" and item.fsize and not counted:
                 self._inc_locked("fmgr_processed_bytes_total", {"op": item.op}, float(item.fsize))
         return deltas
 
-    def record_notification(self, status: fmgrwire.FmgrStatus, dedup_key: str, received_ts: float) -> bool:
-        """Store a verified notification once; False when this exact delivery was already stored.
+    def record_notification(self, status: fmgrwire.FmgrStatus, dedup_key: str, received_ts: float, *,
+                            lifecycle: fmgrwire.Lifecycle = DEFAULT_LIFECYCLE) -> bool:
+        """Store a verified notification once; False when this exact delivery was already stored. A new one
+        schedules the confirming poll that ``lifecycle`` asks for.
 
         Group commit: concurrent callers queue their notification and the first of them writes the whole
         queue in one transaction, so a burst costs one commit instead of one per notification. Every caller
         returns only once its own notification is committed (or raises if it could not be)."""
-        note = _Note(status, dedup_key, received_ts)
+        note = _Note(status, dedup_key, received_ts, lifecycle)
         with self._notes_cv:
             self._notes.append(note)
             if self._notes_writing:
@@ -580,7 +617,8 @@ class Store:
                 )
                 n.result = cur.rowcount != 0
                 if n.result:
-                    deltas.extend(self._apply_fmgr_locked(n.status, source="notify", polled=False, next_poll=None))
+                    deltas.extend(self._apply_fmgr_locked(n.status, source="notify", polled=False,
+                                                          lifecycle=n.lifecycle))
                 self._inc_locked("fmgr_notifications_total", {"result": "accepted" if n.result else "duplicate"})
         return deltas
 
@@ -588,7 +626,7 @@ class Store:
         self.increment("fmgr_notifications_total", {"result": result})
 
     def fmgr_due(self, now: float, limit: int) -> list[str]:
-        """Ids to poll now: not final (or final by notification but not yet confirmed), oldest due first."""
+        """Ids to poll now: not final yet (processing, or the notification phase not settled), oldest due first."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT id FROM fmgr_tasks WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0 "

@@ -40,7 +40,7 @@ TASKS_PATH = "/api/v1/fmgr/tasks"
 API_MAX_BODY_BYTES = 1024 * 1024
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
-PERSISTENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+PERSISTENT_ID = fmgr.PERSISTENT_ID
 STATE_PARAM = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 StartResponse = Callable[..., Any]

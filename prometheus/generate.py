@@ -51,6 +51,7 @@ CONTRACT_METRICS = frozenset({
     "cdnetworks_fmgr_oldest_pending_age_seconds",
     "cdnetworks_fmgr_processed_bytes_total",
     "cdnetworks_fmgr_notifications_total",
+    "cdnetworks_fmgr_notify_failures_total",
     "cdnetworks_up",
     "cdnetworks_api_requests_total",
     *(f"cdnetworks_api_request_duration_seconds{suffix}" for suffix in _HISTOGRAM),
@@ -111,6 +112,9 @@ class Settings:
     api_error_ratio_max: float = setting(0.25, "Share of failed vendor requests (over 30m) that is too many.")
     rate_limited_ratio_max: float = setting(0.25, "Share of rate-limited vendor requests (over 30m) that is too many.")
     stuck_seconds: int = setting(3600, "Age of the oldest unfinished task (CDN) or pending task (Fmgr) that is stuck.")
+    notify_failure_window: str = setting(
+        "1h", "Range over which an Fmgr notification failure (a task ending at code 5) keeps "
+        "CDNetworksFmgrNotificationsFailing firing.")
     poll_lag_seconds: int = setting(1800, "Poll lag (seconds) that means the poller cannot keep up.")
     exporter_down_for: str = setting("5m", "How long the scrape must fail before CDNetworksExporterDown fires.")
 
@@ -336,6 +340,18 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
         "A CDNetworks Fmgr task has not reached a final state for a long time.",
         "The oldest tracked Fmgr task that is not final was first seen {{ $value | humanizeDuration }} "
         f"ago (threshold {duration(s.stuck_seconds)}).",
+    ))
+    task_scope = 'scope="task"'
+    rules.append(alert(
+        s, "CDNetworksFmgrNotificationsFailing",
+        "sum by (job, instance) (\n"
+        f"  increase(cdnetworks_fmgr_notify_failures_total{selector(s, task_scope)}[{s.notify_failure_window}])\n"
+        ") > 0",
+        "5m", "warning",
+        "CDNetworks could not deliver Fmgr job notifications.",
+        "About {{ $value | humanize }} Fmgr task(s) tracked by {{ $labels.instance }} ended in code 5 "
+        f"(notification failure) in the last {s.notify_failure_window}: the vendor gave up calling their "
+        "notifyURL, so whatever waits for that callback never heard that the job finished.",
     ))
     rejected = 'result=~"bad_signature|unknown_key"'
     rules.append(alert(

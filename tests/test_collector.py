@@ -111,6 +111,12 @@ def fill(store: Store, clock: Clock) -> None:
         FmgrItem("delete", 20, None, "source file not found"),
         FmgrItem("fetch", 6, 500, None),
     )), source="poll", polled=True)
+    clock.t = T0 - 3000
+    # The vendor could not deliver this job's notification: task 5, items 5 and 19, counted once each.
+    for code, items in ((4, (4, 18)), (5, (5, 19)), (5, (5, 19))):
+        store.apply_fmgr_status(FmgrStatus("job-6", code, 0, (FmgrItem("move", items[0], 300, None),
+                                                              FmgrItem("copy", items[1], None, "x"))),
+                                source="poll", polled=True)
     clock.t = T0 - 1200
     store.register_fmgr_ids(["job-2"], "api")
     store.apply_fmgr_status(FmgrStatus("job-2", 1, 0, (FmgrItem("fetch", 1, None, None),)),
@@ -269,9 +275,9 @@ def test_duration_histogram_is_cumulative(registry) -> None:
 
 @pytest.mark.parametrize(("window", "expected"), [
     ("1h", {("none", "unknown"): 1, ("other", "other"): 1, ("0", "pending"): 0, ("1", "processing"): 1,
-            ("3", "completed"): 2, ("4", "notifying"): 0, ("5", "notify_failed"): 0, ("6", "notified"): 0}),
+            ("3", "completed"): 2, ("4", "notifying"): 0, ("5", "notify_failed"): 1, ("6", "notified"): 0}),
     ("24h", {("none", "unknown"): 1, ("other", "other"): 1, ("0", "pending"): 0, ("1", "processing"): 1,
-             ("3", "completed"): 2, ("4", "notifying"): 0, ("5", "notify_failed"): 0, ("6", "notified"): 1}),
+             ("3", "completed"): 2, ("4", "notifying"): 0, ("5", "notify_failed"): 1, ("6", "notified"): 1}),
 ])
 def test_fmgr_tasks(registry, window, expected) -> None:
     got = {(c, s): value(registry, "cdnetworks_fmgr_tasks", window=window, code=c, state=s) for c, s in expected}
@@ -282,14 +288,16 @@ def test_fmgr_items_ratio_pending_bytes_notifications(registry) -> None:
     items_1h = {
         ("copy", "2", "failed"): 1, ("copy", "4", "succeeded_notifying"): 1, ("delete", "20", "failed_notified"): 0,
         ("fetch", "1", "processing"): 1, ("fetch", "3", "succeeded"): 1, ("fetch", "6", "succeeded_notified"): 0,
-        ("other", "other", "other"): 1,
+        ("other", "other", "other"): 1, ("move", "5", "succeeded_notify_failed"): 1,
+        ("copy", "19", "failed_notify_failed"): 1,
     }
     got = {k: value(registry, "cdnetworks_fmgr_items", window="1h", op=k[0], code=k[1], state=k[2]) for k in items_1h}
     assert got == items_1h
     assert value(registry, "cdnetworks_fmgr_items", window="24h", op="delete", code="20", state="failed_notified") == 1
-    # Final items: 1h has copy 4 and fetch 3 succeeded, copy 2 failed; 24h adds fetch 6 and delete 20.
-    assert value(registry, "cdnetworks_fmgr_success_ratio", window="1h") == pytest.approx(2 / 3)
-    assert value(registry, "cdnetworks_fmgr_success_ratio", window="24h") == pytest.approx(3 / 5)
+    # Final items: 1h has copy 4, fetch 3 and move 5 succeeded, copy 2 and copy 19 failed; 24h adds fetch 6
+    # and delete 20.
+    assert value(registry, "cdnetworks_fmgr_success_ratio", window="1h") == pytest.approx(3 / 5)
+    assert value(registry, "cdnetworks_fmgr_success_ratio", window="24h") == pytest.approx(4 / 7)
     # job-1 (not seen yet), job-2 (processing), job-5 (unknown code 9); the oldest is job-2 from T0-1200.
     assert value(registry, "cdnetworks_fmgr_pending_tasks") == 3
     assert value(registry, "cdnetworks_fmgr_oldest_pending_age_seconds") == 1230
@@ -300,6 +308,9 @@ def test_fmgr_items_ratio_pending_bytes_notifications(registry) -> None:
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="duplicate") == 1
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="bad_signature") == 1
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="unknown_key") == 0
+    # job-6 went 4 -> 5 and was polled at 5 again: counted once, its two items once each.
+    assert value(registry, "cdnetworks_fmgr_notify_failures_total", scope="task") == 1
+    assert value(registry, "cdnetworks_fmgr_notify_failures_total", scope="item") == 2
 
 
 # ------------------------------------------------------------------------------------ exporter health

@@ -80,6 +80,7 @@ def test_defaults_of_a_minimal_config():
     assert f.register_token is None
     assert f.rate_limit == RateLimit(requests=10, per=1)
     assert (f.request_timeout, f.max_register_ids) == (10, 1000)
+    assert (f.notify_grace, f.confirm_delay) == (300, 30)
     assert (f.notify.path, f.notify.url, f.notify.max_body_bytes, f.notify.keys) == (
         "/notify/fmgr", None, 1048576, ())
     assert config.storage.path == "./data/cdnetworks-exporter.db"
@@ -774,3 +775,16 @@ def test_windows_shorter_than_a_minute_are_rejected():
         _parse({"accounts": [{"name": "a", "username": "u", "api_key": "k"}], "prefetch": {"windows": ["30s", "1h"]}},
                environ={})
     assert any(e.startswith("prefetch.windows[0]:") and "1m" in e for e in err.value.errors)
+
+
+def test_fmgr_lifecycle_keys_are_durations_with_bounds():
+    ok = parse_config(minimal(fmgr={"endpoint": "http://m.example.com", "notify_grace": "0s",
+                                    "confirm_delay": "1m"}), environ={})
+    assert (ok.fmgr.notify_grace, ok.fmgr.confirm_delay) == (0, 60)
+    bad = minimal(fmgr={"endpoint": "http://m.example.com", "notify_grace": "2d", "confirm_delay": "0s"})
+    assert sorted(errors_of(bad, environ={})) == [
+        "fmgr.confirm_delay: must be greater than 0",
+        "fmgr.notify_grace: must be at most 1d",
+    ]
+    assert errors_of(minimal(fmgr={"endpoint": "http://m.example.com", "notify_grace": "soon"}), environ={}) == [
+        'fmgr.notify_grace: "soon" is not a duration']

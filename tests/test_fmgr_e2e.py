@@ -45,11 +45,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fmgr_config(sim_url: str, storage: str, notify_url: str, **fmgr: Any) -> Config:
+def fmgr_config(sim_url: str, storage: str, notify_url: str, *, max_body: int = MAX_BODY, **fmgr: Any) -> Config:
     section = {
         "enabled": True, "endpoint": sim_url, "poll_interval": "30s", "request_timeout": "2s",
         "rate_limit": {"requests": 100, "per": "1s"}, "register_token": TOKEN,
-        "notify": {"path": NOTIFY_PATH, "url": notify_url, "max_body_bytes": MAX_BODY,
+        "notify": {"path": NOTIFY_PATH, "url": notify_url, "max_body_bytes": max_body,
                    "keys": [{"access_key": AK, "secret_key": SK}]},
         **fmgr,
     }
@@ -311,6 +311,23 @@ BAD_BODIES = {
     "no-id": (encode({"code": 3, "items": []}), 400, "malformed"),
     "items-not-a-list": (encode({**HAND_STATUS, "items": "none"}), 400, "malformed"),
     "empty": (b"", 400, "malformed"),
+    # Verified, well-formed JSON, but values no store or counter can hold, or an id no one registers.
+    "fsize-2**63": (encode({**HAND_STATUS, "items": [{**HAND_STATUS["items"][0], "fsize": 2**63}]}), 400,
+                    "malformed"),
+    "fsize-2**64": (encode({**HAND_STATUS, "items": [{**HAND_STATUS["items"][0], "fsize": 2**64}]}), 400,
+                    "malformed"),
+    "fsize-string-2**63": (encode({**HAND_STATUS, "items": [{**HAND_STATUS["items"][0], "fsize": str(2**63)}]}),
+                           400, "malformed"),
+    "fsize-negative": (encode({**HAND_STATUS, "items": [{**HAND_STATUS["items"][0], "fsize": -1}]}), 400,
+                       "malformed"),
+    "item-code-2**64": (encode({**HAND_STATUS, "items": [{**HAND_STATUS["items"][0], "code": 2**64}]}), 400,
+                        "malformed"),
+    "code-10**30": (encode({**HAND_STATUS, "code": 10**30}), 400, "malformed"),
+    "separate-2**63": (encode({**HAND_STATUS, "separate": 2**63}), 400, "malformed"),
+    "id-nul": (encode({**HAND_STATUS, "id": "hand\u00001"}), 400, "malformed"),
+    "id-newline": (encode({**HAND_STATUS, "id": "hand-1\nx"}), 400, "malformed"),
+    "id-129": (encode({**HAND_STATUS, "id": "h" * 129}), 400, "malformed"),
+    "id-slash": (encode({**HAND_STATUS, "id": "hand/1"}), 400, "malformed"),
     "oversized": (encode({**HAND_STATUS, "pad": "x" * MAX_BODY}), 413, "too_large"),
 }
 
@@ -329,6 +346,18 @@ def test_a_bad_body_with_a_valid_signature_is_refused_and_nothing_is_stored(sim_
     # Control: the same sender, key and URL with a good body is accepted.
     assert post_signed(exporter, GOOD_BODY).status_code == 200
     assert tracked(exporter) == {"hand-1": "completed"}
+
+
+def test_a_huge_id_in_a_verified_notification_is_malformed(sim_factory, exporters):
+    exporter = exporters.start(sim_factory(), max_body=1048576)
+    body = encode({**HAND_STATUS, "id": "x" * 500_000})
+    assert len(body) < 1048576
+
+    response = post_signed(exporter, body)
+
+    assert (response.status_code, response.json()["result"]) == (400, "malformed")
+    assert notifications(exporter) == {"malformed": 1}
+    assert exporter.store.list_fmgr_tasks(None, 10) == []
 
 
 def test_a_store_write_failure_answers_5xx_and_the_vendor_retries(sim_factory, clock, exporters):
@@ -383,6 +412,67 @@ def test_a_notified_final_task_gets_exactly_one_confirming_poll(sim_factory, clo
     # The confirming poll does not count the bytes a second time.
     assert metric(exporter, "cdnetworks_fmgr_processed_bytes_total", op="fetch") == 100
     assert metric(exporter, "cdnetworks_fmgr_processed_bytes_total", op="copy") == 50
+
+
+def codes_polled(sim: Simulator, persistent_id: str) -> list[int]:
+    """The task code each poll of ``persistent_id`` was answered with (the vendor's truth at that moment)."""
+    return [sim.fmgr_status(persistent_id, at=t)["code"] for t in polls(sim, persistent_id)]
+
+
+def test_a_notification_after_3_was_taken_as_final_is_confirmed_by_polling(sim_factory, clock, exporters):
+    sim = sim_factory()
+    exporter = exporters.start(sim, notify_grace="5m", confirm_delay="10s")
+    # A vendor slower than the grace period: completed at T0 + 25, notifying only 10 minutes later.
+    add_notified_task(sim, exporter, "slow-hook", ["fetch"], fsize=10, notify_delay=600)
+    assert api(exporter, "POST", json={"persistentIds": ["slow-hook"]}).status_code == 200
+    run_poller(exporter, clock, T0 + 500)
+    assert tracked(exporter) == {"slow-hook": "completed"}
+    assert exporter.store.fmgr_task("slow-hook")["confirmed"] is True  # 3 for longer than the grace period
+    assert codes_polled(sim, "slow-hook")[-1] == 3
+
+    clock.t = T0 + 625
+    assert sim.deliver_due_notifications() == 1
+    run_poller(exporter, clock, T0 + HOUR)
+
+    # The notification proved a notifyURL: polled again once the vendor had recorded the delivery.
+    after = [t for t in polls(sim, "slow-hook") if t >= T0 + 625]
+    assert after == [T0 + 635]
+    task = exporter.store.fmgr_task("slow-hook")
+    assert (task["state"], task["code"], task["confirmed"]) == ("notified", 6, True)
+
+
+def test_a_confirming_poll_that_still_sees_4_is_repeated(sim_factory, clock, exporters):
+    sim = sim_factory()
+    sim.notify_record_delay = 20.0  # the vendor records the delivery after the confirming poll
+    exporter = exporters.start(sim, confirm_delay="5s")
+    add_notified_task(sim, exporter, "hook", ["fetch", "copy"], fail_items=[1], fsize=10)
+    clock.t = T0 + 30
+    assert sim.deliver_due_notifications() == 1
+    run_poller(exporter, clock, T0 + HOUR)
+
+    assert codes_polled(sim, "hook") == [4, 6]
+    assert polls(sim, "hook") == [T0 + 35, T0 + 65]  # confirm_delay, then poll_interval
+    assert metric(exporter, "cdnetworks_fmgr_items", window="24h", op="fetch", code="6",
+                  state="succeeded_notified") == 1
+    assert metric(exporter, "cdnetworks_fmgr_items", window="24h", op="copy", code="20", state="failed_notified") == 1
+    assert metric(exporter, "cdnetworks_fmgr_notify_failures_total", scope="task") == 0
+
+
+def test_a_task_whose_notifications_never_arrive_is_seen_failing_by_polling(sim_factory, clock, exporters):
+    sim = sim_factory()
+    exporter = exporters.start(sim)
+    add_notified_task(sim, exporter, "lost", ["fetch", "copy"], fail_items=[1], notify_fails=True)
+    assert api(exporter, "POST", json={"persistentIds": ["lost"]}).status_code == 200
+    while clock.t < T0 + 600:
+        sim.deliver_due_notifications()
+        run_poller(exporter, clock, clock.t + 1)
+
+    assert notifications(exporter) == {}
+    assert tracked(exporter) == {"lost": "notify_failed"}
+    assert 4 in codes_polled(sim, "lost") and codes_polled(sim, "lost")[-1] == 5
+    assert metric(exporter, "cdnetworks_fmgr_notify_failures_total", scope="task") == 1
+    assert metric(exporter, "cdnetworks_fmgr_notify_failures_total", scope="item") == 2
+    assert metric(exporter, "cdnetworks_fmgr_tasks", window="1h", code="5", state="notify_failed") == 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -106,9 +106,12 @@ def rig_factory(sim_factory, clock: Clock, tmp_path) -> Iterator:
         store.close()
 
 
+GRACE = 300.0
+
+
 def test_tracked_ids_are_polled_until_final_then_never_again(rig_factory):
-    rig = rig_factory()
-    # (pending, processing): done after 25 s, 60 s (exactly on a poll), 120 s and 60 s.
+    rig = rig_factory(notify_grace=f"{GRACE:g}s")
+    # (pending, processing): done after 25 s, 60 s (exactly on a poll), 120 s and 60 s. No notifyURL.
     timings = {"job-a": (5, 20), "job-b": (10, 50), "job-c": (5, 115), "job-d": (30, 30)}
     for pid, (pending, processing) in timings.items():
         rig.sim.add_fmgr_task(pid, ["fetch", "copy"], pending=pending, processing=processing)
@@ -120,9 +123,13 @@ def test_tracked_ids_are_polled_until_final_then_never_again(rig_factory):
     for pid, (pending, processing) in timings.items():
         done = T0 + pending + processing
         polls = rig.polls(pid)
-        # One poll per interval from registration, the last one the first to see the final code.
-        assert len(polls) == math.ceil((pending + processing) / POLL_INTERVAL) + 1, pid
-        assert [t >= done for t in polls] == [False] * (len(polls) - 1) + [True], pid
+        # One poll per interval from registration until the first to see 3 (completed) ...
+        first_3 = math.ceil((pending + processing) / POLL_INTERVAL)
+        assert [t >= done for t in polls[:first_3 + 1]] == [False] * first_3 + [True], pid
+        # ... then through the grace period, in which a notification phase (4) would have shown, the last
+        # poll exactly at its end: still 3, so the job has no notifyURL and 3 is final.
+        assert polls[first_3 + 1:] == [polls[first_3] + POLL_INTERVAL * (n + 1)
+                                       for n in range(int(GRACE / POLL_INTERVAL))], pid
         task = rig.store.fmgr_task(pid)
         assert task is not None
         assert (task["state"], task["confirmed"]) == ("completed", True)
@@ -136,7 +143,7 @@ def test_tracked_ids_are_polled_until_final_then_never_again(rig_factory):
 
 
 def test_an_unknown_id_is_not_an_outage_and_is_retried_later(rig_factory):
-    rig = rig_factory()
+    rig = rig_factory(notify_grace="0s")  # a job without notifyURL, final at its first 3
     rig.store.register_fmgr_ids(["late-1"], "api")
     rig.poller.step()
 
@@ -222,7 +229,7 @@ def test_a_fault_is_counted_takes_up_down_backs_off_and_recovers(rig_factory, fa
 
 
 def test_a_failing_api_is_retried_with_growing_gaps_not_in_a_hot_loop(rig_factory):
-    rig = rig_factory()
+    rig = rig_factory(notify_grace="0s")  # jobs without notifyURL, final at their first 3
     ids = [f"job-{i}" for i in range(5)]
     for pid in ids:
         rig.sim.add_fmgr_task(pid, ["fetch"], pending=2, processing=10)
@@ -293,7 +300,7 @@ def test_the_fmgr_rate_budget_is_never_exceeded(rig_factory):
 
 def test_a_vendor_429_is_honoured_for_its_retry_after(rig_factory):
     # The configured budget is looser than what the vendor enforces: the vendor's 429 must slow us down.
-    rig = rig_factory(sim_kwargs={"rate_limits": {"fmgr": (1, 60.0)}})
+    rig = rig_factory(sim_kwargs={"rate_limits": {"fmgr": (1, 60.0)}}, notify_grace="0s")
     ids = ["job-1", "job-2"]
     for pid in ids:
         rig.sim.add_fmgr_task(pid, ["fetch"], pending=1, processing=5)
@@ -327,3 +334,43 @@ def test_the_fmgr_rate_budget_survives_a_restart(rig_factory):
 
     assert rig.sim.rate_limit_violations == 0
     assert len(rig.polls()) == 2
+
+
+def run_with_notifier(rig: Rig, until: float, step: float = 1.0) -> None:
+    """Poll and let the vendor attempt its deliveries, second by second."""
+    while rig.clock.t < until:
+        rig.sim.deliver_due_notifications()
+        rig.run_until(rig.clock.t + step)
+
+
+def test_a_poll_that_lands_at_3_keeps_polling_until_the_notification_failure_at_5(rig_factory):
+    rig = rig_factory(notify_grace=f"{GRACE:g}s")
+    # Completed exactly on the second poll (T0 + 30); notifying 5 s later; the notifyURL is unreachable,
+    # so after its retries the vendor gives up: task 5, the succeeded item 5, the failed one 19.
+    rig.sim.add_fmgr_task("hook-1", ["fetch", "copy"], pending=5, processing=25, fail_items=[1], fsize=64,
+                          notify_url="http://127.0.0.1:9/unreachable", notify_key=("AK", "SK"),
+                          notify_delay=5.0, notify_fails=True)
+    rig.store.register_fmgr_ids(["hook-1"], "api")
+
+    run_with_notifier(rig, T0 + 2 * POLL_INTERVAL - 1)
+    assert [r["result"] for r in rig.sim.request_log] == ["ok", "ok"]
+    assert rig.sim.fmgr_status("hook-1", at=T0 + 30)["code"] == 3  # the second poll saw 3 ...
+    assert rig.state("hook-1") == "completed"
+    assert rig.metric("cdnetworks_fmgr_pending_tasks") == 0
+
+    run_with_notifier(rig, T0 + HOUR)
+
+    # ... and was not the last: 4 (notifying) and 5 followed.
+    assert [e["lost"] for e in rig.sim.notify_log] == [True] * 4
+    task = rig.store.fmgr_task("hook-1")
+    assert task is not None
+    assert (task["state"], task["code"], task["confirmed"]) == ("notify_failed", 5, True)
+    assert rig.metric("cdnetworks_fmgr_notify_failures_total", scope="task") == 1
+    assert rig.metric("cdnetworks_fmgr_notify_failures_total", scope="item") == 2
+    assert rig.metric("cdnetworks_fmgr_items", window="24h", op="fetch", code="5",
+                      state="succeeded_notify_failed") == 1
+    assert rig.metric("cdnetworks_fmgr_items", window="24h", op="copy", code="19", state="failed_notify_failed") == 1
+    assert rig.metric("cdnetworks_fmgr_tasks", window="24h", code="3", state="completed") == 0
+    polled = len(rig.polls("hook-1"))
+    run_with_notifier(rig, T0 + 2 * HOUR, step=60.0)
+    assert len(rig.polls("hook-1")) == polled  # 5 is final: never asked about again

@@ -598,9 +598,14 @@ def _code(sim: Simulator, persistent_id: str) -> int:
 def test_notification_is_signed_and_moves_the_codes(sim: Simulator, clock: FakeClock,
                                                      receiver: Receiver) -> None:
     sim.add_fmgr_task("n-1", ["fetch", "move"], pending=1, processing=2, fail_items=[1],
-                      notify_url=receiver.url, notify_key=("AK1", "SK1"))
+                      notify_url=receiver.url, notify_key=("AK1", "SK1"), notify_delay=4)
     assert sim.deliver_due_notifications() == 0  # not finished yet
     clock.advance(3)
+    completed = sim.fmgr_status("n-1")  # processing completed; the notification phase starts 4 s later
+    assert completed is not None
+    assert (completed["code"], [int(i["code"]) for i in completed["items"]]) == (3, [3, 2])
+    assert sim.deliver_due_notifications() == 0
+    clock.advance(4)
     notifying = sim.fmgr_status("n-1")
     assert notifying is not None
     assert (notifying["code"], [int(i["code"]) for i in notifying["items"]]) == (4, [4, 18])
@@ -618,19 +623,22 @@ def test_notification_is_signed_and_moves_the_codes(sim: Simulator, clock: FakeC
     assert b": " not in base64.urlsafe_b64decode(post["body"])  # compact, like the seed's body
     assert (payload["id"], payload["code"], payload["desc"]) == ("n-1", 3, "fileOperateFailed")
     assert [int(i["code"]) for i in payload["items"]] == [3, 2]
+    # The vendor records the delivery a moment later: until then a poll still says notifying.
+    assert sim.fmgr_status("n-1")["code"] == 4
+    clock.advance(sim.notify_record_delay)
     notified = sim.fmgr_status("n-1")
     assert notified is not None
     assert (notified["code"], [int(i["code"]) for i in notified["items"]]) == (6, [6, 20])
     assert sim.deliver_due_notifications() == 0  # delivered once, never again
     assert sim.notify_log == [{"id": "n-1", "attempt": 1, "status_code": 200, "forged": False,
-                               "duplicate": False}]
+                               "duplicate": False, "ts": NOW + 7, "lost": False}]
 
 
 def test_failed_deliveries_back_off_then_give_up(sim: Simulator, clock: FakeClock, receiver: Receiver) -> None:
     receiver.default_code = 500
     sim.configure_notifier(duplicate_ratio=0, forged_ratio=0, max_attempts=3)
     sim.add_fmgr_task("n-2", ["fetch"], pending=0, processing=1, notify_url=receiver.url,
-                      notify_key=("AK1", "SK1"))
+                      notify_key=("AK1", "SK1"), notify_delay=0)
     clock.advance(1)
     assert sim.deliver_due_notifications() == 1
     assert sim.deliver_due_notifications() == 0  # backing off 0.5 s
@@ -652,11 +660,12 @@ def test_a_retry_that_succeeds_marks_the_task_notified(sim: Simulator, clock: Fa
                                                        receiver: Receiver) -> None:
     receiver.codes.extend([503])
     sim.add_fmgr_task("n-3", ["delete"], pending=0, processing=1, fail_items=[0], notify_url=receiver.url,
-                      notify_key=("AK1", "SK1"))
+                      notify_key=("AK1", "SK1"), notify_delay=0)
     clock.advance(1)
     sim.deliver_due_notifications()
     clock.advance(0.5)
     assert sim.deliver_due_notifications() == 1
+    clock.advance(sim.notify_record_delay)
     status = sim.fmgr_status("n-3")
     assert status is not None and (status["code"], int(status["items"][0]["code"])) == (6, 20)
     assert receiver.posts[0]["body"] == receiver.posts[1]["body"]
@@ -665,7 +674,7 @@ def test_a_retry_that_succeeds_marks_the_task_notified(sim: Simulator, clock: Fa
 def test_duplicates_and_forgeries_when_asked(sim: Simulator, clock: FakeClock, receiver: Receiver) -> None:
     sim.configure_notifier(duplicate_ratio=1.0, forged_ratio=1.0)
     sim.add_fmgr_task("n-4", ["fetch"], pending=0, processing=1, notify_url=receiver.url,
-                      notify_key=("AK1", "SK1"))
+                      notify_key=("AK1", "SK1"), notify_delay=0)
     clock.advance(1)
     assert sim.deliver_due_notifications() == 3
 
@@ -683,7 +692,7 @@ def test_duplicates_and_forgeries_when_asked(sim: Simulator, clock: FakeClock, r
 
 
 def test_unsigned_notification_without_a_key(sim: Simulator, clock: FakeClock, receiver: Receiver) -> None:
-    sim.add_fmgr_task("n-5", ["fetch"], pending=0, processing=1, notify_url=receiver.url)
+    sim.add_fmgr_task("n-5", ["fetch"], pending=0, processing=1, notify_url=receiver.url, notify_delay=0)
     clock.advance(1)
     assert sim.deliver_due_notifications() == 1
     assert "Authorization" not in receiver.posts[0]["headers"]
@@ -694,10 +703,12 @@ def test_stream_notifications_reach_every_finished_task(sim: Simulator, clock: F
     sim.add_fmgr_stream(per_minute=12, start_ts=NOW, notify_url=receiver.url, notify_key=("AK1", "SK1"))
     clock.advance(120)
     sent = sim.deliver_due_notifications()
+    clock.advance(sim.notify_record_delay)
     finished = [pid for pid in sim.fmgr_ids() if _code(sim, pid) == 6]
     assert sent == len(finished) > 5
     clock.advance(300)  # longer than any task runs
     sim.deliver_due_notifications()
+    clock.advance(sim.notify_record_delay)
     notified = {pid for pid in sim.fmgr_ids() if _code(sim, pid) == 6}
     assert {_decode(p["body"])["id"] for p in receiver.posts} == notified
     assert set(sim.fmgr_ids(at=NOW + 120)) <= notified
@@ -706,12 +717,58 @@ def test_stream_notifications_reach_every_finished_task(sim: Simulator, clock: F
 
 def test_background_notifier_delivers(sim: Simulator, clock: FakeClock, receiver: Receiver) -> None:
     sim.add_fmgr_task("n-6", ["fetch"], pending=0, processing=1, notify_url=receiver.url,
-                      notify_key=("AK1", "SK1"))
+                      notify_key=("AK1", "SK1"), notify_delay=0)
     clock.advance(1)
     sim.start_notifier(interval=0.05, duplicate_ratio=0, forged_ratio=0)
     assert receiver.received.wait(5)
     deadline = time.monotonic() + 5
-    while _code(sim, "n-6") != 6 and time.monotonic() < deadline:
+    while not sim.notify_log and time.monotonic() < deadline:  # the vendor's side of the delivery is done
         time.sleep(0.02)
+    clock.advance(sim.notify_record_delay)
     assert _code(sim, "n-6") == 6
     assert len(receiver.posts) == 1
+
+
+def test_a_task_without_notify_url_stays_at_3(sim: Simulator, clock: FakeClock) -> None:
+    sim.add_fmgr_task("plain", ["fetch", "copy"], pending=1, processing=2, fail_items=[1])
+    for dt in (3, 10, 86400):
+        status = sim.fmgr_status("plain", at=NOW + dt)
+        assert status is not None and (status["code"], [int(i["code"]) for i in status["items"]]) == (3, [3, 2])
+
+
+def test_an_unreachable_notify_url_ends_in_notification_failure(sim: Simulator, clock: FakeClock,
+                                                                 receiver: Receiver) -> None:
+    sim.configure_notifier(duplicate_ratio=0, forged_ratio=1.0, max_attempts=3)
+    sim.add_fmgr_task("lost", ["fetch", "copy"], pending=0, processing=1, fail_items=[1],
+                      notify_url=receiver.url, notify_key=("AK1", "SK1"), notify_delay=2, notify_fails=True)
+    codes = []
+    for _ in range(20):
+        clock.advance(0.5)
+        sim.deliver_due_notifications()
+        status = sim.fmgr_status("lost")
+        assert status is not None
+        codes.append((status["code"], tuple(int(i["code"]) for i in status["items"])))
+    # 3 while processing is completed, 4 while the vendor tries, then 5 with the items at 5 and 19.
+    assert [c for i, c in enumerate(codes) if i == 0 or codes[i - 1] != c] == [
+        (1, (1, 1)), (3, (3, 2)), (4, (4, 18)), (5, (5, 19))]
+    assert receiver.posts == []  # nothing arrived, not even a forged copy
+    assert [(e["attempt"], e["status_code"], e["lost"]) for e in sim.notify_log] == [
+        (1, None, True), (2, None, True), (3, None, True)]
+
+
+def test_a_stream_fails_the_share_of_notifications_it_is_asked_to(sim: Simulator, clock: FakeClock,
+                                                                  receiver: Receiver) -> None:
+    sim.add_fmgr_stream(per_minute=30, start_ts=NOW, notify_url=receiver.url, notify_key=("AK1", "SK1"),
+                        notify_failure_ratio=0.3)
+    for _ in range(60 * 5):
+        clock.advance(1)
+        sim.deliver_due_notifications()
+    for _ in range(60):  # every task done, every attempt made
+        clock.advance(10)
+        sim.deliver_due_notifications()
+    ids = sim.fmgr_ids(at=NOW + 300)
+    codes = collections.Counter(_code(sim, pid) for pid in ids)
+    assert set(codes) == {5, 6} and len(ids) > 100
+    assert 0.15 < codes[5] / len(ids) < 0.45
+    posted = {_decode(p["body"])["id"] for p in receiver.posts}
+    assert posted & set(ids) == {pid for pid in ids if _code(sim, pid) == 6}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from exporter.fmgr import FmgrItem, FmgrStatus
+from exporter.fmgr import FmgrItem, FmgrStatus, Lifecycle
 from exporter.store import CdnTask, Store
 from exporter.windows import window_start
 
@@ -133,18 +133,21 @@ def test_fmgr_notification_top_level_code_is_not_task_code(store):
     store.record_notification(status("t2", 1, [("fetch", 3, 5)]), "k2", T0)
     task = store.fmgr_task("t2")
     assert task["code"] == 3 and task["confirmed"] is False
-    assert store.fmgr_due(T0 + 1, 10) == ["t2"]  # one confirming poll is due
+    # One confirming poll, once the vendor has had time to record the delivery (Lifecycle.confirm_delay).
+    assert store.fmgr_due(T0 + 29, 10) == []
+    assert store.fmgr_due(T0 + 30, 10) == ["t2"]
 
 
 def test_fmgr_pending_and_polling_until_final(store, clock):
     store.register_fmgr_ids(["a", "b", "a"], "api")
     assert store.fmgr_pending() == (2, T0)
-    store.apply_fmgr_status(status("a", 1, [("fetch", 1, None)]), source="poll", polled=True, next_poll=T0 + 60)
+    store.apply_fmgr_status(status("a", 1, [("fetch", 1, None)]), source="poll", polled=True,
+                            lifecycle=Lifecycle(poll_interval=60.0))
     assert store.fmgr_due(T0, 10) == ["b"]
     store.apply_fmgr_status(status("b", 3, [("fetch", 3, 7)]), source="poll", polled=True)
     assert store.fmgr_pending()[0] == 1
     clock.t = T0 + 61
-    assert store.fmgr_due(clock(), 10) == ["a"]
+    assert set(store.fmgr_due(clock(), 10)) == {"a", "b"}  # b: completed, its notification phase may follow
     groups = store.fmgr_window_counts(clock(), [3600])
     assert groups["tasks"][0] == {1: 1, 3: 1}
     assert groups["outcomes"][0] == {"succeeded": 1}
@@ -249,3 +252,66 @@ def test_a_late_notification_does_not_move_a_task_back_from_notifying(store):
     store.apply_fmgr_status(status("t4", 4, [("fetch", 4, 1)]), source="poll", polled=True)
     store.record_notification(status("t4", 3, [("fetch", 3, 1)]), "k4", T0)
     assert store.fmgr_task("t4")["code"] == 4
+
+
+LIFE = Lifecycle(poll_interval=30.0, notify_grace=300.0, confirm_delay=20.0)
+
+
+def poll(store, task_id, code, items):
+    store.apply_fmgr_status(status(task_id, code, items), source="poll", polled=True, lifecycle=LIFE)
+
+
+def test_code_3_keeps_the_task_polled_until_the_grace_period_ends(store, clock):
+    store.register_fmgr_ids(["plain"], "api")
+    poll(store, "plain", 3, [("fetch", 3, 10)])
+    assert store.fmgr_pending()[0] == 0  # processing is over ...
+    assert store.fmgr_task("plain")["confirmed"] is False  # ... the notification phase may still come
+    assert store.fmgr_due(T0 + 29, 10) == [] and store.fmgr_due(T0 + 30, 10) == ["plain"]
+    clock.t = T0 + 300
+    poll(store, "plain", 3, [("fetch", 3, 10)])
+    task = store.fmgr_task("plain")
+    assert (task["state"], task["confirmed"]) == ("completed", True)  # no notifyURL: 3 is final now
+    assert store.fmgr_due(T0 + 10 * 86400, 10) == []
+
+
+def test_a_notification_after_3_was_taken_as_final_asks_for_a_confirming_poll(store, clock):
+    poll(store, "late", 3, [("fetch", 3, 10)])
+    clock.t = T0 + 300
+    poll(store, "late", 3, [("fetch", 3, 10)])
+    assert store.fmgr_task("late")["confirmed"] is True
+    clock.t = T0 + 400
+    assert store.record_notification(status("late", 3, [("fetch", 3, 10)]), "kl", clock(), lifecycle=LIFE)
+    assert store.fmgr_task("late")["confirmed"] is False
+    assert store.fmgr_due(T0 + 419, 10) == [] and store.fmgr_due(T0 + 420, 10) == ["late"]
+    clock.t = T0 + 420
+    poll(store, "late", 4, [("fetch", 4, 10)])  # not recorded yet: polled again
+    assert store.fmgr_due(T0 + 450, 10) == ["late"]
+    clock.t = T0 + 450
+    poll(store, "late", 6, [("fetch", 6, 10)])
+    assert store.fmgr_task("late")["confirmed"] is True and store.fmgr_task("late")["code"] == 6
+
+
+def test_a_notified_task_at_3_is_polled_past_the_grace_period(store, clock):
+    store.record_notification(status("n", 3, [("fetch", 3, 10)]), "kn", T0)
+    clock.t = T0 + 3600
+    poll(store, "n", 3, [("fetch", 3, 10)])
+    assert store.fmgr_task("n")["confirmed"] is False
+
+
+def test_notify_failures_are_counted_once_per_task_and_item(store, clock):
+    poll(store, "f", 4, [("fetch", 4, 10), ("copy", 18, None), ("move", 4, 5)])
+    poll(store, "f", 5, [("fetch", 5, 10), ("copy", 19, None), ("move", 5, 5)])
+    poll(store, "f", 5, [("fetch", 5, 10), ("copy", 19, None), ("move", 5, 5)])
+    poll(store, "ok", 6, [("fetch", 6, 10)])
+    counted = {lab["scope"]: v for lab, v in store.counters("fmgr_notify_failures_total")}
+    assert counted == {"task": 1.0, "item": 3.0}
+    assert store.fmgr_task("f")["confirmed"] is True
+
+
+def test_a_notification_never_moves_items_back_from_the_notification_phase(store, clock):
+    poll(store, "t", 6, [("fetch", 6, 10), ("copy", 20, None)])
+    # A notification with other bytes (separate notifications, say) arriving after the vendor said 6.
+    store.record_notification(status("t", 3, [("fetch", 3, 10), ("copy", 2, None)]), "k-other", T0)
+    groups = store.fmgr_window_counts(clock(), [3600])
+    assert groups["items"][0] == {("fetch", 6): 1, ("copy", 20): 1}
+    assert store.fmgr_task("t")["confirmed"] is True  # a task at 6 needs no confirming poll
