@@ -208,7 +208,8 @@ class Planner:
                     self.credit -= 1
                     self.current = read
                     return read
-            self.credit = min(1.0, self.credit + MAINTENANCE_SHARE)
+            # One maintenance request per (1 - share) / share busy ones: the share is of all requests.
+            self.credit = min(1.0, self.credit + MAINTENANCE_SHARE / (1 - MAINTENANCE_SHARE))
             read = self._head(now) if self.head_due(now) else self._recent()
         else:
             read = self._maintenance(now, store)

@@ -537,6 +537,8 @@ class Simulator:
             collections.defaultdict(collections.deque))
         self._request_seq = 0
 
+        # (user, kind, url, create) -> when the API last served the task: what a client could know.
+        self.cdn_served: dict[tuple[str, str, str, int], float] = {}
         self.requests: collections.Counter[tuple[str, str | None]] = collections.Counter()
         self.request_log: list[dict[str, Any]] = []
         self.rate_limit_violations = 0
@@ -647,6 +649,22 @@ class Simulator:
                 for task in self._slot_tasks(username, kind, slot_no):
                     if lo <= task.create <= hi and (task.visible <= now or not served):
                         counts[task.status_at(now)] += 1
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def cdn_known_truth(self, username: str, kind: str, start_ts: float, end_ts: float) -> dict[str, int]:
+        """Tasks created in [start_ts, end_ts] that the API has served, each by its status when it was last
+        served, plus ``total``: exactly what a client that stored every answer can know."""
+        counts = dict.fromkeys(TASK_STATUSES, 0)
+        lo, hi = math.ceil(start_ts), math.floor(end_ts)
+        with self._lock:
+            served = [(url, create, at) for (user, k, url, create), at in self.cdn_served.items()
+                      if user == username and k == kind and lo <= create <= hi]
+            by_slot: dict[int, dict[tuple[str, int], _CdnTask]] = {}
+            for url, create, at in served:
+                slot = by_slot.setdefault(create // SLOT_SECONDS, {
+                    (t.url, t.create): t for t in self._slot_tasks(username, kind, create // SLOT_SECONDS)})
+                counts[slot[(url, create)].status_at(at)] += 1
         counts["total"] = sum(counts.values())
         return counts
 
@@ -1391,6 +1409,8 @@ class Simulator:
         with self._lock:
             count, tasks = self._select(user, kind, lo, hi, now, status, url, item_id,
                                         (page_no - 1) * page_size, page_size)
+        for task in tasks:
+            self.cdn_served[(user, kind, task.url, task.create)] = now
         numbers: list[int | str] = [count, page_no, page_size]
         if self.string_numbers:
             numbers = [str(n) for n in numbers]
