@@ -7,8 +7,8 @@ window to whole minutes made a 15m gauge up to 60 s short, about 3% on average.
 A scrape must not cost more as history grows (1M stored tasks), so next to SQLite the store keeps counts
 per (group, minute bucket, label) in memory. A window then splits into
 
-* the interior: whole buckets inside the window, summed from memory (cached until the group changes or
-  the clock enters another minute);
+* the interior: whole buckets inside the window, summed from memory (cached until the group changes; when
+  the clock enters another minute, the buckets that entered and left are added and taken out);
 * at most two partial buckets at the edges, the one holding ``now - W`` and the one holding ``now``. A
   partial bucket counts whole from memory when every timestamp it ever held lies inside the window (the
   usual case for the bucket of ``now``: tasks are not created in the future), else it is counted exactly by
@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 
 BUCKET_SECONDS = 60
+_SLIDE_MAX = 30  # minutes the clock may move for the window sums to be slid rather than summed afresh
 
 # counts(group, after, until) -> label -> sum over the entries of ``group`` with after < ts <= until.
 EdgeCounts = Callable[[Hashable, float, float], Counter]
@@ -71,6 +72,8 @@ class WindowCounter:
         # Per group, so that a write to one (account, kind) does not invalidate the others' cached sums.
         self._versions: dict[Hashable, int] = defaultdict(int)
         self._interior: dict[tuple, tuple[int, list[Counter]]] = {}
+        # The last interior computed per (group, number of windows): slid forward when the minute turns.
+        self._last_interior: dict[tuple, tuple[int, int, tuple, list[Counter]]] = {}
         self._results: dict[tuple, tuple[int, list[Counter]]] = {}
 
     def add_many(self, changes: Sequence[tuple[Hashable, float, Hashable, float]]) -> None:
@@ -146,18 +149,48 @@ class WindowCounter:
         if cached is not None and cached[0] == version:
             return cached[1]
         top, lows = key[1], key[2]
-        earliest = min(lows, default=top)
-        sums = [Counter() for _ in lows]
-        for end, bucket in buckets.items():
-            if end <= earliest or end >= top:
-                continue
-            for i, low_end in enumerate(lows):
-                if end > low_end:
-                    sums[i].update(bucket.counts)
+        last = self._last_interior.get((group, len(lows)))
+        if last is not None and last[0] == version and abs(top - last[1]) <= _SLIDE_MAX * self._size:
+            sums = self._slide(buckets, last[1], last[2], last[3], top, lows)
+        else:
+            earliest = min(lows, default=top)
+            sums = [Counter() for _ in lows]
+            for end, bucket in buckets.items():
+                if end <= earliest or end >= top:
+                    continue
+                for i, low_end in enumerate(lows):
+                    if end > low_end:
+                        sums[i].update(bucket.counts)
         if len(self._interior) > 256:
             self._interior.clear()
         self._interior[key] = (version, sums)
+        self._last_interior[(group, len(lows))] = (version, top, lows, sums)
         return sums
+
+    def _slide(self, buckets: dict[int, _Bucket], old_top: int, old_lows: tuple, old_sums: list[Counter],
+               top: int, lows: tuple) -> list[Counter]:
+        """The interior sums after the clock moved a few minutes: add the buckets that entered a window and
+        take out those that left it, instead of summing a day of buckets again."""
+        size = self._size
+        out = []
+        for old_low, old, low in zip(old_lows, old_sums, lows, strict=True):
+            new = Counter(old)
+            # Every bucket inside one range and not the other lies between the two lows or the two tops.
+            candidates = {*range(min(low, old_low) + size, max(low, old_low) + size, size),
+                          *range(min(top, old_top), max(top, old_top), size)}
+            for end in candidates:
+                bucket = buckets.get(end)
+                if bucket is None:
+                    continue
+                inside, was_inside = low < end < top, old_low < end < old_top
+                if inside and not was_inside:
+                    new.update(bucket.counts)
+                elif was_inside and not inside:
+                    new.subtract(bucket.counts)
+            for label in [k for k, v in new.items() if v == 0]:
+                del new[label]
+            out.append(new)
+        return out
 
     def prune(self, before: float) -> None:
         """Forget buckets that end before ``before`` (older than any window we serve)."""

@@ -133,3 +133,17 @@ def test_prune_forgets_old_buckets(wc, entries):
 
 def test_bucket_size_is_a_minute():
     assert BUCKET_SECONDS == 60
+
+
+def test_sums_slide_with_the_clock_and_stay_exact(wc, entries):
+    """The clock walks forward (as between scrapes), the minute turns, writes land now and then: the sums slid
+    from the previous minute's must equal a fresh exact count every time."""
+    entries.add(wc, [("g", T0 - 3 * 3600 + s * 10, "ab"[s % 2], 1 + s % 3) for s in range(1080)])
+    now = T0 - 7200 + 0.5
+    for step in range(300):
+        now += 23.7
+        if step % 37 == 0:
+            entries.add(wc, [("g", now - 1000, "c", 1), ("g", now - 30, "a", 1)])
+        ws = [900, 3600, 86400]
+        for w, got in zip(ws, wc.windows("g", now, ws), strict=True):
+            assert got == entries.exact("g", now - w, now), (now - T0, w)
