@@ -43,8 +43,12 @@ CREATE TABLE IF NOT EXISTS cdn_tasks (
 CREATE INDEX IF NOT EXISTS cdn_tasks_unfinished ON cdn_tasks (account, kind, create_ts)
     WHERE status IN ('wait', 'run', 'unknown');
 CREATE INDEX IF NOT EXISTS cdn_tasks_created ON cdn_tasks (create_ts);
--- The exact count of a window's partial edge minutes: a range seek that reads only the index.
-CREATE INDEX IF NOT EXISTS cdn_tasks_window ON cdn_tasks (account, kind, create_ts, status, rate);
+-- The exact count of a window's partial edge minutes: a range seek that reads only the index. Its condition
+-- holds for every row; queries use it only by repeating it, so it cannot take over the queries the narrower
+-- indexes serve (without statistics SQLite would prefer it for the oldest unfinished task and scan every
+-- finished one since then).
+CREATE INDEX IF NOT EXISTS cdn_tasks_window ON cdn_tasks (account, kind, create_ts, status, rate)
+    WHERE status IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels)
 ) WITHOUT ROWID;
@@ -59,7 +63,8 @@ CREATE INDEX IF NOT EXISTS fmgr_tasks_due ON fmgr_tasks (next_poll)
     WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0;
 CREATE INDEX IF NOT EXISTS fmgr_tasks_pending ON fmgr_tasks (first_seen)
     WHERE final_seen IS NULL AND abandoned = 0;
-CREATE INDEX IF NOT EXISTS fmgr_tasks_window ON fmgr_tasks (first_seen, code, id);
+-- The windows' edge minutes, as cdn_tasks_window (and kept off the pending queries the same way).
+CREATE INDEX IF NOT EXISTS fmgr_tasks_window ON fmgr_tasks (first_seen, code, id) WHERE first_seen IS NOT NULL;
 CREATE TABLE IF NOT EXISTS fmgr_items (
     task_id TEXT NOT NULL, idx INTEGER NOT NULL, op TEXT NOT NULL, code INTEGER, fsize INTEGER,
     PRIMARY KEY (task_id, idx)
@@ -345,7 +350,7 @@ class Store:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT create_ts, status, rate FROM cdn_tasks INDEXED BY cdn_tasks_window "
-                "WHERE account=? AND kind=? AND create_ts > ? AND create_ts <= ?",
+                "WHERE account=? AND kind=? AND create_ts > ? AND create_ts <= ? AND status IS NOT NULL",
                 (account, kind, after, until),
             ).fetchall()
         out: Counter = Counter()
@@ -636,13 +641,15 @@ class Store:
         with self._lock:
             if group == "tasks":
                 deltas = [d for first_seen, code in self._conn.execute(
-                    "SELECT first_seen, code FROM fmgr_tasks WHERE first_seen > ? AND first_seen <= ?",
+                    "SELECT first_seen, code FROM fmgr_tasks INDEXED BY fmgr_tasks_window "
+                    "WHERE first_seen > ? AND first_seen <= ? AND first_seen IS NOT NULL",
                     (after, until),
                 ) for d in self._fmgr_task_deltas(first_seen, code, +1)]
             else:
                 deltas = [d for first_seen, op, code in self._conn.execute(
-                    "SELECT t.first_seen, i.op, i.code FROM fmgr_tasks t JOIN fmgr_items i ON i.task_id = t.id "
-                    "WHERE t.first_seen > ? AND t.first_seen <= ?",
+                    "SELECT t.first_seen, i.op, i.code FROM fmgr_tasks t INDEXED BY fmgr_tasks_window "
+                    "JOIN fmgr_items i ON i.task_id = t.id "
+                    "WHERE t.first_seen > ? AND t.first_seen <= ? AND t.first_seen IS NOT NULL",
                     (after, until),
                 ) for d in self._fmgr_item_deltas(first_seen, op, code, +1)]
         out: Counter = Counter()
