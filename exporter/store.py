@@ -1,7 +1,8 @@
 """SQLite store: the single source of truth between the pollers/receivers and the collector.
 
 Writers (pollers, the notify receiver, the registration API) go through one connection guarded by a
-lock; the collector reads in-memory window counters and a few indexed lookups, never scanning tasks.
+lock; the collector reads in-memory window counters (whose partial edge minutes are index range reads) and
+a few indexed lookups, never scanning tasks.
 WAL mode with ``synchronous=NORMAL`` makes every committed transaction survive a crash of the process
 (kill -9); only an OS crash or power loss can lose the last commits.
 """
