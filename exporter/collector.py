@@ -1,7 +1,8 @@
 """The custom Collector: turns store aggregates and API health into metric families.
 
-It never calls a vendor API and never scans tasks: window sums come from the store's in-memory
-buckets (cached between polls), the oldest-unfinished ages from index seeks, counters from memory.
+It never calls a vendor API and never scans tasks: exact window sums come from the store's in-memory
+minute buckets plus an index range read of each window's partial edge minutes, the oldest-unfinished ages
+from index seeks, counters from memory.
 """
 
 from __future__ import annotations

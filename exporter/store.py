@@ -1,7 +1,8 @@
 """SQLite store: the single source of truth between the pollers/receivers and the collector.
 
 Writers (pollers, the notify receiver, the registration API) go through one connection guarded by a
-lock; the collector reads in-memory window counters and a few indexed lookups, never scanning tasks.
+lock; the collector reads in-memory window counters (whose partial edge minutes are index range reads) and
+a few indexed lookups, never scanning tasks.
 WAL mode with ``synchronous=NORMAL`` makes every committed transaction survive a crash of the process
 (kill -9); only an OS crash or power loss can lose the last commits.
 """
@@ -44,7 +45,13 @@ CREATE TABLE IF NOT EXISTS cdn_tasks (
 CREATE INDEX IF NOT EXISTS cdn_tasks_unfinished ON cdn_tasks (account, kind, create_ts)
     WHERE status IN ('wait', 'run', 'unknown');
 CREATE INDEX IF NOT EXISTS cdn_tasks_created ON cdn_tasks (create_ts);
-CREATE INDEX IF NOT EXISTS cdn_tasks_range ON cdn_tasks (account, kind, create_ts);
+-- The exact count of a window's partial edge minutes (and the planner's range counts): a range seek that
+-- reads only the index. Its condition
+-- holds for every row; queries use it only by repeating it, so it cannot take over the queries the narrower
+-- indexes serve (without statistics SQLite would prefer it for the oldest unfinished task and scan every
+-- finished one since then).
+CREATE INDEX IF NOT EXISTS cdn_tasks_window ON cdn_tasks (account, kind, create_ts, status, rate)
+    WHERE status IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels)
 ) WITHOUT ROWID;
@@ -59,6 +66,8 @@ CREATE INDEX IF NOT EXISTS fmgr_tasks_due ON fmgr_tasks (next_poll)
     WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0;
 CREATE INDEX IF NOT EXISTS fmgr_tasks_pending ON fmgr_tasks (first_seen)
     WHERE final_seen IS NULL AND abandoned = 0;
+-- The windows' edge minutes, as cdn_tasks_window (and kept off the pending queries the same way).
+CREATE INDEX IF NOT EXISTS fmgr_tasks_window ON fmgr_tasks (first_seen, code, id) WHERE first_seen IS NOT NULL;
 CREATE TABLE IF NOT EXISTS fmgr_items (
     task_id TEXT NOT NULL, idx INTEGER NOT NULL, op TEXT NOT NULL, code INTEGER, fsize INTEGER,
     PRIMARY KEY (task_id, idx)
@@ -164,8 +173,8 @@ class Store:
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(SCHEMA)
         self._migrate()
-        self.cdn_windows = WindowCounter()
-        self.fmgr_windows = WindowCounter()
+        self.cdn_windows = WindowCounter(self._cdn_edge_counts)
+        self.fmgr_windows = WindowCounter(self._fmgr_edge_counts)
         self._counters: dict[tuple[str, str], float] = {}
         self._txn_incs: dict[tuple[str, str], float] = {}
         self._fmgr_pending = 0
@@ -353,7 +362,24 @@ class Store:
         )
 
     def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counter]:
+        """Per window ``w``, label -> sum over the tasks created in ``(now - w, now]``: ``("status", s)`` -> tasks,
+        ``("rate_sum",)`` / ``("rate_n",)`` over the finished ones that report a rate."""
         return self.cdn_windows.windows((account, kind), now, windows)
+
+    def _cdn_edge_counts(self, group: Any, after: float, until: float) -> Counter:
+        """The window counter's exact count of a partial minute: the same deltas, from the rows themselves."""
+        account, kind = group
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT create_ts, status, rate FROM cdn_tasks INDEXED BY cdn_tasks_window "
+                "WHERE account=? AND kind=? AND create_ts > ? AND create_ts <= ? AND status IS NOT NULL",
+                (account, kind, after, until),
+            ).fetchall()
+        out: Counter = Counter()
+        for create_ts, status, rate in rows:
+            for _, _, label, delta in self._cdn_deltas(account, kind, create_ts, status, rate, +1):
+                out[label] += delta
+        return out
 
     def cdn_oldest_unfinished(self, account: str, kind: str, since: float | None = None) -> float | None:
         """Create time of the oldest task not yet finished (index seek, not a scan)."""
@@ -369,7 +395,8 @@ class Store:
         """Stored tasks created in [start, end] (an index range count, for planning reads)."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT count(*) FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ?",
+                "SELECT count(*) FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
+                "AND status IS NOT NULL",  # the condition of cdn_tasks_window: an index-only range count
                 (account, kind, start, end)).fetchone()
         return int(row[0])
 
@@ -683,6 +710,28 @@ class Store:
         """Per group, one Counter per window: "tasks" code -> n, "items" (op, code) -> n (code -1 = other,
         None = not polled yet), "outcomes" succeeded/failed -> n (final items)."""
         return {g: self.fmgr_windows.windows(g, now, windows) for g in ("tasks", "items", "outcomes")}
+
+    def _fmgr_edge_counts(self, group: Any, after: float, until: float) -> Counter:
+        """The window counter's exact count of a partial minute, from the rows the deltas were made from."""
+        with self._lock:
+            if group == "tasks":
+                deltas = [d for first_seen, code in self._conn.execute(
+                    "SELECT first_seen, code FROM fmgr_tasks INDEXED BY fmgr_tasks_window "
+                    "WHERE first_seen > ? AND first_seen <= ? AND first_seen IS NOT NULL",
+                    (after, until),
+                ) for d in self._fmgr_task_deltas(first_seen, code, +1)]
+            else:
+                deltas = [d for first_seen, op, code in self._conn.execute(
+                    "SELECT t.first_seen, i.op, i.code FROM fmgr_tasks t INDEXED BY fmgr_tasks_window "
+                    "JOIN fmgr_items i ON i.task_id = t.id "
+                    "WHERE t.first_seen > ? AND t.first_seen <= ? AND t.first_seen IS NOT NULL",
+                    (after, until),
+                ) for d in self._fmgr_item_deltas(first_seen, op, code, +1)]
+        out: Counter = Counter()
+        for g, _, label, delta in deltas:
+            if g == group:
+                out[label] += delta
+        return out
 
     def list_fmgr_tasks(self, state: str | None, limit: int, task_id: str | None = None) -> list[dict[str, Any]]:
         """Tracked tasks, newest first, optionally only those in ``state`` (filtered and limited in SQL)."""

@@ -1,4 +1,4 @@
-"""Store: upserts, exactly-once counting, windows at bucket resolution, restart, pruning, Fmgr state."""
+"""Store: upserts, exactly-once counting, exact windows, restart, pruning, Fmgr state."""
 
 import pytest
 
@@ -60,20 +60,22 @@ def test_windows_move_tasks_between_statuses(store, clock):
     assert w1h[("rate_sum",)] == 120.0 and w1h[("rate_n",)] == 3
 
 
-def test_window_sums_equal_exact_sql_counts_at_bucket_resolution(store, clock):
-    # Tasks every 7.1 s over the last 2 h, mixed statuses; compare every window with an exact SQL count.
+def test_window_sums_equal_exact_sql_counts_to_the_second(store, clock):
+    # A task every 7 s over the last 2 h (whole seconds, as the API speaks), mixed statuses; every window at a
+    # clock off the minute must equal an exact SQL count of (now - W, now].
     batch = []
-    for i in range(1000):
+    for i in range(1030):
         st = ("success", "failure", "wait", "run")[i % 4]
-        batch.append(CdnTask(f"u{i}", T0 - 7200 + i * 7.1, st, rate=90.0 if st in ("success", "failure") else None))
+        batch.append(CdnTask(f"u{i}", T0 - 7200 + i * 7, st, rate=90.0 if st in ("success", "failure") else None))
     store.upsert_cdn_tasks("a", "prefetch", batch)
-    clock.t = T0 + 42.5
-    windows = [900, 3600, 5400]
-    sums = store.cdn_window_counts("a", "prefetch", clock(), windows)
-    for w, got in zip(windows, sums, strict=True):
-        exact = store.cdn_counts_by_status("a", "prefetch", window_start(clock(), w), clock())
-        assert {k[1]: v for k, v in got.items() if k[0] == "status"} == exact
-        assert sum(exact.values()) > 0
+    for now in (T0 + 42.5, T0 - 1, T0 - 3599, T0 + 7):
+        clock.t = now
+        windows = [60, 900, 3600, 5400]
+        sums = store.cdn_window_counts("a", "prefetch", clock(), windows)
+        for w, got in zip(windows, sums, strict=True):
+            exact = store.cdn_counts_by_status("a", "prefetch", window_start(now, w), now)
+            assert {k[1]: v for k, v in got.items() if k[0] == "status"} == exact, (now, w)
+            assert sum(exact.values()) > 0
 
 
 def test_windows_slide_with_the_clock(store, clock):
