@@ -51,6 +51,8 @@ CONTRACT_METRICS = frozenset({
     "cdnetworks_fmgr_oldest_pending_age_seconds",
     "cdnetworks_fmgr_processed_bytes_total",
     "cdnetworks_fmgr_notifications_total",
+    "cdnetworks_config_last_reload_successful",
+    "cdnetworks_config_last_reload_success_timestamp_seconds",
     "cdnetworks_up",
     "cdnetworks_api_requests_total",
     *(f"cdnetworks_api_request_duration_seconds{suffix}" for suffix in _HISTOGRAM),
@@ -251,6 +253,13 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
             'The last successful {{ $labels.api }} poll for account "{{ $labels.account }}" on '
             "{{ $labels.instance }} was {{ $value | humanizeDuration }} ago (threshold "
             f"{duration(s.not_polling_seconds)}): the exporter serves stale data.",
+        ),
+        alert(
+            s, "CDNetworksConfigReloadFailed", f"cdnetworks_config_last_reload_successful{selector(s)} == 0",
+            "10m", "warning",
+            "The CDNetworks exporter could not load its new configuration.",
+            "The last configuration reload of {{ $labels.instance }} failed: it still runs the configuration "
+            "it loaded before, and will load the file again only on the next SIGHUP, POST /-/reload or restart.",
         ),
         alert(
             s, "CDNetworksPollLagHigh",
