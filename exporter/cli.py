@@ -92,17 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         return check_config(args)
 
-    config, web_config, problems = load_configs(args)
-    if problems:
-        for p in problems:
-            print(p, file=sys.stderr)
-        return EXIT_CONFIG
-
-    from .app import Exporter, ReloadError
-
-    # Handlers first: from the moment the HTTP server answers, a SIGHUP must reload and a SIGTERM stop
-    # cleanly (the default action of SIGHUP would kill the process). A signal that arrives while the
-    # exporter is still being built is acted on as soon as the main loop runs.
+    # Handlers first, before the configuration is even read: from the moment the HTTP server answers, a SIGHUP
+    # must reload (its default action would kill the process) and a SIGTERM stop cleanly, also as PID 1 in a
+    # container, where signals without a handler are ignored. A signal that arrives while the exporter is
+    # still being built is acted on as soon as the main loop runs.
     stop = threading.Event()
     wake = threading.Event()
 
@@ -120,6 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, on_hup)
+
+    config, web_config, problems = load_configs(args)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return EXIT_CONFIG
+
+    from .app import Exporter, ReloadError
 
     sim = runner = None
     loader = lambda: load_config(args.config_file)  # noqa: E731
