@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -351,6 +353,31 @@ def test_sighup_in_demo_mode_reloads(tmp_path: Path, start_exporter) -> None:
     proc.send_signal(signal.SIGHUP)
     wait_for("the reload to be applied", lambda: reload_state(url)[1] > loaded_at, DEMO_WAIT, log, proc)
     assert reload_state(url)[0] == 1 and reload_state(url)[2] == windows
+    assert stop(proc, log) == 0, tail(log)
+
+
+@posix_signals
+def test_readme_online_backup_while_the_exporter_writes(tmp_path: Path, start_exporter) -> None:
+    command = next(line for block in readme_blocks("sh") for line in block.splitlines()
+                   if line.startswith("python3 -c 'import sqlite3"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "demo.db"
+    proc, log = start_exporter("--demo", "--web.listen-address", f"127.0.0.1:{port}", "--storage.path", str(db))
+    wait_for("stored tasks", lambda: total(samples(url), "cdnetworks_prefetch_tasks") > 0, DEMO_WAIT, log, proc)
+    backup = tmp_path / "backup.db"
+    argv = shlex.split(command.replace("/data/cdnetworks-exporter.db", str(db)).replace("/data/backup.db",
+                                                                                         str(backup)))
+    result = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    conn = sqlite3.connect(backup)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+        assert conn.execute("SELECT count(*) FROM cdn_tasks").fetchone()[0] > 0
+    finally:
+        conn.close()
+    assert requests.get(url + "/readyz", timeout=5).status_code == 200
     assert stop(proc, log) == 0, tail(log)
 
 
