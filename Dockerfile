@@ -32,18 +32,7 @@ RUN /opt/cdnetworks-exporter/bin/pip wheel --no-deps --wheel-dir /wheels . \
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-# The repository the image is built from (scripts/test-container passes the git remote, when there is one).
-ARG SOURCE=
 ARG UID=10001
-LABEL org.opencontainers.image.title="cdnetworks-exporter" \
-      org.opencontainers.image.description="Prometheus exporter for CDNetworks asynchronous task APIs (CDN prefetch/purge, Fmgr)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.licenses="Apache-2.0"
-
 # A fixed numeric uid/gid (Kubernetes' runAsNonRoot checks the number) without needing useradd in the base.
 RUN echo "cdnetworks:x:${UID}:${UID}:cdnetworks-exporter:/data:/usr/sbin/nologin" >> /etc/passwd \
     && echo "cdnetworks:x:${UID}:" >> /etc/group \
@@ -71,3 +60,15 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; port = os.environ.get('CDNETWORKS_EXPORTER_LISTEN_ADDRESS', ':9891').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 ENTRYPOINT ["cdnetworks-exporter"]
+
+# Labels last: the revision changes with every commit, and every layer after it would be rebuilt.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+# The repository the image is built from (scripts/test-container passes the git remote, when there is one).
+ARG SOURCE=
+LABEL org.opencontainers.image.title="cdnetworks-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for CDNetworks asynchronous task APIs (CDN prefetch/purge, Fmgr)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
