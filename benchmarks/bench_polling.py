@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import T0, Clock, Goals, print_table
+from benchlib import Clock, Goals, print_table
 
 from exporter.cdn import CdnClient, QueryPage
 from exporter.config import Config, parse_config

@@ -595,21 +595,30 @@ def fmgr() -> dict[str, Any]:
 def exporter_health() -> dict[str, Any]:
     lay = Layout()
     lay.row("Exporter")
-    lay.add(exporter_scrape_stat(), 6, 4)
+    lay.add(exporter_scrape_stat(), 5, 4)
     lay.add(stat(
         "Version", "Exporter and Python version: several versions at once means a half-finished rollout.",
         [target(f"cdnetworks_exporter_build_info{sel()}", "{{version}} (Python {{python}})", instant=True)],
         text_mode="name",
-    ), 6, 4)
+    ), 5, 4)
+    lay.add(stat(
+        "Config reload", "Whether the last configuration reload (SIGHUP or POST /-/reload) succeeded: FAILED "
+        "means the exporter still runs its previous configuration; the log says what was wrong.",
+        [target(f"cdnetworks_config_last_reload_successful{sel()}", "{{instance}}", instant=True)],
+        thresholds=steps("red", (1, "green")),
+        mappings=[{"type": "value", "options": {
+            "0": {"color": "red", "index": 0, "text": "FAILED"}, "1": {"color": "green", "index": 1, "text": "OK"},
+        }}],
+    ), 4, 4)
     lay.add(timeseries(
         "Scrape size", "Samples per scrape: a sudden jump means a label grew unexpectedly (cardinality).",
         [target(f"scrape_samples_scraped{sel()}", "{{instance}}")],
-    ), 6, 4)
+    ), 5, 4)
     lay.add(timeseries(
         "Scrape duration", "Time Prometheus needs to scrape the exporter: it should stay far below the "
         "scrape timeout; growth means the store queries slow down.",
         [target(f"scrape_duration_seconds{sel()}", "{{instance}}")], unit="s",
-    ), 6, 4)
+    ), 5, 4)
 
     lay.row("Vendor APIs")
     lay.add(state_timeline(

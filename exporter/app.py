@@ -7,15 +7,18 @@ same code path.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from . import __version__
-from .collector import ExporterCollector
-from .config import Config
+from .collector import ExporterCollector, ReloadStatus
+from .config import Config, ConfigError
 from .fmgr import FmgrStatus, Lifecycle
 from .health import ApiHealth
 from .poller import PollerGroup
@@ -68,74 +71,183 @@ class _Swappable:
         return self.exporter.app.max_request_body_bytes
 
 
+class ReloadError(Exception):
+    """A reload that was not applied: the running configuration goes on."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything one configuration decides, built as a whole before it serves, replaced as a whole."""
+
+    config: Config
+    store: Store
+    pollers: PollerGroup
+    collector: ExporterCollector
+    registry: CollectorRegistry
+    ingest: FmgrIngest
+    app: App
+
+
+def _api_pairs(config: Config) -> set[tuple[str, str]]:
+    return ({(a.name, kind) for a in config.accounts for kind, _ in config.task_kinds()}
+            | ({("", "fmgr")} if config.fmgr.enabled and config.fmgr.endpoint else set()))
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
 class Exporter:
+    """The running exporter: the HTTP server (kept for the life of the process) and the current Runtime.
+
+    ``config_loader`` re-reads the configuration for a reload (SIGHUP or ``POST /-/reload``); without it a
+    reload needs the new Config passed in.
+    """
+
     def __init__(self, config: Config, *, storage_path: str | None = None, web_config: WebConfig | None = None,
-                 listen_address: str = ":9891", clock: Callable[[], float] = time.time) -> None:
-        self.config = config
+                 listen_address: str = ":9891", clock: Callable[[], float] = time.time,
+                 config_loader: Callable[[], Config] | None = None) -> None:
         self.clock = clock
         self.web_config = web_config
-        self.store = Store(storage_path or config.storage.path, clock=clock)
+        self._storage_flag = storage_path
+        self._config_loader = config_loader
+        self._reload_lock = threading.Lock()
+        self._started = False
         self.health = ApiHealth()
-        self.pollers = PollerGroup(config, self.store, self.health, clock=clock)
-        self.collector = ExporterCollector(config, self.store, self.health, clock=clock)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(self.collector)
-        self.ingest = FmgrIngest(self.store, self.pollers.fmgr.wake, self.pollers.fmgr.lifecycle)
-        self.app = self._build_app(config)
-        self.server = Server(_Swappable(self), listen_address,
-                             ssl_context=build_ssl_context(web_config) if web_config else None)
-        self._config_loaded = True
+        self.reload_status = ReloadStatus(clock=clock)
+        self.runtime = self._build(config, None)
+        try:
+            self.server = Server(_Swappable(self), listen_address,
+                                 ssl_context=build_ssl_context(web_config) if web_config else None)
+        except BaseException:
+            self.runtime.store.close()
+            raise
 
-    def _build_app(self, config: Config) -> App:
+    # The current runtime's parts, under the names the rest of the code and the tests use.
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def pollers(self) -> PollerGroup:
+        return self.runtime.pollers
+
+    @property
+    def collector(self) -> ExporterCollector:
+        return self.runtime.collector
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.runtime.registry
+
+    @property
+    def ingest(self) -> FmgrIngest:
+        return self.runtime.ingest
+
+    @property
+    def app(self) -> App:
+        return self.runtime.app
+
+    def _build(self, config: Config, current: Runtime | None) -> Runtime:
+        """A complete runtime for ``config``, not started. Raises (and leaves nothing open) when any part
+        cannot be built; ``current`` is not touched, except that its store is shared when the path is the
+        same (one writer per database file)."""
+        path = self._storage_flag or config.storage.path
+        reuse = current is not None and _same_path(current.store.path, path)
+        store = current.store if current is not None and reuse else Store(path, clock=self.clock)
+        try:
+            pollers = PollerGroup(config, store, self.health, clock=self.clock)
+            collector = ExporterCollector(config, store, self.health, clock=self.clock)
+            registry = CollectorRegistry(auto_describe=True)
+            registry.register(collector)
+            registry.register(self.reload_status)
+            ingest = FmgrIngest(store, pollers.fmgr.wake, pollers.fmgr.lifecycle)
+            app = self._build_app(config, registry, ingest)
+        except BaseException:
+            if not reuse:
+                store.close()
+            raise
+        return Runtime(config, store, pollers, collector, registry, ingest, app)
+
+    def _build_app(self, config: Config, registry: CollectorRegistry, ingest: FmgrIngest) -> App:
         wc = self.web_config
         return App(
-            registry=self.registry, version=__version__, ready=self.ready,
-            notify=self._notify_endpoint(config), api=self._registration_api(config),
+            registry=registry, version=__version__, ready=self.ready,
+            notify=self._notify_endpoint(config, ingest), api=self._registration_api(config, ingest),
             basic_auth=BasicAuth(wc.basic_auth_users) if wc and wc.basic_auth_users else None,
-            headers=wc.headers if wc else None, clock=self.clock,
+            headers=wc.headers if wc else None, clock=self.clock, reload=self.reload,
         )
 
-
-    def _notify_endpoint(self, config: Config) -> NotifyEndpoint | None:
+    @staticmethod
+    def _notify_endpoint(config: Config, ingest: FmgrIngest) -> NotifyEndpoint | None:
         n = config.fmgr.notify
         if not config.fmgr.enabled or not n.keys or not n.url:
             return None
         return NotifyEndpoint(path=n.path, url=n.url, keys={k.access_key: k.secret_key for k in n.keys},
-                              max_body_bytes=n.max_body_bytes, sink=self.ingest)
+                              max_body_bytes=n.max_body_bytes, sink=ingest)
 
-    def _registration_api(self, config: Config) -> RegistrationApi | None:
+    @staticmethod
+    def _registration_api(config: Config, ingest: FmgrIngest) -> RegistrationApi | None:
         if not config.fmgr.enabled or not config.fmgr.register_token:
             return None
         return RegistrationApi(token=config.fmgr.register_token, max_ids=config.fmgr.max_register_ids,
-                               registry=self.ingest)
+                               registry=ingest)
 
     def ready(self) -> tuple[bool, str]:
-        if not self._config_loaded:
-            return False, "configuration not loaded"
         if not self.store.ping():
             return False, "store is not answering"
         return True, "ready"
 
     def start(self) -> None:
         self.server.start()
-        self.pollers.start()
+        self.runtime.pollers.start()
+        self._started = True
 
-    def reload(self, config: Config) -> None:
-        """SIGHUP: swap pollers, collector view and the notify/API settings; keep the store and server."""
-        old = self.pollers
-        old.stop()
-        self.config = config
-        self.health.retain({(a.name, kind) for a in config.accounts for kind, _ in config.task_kinds()}
-                           | ({("", "fmgr")} if config.fmgr.enabled and config.fmgr.endpoint else set()))
-        self.pollers = PollerGroup(config, self.store, self.health, clock=self.clock)
-        self.collector.config = config
-        self.ingest.wake = self.pollers.fmgr.wake
-        self.ingest.lifecycle = self.pollers.fmgr.lifecycle
-        self.app = self._build_app(config)
-        self.pollers.start()
-        log.info("configuration reloaded")
+    def reload(self, config: Config | None = None) -> None:
+        """Load ``config`` (default: re-read through the config loader) into a new runtime, then swap it in.
+
+        Everything that can fail (reading and validating the file, opening the store, building the pollers
+        and the app) happens before the swap: on any failure the running runtime goes on untouched,
+        ``cdnetworks_config_last_reload_successful`` drops to 0 and ReloadError says why. Reloads are
+        serialised: SIGHUP and ``POST /-/reload`` take the same path.
+        """
+        with self._reload_lock:
+            old = self.runtime
+            try:
+                if config is None:
+                    if self._config_loader is None:
+                        raise ReloadError("no configuration source to reload from")
+                    config = self._config_loader()
+                new = self._build(config, old)
+            except Exception as exc:
+                # Building new pollers declared their series; forget those of a configuration that never ran.
+                self.health.retain(_api_pairs(old.config))
+                self.reload_status.record(False)
+                if isinstance(exc, ConfigError):
+                    reason = "; ".join(exc.errors)
+                elif isinstance(exc, ReloadError):
+                    reason = str(exc)
+                else:
+                    reason = f"{type(exc).__name__}: {exc}"
+                log.error("reload failed, keeping the running configuration: %s", reason)
+                raise ReloadError(reason) from exc
+            # The old pollers finish their request in flight first, so that no two pollers of one account
+            # share a budget slot; the old app keeps serving meanwhile.
+            old.pollers.stop()
+            self.runtime = new
+            self.health.retain(_api_pairs(config))
+            if self._started:
+                new.pollers.start()
+            if new.store is not old.store:
+                old.store.close()
+            self.reload_status.record(True)
+            log.info("configuration reloaded")
 
     def stop(self) -> None:
-        self.pollers.stop()
+        self.runtime.pollers.stop()
         self.server.stop()
-        self.store.close()
+        self.runtime.store.close()

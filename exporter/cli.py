@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -90,15 +92,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         return check_config(args)
 
+    # Handlers first, before the configuration is even read: from the moment the HTTP server answers, a SIGHUP
+    # must reload (its default action would kill the process) and a SIGTERM stop cleanly, also as PID 1 in a
+    # container, where signals without a handler are ignored. A signal that arrives while the exporter is
+    # still being built is acted on as soon as the main loop runs.
+    stop = threading.Event()
+    wake = threading.Event()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+        wake.set()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        reload_requested.set()
+        wake.set()
+
+    reload_requested = threading.Event()
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+
     config, web_config, problems = load_configs(args)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         return EXIT_CONFIG
 
-    from .app import Exporter
+    from .app import Exporter, ReloadError
 
     sim = runner = None
+    loader = lambda: load_config(args.config_file)  # noqa: E731
     if args.demo:
         from .demo import JobRunner, demo_config, local_base_url, start_simulator
 
@@ -107,15 +132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             exporter_url = exporter_url.replace("http://", "https://", 1)
         storage = args.storage_path or str(Path(tempfile.mkdtemp(prefix="cdnetworks-demo-")) / "demo.db")
         sim = start_simulator(exporter_url)
-        config = parse_config(demo_config(sim.url, exporter_url, storage))
+        demo = demo_config(sim.url, exporter_url, storage)
+        config = parse_config(demo)
+        loader = lambda: parse_config(demo)  # noqa: E731  (a reload rebuilds the same demo configuration)
         log.info("demo mode: simulator at %s, storage %s", sim.url, storage)
     assert config is not None
 
     try:
         exporter = Exporter(config, storage_path=args.storage_path, web_config=web_config,
-                            listen_address=args.listen_address)
+                            listen_address=args.listen_address, config_loader=loader)
         exporter.start()
-    except OSError as exc:
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
         log.error("cannot start: %s", exc)
         if sim is not None:
             sim.stop()
@@ -125,38 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.start()
     log.info("cdnetworks-exporter %s serving on %s", __version__, exporter.server.url)
 
-    stop = threading.Event()
-    reload_requested = threading.Event()
-
-    def on_stop(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    def on_hup(_signum: int, _frame: object) -> None:
-        reload_requested.set()
-        stop.set()  # wake the main loop
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_hup)
-
-    while True:
-        stop.wait()
-        if reload_requested.is_set() and not args.demo:
+    while not stop.is_set():
+        wake.wait()
+        wake.clear()
+        if reload_requested.is_set() and not stop.is_set():
             reload_requested.clear()
-            stop.clear()
-            try:
-                exporter.reload(load_config(args.config_file))
-            except ConfigError as exc:
-                log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.errors))
-            continue
-        if reload_requested.is_set():
-            reload_requested.clear()
-            stop.clear()
-            log.info("demo mode: nothing to reload")
-            continue
-        break
+            with contextlib.suppress(ReloadError):  # logged by reload(); the running configuration goes on
+                exporter.reload()
 
     if runner is not None:
         runner.stop()

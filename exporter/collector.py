@@ -8,6 +8,7 @@ from index seeks, counters from memory.
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -192,3 +193,34 @@ class ExporterCollector(Collector):
         for (account, api), v in sorted(self.health.backfill().items()):
             backfill.add_metric([account, api], v)
         yield from (up, reqs, dur, last, lag, backfill)
+
+
+class ReloadStatus(Collector):
+    """The outcome of the last configuration load, as Prometheus itself reports it: ``..._successful`` is 1
+    after the start and every good reload and 0 after a failed one (the running configuration is kept), and
+    the timestamp says when the running configuration was loaded."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ok = True
+        self._success_ts = clock()
+
+    def record(self, ok: bool) -> None:
+        with self._lock:
+            self._ok = ok
+            if ok:
+                self._success_ts = self._clock()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([])
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            ok, ts = self._ok, self._success_ts
+        yield GaugeMetricFamily("cdnetworks_config_last_reload_successful",
+                                "1 when the last configuration load (start, SIGHUP or POST /-/reload) succeeded; "
+                                "0 when it failed and the previous configuration is still running.",
+                                value=1 if ok else 0)
+        yield GaugeMetricFamily("cdnetworks_config_last_reload_success_timestamp_seconds",
+                                "Unix time when the running configuration was loaded.", value=ts)

@@ -37,6 +37,7 @@ NAME = "cdnetworks-exporter"
 REALM = "cdnetworks-exporter"
 API_PREFIX = "/api/v1/"
 TASKS_PATH = "/api/v1/fmgr/tasks"
+RELOAD_PATH = "/-/reload"
 API_MAX_BODY_BYTES = 1024 * 1024
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
@@ -157,6 +158,7 @@ class App:
         basic_auth: BasicAuth | None = None,
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        reload: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
         self._version = version
@@ -166,6 +168,7 @@ class App:
         self._basic_auth = basic_auth
         self._headers = list((headers or {}).items())
         self._clock = clock
+        self._reload = reload
         # path -> {method: handler}; HEAD is answered wherever GET is, without the body.
         self._routes: dict[str, dict[str, Callable[[dict[str, Any]], Response]]] = {
             "/": {"GET": self._landing},
@@ -174,6 +177,8 @@ class App:
             "/readyz": {"GET": self._readyz},
             TASKS_PATH: {"GET": self._list_tasks, "POST": self._register},
         }
+        if reload is not None:
+            self._routes[RELOAD_PATH] = {"POST": self._reload_config}
         if notify is not None:
             if not notify.path.startswith("/") or notify.path in self._routes or notify.path.startswith(API_PREFIX):
                 raise ValueError(f"notify path {notify.path!r} must start with / and not shadow another route")
@@ -267,6 +272,15 @@ class App:
     def _readyz(self, environ: dict[str, Any]) -> Response:
         ok, reason = self._ready()
         return text("200 OK", "ready") if ok else text("503 Service Unavailable", reason or "not ready")
+
+    def _reload_config(self, environ: dict[str, Any]) -> Response:
+        # Like Prometheus: the answer comes once the new configuration serves, or says why it was refused.
+        assert self._reload is not None  # the route exists only when reloading is possible
+        try:
+            self._reload()
+        except Exception as exc:
+            return text("500 Internal Server Error", f"reload failed, keeping the running configuration: {exc}")
+        return text("200 OK", "configuration reloaded")
 
     # ---------------------------------------------------------------------------------------------
     # Fmgr notifications: size, then signature over the raw bytes, then parse, then store.

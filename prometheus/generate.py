@@ -52,10 +52,13 @@ CONTRACT_METRICS = frozenset({
     "cdnetworks_fmgr_processed_bytes_total",
     "cdnetworks_fmgr_notifications_total",
     "cdnetworks_fmgr_notify_failures_total",
+    "cdnetworks_config_last_reload_successful",
+    "cdnetworks_config_last_reload_success_timestamp_seconds",
     "cdnetworks_up",
     "cdnetworks_api_requests_total",
     *(f"cdnetworks_api_request_duration_seconds{suffix}" for suffix in _HISTOGRAM),
     "cdnetworks_last_successful_poll_timestamp_seconds",
+    "cdnetworks_poll_backfill_remaining_seconds",
     "cdnetworks_poll_lag_seconds",
     "cdnetworks_exporter_build_info",
 })
@@ -255,6 +258,13 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
             'The last successful {{ $labels.api }} poll for account "{{ $labels.account }}" on '
             "{{ $labels.instance }} was {{ $value | humanizeDuration }} ago (threshold "
             f"{duration(s.not_polling_seconds)}): the exporter serves stale data.",
+        ),
+        alert(
+            s, "CDNetworksConfigReloadFailed", f"cdnetworks_config_last_reload_successful{selector(s)} == 0",
+            "10m", "warning",
+            "The CDNetworks exporter could not load its new configuration.",
+            "The last configuration reload of {{ $labels.instance }} failed: it still runs the configuration "
+            "it loaded before, and will load the file again only on the next SIGHUP, POST /-/reload or restart.",
         ),
         alert(
             s, "CDNetworksPollLagHigh",

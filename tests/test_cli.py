@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -298,6 +300,14 @@ def windows_of(url: str) -> set[str]:
     return {dict(lab)["window"] for (name, lab) in samples(url) if name == "cdnetworks_prefetch_tasks"}
 
 
+def reload_state(url: str) -> tuple[float, float, set[str]]:
+    """(last reload successful, its timestamp, the windows served), all from one scrape."""
+    m = samples(url)
+    windows = {dict(lab)["window"] for (name, lab) in m if name == "cdnetworks_prefetch_tasks"}
+    return (total(m, "cdnetworks_config_last_reload_successful"),
+            total(m, "cdnetworks_config_last_reload_success_timestamp_seconds"), windows)
+
+
 @posix_signals
 def test_sighup_reloads_the_config(tmp_path: Path, simulator: Simulator, start_exporter) -> None:
     config = tmp_path / "config.yml"
@@ -309,18 +319,65 @@ def test_sighup_reloads_the_config(tmp_path: Path, simulator: Simulator, start_e
     wait_for("the configured windows", lambda: windows_of(url) == {"15m", "1h"}, DEMO_WAIT, log, proc)
     wait_for("a successful poll", lambda: total(samples(url), "cdnetworks_up", api="prefetch") == 1,
              DEMO_WAIT, log, proc)
+    ok, loaded_at, _ = reload_state(url)
+    assert ok == 1
 
+    # The reload is asynchronous to this test: its end is seen when the success timestamp moves, and from
+    # that same scrape on the new windows are served (the swap is one step). The log line is written after
+    # the swap, so it is waited for rather than expected at once.
     write_config(config, simulator.url, ["15m", "6h"])
     proc.send_signal(signal.SIGHUP)
-    wait_for("the reloaded windows", lambda: windows_of(url) == {"15m", "6h"}, DEMO_WAIT, log, proc)
-    assert "configuration reloaded" in log.read_text()
+    wait_for("the reload to be applied", lambda: reload_state(url)[1] > loaded_at, DEMO_WAIT, log, proc)
+    ok, loaded_at, windows = reload_state(url)
+    assert (ok, windows) == (1, {"15m", "6h"})
+    wait_for("the reload in the log", lambda: "configuration reloaded" in log.read_text(), DEMO_WAIT, log, proc)
 
     # A broken file on the next SIGHUP keeps the running configuration, and says why.
     config.write_text("prefetch:\n  windows: [2x]\n")
     proc.send_signal(signal.SIGHUP)
+    wait_for("the failed reload", lambda: reload_state(url)[0] == 0, DEMO_WAIT, log, proc)
+    assert reload_state(url) == (0, loaded_at, {"15m", "6h"})
     wait_for("the reload error in the log", lambda: "reload failed" in log.read_text(), DEMO_WAIT, log, proc)
     assert "prefetch.windows[0]" in log.read_text()
-    assert windows_of(url) == {"15m", "6h"}
+    assert stop(proc, log) == 0, tail(log)
+
+
+@posix_signals
+def test_sighup_in_demo_mode_reloads(tmp_path: Path, start_exporter) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, log = start_exporter("--demo", "--web.listen-address", f"127.0.0.1:{port}",
+                               "--storage.path", str(tmp_path / "demo.db"))
+    wait_for("the demo to serve", lambda: reload_state(url)[0] == 1, DEMO_WAIT, log, proc)
+    _, loaded_at, windows = reload_state(url)
+    proc.send_signal(signal.SIGHUP)
+    wait_for("the reload to be applied", lambda: reload_state(url)[1] > loaded_at, DEMO_WAIT, log, proc)
+    assert reload_state(url)[0] == 1 and reload_state(url)[2] == windows
+    assert stop(proc, log) == 0, tail(log)
+
+
+@posix_signals
+def test_readme_online_backup_while_the_exporter_writes(tmp_path: Path, start_exporter) -> None:
+    command = next(line for block in readme_blocks("sh") for line in block.splitlines()
+                   if line.startswith("python3 -c 'import sqlite3"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "demo.db"
+    proc, log = start_exporter("--demo", "--web.listen-address", f"127.0.0.1:{port}", "--storage.path", str(db))
+    wait_for("stored tasks", lambda: total(samples(url), "cdnetworks_prefetch_tasks") > 0, DEMO_WAIT, log, proc)
+    backup = tmp_path / "backup.db"
+    argv = shlex.split(command.replace("/data/cdnetworks-exporter.db", str(db)).replace("/data/backup.db",
+                                                                                         str(backup)))
+    result = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    conn = sqlite3.connect(backup)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+        assert conn.execute("SELECT count(*) FROM cdn_tasks").fetchone()[0] > 0
+    finally:
+        conn.close()
+    assert requests.get(url + "/readyz", timeout=5).status_code == 200
     assert stop(proc, log) == 0, tail(log)
 
 
