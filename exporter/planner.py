@@ -12,8 +12,9 @@ by what it buys:
 2. **recent holes**, newest first (at a first start, the range feeding the shortest window is one).
 3. **maintenance**, on a share of the budget (``MAINTENANCE_SHARE``) while the head is busy, and on all of
    it otherwise: *suspect* ranges (count mismatch) narrowed down by bisection, *probes* (one ``pageSize:
-   1`` request per day of synced range tells the vendor's exact count; more than we hold means tasks
-   became visible late), *re-checks* of unfinished tasks older than the head (clustered into ranges
+   1`` request tells the vendor's exact count of a range already read; more than we hold means tasks
+   became visible late: the newest two hours every half hour, every day of the longest window every
+   six hours), *re-checks* of unfinished tasks older than the head (clustered into ranges
    whose stored count fits a page; a lone task is one ``url`` query), and *history* back-fill, newest
    first.
 
@@ -31,10 +32,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-FILL = 0.9  # plan a range to 90% of a page: rates vary, and an overflowing range costs a split
+FILL = 0.85  # plan a range to 85% of a page: counts vary (Poisson, bursts, late tasks); an overflow costs a slot
 MAINTENANCE_SHARE = 0.25  # of the requests while the head is busy, for re-checks, probes and back-fill
 LAG_LIMIT_INTERVALS = 2  # maintenance never pushes the head further behind than this many poll intervals
-PROBE_INTERVAL = 3600.0  # how often the synced range is checked for tasks that became visible late
+PROBE_INTERVAL = 1800.0  # how often the newest read range is checked for tasks that became visible late
+PROBE_SPAN = 2 * 3600  # ... that range: where late tasks land; small, so a mismatch is found in a few halvings
+DEEP_PROBE_INTERVAL = 6 * 3600.0  # how often every read day within the longest window is checked
 RECHECK_MAX = 2 * 3600.0  # an unfinished task is re-read at least this often (while within the API's reach)
 DAY = 86400
 
@@ -111,6 +114,8 @@ class Planner:
     rate: float = 0.0  # tasks per second, from counts
     last_head_at: float = 0.0
     last_probe_at: float = 0.0
+    last_deep_probe_at: float = 0.0
+    deep_cursor: int | None = None  # the end of the next day a deep probe counts (None: a new round)
     credit: float = 0.0
     turn: int = 0  # alternates re-checks and back-fill
     current: Read | None = None
@@ -120,6 +125,7 @@ class Planner:
         return {
             "head": self.head, "recent": self.recent, "history": self.history, "suspects": self.suspects,
             "rate": self.rate, "last_head_at": self.last_head_at, "last_probe_at": self.last_probe_at,
+            "last_deep_probe_at": self.last_deep_probe_at, "deep_cursor": self.deep_cursor,
             "current": asdict(self.current) if self.current else None,
         }
 
@@ -133,6 +139,9 @@ class Planner:
         self.rate = float(saved.get("rate") or 0.0)
         self.last_head_at = float(saved.get("last_head_at") or 0.0)
         self.last_probe_at = float(saved.get("last_probe_at") or 0.0)
+        self.last_deep_probe_at = float(saved.get("last_deep_probe_at") or 0.0)
+        cursor = saved.get("deep_cursor")
+        self.deep_cursor = int(cursor) if cursor is not None else None
         cur = saved.get("current")
         self.current = Read(**cur) if isinstance(cur, dict) else None
 
@@ -159,9 +168,13 @@ class Planner:
 
     # ------------------------------------------------------------------ start
     def begin(self, now: float) -> None:
-        """First start: the range feeding the shortest window is read first, then history newest first."""
+        """First start: the range feeding the shortest window is read first, then history newest first.
+
+        Only the part the shortest window still needs two poll intervals from now: reads of the newest tasks
+        at the next two poll intervals complete the window then (at the published budget, sooner is not
+        possible), and a first read of the whole window would take more pages than that part does."""
         end = math.floor(now)
-        first = max(self.shortest_window, self.poll_interval)
+        first = max(self.poll_interval, self.shortest_window - 2 * self.poll_interval)
         reach = self.reach(now)
         recent_start = max(reach, end - int(first) + 1)
         history_start = max(reach, math.floor(now - self.lookback) + 1)
@@ -169,7 +182,7 @@ class Planner:
         self.recent = [[recent_start, end]]
         self.history = [[history_start, recent_start - 1]] if history_start < recent_start else []
         self.last_head_at = now
-        self.last_probe_at = now
+        self.last_probe_at = self.last_deep_probe_at = now
 
     # ------------------------------------------------------------------ choice
     def _trim(self, now: float) -> None:
@@ -187,7 +200,8 @@ class Planner:
 
     def head_due(self, now: float) -> bool:
         assert self.head is not None
-        return math.floor(now) > self.head and now - self.last_head_at >= self.poll_interval
+        unread = math.floor(now) - self.head
+        return unread > 0 and (now - self.last_head_at >= self.poll_interval or unread >= self.page_seconds())
 
     def next_read(self, now: float, store: StoreView, slot: float) -> Read | None:
         """The next request to send, or None when nothing is due (see ``next_due``)."""
@@ -201,7 +215,8 @@ class Planner:
         assert self.head is not None
         busy = self.head_due(now) or bool(self.recent)
         if busy:
-            lag_after = self.lag(now) + slot
+            # Skipping the head for one slot must leave it no more than two poll intervals behind.
+            lag_after = max(self.lag(now), now - self.head) + slot
             if self.credit >= 1 and lag_after <= LAG_LIMIT_INTERVALS * self.poll_interval:
                 read = self._maintenance(now, store)
                 if read is not None:
@@ -222,15 +237,21 @@ class Planner:
         end = math.floor(now)
         start = self.head + 1
         room = self.page_seconds()
-        if end - start + 1 > room:
-            start = end - int(room) + 1  # the rest becomes a recent hole when this read completes
+        span = end - start + 1
+        if span > 2 * room:
+            # Far behind (an outage, a burst): the newest page first, the rest becomes a recent hole.
+            start = end - int(room) + 1
+        elif span > room:
+            # A little behind (a slot went to maintenance): one full page from the oldest unread second. Pages
+            # stay full and no hole is left; the rest is read at the next slot.
+            end = start + int(room) - 1
         else:
             # Room left in the page: re-read the newest tasks (statuses, late arrivals) for free.
             back = start - int(self.overlap)
             if room != math.inf:
                 # Up to three quarters of the page: a burst must not push the read over a page.
                 back = max(back, end - int(0.75 * room) + 1)
-            start = max(back, self.reach(now))
+            start = min(start, max(back, self.reach(now)))  # reaching back, never leaving a gap
         return Read(start, end, "head")
 
     def _recent(self) -> Read:
@@ -241,18 +262,21 @@ class Planner:
         return Read(a, b, "recent")
 
     def _maintenance(self, now: float, store: StoreView) -> Read | None:
-        read = self._suspect(store)
-        if read is None and now - self.last_probe_at >= PROBE_INTERVAL:
-            read = self._probe(now, store)
-        if read is not None:
+        """Re-checks, late tasks (suspects, probes) and back-fill take turns, so none starves the others: a
+        stuck task seen finishing matters as much as a task served late or an hour of history."""
+        def late() -> Read | None:
+            read = self._suspect(store)
+            if read is None and now - self.last_probe_at >= PROBE_INTERVAL:
+                read = self._probe(now, store)
+            if read is None and now - self.last_deep_probe_at >= DEEP_PROBE_INTERVAL:
+                read = self._deep_probe(now, store)
             return read
-        options: list[Callable[[], Read | None]] = [lambda: self._recheck(now, store), self._history]
-        if self.turn % 2:
-            options.reverse()
-        for choose in options:
-            read = choose()
+
+        options: list[Callable[[], Read | None]] = [lambda: self._recheck(now, store), late, self._history]
+        for i in range(len(options)):
+            read = options[(self.turn + i) % len(options)]()
             if read is not None:
-                self.turn += 1
+                self.turn = (self.turn + i + 1) % len(options)
                 return read
         return None
 
@@ -268,16 +292,35 @@ class Planner:
             return Read(mid, b, "suspect", stored=store.range_count(mid, b), diff=missing, parent_start=a)
         return None
 
+    def _read_segments(self, start: int, end: int) -> list[list[int]]:
+        """The parts of [start, end] already read (not in any hole), newest first."""
+        return _minus_all([[start, end]], self.recent + self.history) if start <= end else []
+
     def _probe(self, now: float, store: StoreView) -> Read | None:
-        """One count per day of the synced range within the longest window, oldest probed last."""
+        """One count over the newest read range (where late tasks land): more than the store holds means
+        tasks the vendor served late; the range then becomes suspect and is narrowed down."""
         assert self.head is not None
-        end = self.head - int(self.overlap)
-        start = max(self.reach(now), math.floor(now - self.longest_window) + 1)
-        for a, b in reversed(_chunks(start, end)):
-            if not any(x <= b and a <= y for x, y in self.recent + self.history):
-                self.last_probe_at = now  # one probe per round keeps the cost bounded
-                return Read(a, b, "probe", stored=store.range_count(a, b))
         self.last_probe_at = now
+        end = self.head - int(self.overlap)
+        segments = self._read_segments(max(self.reach(now), end - PROBE_SPAN + 1), end)
+        if not segments:
+            return None
+        a, b = segments[0]
+        return Read(a, b, "probe", stored=store.range_count(a, b))
+
+    def _deep_probe(self, now: float, store: StoreView) -> Read | None:
+        """Every read day within the longest window, one count per maintenance turn, a round every few hours."""
+        assert self.head is not None
+        end = self.head - int(self.overlap) - PROBE_SPAN
+        start = max(self.reach(now), math.floor(now - self.longest_window) + 1)
+        if self.deep_cursor is not None:
+            end = min(end, self.deep_cursor)
+        for a, b in self._read_segments(start, end):
+            a = max(a, b - DAY + 1)
+            self.deep_cursor = a - 1
+            return Read(a, b, "probe", stored=store.range_count(a, b))
+        self.deep_cursor = None  # the round is over
+        self.last_deep_probe_at = now
         return None
 
     def _recheck(self, now: float, store: StoreView) -> Read | None:
@@ -286,15 +329,23 @@ class Planner:
         reach = self.reach(now)
         if end < reach:
             return None
-        due = [(c, u) for c, u, seen in store.unfinished(reach, end)
-               if now - seen >= recheck_interval(seen - c, self.poll_interval)]
+        unfinished = store.unfinished(reach, end)
+        due = [(c, u, seen + recheck_interval(seen - c, self.poll_interval)) for c, u, seen in unfinished]
+        due = [(c, u, at) for c, u, at in due if at <= now]
         if not due:
             return None
-        first, url = due[0]
+        # The oldest task goes first when it is due (it decides the oldest-unfinished age, which alerts page
+        # on); otherwise the one longest overdue (never the same old ones again and again). The due tasks
+        # created after it that share one page-sized range come along.
+        oldest = unfinished[0]
+        if due and due[0][0] == oldest[0] and due[0][1] == oldest[1]:
+            target = 0
+        else:
+            target = min(range(len(due)), key=lambda i: due[i][2])
+        first, url, _ = due[target]
         c0 = math.floor(first)
         limit = FILL * self.page_size
-        # Cluster the due tasks that follow into one range whose stored tasks fit a page.
-        lo, hi = 0, len(due) - 1
+        lo, hi = target, len(due) - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
             c = math.floor(due[mid][0])
@@ -302,7 +353,7 @@ class Planner:
                 lo = mid
             else:
                 hi = mid - 1
-        if lo == 0:
+        if lo == target:
             return Read(c0, c0, "recheck", url=url)
         return Read(c0, math.floor(due[lo][0]), "recheck")
 
@@ -391,7 +442,7 @@ class Planner:
         due = self.last_head_at + self.poll_interval
         if self.suspects or self.history or self.recent:
             return now
-        due = min(due, self.last_probe_at + PROBE_INTERVAL)
+        due = min(due, self.last_probe_at + PROBE_INTERVAL, self.last_deep_probe_at + DEEP_PROBE_INTERVAL)
         end = self.head - int(self.overlap)
         reach = self.reach(now)
         if end >= reach:
@@ -400,10 +451,8 @@ class Planner:
         return due
 
 
-def _chunks(start: int, end: int) -> list[tuple[int, int]]:
-    """[start, end] in consecutive day-long pieces, oldest first."""
-    out = []
-    while start <= end:
-        out.append((start, min(end, start + DAY - 1)))
-        start += DAY
-    return out
+def _minus_all(ranges: list[list[int]], holes: list[list[int]]) -> list[list[int]]:
+    """``ranges`` minus every hole, newest first."""
+    for a, b in holes:
+        ranges = subtract(ranges, a, b)
+    return sorted(ranges, key=lambda r: -r[1])

@@ -235,8 +235,7 @@ class CdnPoller(Worker):
         self.requests_sent += 1
         self.rows_read += page.rows
         done_at = self.clock()
-        if not read.count_only:
-            self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)
+        self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)  # a probe's one row is news too
         self.health.poll_result(self.account.name, self.kind, True, done_at)
         # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
         expected = min(size, page.count - (read.page_no - 1) * size)
@@ -268,11 +267,12 @@ class CdnPoller(Worker):
         self.store.set_state(self._key + ":budget", {**self.budget.state(), "not_before": self.not_before})
 
     def _grow_page_size(self) -> None:
-        """When the new tasks of a poll interval need more than half a page, the head leaves too little of the
-        budget for re-checks and back-fill: fewer, larger pages are the only way to make room within the
-        vendor's limits (a size it refuses halves back and stays the ceiling)."""
+        """When the new tasks of one poll interval no longer fit a page, every read of them would need two:
+        fewer, larger pages are the only way to keep up within the vendor's limits. Only then: the largest
+        size is undocumented, and a refused one costs a whole slot of the budget (it halves back and stays
+        the ceiling)."""
         per_interval = self.planner.rate * self.cfg.poll_interval
-        if per_interval > FILL * self.page_size / 2 and self.page_size < self.page_ceiling:
+        if per_interval > FILL * self.page_size and self.page_size < self.page_ceiling:
             grown = min(self.page_size * 2, self.page_ceiling)
             log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; page size -> %d",
                      self.name, per_interval, self.cfg.poll_interval, self.page_size, grown)

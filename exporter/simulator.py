@@ -652,6 +652,15 @@ class Simulator:
         counts["total"] = sum(counts.values())
         return counts
 
+    def cdn_late_count(self, username: str, kind: str, start_ts: float, end_ts: float) -> int:
+        """Tasks created in [start_ts, end_ts] that the API serves only some time after their createTime."""
+        lo, hi = math.ceil(start_ts), math.floor(end_ts)
+        with self._lock:
+            return sum(1 for slot_no, summary, _ in self._slots_desc(username, kind, lo, hi)
+                       if summary.visible_at > -math.inf
+                       for t in self._slot_tasks(username, kind, slot_no)
+                       if lo <= t.create <= hi and t.visible > t.create)
+
     def cdn_known_truth(self, username: str, kind: str, start_ts: float, end_ts: float) -> dict[str, int]:
         """Tasks created in [start_ts, end_ts] that the API has served, each by its status when it was last
         served, plus ``total``: exactly what a client that stored every answer can know."""

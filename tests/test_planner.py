@@ -62,10 +62,11 @@ def test_recheck_interval_grows_with_age_within_bounds():
 def test_a_first_start_reads_the_shortest_window_before_history():
     p, store = planner(), Rows()
     read = p.next_read(T0, store, slot=300)
-    assert (read.purpose, read.start, read.end) == ("recent", T0 - 899, T0)
-    assert p.history == [[T0 - DAY + 1, T0 - 900]]
-    assert p.lag(T0) == 900  # the 15m window is not right yet
-    assert p.backfill_remaining() == DAY - 900
+    # The part of the 15m window it still needs after two poll intervals: the head reads then complete it.
+    assert (read.purpose, read.start, read.end) == ("recent", T0 - 299, T0)
+    assert p.history == [[T0 - DAY + 1, T0 - 300]]
+    assert p.lag(T0) == 300
+    assert p.backfill_remaining() == DAY - 300
 
 
 def test_a_dense_range_is_split_newest_first_and_the_lag_follows():
@@ -73,7 +74,7 @@ def test_a_dense_range_is_split_newest_first_and_the_lag_follows():
     read = p.next_read(T0, store, slot=300)
     assert answer(p, T0, read, 1200) == "split"  # 1,200 tasks do not fit two pages: three pieces of 400
     assert len(p.recent) == 3 and p.recent[0][1] == T0
-    assert p.rate == pytest.approx(1200 / 900)
+    assert p.rate == pytest.approx(1200 / 300)
     read = p.next_read(T0 + 1, store, slot=300)
     assert (read.purpose, read.end) == ("recent", T0)
     assert answer(p, T0 + 1, read, 400) == "done"
@@ -94,7 +95,7 @@ def test_the_head_reads_up_to_now_and_reaches_back_only_as_far_as_the_page_allow
     p, store = planner(), Rows()
     p.begin(T0)
     p.recent, p.history = [], []
-    p.rate = 1.0  # 450 s fill 90% of a page of 500
+    p.rate = 1.0  # FILL * 500 seconds fill a page
     read = p.next_read(T0 + 300, store, slot=300)
     assert read.purpose == "head" and read.end == T0 + 300
     assert read.start == max(T0 + 1 - 300, T0 + 300 - int(0.75 * FILL * 500 / 1.0) + 1)
@@ -107,14 +108,29 @@ def test_a_head_that_does_not_fit_a_page_leaves_a_recent_hole_and_a_failed_head_
     p.begin(T0)
     p.recent, p.history = [], []
     p.rate = 1.0
-    read = p.next_read(T0 + 1800, store, slot=300)
-    assert read.start == T0 + 1800 - 450 + 1
+    read = p.next_read(T0 + 1800, store, slot=300)  # far behind: the newest page first
+    assert read.start == T0 + 1800 - int(FILL * 500) + 1
     p.current = read  # the request failed: a head read not started is planned again, up to the new now
     read = p.next_read(T0 + 1900, store, slot=300)
     assert read.end == T0 + 1900
-    answer(p, T0 + 1900, read, 440)
+    answer(p, T0 + 1900, read, 400)
     assert p.recent == [[T0 + 1, read.start - 1]]
     assert p.lag(T0 + 1900) == 1900
+
+
+def test_a_head_a_little_behind_reads_one_full_page_from_its_oldest_second():
+    p, store = planner(), Rows()
+    p.begin(T0)
+    p.recent, p.history = [], []
+    p.rate = 1.0
+    read = p.next_read(T0 + 600, store, slot=300)  # 600 s behind, more than a page, less than two
+    assert (read.start, read.end) == (T0 + 1, T0 + int(FILL * 500))
+    answer(p, T0 + 600, read, 400)
+    assert p.recent == [] and p.head == read.end
+    assert not p.head_due(T0 + 600) and p.head_due(T0 + 900)  # the rest (less than a page) with the next slot
+    p.last_head_at = T0  # had it been more than a page, it would be due at once
+    p.head = T0 + 100
+    assert p.head_due(T0 + 600)
 
 
 def test_recent_holes_older_than_the_shortest_window_become_history():
@@ -139,7 +155,8 @@ def test_maintenance_gets_a_share_while_the_head_is_busy_but_never_beyond_the_la
         dense_day = read.purpose == "history" and read.end - read.start > 3600
         answer(p, now, read, 40000 if dense_day else 150)  # a dense day is split, then read piece by piece
         assert p.lag(now) <= 600
-    assert purposes.count("history") == 3  # a quarter of the requests
+    maintenance = [x for x in purposes if x not in ("head", "recent")]
+    assert len(maintenance) == 3 and "history" in maintenance  # a quarter of the requests
     assert purposes[0] == "head"
     p2 = planner()
     p2.begin(T0)
@@ -153,7 +170,7 @@ def test_unfinished_tasks_are_rechecked_as_one_page_sized_cluster_or_by_url():
     p.begin(T0 + 10 * 3600)
     p.recent, p.history = [], []
     now = T0 + 10 * 3600 + 1
-    store.add(T0, "wait", seen=T0 + 3600, url="lonely")
+    store.add(T0, "wait", seen=T0 + 600, url="lonely")  # the longest overdue
     read = p.next_read(now, store, slot=300)
     assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0, "lonely")
     p.current = None

@@ -10,6 +10,7 @@ from conftest import T0, make_config
 from exporter.cdn import CdnClient
 from exporter.config import RateLimit
 from exporter.health import ApiHealth
+from exporter.planner import RECHECK_MAX
 from exporter.poller import CdnPoller, RateBudget, backoff_delay
 from exporter.store import Store
 from exporter.windows import window_start
@@ -363,3 +364,47 @@ def test_retry_after_and_backoff_hold_across_a_restart(sim_factory, clock, tmp_p
     store.close()
     restarted, _, _ = build(sim, clock, tmp_path)
     assert restarted.next_run() >= held_until - 0.001
+
+
+def test_a_stuck_task_costs_a_bounded_number_of_requests(sim_factory, clock, tmp_path):
+    # Created 20 h ago, still waiting; it finishes 2 hours from now. Before range planning, every cycle re-read
+    # everything since it was created: 20 h of tasks, about a hundred pages at this volume. "globex" has the
+    # same volume and no stuck task.
+    sim = sim_factory()
+    for user in ("acme", "globex"):
+        sim.add_cdn_stream(user, "prefetch", per_hour=3000, start_ts=T0 - 26 * 3600)
+    finishes = T0 + 2 * 3600
+    sim.add_cdn_task("acme", "prefetch", "https://stuck.example/x", T0 - 20 * 3600,
+                     wait=finishes - 60 - (T0 - 20 * 3600), run=60, final="failure", rate=10)
+    stuck, store, _ = build(sim, clock, tmp_path, account=0)
+    plain, _, _ = build(sim, clock, tmp_path, account=1, store=store)
+    for poller in (stuck, plain):
+        run_cycle(poller, clock)  # the first start reads the whole lookback, the stuck task included
+    assert store.cdn_oldest_unfinished("acme", "prefetch") == T0 - 20 * 3600
+    costs: dict[str, list[int]] = {"acme": [], "globex": []}
+    for _ in range(36):  # 3 hours
+        clock.advance(300)
+        for user, poller in (("acme", stuck), ("globex", plain)):
+            costs[user].append(run_cycle(poller, clock))
+    # A re-check of the stuck task every 2 hours at most: no more than one request per re-check on top.
+    assert sum(costs["acme"]) <= 1.2 * sum(costs["globex"]) + 3, costs
+    assert max(costs["acme"]) <= max(costs["globex"]) + 2, costs
+    assert_windows_match_truth(sim, store, clock, "acme")
+    second = sim.cdn_truth("acme", "prefetch", T0 - 20 * 3600, T0 - 20 * 3600)
+    assert second["failure"] >= 1 and second["wait"] == 0
+    assert store.cdn_counts_by_status("acme", "prefetch", T0 - 20 * 3600, T0 - 20 * 3600) == \
+        {s: n for s, n in second.items() if n and s != "total"}
+
+
+def test_at_the_published_budget_a_task_stuck_since_the_start_is_seen_finishing(sim_factory, clock, tmp_path):
+    sim = sim_factory(rate_limits={"prefetch": (1, 300.0)})
+    sim.add_cdn_stream("acme", "prefetch", per_hour=400, start_ts=T0 - 26 * 3600)
+    finishes = T0 + 2 * 3600
+    sim.add_cdn_task("acme", "prefetch", "https://stuck.example/x", T0 - 100, wait=finishes - 60 - (T0 - 100),
+                     run=60, final="failure", rate=10)
+    poller, store, _ = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 1, "per": "5m"}})
+    run_for(poller, clock, 2 * 3600)
+    assert store.cdn_counts_by_status("acme", "prefetch", T0 - 100, T0 - 100) == {"wait": 1}
+    run_for(poller, clock, RECHECK_MAX)  # re-read at least this often while unfinished
+    assert store.cdn_counts_by_status("acme", "prefetch", T0 - 100, T0 - 100) == {"failure": 1}
+    assert sim.rate_limit_violations == 0
