@@ -38,7 +38,9 @@ LAG_LIMIT_INTERVALS = 2  # maintenance never pushes the head further behind than
 PROBE_INTERVAL = 1800.0  # how often the newest read range is checked for tasks that became visible late
 PROBE_SPAN = 2 * 3600  # ... that range: where late tasks land; small, so a mismatch is found in a few halvings
 DEEP_PROBE_INTERVAL = 6 * 3600.0  # how often every read day within the longest window is checked
-RECHECK_MAX = 2 * 3600.0  # an unfinished task is re-read at least this often (while within the API's reach)
+RECHECK_MAX = 2 * 3600.0  # an unfinished task is due for a re-read at least this often (within the API's reach)
+YOUNG = 3600  # unfinished tasks younger than this are re-read by range; older ones by status sweeps
+SWEEP_STATES = ("wait", "run")  # the unfinished states a sweep asks for, one query each
 DAY = 86400
 
 
@@ -53,8 +55,9 @@ class Read:
 
     start: int
     end: int
-    purpose: str  # head | recent | history | recheck | probe | suspect
+    purpose: str  # head | recent | history | recheck | sweep | probe | suspect
     url: str | None = None
+    status: str | None = None  # sweeps: only the tasks in this state
     page_no: int = 1
     count: int | None = None  # the vendor's count on the first page (paging restarts if it changes)
     stored: int | None = None  # probes: what the store held for the range when the probe was sent
@@ -117,8 +120,10 @@ class Planner:
     last_deep_probe_at: float = 0.0
     deep_cursor: int | None = None  # the end of the next day a deep probe counts (None: a new round)
     credit: float = 0.0
-    turn: int = 0  # alternates re-checks and back-fill
+    turn: int = 0  # maintenance turns: re-checks, late tasks, back-fill
     current: Read | None = None
+    sweep: list[int] | None = None  # [start, end, started, states done] of a status sweep in progress
+    finishers: list[list[Any]] = field(default_factory=list)  # [create, url]: left the sweep's states
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -127,6 +132,7 @@ class Planner:
             "rate": self.rate, "last_head_at": self.last_head_at, "last_probe_at": self.last_probe_at,
             "last_deep_probe_at": self.last_deep_probe_at, "deep_cursor": self.deep_cursor,
             "current": asdict(self.current) if self.current else None,
+            "sweep": self.sweep, "finishers": self.finishers,
         }
 
     def restore(self, saved: dict[str, Any] | None) -> None:
@@ -144,6 +150,9 @@ class Planner:
         self.deep_cursor = int(cursor) if cursor is not None else None
         cur = saved.get("current")
         self.current = Read(**cur) if isinstance(cur, dict) else None
+        sweep = saved.get("sweep")
+        self.sweep = [int(x) for x in sweep] if isinstance(sweep, list) and len(sweep) == 4 else None
+        self.finishers = [[float(c), str(u)] for c, u in saved.get("finishers") or []]
 
     # ------------------------------------------------------------------ derived figures
     def reach(self, now: float) -> int:
@@ -217,10 +226,14 @@ class Planner:
         if busy:
             # Skipping the head for one slot must leave it no more than two poll intervals behind.
             lag_after = max(self.lag(now), now - self.head) + slot
-            if self.credit >= 1 and lag_after <= LAG_LIMIT_INTERVALS * self.poll_interval:
+            # The newest tasks can wait a slot when they will still fit one page then (low volume): the slot
+            # goes to maintenance. Otherwise maintenance gets its share of the requests.
+            can_wait = not self.recent and (now + slot - self.head) * self.rate <= FILL * self.page_size
+            if (self.credit >= 1 or can_wait) and lag_after <= LAG_LIMIT_INTERVALS * self.poll_interval:
                 read = self._maintenance(now, store)
                 if read is not None:
-                    self.credit -= 1
+                    if not can_wait:
+                        self.credit -= 1
                     self.current = read
                     return read
             # One maintenance request per (1 - share) / share busy ones: the share is of all requests.
@@ -324,7 +337,15 @@ class Planner:
         return None
 
     def _recheck(self, now: float, store: StoreView) -> Read | None:
+        """Unfinished tasks: those that left a sweep's states first (one ``url`` query each: they finished
+        once, so this is bounded), then a sweep in progress, then whatever is most due."""
         assert self.head is not None
+        if self.finishers:
+            create, url = self.finishers[0]
+            return Read(math.floor(create), math.floor(create), "recheck", url=url)
+        if self.sweep is not None:
+            a, b, _, done = self.sweep
+            return Read(a, b, "sweep", status=SWEEP_STATES[done])
         end = self.head - int(self.overlap)
         reach = self.reach(now)
         if end < reach:
@@ -335,15 +356,22 @@ class Planner:
         if not due:
             return None
         # The oldest task goes first when it is due (it decides the oldest-unfinished age, which alerts page
-        # on); otherwise the one longest overdue (never the same old ones again and again). The due tasks
-        # created after it that share one page-sized range come along.
+        # on); otherwise the one longest overdue (never the same old ones again and again).
         oldest = unfinished[0]
-        if due and due[0][0] == oldest[0] and due[0][1] == oldest[1]:
+        if due[0][0] == oldest[0] and due[0][1] == oldest[1]:
             target = 0
         else:
             target = min(range(len(due)), key=lambda i: due[i][2])
         first, url, _ = due[target]
         c0 = math.floor(first)
+        if first < now - YOUNG:
+            # An old one: a sweep asks for the day's tasks still waiting, then those still running (two
+            # requests, however many are stuck in that day); the ones in neither have finished.
+            b = min(c0 + DAY - 1, math.floor(now - YOUNG))
+            self.sweep = [c0, b, math.floor(now), 0]
+            return Read(c0, b, "sweep", status=SWEEP_STATES[0])
+        # A young one, with the due tasks created after it that share one page-sized range (most of them
+        # finish within minutes, so reading the range is cheaper than asking by state).
         limit = FILL * self.page_size
         lo, hi = target, len(due) - 1
         while lo < hi:
@@ -374,11 +402,11 @@ class Planner:
             self.current = None
             return "done"
         span = read.end - read.start + 1
-        if read.url is None and span >= 60 and read.page_no == 1:
+        if read.url is None and read.status is None and span >= 60 and read.page_no == 1:
             sample = count / span
             self.rate = sample if self.rate <= 0 else 0.5 * self.rate + 0.5 * sample
         if read.page_no == 1 and count > 2 * self.page_size and read.url is None and span > 1 and \
-                read.purpose != "recheck":
+                read.purpose not in ("recheck", "sweep"):
             # Far more than a page (a first start, an outage, a burst): split the range in time so that each
             # piece fits one page and the newest is read first. A page or two more is cheaper to page through.
             start = read.start
@@ -402,6 +430,13 @@ class Planner:
     def _complete(self, now: float, read: Read, unread: list[list[int]]) -> None:
         """``read`` is done; ``unread`` (parts of it still to read) goes back to the right list."""
         self.current = None
+        if read.purpose == "sweep":
+            assert self.sweep is not None
+            self.sweep[3] += 1
+            return
+        if read.purpose == "recheck" and read.url is not None and self.finishers and \
+                self.finishers[0][1] == read.url:
+            self.finishers.pop(0)
         if read.purpose == "head":
             assert self.head is not None
             if read.start > self.head + 1:
@@ -432,6 +467,16 @@ class Planner:
             start = read.parent_start if read.parent_start is not None else read.start
             self.suspects.append([start, read.start - 1, read.diff - missing_new])
 
+    def sweep_done(self, store: StoreView) -> bool:
+        """After a sweep's last state: the tasks it did not see since it started have left the unfinished
+        states; each gets one ``url`` read for its final state. True when a sweep was closed."""
+        if self.sweep is None or self.sweep[3] < len(SWEEP_STATES):
+            return False
+        a, b, started, _ = self.sweep
+        self.sweep = None
+        self.finishers.extend([c, u] for c, u, seen in store.unfinished(a, b) if seen < started)
+        return True
+
     def abandon(self) -> None:
         """The vendor refused the read as it stands: drop it (its range stays in its list, if any)."""
         self.current = None
@@ -440,7 +485,7 @@ class Planner:
         """When there will be something to read, if nothing is due now."""
         assert self.head is not None
         due = self.last_head_at + self.poll_interval
-        if self.suspects or self.history or self.recent:
+        if self.suspects or self.history or self.recent or self.finishers or self.sweep is not None:
             return now
         due = min(due, self.last_probe_at + PROBE_INTERVAL, self.last_deep_probe_at + DEEP_PROBE_INTERVAL)
         end = self.head - int(self.overlap)

@@ -223,7 +223,7 @@ class CdnPoller(Worker):
         try:
             try:
                 page = self.client.query(self.kind, read.start, read.end, page_no=read.page_no, page_size=size,
-                                         url=read.url)
+                                         url=read.url, status=read.status)
             finally:
                 self._spend_slot()  # whatever happened, the request may have reached the vendor
         except ApiError as exc:
@@ -249,9 +249,11 @@ class CdnPoller(Worker):
             self._save()
             return
         outcome = self.planner.on_answer(done_at, read, page.count, page.rows)
-        if outcome == "done" and not read.count_only:
+        if outcome == "done" and not read.count_only and read.status is None:
             # Every unfinished task of the range was in the answer, or is no longer there to be read.
             self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url)
+        if outcome == "done" and read.purpose == "sweep":
+            self.planner.sweep_done(self.view)
         if read.purpose == "head":
             self._grow_page_size()
         self._report(done_at)

@@ -141,11 +141,27 @@ def test_recent_holes_older_than_the_shortest_window_become_history():
     assert any(a <= T0 - 899 for a, _ in p.history)
 
 
+def test_at_low_volume_the_head_waits_a_slot_for_maintenance():
+    p, store = planner(), Rows()
+    p.begin(T0)
+    p.recent = []
+    p.rate = 0.2  # 60 new tasks a slot: two slots' worth still fit a page
+    purposes = []
+    now = float(T0)
+    for _ in range(8):
+        now += 300
+        read = p.next_read(now, store, slot=300)
+        purposes.append(read.purpose)
+        answer(p, now, read, 40000 if read.purpose == "history" and read.end - read.start > 3600 else 60)
+        assert p.lag(now) <= 600
+    assert purposes.count("head") == 4  # every other slot: the head still within two poll intervals
+
+
 def test_maintenance_gets_a_share_while_the_head_is_busy_but_never_beyond_the_lag_limit():
     p, store = planner(), Rows()
     p.begin(T0)
     p.recent = []
-    p.rate = 0.5  # 150 new tasks a slot: a head that waits a slot still fits a page
+    p.rate = 1.0  # 300 new tasks a slot: a head that waits a slot no longer fits a page
     purposes = []
     now = float(T0)
     for _ in range(12):
@@ -153,7 +169,8 @@ def test_maintenance_gets_a_share_while_the_head_is_busy_but_never_beyond_the_la
         read = p.next_read(now, store, slot=300)
         purposes.append(read.purpose)
         dense_day = read.purpose == "history" and read.end - read.start > 3600
-        answer(p, now, read, 40000 if dense_day else 150)  # a dense day is split, then read piece by piece
+        # A dense day is split, then read piece by piece; one task a second elsewhere.
+        answer(p, now, read, 40000 if dense_day else min(500, read.end - read.start + 1))
         assert p.lag(now) <= 600
     maintenance = [x for x in purposes if x not in ("head", "recent")]
     assert len(maintenance) == 3 and "history" in maintenance  # a quarter of the requests
@@ -165,24 +182,49 @@ def test_maintenance_gets_a_share_while_the_head_is_busy_but_never_beyond_the_la
     assert p2.next_read(T0 + 300, store, slot=300).purpose == "head"
 
 
-def test_unfinished_tasks_are_rechecked_as_one_page_sized_cluster_or_by_url():
+def test_young_unfinished_tasks_are_rechecked_as_one_page_sized_cluster_or_by_url():
     p, store = planner(), Rows()
-    p.begin(T0 + 10 * 3600)
+    p.begin(T0 + 3000)
     p.recent, p.history = [], []
-    now = T0 + 10 * 3600 + 1
-    store.add(T0, "wait", seen=T0 + 600, url="lonely")  # the longest overdue
+    now = T0 + 3000 + 1
+    store.add(T0, "wait", seen=T0 + 600, url="lonely")  # the oldest, and due
     read = p.next_read(now, store, slot=300)
     assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0, "lonely")
     p.current = None
     for i in range(10):
-        store.add(T0 + 3600 + i, "run", seen=T0 + 3700)
+        store.add(T0 + 1000 + i, "run", seen=T0 + 1100)
     read = p.next_read(now, store, slot=300)
-    assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0 + 3609, None)
+    assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0 + 1009, None)
     p.current = None
     for i in range(600):  # too many finished tasks in between: the cluster stops where a page would overflow
         store.add(T0 + 100 + i)
     read = p.next_read(now, store, slot=300)
     assert (read.start, read.end, read.url) == (T0, T0, "lonely")
+
+
+def test_old_unfinished_tasks_are_swept_by_state_and_those_that_left_are_read_by_url():
+    p, store = planner(), Rows()
+    now = T0 + 30 * 3600
+    p.begin(now)
+    p.recent, p.history = [], []
+    for i in range(100):  # a hundred stuck tasks in one day: one sweep of two requests covers them all
+        store.add(T0 + i * 600, "wait", seen=T0 + 20 * 3600, url=f"stuck{i}")
+    read = p.next_read(now, store, slot=300)
+    assert (read.purpose, read.status, read.start) == ("sweep", "wait", T0)
+    assert read.end == min(T0 + DAY - 1, math.floor(now - 3600))
+    assert answer(p, now, read, 97) == "done"
+    for c, u, s, _ in list(store.rows):  # what the vendor answered: 97 still waiting, seen now
+        if u not in ("stuck3", "stuck50", "stuck77"):
+            store.rows[store.rows.index((c, u, s, T0 + 20 * 3600))] = (c, u, s, now)
+    read = p.next_read(now + 1, store, slot=300)
+    assert (read.purpose, read.status) == ("sweep", "run")
+    assert answer(p, now + 1, read, 0) == "done"
+    assert p.sweep_done(store)
+    assert [u for _, u in p.finishers] == ["stuck3", "stuck50", "stuck77"]
+    read = p.next_read(now + 2, store, slot=300)
+    assert (read.purpose, read.url, read.start, read.end) == ("recheck", "stuck3", T0 + 1800, T0 + 1800)
+    answer(p, now + 2, read, 1)
+    assert [u for _, u in p.finishers] == ["stuck50", "stuck77"]
 
 
 def test_a_probe_that_counts_more_than_the_store_holds_is_narrowed_down_and_read_again():

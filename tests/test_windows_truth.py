@@ -48,11 +48,11 @@ class Rig:
         """One whole poll cycle at the clock's current time (the test budget is generous: no waiting)."""
         now = self.clock()
         for _ in range(5000):
-            self.poller.step()
-            if self.poller.plan is None and self.poller.synced_until is not None:
+            if self.poller.idle():
                 assert self.clock() == now, "the poll must not move the clock"
                 self.seen_at = now
                 return
+            self.poller.step()
         raise AssertionError("the poll never finished")
 
     def gauge(self, name: str, **labels: str) -> float | None:
@@ -87,7 +87,8 @@ def assert_gauges_equal_truth(sim, ex: Rig) -> None:
 def world(sim_factory, clock, tmp_path):
     sim = sim_factory()
     sim.add_cdn_stream(USER, KIND, per_hour=300, failure_ratio=0.2, start_ts=T0 - 2 * DAY)
-    cfg = make_config(sim.url, str(tmp_path / "db.sqlite"), prefetch={"page_size": 500})
+    # Polled at the test's chosen instants, however close together: every poll reads the newest tasks.
+    cfg = make_config(sim.url, str(tmp_path / "db.sqlite"), prefetch={"page_size": 500, "poll_interval": "1s"})
     return sim, cfg
 
 
