@@ -107,15 +107,21 @@ def run_until_idle(poller: CdnPoller, clock: Clock, max_steps: int = 20000) -> i
     raise RuntimeError("the poller never caught up")
 
 
-def windows_match(sim: Simulator, store: Store, user: str, now: float) -> bool:
+def windows_match(sim: Simulator, store: Store, user: str, now: float) -> tuple[bool, int]:
+    """Every window equals what the vendor served (each task by its status when last served); and how many
+    tasks of the 24h window have changed status at the vendor since they were last read."""
     windows = [900.0, 3600.0, 86400.0]
+    ok = True
     for w, got in zip(windows, store.cdn_window_counts(user, KIND, now, windows), strict=True):
-        truth = sim.cdn_truth(user, KIND, now - w + 1, now)
-        truth.pop("total")
-        if {s: got.get(("status", s), 0) for s in truth} != truth:
-            print(f"  {user}: window {w:.0f}s: store {dict(got)} vs truth {truth}")
-            return False
-    return True
+        known = sim.cdn_known_truth(user, KIND, now - w + 1, now)
+        known.pop("total")
+        if {s: got.get(("status", s), 0) for s in known} != known:
+            print(f"  {user}: window {w:.0f}s: store {dict(got)} vs served {known}")
+            ok = False
+    known = sim.cdn_known_truth(user, KIND, now - 86399, now)
+    truth = sim.cdn_truth(user, KIND, now - 86399, now)
+    stale = sum(abs(truth[s] - known[s]) for s in ("wait", "run", "success", "failure")) // 2
+    return ok, stale
 
 
 def part_a(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
@@ -130,7 +136,7 @@ def part_a(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
             _, store, poller, client, _ = make(sim, clock, tmp, user, {"requests": 1000, "per": "1s"})
             started = time.perf_counter()
             first = run_until_idle(poller, clock)
-            per_cycle, new_total, rows_total, ok = [], 0, 0, True
+            per_cycle, new_total, rows_total, ok, stale = [], 0, 0, True, 0
             for _ in range(STEADY_CYCLES):
                 previous = clock()
                 clock.advance(300)
@@ -138,7 +144,8 @@ def part_a(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
                 per_cycle.append(run_until_idle(poller, clock))
                 rows_total += client.rows
                 new_total += sim.cdn_truth(user, KIND, previous + 1, clock())["total"]
-                ok = ok and windows_match(sim, store, user, clock())
+                matched, stale = windows_match(sim, store, user, clock())
+                ok = ok and matched
             real = time.perf_counter() - started
             median = statistics.median(per_cycle)
             naive = math.ceil(sim.cdn_truth(user, KIND, clock() - 86399, clock())["total"] / poller.page_size)
@@ -146,7 +153,7 @@ def part_a(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
             bound = math.ceil(per_day / 288 / poller.page_size)
             rows.append([f"{per_day // 1000}k", variant, first, " ".join(map(str, per_cycle)), median,
                          f"{naive / max(median, 1):.0f}x", f"{rows_per_new:.2f}", bound, "yes" if ok else "NO",
-                         f"{real:.0f}"])
+                         stale, f"{real:.0f}"])
             if variant == "none":
                 baseline[per_day] = max(per_cycle)
             else:
@@ -155,13 +162,14 @@ def part_a(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
                 goals.check(median <= goal, f"{per_day // 1000}k/day {variant}: median {median} requests per "
                             f"steady cycle vs {goal:.1f} allowed (1.2x no-stuck max {baseline[per_day]} + "
                             f"{batches}); max {max(per_cycle)}")
-            goals.check(ok, f"{per_day // 1000}k/day {variant}: every window equals the simulator's truth after "
+            goals.check(ok, f"{per_day // 1000}k/day {variant}: every window equals what the vendor served, after "
                         "every steady cycle")
-            goals.check(rows_per_new <= 1.5, f"{per_day // 1000}k/day {variant}: {rows_per_new:.2f} rows read per "
-                        "new task in steady cycles (goal <= 1.5)")
+            goals.note(f"{per_day // 1000}k/day {variant}: {rows_per_new:.2f} rows read per new task with an "
+                       f"unlimited budget (spare requests re-read unfinished tasks); {stale} tasks of the 24h window "
+                       "changed status at the vendor since their last read")
             store.close()
     print_table(["rate", "scenario", "first start req", "steady req per cycle", "median", "vs naive 24h",
-                 "rows/new task", "lower bound", "windows = truth", "real s"], rows)
+                 "rows/new task", "lower bound", "windows = served", "stale statuses", "real s"], rows)
 
 
 def part_b(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
@@ -203,6 +211,8 @@ def part_b(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
         rows.append([variant, len(lags), f"{max_lag / 60:.1f}", f"{statistics.median(late_lags) / 60:.1f}",
                      "-" if complete_at is None else f"{complete_at / 60:.0f}", f"{client.rows / max(1, new):.2f}",
                      f"{poller.planner.backfill_remaining() / 3600:.1f}", stale, poller.page_size])
+        goals.check(client.rows / max(1, new) <= 1.5, f"published budget, 100k/day {variant}: "
+                    f"{client.rows / max(1, new):.2f} rows read per new task (goal <= 1.5)")
         goals.check(max_lag <= 600, f"published budget, 100k/day {variant}: lag after each request <= "
                     f"{max_lag / 60:.1f} min after the first hour (goal <= 10 min)")
         goals.check(complete_at is not None and complete_at <= 600,

@@ -660,11 +660,18 @@ def exporter_health() -> dict[str, Any]:
         unit="s", thresholds=steps("green", (ALERTS.not_polling_seconds, "red")),
     ), 8, 8)
     lay.add(timeseries(
-        "Poll lag", "How far behind real time the fully synced range is: above the dashed line (the alert "
-        "threshold) the poller cannot keep up within the vendor's rate budget.",
+        "Poll lag", "How far behind real time the newest fully read point is: above the dashed line (the "
+        "alert threshold) the poller cannot keep up within the vendor's rate budget.",
         [target(f"cdnetworks_poll_lag_seconds{sel(fmgr_account=True)}", "{{api}} {{account}}")],
         unit="s", thresholds=steps("green", (ALERTS.poll_lag_seconds, "red")),
-    ), 24, 8)
+    ), 12, 8)
+    lay.add(timeseries(
+        "Back-fill remaining", "Seconds of history within the lookback not read yet (after a first start or "
+        "a long outage): the longer windows lack those tasks until it reaches 0. It falls on a share of the "
+        "budget; a line that does not fall means the newest tasks take the whole budget.",
+        [target(f"cdnetworks_poll_backfill_remaining_seconds{sel(fmgr_account=True)}", "{{api}} {{account}}")],
+        unit="s",
+    ), 12, 8)
     return dashboard(
         "cdnetworks-exporter-health", "CDNetworks / Exporter health",
         "Is the exporter scraped, does it reach the vendor APIs, how fast, how often refused, how stale.",
