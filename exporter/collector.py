@@ -182,8 +182,9 @@ class ExporterCollector(Collector):
                                  labels=["account", "api"])
         for (account, api), ts in sorted(self.health.last_ok().items()):
             last.add_metric([account, api], ts)
-        lag = GaugeMetricFamily("cdnetworks_poll_lag_seconds", "How far behind now the fully synced range of "
-                                "this API is; grows when the rate budget cannot keep up.", labels=["account", "api"])
+        lag = GaugeMetricFamily("cdnetworks_poll_lag_seconds", "How far behind now the newest point is up to "
+                                "which every task was read once; grows when the rate budget cannot keep up.",
+                                labels=["account", "api"])
         for (account, api), v in sorted(self.health.lag().items()):
             lag.add_metric([account, api], v)
         backfill = GaugeMetricFamily(
