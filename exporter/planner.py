@@ -39,14 +39,20 @@ PROBE_INTERVAL = 1800.0  # how often the newest read range is checked for tasks 
 PROBE_SPAN = 2 * 3600  # ... that range: where late tasks land; small, so a mismatch is found in a few halvings
 DEEP_PROBE_INTERVAL = 6 * 3600.0  # how often every read day within the longest window is checked
 RECHECK_MAX = 2 * 3600.0  # an unfinished task is due for a re-read at least this often (within the API's reach)
-YOUNG = 3600  # unfinished tasks younger than this are re-read by range; older ones by status sweeps
-SWEEP_STATES = ("wait", "run")  # the unfinished states a sweep asks for, one query each
+YOUNG = 900  # unfinished tasks younger than this are re-read by range; older ones by status sweeps
+# A sweep asks for these states, one query each, in this order (a task moving on between two queries is then
+# still seen once); a task stored as waiting or running that is in none of the answers has succeeded. ("init",
+# which the API accepts as a filter, is not asked: a task seen waiting or running does not go back to it, and
+# a task stored with a status the documents do not list is never taken as succeeded.)
+SWEEP_STATES = ("wait", "run", "failure")
+SWEEP_EVERY = 900.0  # a task old enough to be swept is due at most this often (a sweep costs three requests)
+SWEEP_SPAN = 4 * 3600  # failures are ~5% of tasks: at 100k a day, 4 hours of them fill about two pages
 DAY = 86400
 
 
 class StoreView(Protocol):
     def range_count(self, start: float, end: float) -> int: ...
-    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float]]: ...
+    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float, str]]: ...
 
 
 @dataclass
@@ -123,7 +129,6 @@ class Planner:
     turn: int = 0  # maintenance turns: re-checks, late tasks, back-fill
     current: Read | None = None
     sweep: list[int] | None = None  # [start, end, started, states done] of a status sweep in progress
-    finishers: list[list[Any]] = field(default_factory=list)  # [create, url]: left the sweep's states
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -132,7 +137,7 @@ class Planner:
             "rate": self.rate, "last_head_at": self.last_head_at, "last_probe_at": self.last_probe_at,
             "last_deep_probe_at": self.last_deep_probe_at, "deep_cursor": self.deep_cursor,
             "current": asdict(self.current) if self.current else None,
-            "sweep": self.sweep, "finishers": self.finishers,
+            "sweep": self.sweep,
         }
 
     def restore(self, saved: dict[str, Any] | None) -> None:
@@ -152,7 +157,6 @@ class Planner:
         self.current = Read(**cur) if isinstance(cur, dict) else None
         sweep = saved.get("sweep")
         self.sweep = [int(x) for x in sweep] if isinstance(sweep, list) and len(sweep) == 4 else None
-        self.finishers = [[float(c), str(u)] for c, u in saved.get("finishers") or []]
 
     # ------------------------------------------------------------------ derived figures
     def reach(self, now: float) -> int:
@@ -285,7 +289,11 @@ class Planner:
                 read = self._deep_probe(now, store)
             return read
 
-        options: list[Callable[[], Read | None]] = [lambda: self._recheck(now, store), late, self._history]
+        def recheck() -> Read | None:
+            return self._recheck(now, store)
+
+        # Re-checks take two turns in four: statuses of tasks already counted are what the windows show.
+        options: list[Callable[[], Read | None]] = [recheck, late, recheck, self._history]
         for i in range(len(options)):
             read = options[(self.turn + i) % len(options)]()
             if read is not None:
@@ -337,12 +345,8 @@ class Planner:
         return None
 
     def _recheck(self, now: float, store: StoreView) -> Read | None:
-        """Unfinished tasks: those that left a sweep's states first (one ``url`` query each: they finished
-        once, so this is bounded), then a sweep in progress, then whatever is most due."""
+        """Unfinished tasks: a sweep in progress first, then whatever is most due."""
         assert self.head is not None
-        if self.finishers:
-            create, url = self.finishers[0]
-            return Read(math.floor(create), math.floor(create), "recheck", url=url)
         if self.sweep is not None:
             a, b, _, done = self.sweep
             return Read(a, b, "sweep", status=SWEEP_STATES[done])
@@ -351,7 +355,7 @@ class Planner:
         if end < reach:
             return None
         unfinished = store.unfinished(reach, end)
-        due = [(c, u, seen + recheck_interval(seen - c, self.poll_interval)) for c, u, seen in unfinished]
+        due = [(c, u, seen + self._interval(c, seen, now)) for c, u, seen, _ in unfinished]
         due = [(c, u, at) for c, u, at in due if at <= now]
         if not due:
             return None
@@ -365,9 +369,9 @@ class Planner:
         first, url, _ = due[target]
         c0 = math.floor(first)
         if first < now - YOUNG:
-            # An old one: a sweep asks for the day's tasks still waiting, then those still running (two
-            # requests, however many are stuck in that day); the ones in neither have finished.
-            b = min(c0 + DAY - 1, math.floor(now - YOUNG))
+            # An old one: a sweep asks for the range's tasks by state (a few requests, however many of them are
+            # unfinished or stuck); the ones in no answer have succeeded.
+            b = min(c0 + SWEEP_SPAN - 1, math.floor(now - YOUNG))
             self.sweep = [c0, b, math.floor(now), 0]
             return Read(c0, b, "sweep", status=SWEEP_STATES[0])
         # A young one, with the due tasks created after it that share one page-sized range (most of them
@@ -384,6 +388,10 @@ class Planner:
         if lo == target:
             return Read(c0, c0, "recheck", url=url)
         return Read(c0, math.floor(due[lo][0]), "recheck")
+
+    def _interval(self, create: float, seen: float, now: float) -> float:
+        interval = recheck_interval(seen - create, self.poll_interval)
+        return max(interval, SWEEP_EVERY) if create < now - YOUNG else interval
 
     def _history(self) -> Read | None:
         """The newest day of unread history at once: its count says how dense it really is (history is often
@@ -434,9 +442,6 @@ class Planner:
             assert self.sweep is not None
             self.sweep[3] += 1
             return
-        if read.purpose == "recheck" and read.url is not None and self.finishers and \
-                self.finishers[0][1] == read.url:
-            self.finishers.pop(0)
         if read.purpose == "head":
             assert self.head is not None
             if read.start > self.head + 1:
@@ -467,15 +472,16 @@ class Planner:
             start = read.parent_start if read.parent_start is not None else read.start
             self.suspects.append([start, read.start - 1, read.diff - missing_new])
 
-    def sweep_done(self, store: StoreView) -> bool:
-        """After a sweep's last state: the tasks it did not see since it started have left the unfinished
-        states; each gets one ``url`` read for its final state. True when a sweep was closed."""
+    def sweep_done(self, store: StoreView) -> list[tuple[float, str]] | None:
+        """After a sweep's last state: the stored unfinished tasks that no answer of it showed (not seen since
+        it started) are no longer initial, waiting, running or failed: they succeeded. None while the sweep
+        is not over."""
         if self.sweep is None or self.sweep[3] < len(SWEEP_STATES):
-            return False
+            return None
         a, b, started, _ = self.sweep
         self.sweep = None
-        self.finishers.extend([c, u] for c, u, seen in store.unfinished(a, b) if seen < started)
-        return True
+        return [(c, u) for c, u, seen, status in store.unfinished(a, b)
+                if seen < started and status in ("wait", "run")]
 
     def abandon(self) -> None:
         """The vendor refused the read as it stands: drop it (its range stays in its list, if any)."""
@@ -485,14 +491,14 @@ class Planner:
         """When there will be something to read, if nothing is due now."""
         assert self.head is not None
         due = self.last_head_at + self.poll_interval
-        if self.suspects or self.history or self.recent or self.finishers or self.sweep is not None:
+        if self.suspects or self.history or self.recent or self.sweep is not None:
             return now
         due = min(due, self.last_probe_at + PROBE_INTERVAL, self.last_deep_probe_at + DEEP_PROBE_INTERVAL)
         end = self.head - int(self.overlap)
         reach = self.reach(now)
         if end >= reach:
-            for c, _, seen in store.unfinished(reach, end):
-                due = min(due, seen + recheck_interval(seen - c, self.poll_interval))
+            for c, _, seen, _ in store.unfinished(reach, end):
+                due = min(due, seen + self._interval(c, seen, now))
         return due
 
 

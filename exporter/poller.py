@@ -22,7 +22,7 @@ from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
 from .fmgr import FmgrApiError, FmgrClient, Lifecycle
 from .health import ApiHealth
 from .planner import FILL, Planner
-from .store import Store
+from .store import CdnTask, Store
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class _TaskView:
     def range_count(self, start: float, end: float) -> int:
         return self.store.cdn_range_count(self.account, self.kind, start, end)
 
-    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float]]:
+    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float, str]]:
         return self.store.cdn_unfinished(self.account, self.kind, start, end)
 
 
@@ -253,7 +253,12 @@ class CdnPoller(Worker):
             # Every unfinished task of the range was in the answer, or is no longer there to be read.
             self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url)
         if outcome == "done" and read.purpose == "sweep":
-            self.planner.sweep_done(self.view)
+            succeeded = self.planner.sweep_done(self.view)
+            if succeeded:
+                # In no state but success: stored as succeeded, without the finish time and rate that only a
+                # read of the task itself gives (the duration histogram and rate_ratio leave them out).
+                self.store.upsert_cdn_tasks(self.account.name, self.kind, [
+                    CdnTask(url=url, create_ts=create, status="success") for create, url in succeeded])
         if read.purpose == "head":
             self._grow_page_size()
         self._report(done_at)

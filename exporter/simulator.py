@@ -663,8 +663,12 @@ class Simulator:
 
     def cdn_known_truth(self, username: str, kind: str, start_ts: float, end_ts: float) -> dict[str, int]:
         """Tasks created in [start_ts, end_ts] that the API has served, each by its status when it was last
-        served, plus ``total``: exactly what a client that stored every answer can know."""
+        served, plus ``total``: exactly what a client that stored every answer can know. Also
+        ``succeeded_since``: how many of those last served unfinished have succeeded by now (a client that
+        asks by state can learn it without the task being served again)."""
+        now = self._clock()
         counts = dict.fromkeys(TASK_STATUSES, 0)
+        succeeded_since = 0
         lo, hi = math.ceil(start_ts), math.floor(end_ts)
         with self._lock:
             served = [(url, create, at) for (user, k, url, create), at in self.cdn_served.items()
@@ -673,8 +677,12 @@ class Simulator:
             for url, create, at in served:
                 slot = by_slot.setdefault(create // SLOT_SECONDS, {
                     (t.url, t.create): t for t in self._slot_tasks(username, kind, create // SLOT_SECONDS)})
-                counts[slot[(url, create)].status_at(at)] += 1
+                task = slot[(url, create)]
+                status = task.status_at(at)
+                counts[status] += 1
+                succeeded_since += status in ("wait", "run") and task.status_at(now) == "success"
         counts["total"] = sum(counts.values())
+        counts["succeeded_since"] = succeeded_since
         return counts
 
     def cdn_tasks_at(self, username: str, kind: str, start_ts: float, end_ts: float,

@@ -400,11 +400,12 @@ class Store:
                 (account, kind, start, end)).fetchone()
         return int(row[0])
 
-    def cdn_unfinished(self, account: str, kind: str, start: float, end: float) -> list[tuple[float, str, float]]:
-        """(create_ts, url, last seen) of the unfinished tasks created in [start, end], oldest first."""
+    def cdn_unfinished(self, account: str, kind: str, start: float, end: float
+                       ) -> list[tuple[float, str, float, str]]:
+        """(create_ts, url, last seen, status) of the unfinished tasks created in [start, end], oldest first."""
         with self._lock:
-            return [(c, u, s) for c, u, s in self._conn.execute(
-                "SELECT create_ts, url, updated_ts FROM cdn_tasks WHERE account=? AND kind=? AND "
+            return [(c, u, s, st) for c, u, s, st in self._conn.execute(
+                "SELECT create_ts, url, updated_ts, status FROM cdn_tasks WHERE account=? AND kind=? AND "
                 "status IN ('wait','run','unknown') AND create_ts BETWEEN ? AND ? ORDER BY create_ts",
                 (account, kind, start, end))]
 

@@ -100,3 +100,20 @@ def load_rules_generator() -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def assert_counts_match_what_was_served(sim: Simulator, shown: dict[str, int], user: str, kind: str, start: float,
+                                        end: float, what: str = "") -> None:
+    """``shown`` (tasks created in [start, end] by status) is exactly what the vendor served: every task it
+    serves is there (except those it served late, after their range was read), each by its status when last
+    served; a success may also have been learnt from a sweep by state, never more of them than really
+    succeeded since they were last served, and failures only ever from a read."""
+    known = sim.cdn_known_truth(user, kind, start, end)
+    served = sim.cdn_truth(user, kind, start, end)["total"]
+    late = sim.cdn_late_count(user, kind, start, end)
+    shown = {s: shown.get(s, 0) for s in ("wait", "run", "success", "failure")}
+    inferred = shown["success"] - known["success"]
+    assert served - late <= known["total"] <= served, (what, "missing tasks", known, served, late)
+    assert shown["failure"] == known["failure"], (what, shown, known)
+    assert 0 <= inferred <= known["succeeded_since"], (what, shown, known)
+    assert shown["wait"] + shown["run"] == known["wait"] + known["run"] - inferred, (what, shown, known)

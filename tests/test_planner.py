@@ -11,7 +11,19 @@ import math
 
 import pytest
 
-from exporter.planner import DAY, FILL, PROBE_INTERVAL, RECHECK_MAX, Planner, Read, recheck_interval, split, subtract
+from exporter.planner import (
+    DAY,
+    FILL,
+    PROBE_INTERVAL,
+    RECHECK_MAX,
+    SWEEP_SPAN,
+    SWEEP_STATES,
+    Planner,
+    Read,
+    recheck_interval,
+    split,
+    subtract,
+)
 
 T0 = 1795334400
 
@@ -26,8 +38,8 @@ class Rows:
     def range_count(self, start: float, end: float) -> int:
         return sum(1 for c, _, _, _ in self.rows if start <= c <= end)
 
-    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float]]:
-        return sorted((c, u, seen) for c, u, s, seen in self.rows if s in ("wait", "run") and start <= c <= end)
+    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float, str]]:
+        return sorted((c, u, seen, s) for c, u, s, seen in self.rows if s in ("wait", "run") and start <= c <= end)
 
 
 def planner(**kw) -> Planner:
@@ -184,47 +196,45 @@ def test_maintenance_gets_a_share_while_the_head_is_busy_but_never_beyond_the_la
 
 def test_young_unfinished_tasks_are_rechecked_as_one_page_sized_cluster_or_by_url():
     p, store = planner(), Rows()
-    p.begin(T0 + 3000)
+    p.begin(T0 + 800)
     p.recent, p.history = [], []
-    now = T0 + 3000 + 1
-    store.add(T0, "wait", seen=T0 + 600, url="lonely")  # the oldest, and due
+    now = T0 + 801
+    store.add(T0, "wait", seen=T0 + 100, url="lonely")  # the oldest, and due
     read = p.next_read(now, store, slot=300)
     assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0, "lonely")
     p.current = None
     for i in range(10):
-        store.add(T0 + 1000 + i, "run", seen=T0 + 1100)
+        store.add(T0 + 200 + i, "run", seen=T0 + 300)
     read = p.next_read(now, store, slot=300)
-    assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0 + 1009, None)
+    assert (read.purpose, read.start, read.end, read.url) == ("recheck", T0, T0 + 209, None)
     p.current = None
     for i in range(600):  # too many finished tasks in between: the cluster stops where a page would overflow
-        store.add(T0 + 100 + i)
+        store.add(T0 + 1 + i % 199)
     read = p.next_read(now, store, slot=300)
     assert (read.start, read.end, read.url) == (T0, T0, "lonely")
 
 
-def test_old_unfinished_tasks_are_swept_by_state_and_those_that_left_are_read_by_url():
+def test_old_unfinished_tasks_are_swept_by_state_and_those_in_no_state_have_succeeded():
     p, store = planner(), Rows()
     now = T0 + 30 * 3600
     p.begin(now)
     p.recent, p.history = [], []
-    for i in range(100):  # a hundred stuck tasks in one day: one sweep of two requests covers them all
-        store.add(T0 + i * 600, "wait", seen=T0 + 20 * 3600, url=f"stuck{i}")
-    read = p.next_read(now, store, slot=300)
-    assert (read.purpose, read.status, read.start) == ("sweep", "wait", T0)
-    assert read.end == min(T0 + DAY - 1, math.floor(now - 3600))
-    assert answer(p, now, read, 97) == "done"
-    for c, u, s, _ in list(store.rows):  # what the vendor answered: 97 still waiting, seen now
-        if u not in ("stuck3", "stuck50", "stuck77"):
-            store.rows[store.rows.index((c, u, s, T0 + 20 * 3600))] = (c, u, s, now)
-    read = p.next_read(now + 1, store, slot=300)
-    assert (read.purpose, read.status) == ("sweep", "run")
-    assert answer(p, now + 1, read, 0) == "done"
-    assert p.sweep_done(store)
-    assert [u for _, u in p.finishers] == ["stuck3", "stuck50", "stuck77"]
-    read = p.next_read(now + 2, store, slot=300)
-    assert (read.purpose, read.url, read.start, read.end) == ("recheck", "stuck3", T0 + 1800, T0 + 1800)
-    answer(p, now + 2, read, 1)
-    assert [u for _, u in p.finishers] == ["stuck50", "stuck77"]
+    for i in range(100):  # a hundred stuck tasks: one sweep of three requests covers them all
+        store.add(T0 + i * 100, "wait", seen=T0 + 20 * 3600, url=f"stuck{i}")
+    states = []
+    for step in range(len(SWEEP_STATES)):
+        read = p.next_read(now + step, store, slot=300)
+        assert read.purpose == "sweep" and read.start == T0 and read.end == T0 + SWEEP_SPAN - 1
+        states.append(read.status)
+        if read.status == "wait":  # what the vendor answered: all but three still waiting, seen now
+            store.rows = [(c, u, s, now) if u not in ("stuck3", "stuck50", "stuck77") else (c, u, s, seen)
+                          for c, u, s, seen in store.rows]
+        assert answer(p, now + step, read, 97 if read.status == "wait" else 0) == "done"
+        assert (p.sweep_done(store) is None) == (step < len(SWEEP_STATES) - 1)
+    assert states == ["wait", "run", "failure"]  # a task moving on between two answers is seen once
+    p2 = planner()
+    p2.sweep = [T0, T0 + SWEEP_SPAN - 1, math.floor(now), len(SWEEP_STATES)]
+    assert sorted(u for _, u in p2.sweep_done(store)) == ["stuck3", "stuck50", "stuck77"]
 
 
 def test_a_probe_that_counts_more_than_the_store_holds_is_narrowed_down_and_read_again():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import T0, make_config
+from conftest import T0, assert_counts_match_what_was_served, make_config
 
 from exporter.cdn import CdnClient
 from exporter.config import RateLimit
 from exporter.health import ApiHealth
-from exporter.planner import RECHECK_MAX
+from exporter.planner import RECHECK_MAX, SWEEP_STATES
 from exporter.poller import CdnPoller, RateBudget, backoff_delay
 from exporter.store import Store
 from exporter.windows import window_start
@@ -57,12 +57,12 @@ def run_for(poller, clock, seconds):
 
 
 def assert_windows_match_truth(sim, store, clock, user, kind="prefetch", windows=(900, 3600, DAY)):
+    """Every window holds every task the vendor serves for it, each as it was last served (or learnt)."""
     sums = store.cdn_window_counts(user, kind, clock(), list(windows))
     for w, got in zip(windows, sums, strict=True):
-        truth = sim.cdn_truth(user, kind, window_start(clock(), w), clock())
-        total = truth.pop("total")
-        assert total > 0
-        assert {s: got.get(("status", s), 0) for s in truth} == truth, f"window {w}"
+        shown = {s: got.get(("status", s), 0) for s in ("wait", "run", "success", "failure")}
+        assert sum(shown.values()) > 0
+        assert_counts_match_what_was_served(sim, shown, user, kind, window_start(clock(), w), clock(), f"window {w}")
 
 
 @pytest.mark.parametrize("account", [0, 1], ids=["basic", "aksk"])
@@ -251,9 +251,9 @@ def test_a_first_start_reads_the_shortest_window_first_and_reports_the_backfill(
     assert store.cdn_task_count("acme", "prefetch") == sim.cdn_truth("acme", "prefetch", T0 - DAY + 1, head)["total"]
     clock.advance(1800)  # nothing polled for 30 minutes: 1,800 s of tasks do not fit one page of 100
     poller.step()
-    assert 0 < health.lag()[("acme", "prefetch")] <= 1800  # a full page from the oldest unread second first
+    assert health.lag()[("acme", "prefetch")] >= 1800 - 100 * 3600 / 200  # one page read at most: still behind
     run_cycle(poller, clock)
-    assert health.lag()[("acme", "prefetch")] < 600
+    assert health.lag()[("acme", "prefetch")] <= 2 * 300 + 60  # caught up: within two poll intervals and a slot
 
 
 def test_a_silently_capped_page_size_is_adopted_without_skipping_rows(sim_factory, clock, tmp_path):
@@ -391,9 +391,11 @@ def test_a_stuck_task_costs_a_bounded_number_of_requests(sim_factory, clock, tmp
         clock.advance(300)
         for user, poller in (("acme", stuck), ("globex", plain)):
             costs[user].append(run_cycle(poller, clock))
-    # A re-check of the stuck task every 2 hours at most: no more than one request per re-check on top.
-    assert sum(costs["acme"]) <= 1.2 * sum(costs["globex"]) + 3, costs
-    assert max(costs["acme"]) <= max(costs["globex"]) + 2, costs
+    # The stuck task is due every 2 hours at most, and a sweep by state covers it with the rest of its day: at
+    # most one sweep more per re-check on top.
+    sweep = len(SWEEP_STATES) + 1  # its 4 hours hold some 600 failures: two pages
+    assert sum(costs["acme"]) <= 1.2 * sum(costs["globex"]) + 2 * sweep, costs
+    assert max(costs["acme"]) <= max(costs["globex"]) + sweep, costs
     assert_windows_match_truth(sim, store, clock, "acme")
     second = sim.cdn_truth("acme", "prefetch", T0 - 20 * 3600, T0 - 20 * 3600)
     assert second["failure"] >= 1 and second["wait"] == 0
