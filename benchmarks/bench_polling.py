@@ -51,7 +51,7 @@ KIND = "prefetch"
 HOUR = 3600.0
 RATES = (10_000, 100_000, 140_000)
 VARIANTS = ("none", "stuck 1", "stuck 100", "slow 0.5%")
-STEADY_CYCLES = 6
+STEADY_CYCLES = 24  # two hours: re-checks come due over hours, not every cycle
 BUDGET_HOURS = 8.0
 LOOKBACK = "66h"
 
@@ -154,24 +154,25 @@ def part_a(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
             naive = math.ceil(sim.cdn_truth(user, KIND, clock() - 86399, clock())["total"] / poller.page_size)
             rows_per_new = rows_total / max(1, new_total)
             bound = math.ceil(per_day / 288 / poller.page_size)
-            rows.append([f"{per_day // 1000}k", variant, first, " ".join(map(str, per_cycle)), median,
+            rows.append([f"{per_day // 1000}k", variant, first, f"{sum(per_cycle) / len(per_cycle):.2f}", median,
+                         max(per_cycle),
                          f"{naive / max(median, 1):.0f}x", f"{rows_per_new:.2f}", bound, "yes" if ok else "NO",
                          stale, f"{real:.0f}"])
+            mean = sum(per_cycle) / len(per_cycle)
             if variant == "none":
-                baseline[per_day] = max(per_cycle)
+                baseline[per_day] = mean
             else:
-                batches = 1 if variant.startswith("stuck") else 0
-                goal = 1.2 * baseline[per_day] + batches
-                goals.check(median <= goal, f"{per_day // 1000}k/day {variant}: median {median} requests per "
-                            f"steady cycle vs {goal:.1f} allowed (1.2x no-stuck max {baseline[per_day]} + "
-                            f"{batches}); max {max(per_cycle)}")
+                goal = 1.2 * baseline[per_day] + 1
+                goals.check(mean <= goal, f"{per_day // 1000}k/day {variant}: {mean:.2f} requests per steady cycle "
+                            f"on average vs {goal:.2f} allowed (1.2x the {baseline[per_day]:.2f} without, + 1); "
+                            f"max {max(per_cycle)}")
             goals.check(ok, f"{per_day // 1000}k/day {variant}: every window equals what the vendor served, after "
                         "every steady cycle")
             goals.note(f"{per_day // 1000}k/day {variant}: {rows_per_new:.2f} rows read per new task with an "
                        f"unlimited budget (spare requests re-read unfinished tasks); {stale} tasks of the 24h window "
                        "changed status at the vendor since their last read")
             store.close()
-    print_table(["rate", "scenario", "first start req", "steady req per cycle", "median", "vs naive 24h",
+    print_table(["rate", "scenario", "first start req", "steady req/cycle mean", "median", "max", "vs naive 24h",
                  "rows/new task", "lower bound", "windows = served", "stale statuses", "real s"], rows)
 
 
@@ -206,13 +207,16 @@ def part_b(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
         now = clock()
         new = sim.cdn_truth(user, KIND, start + 1, now)["total"]
         late_lags = [lag for t, lag in lags if t >= HOUR]
-        got = store.cdn_window_counts(user, KIND, now, [86400.0])[0]
-        truth = sim.cdn_truth(user, KIND, now - 86399, now)
-        stale = sum(abs(truth[s] - got.get(("status", s), 0)) for s in ("wait", "run", "success", "failure")) // 2
+        # Tasks created since the start (all read once): stored as unfinished while the vendor finished them.
+        head = poller.planner.head or now
+        mine = store.cdn_counts_by_status(user, KIND, start + 1, head)
+        truth = sim.cdn_truth(user, KIND, start + 1, head)
+        stale = mine.get("wait", 0) + mine.get("run", 0) - truth["wait"] - truth["run"]
+        since = sum(mine.values())
         max_lag = max(late_lags) if late_lags else math.inf
         rows.append([variant, len(lags), f"{max_lag / 60:.1f}", f"{statistics.median(late_lags) / 60:.1f}",
                      "-" if complete_at is None else f"{complete_at / 60:.0f}", f"{client.rows / max(1, new):.2f}",
-                     f"{poller.planner.backfill_remaining() / 3600:.1f}", stale, poller.page_size])
+                     f"{poller.planner.backfill_remaining() / 3600:.1f}", f"{stale} of {since}", poller.page_size])
         goals.check(client.rows / max(1, new) <= 1.5, f"published budget, 100k/day {variant}: "
                     f"{client.rows / max(1, new):.2f} rows read per new task (goal <= 1.5)")
         goals.check(max_lag <= 600, f"published budget, 100k/day {variant}: lag after each request <= "
@@ -223,7 +227,7 @@ def part_b(sim: Simulator, clock: Clock, tmp: Path, goals: Goals) -> None:
                     "(goal within two poll intervals)")
         store.close()
     print_table(["scenario", "requests", "max lag (min)", "median lag (min)", "15m complete after (min)",
-                 "rows/new task", "back-fill left (h)", "24h: status differs from the vendor's", "page size"], rows)
+                 "rows/new task", "back-fill left (h)", "finished there, unfinished here", "page size"], rows)
 
 
 def main() -> int:

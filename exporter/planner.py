@@ -129,6 +129,7 @@ class Planner:
     turn: int = 0  # maintenance turns: re-checks, late tasks, back-fill
     current: Read | None = None
     sweep: list[int] | None = None  # [start, end, started, states done] of a status sweep in progress
+    paused: Read | None = None  # a maintenance read between pages, set aside while the newest tasks are due
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -137,7 +138,7 @@ class Planner:
             "rate": self.rate, "last_head_at": self.last_head_at, "last_probe_at": self.last_probe_at,
             "last_deep_probe_at": self.last_deep_probe_at, "deep_cursor": self.deep_cursor,
             "current": asdict(self.current) if self.current else None,
-            "sweep": self.sweep,
+            "sweep": self.sweep, "paused": asdict(self.paused) if self.paused else None,
         }
 
     def restore(self, saved: dict[str, Any] | None) -> None:
@@ -155,6 +156,8 @@ class Planner:
         self.deep_cursor = int(cursor) if cursor is not None else None
         cur = saved.get("current")
         self.current = Read(**cur) if isinstance(cur, dict) else None
+        paused = saved.get("paused")
+        self.paused = Read(**paused) if isinstance(paused, dict) else None
         sweep = saved.get("sweep")
         self.sweep = [int(x) for x in sweep] if isinstance(sweep, list) and len(sweep) == 4 else None
 
@@ -222,6 +225,11 @@ class Planner:
             self.begin(now)
         if self.current is not None and self.current.purpose == "head" and self.current.page_no == 1:
             self.current = None  # not started (or failed): a head read always reaches up to now
+        if self.current is not None and self.current.purpose not in ("head", "recent") and self.head is not None \
+                and self.head_due(now) and now - self.head + slot > LAG_LIMIT_INTERVALS * self.poll_interval:
+            # A maintenance read with pages to go never holds the newest tasks past the lag limit: it waits
+            # (its count is checked again when it resumes, and it starts over if the set moved).
+            self.paused, self.current = self.current, None
         if self.current is not None:
             return self.current
         self._trim(now)
@@ -281,6 +289,9 @@ class Planner:
     def _maintenance(self, now: float, store: StoreView) -> Read | None:
         """Re-checks, late tasks (suspects, probes) and back-fill take turns, so none starves the others: a
         stuck task seen finishing matters as much as a task served late or an hour of history."""
+        if self.paused is not None:
+            read, self.paused = self.paused, None
+            return read
         def late() -> Read | None:
             read = self._suspect(store)
             if read is None and now - self.last_probe_at >= PROBE_INTERVAL:
@@ -491,7 +502,7 @@ class Planner:
         """When there will be something to read, if nothing is due now."""
         assert self.head is not None
         due = self.last_head_at + self.poll_interval
-        if self.suspects or self.history or self.recent or self.sweep is not None:
+        if self.suspects or self.history or self.recent or self.sweep is not None or self.paused is not None:
             return now
         due = min(due, self.last_probe_at + PROBE_INTERVAL, self.last_deep_probe_at + DEEP_PROBE_INTERVAL)
         end = self.head - int(self.overlap)
