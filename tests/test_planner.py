@@ -262,3 +262,22 @@ def test_a_probe_that_counts_more_than_the_store_holds_is_narrowed_down_and_read
     a, b = p.history[0]
     assert store.range_count(a, b) + 3 <= FILL * 500
     assert seen <= math.ceil(math.log2(20000 / 450)) + 2  # halving: a few counts, not a re-read of the day
+
+
+def test_a_maintenance_read_between_pages_waits_while_the_newest_tasks_are_due():
+    p, store = planner(), Rows()
+    now = T0 + 30 * 3600
+    p.begin(now)
+    p.recent, p.history = [], []
+    store.add(T0, "wait", seen=T0, url="old")
+    read = p.next_read(now, store, slot=300)
+    assert read.purpose == "sweep"
+    assert answer(p, now, read, 1200) == "more"  # three pages to go
+    p.rate = 0.5
+    later = now + 600  # the newest tasks are 10 minutes behind: one more slot would pass the lag limit
+    head = p.next_read(later, store, slot=300)
+    assert head.purpose == "head" and p.paused is read
+    answer(p, later, head, 400)
+    p.credit = 1.0
+    resumed = p.next_read(later + 300, store, slot=300)
+    assert resumed is read and resumed.page_no == 2
