@@ -66,9 +66,8 @@ class _Swappable:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return self.exporter.app(environ, start_response)
 
-    @property
-    def max_request_body_bytes(self) -> int:
-        return self.exporter.app.max_request_body_bytes
+    def body_limit(self, path: str) -> int:
+        return self.exporter.app.body_limit(path)
 
 
 class ReloadError(Exception):

@@ -1,6 +1,6 @@
 """HTTP: the landing page, ``/metrics``, health, the Fmgr notify receiver and the registration API.
 
-A hand-written WSGI app served by cheroot. Each handler is a method returning a ``Response``; the
+A hand-written WSGI app served by ``exporter.httpd``. Each handler is a method returning a ``Response``; the
 dispatcher adds the configured headers, applies basic auth where it belongs and turns unexpected
 exceptions into a logged 500 so that no stack trace reaches a client.
 """
@@ -22,12 +22,9 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import prometheus_client
-from cheroot import wsgi
-from cheroot.ssl import Adapter
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from exporter import fmgr
+from exporter import fmgr, httpd
 from exporter.fmgr import FmgrStatus
 from exporter.webconfig import BasicAuth
 
@@ -39,6 +36,7 @@ API_PREFIX = "/api/v1/"
 TASKS_PATH = "/api/v1/fmgr/tasks"
 RELOAD_PATH = "/-/reload"
 API_MAX_BODY_BYTES = 1024 * 1024
+OTHER_MAX_BODY_BYTES = 4096
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 PERSISTENT_ID = fmgr.PERSISTENT_ID
@@ -109,6 +107,8 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     Never reads more than limit + 1 bytes, whatever the client says: a declared length is checked
     first, and a chunked or lying body is cut off at the first byte over the limit.
     """
+    if environ.get(httpd.BODY_TOO_LARGE):
+        raise BodyTooLarge  # the server saw it and did not read it
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge
@@ -184,10 +184,15 @@ class App:
                 raise ValueError(f"notify path {notify.path!r} must start with / and not shadow another route")
             self._routes[notify.path] = {"POST": self._notification}
 
-    @property
-    def max_request_body_bytes(self) -> int:
-        """The largest request body any route accepts (the server uses it to bound what it drains)."""
-        return max(API_MAX_BODY_BYTES, self._notify.max_body_bytes if self._notify else 0)
+    def body_limit(self, path: str) -> int:
+        """The largest request body ``path`` accepts; the server refuses (413) anything larger unread."""
+        if self._notify is not None and path == self._notify.path:
+            return self._notify.max_body_bytes
+        if path.startswith(API_PREFIX):
+            return API_MAX_BODY_BYTES
+        # No other route reads a body; a small one is read and dropped so a stray POST still gets its 405.
+        return OTHER_MAX_BODY_BYTES
+
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -205,9 +210,12 @@ class App:
         start_response(response.status, headers)
         return [b""] if method == "HEAD" else [response.body]
 
+    def _is_notify(self, path: str) -> bool:
+        return self._notify is not None and path == self._notify.path
+
     def _auth_exempt(self, path: str) -> bool:
         # The notify path is authenticated by its signature, the API by its bearer token.
-        return (self._notify is not None and path == self._notify.path) or path.startswith(API_PREFIX)
+        return self._is_notify(path) or path.startswith(API_PREFIX)
 
     def _dispatch(self, environ: dict[str, Any], method: str) -> Response:
         path = environ.get("PATH_INFO") or "/"
@@ -220,6 +228,8 @@ class App:
             response.headers.append(("WWW-Authenticate", f'Basic realm="{REALM}"'))
             return response
         handlers = self._routes.get(path)
+        if environ.get(httpd.BODY_TOO_LARGE) and not (path.startswith(API_PREFIX) or self._is_notify(path)):
+            return text("413 Payload Too Large", "request body too large")
         if handlers is None:
             if path.startswith(API_PREFIX):
                 return json_response("404 Not Found", {"error": f"no such API route: {path}"})
@@ -414,29 +424,8 @@ def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | No
 # Server
 
 
-class _ContextSSLAdapter(BuiltinSSLAdapter):
-    """cheroot's builtin TLS adapter, but with a ready-made SSLContext instead of file names.
-
-    The stock adapter builds its own context from paths and cannot express the web config's
-    versions or client-certificate policy, so its constructor is bypassed.
-    """
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        Adapter.__init__(self, None, None)
-        self.context = context
-        self._server_env: dict[str, Any] = {}
-
-
-class _LoggingWSGIServer(wsgi.Server):
-    """cheroot writes its own diagnostics to stderr; send them through logging instead."""
-
-    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-        # Its INFO messages are per-connection noise (a scanner dropping a TLS handshake).
-        log.log(logging.DEBUG if level <= logging.INFO else level, "http server: %s", msg, exc_info=traceback)
-
-
 class Server:
-    """cheroot serving ``app`` on a background thread."""
+    """The exporter's HTTP server (``exporter.httpd``) on a listen address, on a background thread."""
 
     def __init__(
         self,
@@ -445,44 +434,32 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         threads: int = 8,
+        limits: httpd.Limits | None = None,
+        rejects: httpd.RejectCounter | None = None,
     ) -> None:
         host, port = parse_listen_address(listen_address)
-        self._server = _LoggingWSGIServer((host, port), app, numthreads=threads, server_name=NAME)
-        # cheroot drains unread request bodies to keep connections alive, so a huge body sent to any
-        # route would be read in full. Its own cap bounds that; it sits well above what the app accepts
-        # so that oversized notifications still reach the app's counted 413 unless they are absurd.
-        largest = getattr(app, "max_request_body_bytes", API_MAX_BODY_BYTES)
-        self._server.max_request_body_size = max(4 * largest, 16 * 1024 * 1024)
-        if ssl_context is not None:
-            self._server.ssl_adapter = _ContextSSLAdapter(ssl_context)
+        self._server = httpd.Server(app, host, port, ssl_context=ssl_context, threads=threads, limits=limits,
+                                    rejects=rejects)
         self._scheme = "https" if ssl_context is not None else "http"
-        self._thread: threading.Thread | None = None
+
+    @property
+    def rejects(self) -> httpd.RejectCounter:
+        return self._server.rejects
 
     def start(self) -> None:
-        self._server.prepare()  # binds; raises here if the address is taken
-        self._thread = threading.Thread(target=self._serve, name="http-server", daemon=True)
-        self._thread.start()
+        self._server.start()  # binds; raises here if the address is taken
         log.info("listening on %s", self.url)
-
-    def _serve(self) -> None:
-        try:
-            self._server.serve()
-        except Exception:
-            log.exception("HTTP server stopped with an error")
 
     def stop(self) -> None:
         self._server.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     @property
     def host(self) -> str:
-        return str(self._server.bind_addr[0])
+        return self._server.bind_addr[0]
 
     @property
     def port(self) -> int:
-        return int(self._server.bind_addr[1])
+        return self._server.bind_addr[1]
 
     @property
     def url(self) -> str:
