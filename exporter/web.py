@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +21,13 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import prometheus_client
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.registry import Collector
 
 from exporter import fmgr, httpd
 from exporter.fmgr import FmgrStatus
-from exporter.webconfig import BasicAuth
+from exporter.webconfig import AUTH_FAILURE_REASONS, AuthFailures, BasicAuth
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +398,40 @@ class _NameFilter:
         for family in self._registry.collect():
             if family.name in self._names or any(s.name in self._names for s in family.samples):
                 yield family
+
+
+class WebCollector(Collector):
+    """What the HTTP layer refused: failed basic-auth checks and requests the server answered itself.
+
+    Both counters live as long as the process (a reload keeps them), like the exporter's other self-metrics.
+    """
+
+    def __init__(self, auth_failures: AuthFailures, rejects: httpd.RejectCounter) -> None:
+        self._auth_failures = auth_failures
+        self._rejects = rejects
+
+    def describe(self) -> Iterable[Any]:
+        return iter([])
+
+    def collect(self) -> Iterable[Any]:
+        auth = CounterMetricFamily(
+            "cdnetworks_web_auth_failures_total",
+            "Requests refused by basic auth, by reason: missing (no usable credentials), wrong (bcrypt said no), "
+            "throttled (refused without a check while too many checks were already running or waiting).",
+            labels=["reason"])
+        failures = self._auth_failures.snapshot()
+        for reason in AUTH_FAILURE_REASONS:
+            auth.add_metric([reason], failures.get(reason, 0))
+        yield auth
+        rejected = CounterMetricFamily(
+            "cdnetworks_web_rejected_requests_total",
+            "Requests and connections the HTTP server refused before they reached a handler, by reason: "
+            "header_too_large (431/414), body_too_large (413), timeout (408: head or body not complete in "
+            "time), bad_request (400), too_many_connections (closed at once).",
+            labels=["reason"])
+        for reason, count in self._rejects.snapshot().items():
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | None]:
