@@ -73,6 +73,9 @@ class _Swappable:
     def body_limit(self, path: str) -> int:
         return self.exporter.app.body_limit(path)
 
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> Any:
+        return self.exporter.app.admit(environ, slow_lane_full)
+
 
 class ReloadError(Exception):
     """A reload that was not applied: the running configuration goes on."""
@@ -210,9 +213,8 @@ class Exporter:
                                registry=ingest)
 
     def ready(self) -> tuple[bool, str]:
-        if not self.store.ping():
-            return False, "store is not answering"
-        return True, "ready"
+        ok, why = self.store.write_health()
+        return (True, "ready") if ok else (False, why)
 
     def start(self) -> None:
         self.server.start()

@@ -471,7 +471,8 @@ class _Section:
             self._type_error(key, "an integer", value)
             return default
         if value < lo or value > hi:
-            self.ctx.error(self.sub(key), f"must be from {lo} to {hi}, got {value}")
+            bound = f"at least {lo}" if hi == MAX_INTEGER and value < lo else f"from {lo} to {hi}"
+            self.ctx.error(self.sub(key), f"must be {bound}, got {value}")
             return default
         return value
 

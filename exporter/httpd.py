@@ -47,6 +47,9 @@ REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request"
 # Set in the environ of a request whose body was over its route's limit and was not read: answer 413.
 BODY_TOO_LARGE = "exporter.body_too_large"
 
+# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served.
+SLOW = "slow"
+
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 2.0
 
@@ -61,6 +64,8 @@ class Limits:
     idle_timeout: float = 120.0  # a keep-alive connection waiting for its next request
     write_timeout: float = 30.0  # for the client to take a response
     max_connections: int = 1000
+    slow_workers: int = 2  # for requests the app calls slow (bcrypt); most of them wait for one lock anyway
+    slow_lane: int = 8  # slow requests running or queued at once; past it the app refuses them (admit)
     default_body_bytes: int = 0  # routes that take no body
 
 
@@ -138,6 +143,8 @@ class Server:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._slow_pool = ThreadPoolExecutor(max_workers=1)  # replaced in start()
+        self._slow_pending = 0
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = threading.Event()
@@ -151,6 +158,7 @@ class Server:
         # Bound here, on the caller's thread, so that an address in use fails start() itself.
         self._sock = socket.create_server((self._host, self._port), family=family, backlog=1024)
         self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="http-worker")
+        self._slow_pool = ThreadPoolExecutor(max_workers=self.limits.slow_workers, thread_name_prefix="http-slow")
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
         self._started.wait(10)
@@ -191,6 +199,7 @@ class Server:
             self._thread = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._slow_pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         if self._sock is not None:
             self._sock.close()
@@ -248,9 +257,7 @@ class Server:
                 # The app answers (and counts) it like any oversized body; the rest of it is never read.
                 self.rejects.inc("body_too_large")
                 environ[BODY_TOO_LARGE] = True
-            assert self._pool is not None
-            loop = asyncio.get_running_loop()
-            status, headers, payload = await loop.run_in_executor(self._pool, self._call_app, environ)
+            status, headers, payload = await self._dispatch(environ)
             keep = await self._send_response(conn, writer, request, status, headers, payload, close=too_large)
             if too_large:
                 await self._linger(reader)
@@ -390,6 +397,27 @@ class Server:
             key = "HTTP_" + name
             environ[key] = f"{environ[key]},{value}" if key in environ else value
         return environ
+
+    async def _dispatch(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        admit = getattr(self.app, "admit", None)
+        verdict = None
+        if admit is not None and not environ.get(BODY_TOO_LARGE):
+            try:
+                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane)
+            except Exception:
+                log.exception("admission failed for %s", environ.get("PATH_INFO"))
+                return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
+        if verdict is None:
+            return await loop.run_in_executor(self._pool, self._call_app, environ)
+        if verdict == SLOW:
+            self._slow_pending += 1
+            try:
+                return await loop.run_in_executor(self._slow_pool, self._call_app, environ)
+            finally:
+                self._slow_pending -= 1
+        return verdict  # answered without a worker
 
     def _call_app(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: list[Any] = []

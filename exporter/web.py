@@ -41,6 +41,7 @@ OTHER_MAX_BODY_BYTES = 4096
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 PERSISTENT_ID = fmgr.PERSISTENT_ID
+_AUTHORIZED = "exporter.basic_auth_remembered"  # set by admit(): the password was checked before
 STATE_PARAM = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 StartResponse = Callable[..., Any]
@@ -127,6 +128,18 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_ASCII_INT = re.compile(r"[0-9]{1,18}")
+
+
+def parse_int_param(text: str, lo: int, hi: int) -> int | None:
+    """The one parser for integer query parameters: ASCII digits only (``str.isdigit`` also accepts "²",
+    which ``int`` refuses), within [lo, hi]; None for anything else."""
+    if not _ASCII_INT.fullmatch(text):
+        return None
+    value = int(text)
+    return value if lo <= value <= hi else None
+
+
 def parse_listen_address(value: str) -> tuple[str, int]:
     """``:9891`` -> ("0.0.0.0", 9891); ``127.0.0.1:0``; ``[::1]:9891``; ``localhost:9891``."""
     value = value.strip()
@@ -202,14 +215,44 @@ class App:
         except Exception:
             log.exception("unhandled error serving %s %s", method, environ.get("PATH_INFO"))
             response = text("500 Internal Server Error", "internal error")
+        status, headers, body = self._render(response, method)
+        start_response(status, headers)
+        return [body]
+
+    def _render(self, response: Response, method: str) -> tuple[str, list[tuple[str, str]], bytes]:
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *response.headers,
             *self._headers,
         ]
-        start_response(response.status, headers)
-        return [b""] if method == "HEAD" else [response.body]
+        return response.status, headers, b"" if method == "HEAD" else response.body
+
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> Any:
+        """Called by the server on its event loop, before a worker is taken, so it must not block.
+
+        None: run the request on the common workers (no basic auth needed, or a remembered password).
+        ``httpd.SLOW``: it needs a bcrypt check, which runs on the server's few slow-lane workers, so that
+        a flood of wrong passwords queues there and not in front of Prometheus' scrapes. A finished
+        response (401) when there are no usable credentials, or when the slow lane is full.
+        """
+        path = environ.get("PATH_INFO") or "/"
+        if self._basic_auth is None or self._auth_exempt(path):
+            return None
+        remembered = self._basic_auth.remembered(environ.get("HTTP_AUTHORIZATION"))
+        if remembered:
+            environ[_AUTHORIZED] = True
+            return None
+        if remembered is None and not slow_lane_full:
+            return httpd.SLOW
+        self._basic_auth.failures.inc("missing" if remembered is False else "throttled")
+        return self._render(self._unauthorized(), environ.get("REQUEST_METHOD", "GET"))
+
+    @staticmethod
+    def _unauthorized() -> Response:
+        response = text("401 Unauthorized", "unauthorized")
+        response.headers.append(("WWW-Authenticate", f'Basic realm="{REALM}"'))
+        return response
 
     def _is_notify(self, path: str) -> bool:
         return self._notify is not None and path == self._notify.path
@@ -222,12 +265,11 @@ class App:
         path = environ.get("PATH_INFO") or "/"
         if (
             self._basic_auth is not None
+            and not environ.get(_AUTHORIZED)
             and not self._auth_exempt(path)
             and not self._basic_auth.check(environ.get("HTTP_AUTHORIZATION"))
         ):
-            response = text("401 Unauthorized", "unauthorized")
-            response.headers.append(("WWW-Authenticate", f'Basic realm="{REALM}"'))
-            return response
+            return self._unauthorized()
         handlers = self._routes.get(path)
         if environ.get(httpd.BODY_TOO_LARGE) and not (path.startswith(API_PREFIX) or self._is_notify(path)):
             return text("413 Payload Too Large", "request body too large")
@@ -378,12 +420,12 @@ class App:
         state = params.get("state", [None])[0] or None
         if state is not None and not STATE_PARAM.fullmatch(state):
             return json_response("400 Bad Request", {"error": "state: expected a state name"})
-        raw_limit = params.get("limit", [str(LIST_LIMIT_DEFAULT)])[0]
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        limit = parse_int_param(params.get("limit", [str(LIST_LIMIT_DEFAULT)])[0], 1, LIST_LIMIT_MAX)
+        if limit is None:
             return json_response(
                 "400 Bad Request", {"error": f"limit: expected an integer from 1 to {LIST_LIMIT_MAX}"}
             )
-        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, int(raw_limit))})
+        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, limit)})
 
 
 class _NameFilter:

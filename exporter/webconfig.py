@@ -396,6 +396,20 @@ class BasicAuth:
         self._in_bcrypt = 0
         self.failures = failures or AuthFailures()
 
+    def remembered(self, header: str | None) -> bool | None:
+        """Without bcrypt: True for a remembered password, False for no usable credentials, None when
+        only a bcrypt check can tell."""
+        creds = _parse_basic(header)
+        if creds is None:
+            return False
+        user, password = creds
+        hashed = self._users.get(user)
+        with self._lock:
+            cached = self._verified.get((user, hashed)) if hashed is not None else None
+        if cached is not None and hmac.compare_digest(cached, hashlib.sha256(password.encode("utf-8")).digest()):
+            return True
+        return None
+
     def check(self, header: str | None) -> bool:
         creds = _parse_basic(header)
         if creds is None:
