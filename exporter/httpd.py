@@ -66,6 +66,9 @@ class Limits:
     max_connections: int = 1000
     slow_workers: int = 2  # for requests the app calls slow (bcrypt); most of them wait for one lock anyway
     slow_lane: int = 8  # slow requests running or queued at once; past it the app refuses them (admit)
+    # A 401 is sent this late: a client guessing passwords on one connection gets one guess a second, and
+    # the waiting costs the server a timer, not a worker.
+    unauthorized_delay: float = 1.0
     default_body_bytes: int = 0  # routes that take no body
 
 
@@ -258,6 +261,8 @@ class Server:
                 self.rejects.inc("body_too_large")
                 environ[BODY_TOO_LARGE] = True
             status, headers, payload = await self._dispatch(environ)
+            if status.startswith("401") and lim.unauthorized_delay > 0:
+                await asyncio.sleep(lim.unauthorized_delay)
             keep = await self._send_response(conn, writer, request, status, headers, payload, close=too_large)
             if too_large:
                 await self._linger(reader)
