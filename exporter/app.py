@@ -21,12 +21,16 @@ from .collector import ExporterCollector, ReloadStatus
 from .config import Config, ConfigError
 from .fmgr import FmgrStatus, Lifecycle
 from .health import ApiHealth
+from .httpd import RejectCounter
 from .poller import PollerGroup
 from .store import Store
-from .web import App, NotifyEndpoint, RegistrationApi, Server
-from .webconfig import BasicAuth, WebConfig, build_ssl_context
+from .web import App, NotifyEndpoint, RegistrationApi, Server, WebCollector
+from .webconfig import AuthFailures, BasicAuth, WebConfig, build_ssl_context
 
 log = logging.getLogger(__name__)
+
+# Workers that run handlers on whole requests; slow or idle connections never hold one (exporter/httpd.py).
+HTTP_WORKERS = 16
 
 
 class FmgrIngest:
@@ -66,9 +70,11 @@ class _Swappable:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return self.exporter.app(environ, start_response)
 
-    @property
-    def max_request_body_bytes(self) -> int:
-        return self.exporter.app.max_request_body_bytes
+    def body_limit(self, path: str) -> int:
+        return self.exporter.app.body_limit(path)
+
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> Any:
+        return self.exporter.app.admit(environ, slow_lane_full)
 
 
 class ReloadError(Exception):
@@ -115,10 +121,18 @@ class Exporter:
         self._started = False
         self.health = ApiHealth()
         self.reload_status = ReloadStatus(clock=clock)
+        # The web config is read once per process, so basic auth (and its cache of verified passwords) and
+        # the HTTP layer's counters outlive reloads.
+        self.auth_failures = AuthFailures()
+        self.basic_auth = (BasicAuth(web_config.basic_auth_users, self.auth_failures)
+                           if web_config and web_config.basic_auth_users else None)
+        self.http_rejects = RejectCounter()
+        self.web_collector = WebCollector(self.auth_failures, self.http_rejects)
         self.runtime = self._build(config, None)
         try:
             self.server = Server(_Swappable(self), listen_address,
-                                 ssl_context=build_ssl_context(web_config) if web_config else None)
+                                 ssl_context=build_ssl_context(web_config) if web_config else None,
+                                 threads=HTTP_WORKERS, rejects=self.http_rejects)
         except BaseException:
             self.runtime.store.close()
             raise
@@ -165,6 +179,7 @@ class Exporter:
             registry = CollectorRegistry(auto_describe=True)
             registry.register(collector)
             registry.register(self.reload_status)
+            registry.register(self.web_collector)
             ingest = FmgrIngest(store, pollers.fmgr.wake, pollers.fmgr.lifecycle)
             app = self._build_app(config, registry, ingest)
         except BaseException:
@@ -178,7 +193,7 @@ class Exporter:
         return App(
             registry=registry, version=__version__, ready=self.ready,
             notify=self._notify_endpoint(config, ingest), api=self._registration_api(config, ingest),
-            basic_auth=BasicAuth(wc.basic_auth_users) if wc and wc.basic_auth_users else None,
+            basic_auth=self.basic_auth,
             headers=wc.headers if wc else None, clock=self.clock, reload=self.reload,
         )
 
@@ -198,9 +213,8 @@ class Exporter:
                                registry=ingest)
 
     def ready(self) -> tuple[bool, str]:
-        if not self.store.ping():
-            return False, "store is not answering"
-        return True, "ready"
+        ok, why = self.store.write_health()
+        return (True, "ready") if ok else (False, why)
 
     def start(self) -> None:
         self.server.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -22,6 +21,13 @@ from .webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter")
 
 EXIT_CONFIG = 2
+STOP_GRACE_SECONDS = 8.0
+
+
+def _give_up_stopping(signum: int) -> None:
+    log.error("did not stop within %.0fs of %s, exiting now", STOP_GRACE_SECONDS, signal.Signals(signum).name)
+    logging.shutdown()
+    os._exit(128 + signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     wake = threading.Event()
 
     def on_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second signal: the operator does not want to wait
+            os._exit(128 + signum)
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
         wake.set()
+        # Whatever the main thread is stuck in (a reload, a store that does not answer), the process ends.
+        watchdog = threading.Timer(STOP_GRACE_SECONDS, _give_up_stopping, (signum,))
+        watchdog.daemon = True  # a clean stop returns from main() long before it fires
+        watchdog.start()
 
     def on_hup(_signum: int, _frame: object) -> None:
         reload_requested.set()
@@ -157,8 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         wake.clear()
         if reload_requested.is_set() and not stop.is_set():
             reload_requested.clear()
-            with contextlib.suppress(ReloadError):  # logged by reload(); the running configuration goes on
+            try:
                 exporter.reload()
+            except ReloadError:
+                pass  # logged by reload(); the running configuration goes on
+            except Exception:  # a reload must never end the loop that also handles SIGTERM
+                log.exception("reload failed, keeping the running configuration")
 
     if runner is not None:
         runner.stop()

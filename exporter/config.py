@@ -145,6 +145,9 @@ _DURATION_RE = re.compile(
     r"(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?"
 )
 _DURATION_UNITS = (365 * DAY, 7 * DAY, DAY, 3600.0, 60.0, 1.0, 0.001)
+# Longer than anything the exporter waits for or keeps; far beyond it, clocks and timers overflow.
+MAX_DURATION = 10 * 365 * DAY
+MAX_INTEGER = 1_000_000_000  # for counts without a tighter bound of their own
 
 
 def _quote(text: str) -> str:
@@ -163,7 +166,7 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, int | float):
         if not math.isfinite(text) or text < 0:
             raise ValueError(f"{text} is not a duration (must be a finite number of seconds >= 0)")
-        return float(text)
+        return _bounded(float(text), str(text))
     if not isinstance(text, str):
         raise ValueError(f"expected a duration, got {_type_name(text)}")
     s = text.strip()
@@ -172,13 +175,17 @@ def parse_duration(text: str | int | float) -> float:
     if s.startswith("-"):
         raise ValueError(f"{_quote(text)} is negative; durations must not be negative")
     if re.fullmatch(r"[0-9]+", s):
-        return float(s)
+        return _bounded(float(s), text)
     m = _DURATION_RE.fullmatch(s)
     if m is None or not any(m.groups()):
         raise ValueError(f"{_quote(text)} is not a duration")
     seconds = sum(int(n) * unit for n, unit in zip(m.groups(), _DURATION_UNITS, strict=True) if n)
-    if not math.isfinite(seconds):
-        raise ValueError(f"{_quote(text)} is too long a duration")
+    return _bounded(seconds, text)
+
+
+def _bounded(seconds: float, text: str) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError(f"{_quote(text)} is too long a duration (at most 10y)")
     return seconds
 
 
@@ -454,7 +461,7 @@ class _Section:
         self._type_error(key, "a boolean (true or false)", value)
         return default
 
-    def integer(self, key: str, default: int, *, lo: int, hi: int | None = None) -> int:
+    def integer(self, key: str, default: int, *, lo: int, hi: int = MAX_INTEGER) -> int:
         value, from_env = self.get(key)
         if value is _MISSING or value is _BAD:
             return default
@@ -463,8 +470,8 @@ class _Section:
         if not isinstance(value, int) or isinstance(value, bool):
             self._type_error(key, "an integer", value)
             return default
-        if value < lo or (hi is not None and value > hi):
-            bound = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+        if value < lo or value > hi:
+            bound = f"at least {lo}" if hi == MAX_INTEGER and value < lo else f"from {lo} to {hi}"
             self.ctx.error(self.sub(key), f"must be {bound}, got {value}")
             return default
         return value
@@ -906,10 +913,13 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError([f"{file}: not UTF-8 text"]) from exc
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        # absolute(), not resolve(): mounted secrets are often symlinks whose targets live elsewhere.
+        return parse_config(data, environ=environ, base_dir=file.absolute().parent)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_error(file, exc)]) from None
-    # absolute(), not resolve(): mounted secrets are often symlinks whose targets live elsewhere.
-    return parse_config(data, environ=environ, base_dir=file.absolute().parent)
+    except RecursionError:
+        # PyYAML and the validator both recurse; a hostile file must be an error, not a crash.
+        raise ConfigError([f"{file}: nested too deeply"]) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -182,6 +183,9 @@ class Store:
         self._notes_cv = threading.Condition()
         self._notes_writing = False
         self._closed = False
+        self._write_error: str | None = None  # why the last write failed; None after a commit
+        self._pending_stale = False
+        self._identity = self._file_identity()
         self._rebuild_memory()
 
     # ------------------------------------------------------------------ lifecycle
@@ -251,11 +255,46 @@ class Store:
         key = (name, _labels_key(labels))
         self._txn_incs[key] = self._txn_incs.get(key, 0.0) + delta
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        st = os.stat(self.path)  # FileNotFoundError (an OSError) once the file is gone
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """Refuse to write when the database file was deleted or replaced under us: SQLite would go on
+        writing into the unlinked file and every acknowledged write would be lost at the next start."""
+        try:
+            same = self._file_identity() == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise sqlite3.OperationalError(f"database file {self.path} was removed or replaced")
+
+    def write_health(self) -> tuple[bool, str]:
+        """(True, "") when a write can be expected to work, else (False, why): for /readyz."""
+        with self._lock:
+            if self._closed:
+                return False, "store is closed"
+            try:
+                self._check_file()
+                self._conn.execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                return False, f"store: {exc}"
+            if self._write_error is not None:
+                return False, f"store: last write failed: {self._write_error}"
+        return True, ""
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One write transaction under the store lock; counters reach memory only once it committed."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_file()
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._write_error = str(exc)
+                raise
             try:
                 yield
                 if self._txn_incs:
@@ -265,15 +304,33 @@ class Store:
                         [(k[0], k[1], v) for k, v in self._txn_incs.items()],
                     )
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._txn_incs = {}
-                self._conn.execute("ROLLBACK")
-                # The in-memory pending count may have moved with the rolled-back writes: recount it.
-                self._fmgr_pending = self._count_pending()
+                if isinstance(exc, sqlite3.Error):
+                    self._write_error = str(exc)
+                try:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback_exc:  # e.g. the files became unwritable mid-transaction
+                    log.error("store: rollback failed: %s", rollback_exc)
+                # The in-memory pending count may have moved with the rolled-back writes: recount it, or
+                # at the next commit if the database cannot even be read now.
+                self._recount_pending()
                 raise
             for key, delta in self._txn_incs.items():
                 self._counters[key] = self._counters.get(key, 0.0) + delta
             self._txn_incs = {}
+            self._write_error = None
+            if self._pending_stale:
+                self._recount_pending()
+
+    def _recount_pending(self) -> None:
+        try:
+            self._fmgr_pending = self._count_pending()
+            self._pending_stale = False
+        except sqlite3.Error as exc:
+            self._pending_stale = True
+            log.error("store: cannot recount pending Fmgr tasks: %s", exc)
 
     def _count_pending(self) -> int:
         return self._conn.execute(

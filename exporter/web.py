@@ -1,6 +1,6 @@
 """HTTP: the landing page, ``/metrics``, health, the Fmgr notify receiver and the registration API.
 
-A hand-written WSGI app served by cheroot. Each handler is a method returning a ``Response``; the
+A hand-written WSGI app served by ``exporter.httpd``. Each handler is a method returning a ``Response``; the
 dispatcher adds the configured headers, applies basic auth where it belongs and turns unexpected
 exceptions into a logged 500 so that no stack trace reaches a client.
 """
@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +21,13 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import prometheus_client
-from cheroot import wsgi
-from cheroot.ssl import Adapter
-from cheroot.ssl.builtin import BuiltinSSLAdapter
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.registry import Collector
 
-from exporter import fmgr
+from exporter import fmgr, httpd
 from exporter.fmgr import FmgrStatus
-from exporter.webconfig import BasicAuth
+from exporter.webconfig import AUTH_FAILURE_REASONS, AuthFailures, BasicAuth
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +37,11 @@ API_PREFIX = "/api/v1/"
 TASKS_PATH = "/api/v1/fmgr/tasks"
 RELOAD_PATH = "/-/reload"
 API_MAX_BODY_BYTES = 1024 * 1024
+OTHER_MAX_BODY_BYTES = 4096
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 PERSISTENT_ID = fmgr.PERSISTENT_ID
+_AUTHORIZED = "exporter.basic_auth_remembered"  # set by admit(): the password was checked before
 STATE_PARAM = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 StartResponse = Callable[..., Any]
@@ -109,6 +109,8 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     Never reads more than limit + 1 bytes, whatever the client says: a declared length is checked
     first, and a chunked or lying body is cut off at the first byte over the limit.
     """
+    if environ.get(httpd.BODY_TOO_LARGE):
+        raise BodyTooLarge  # the server saw it and did not read it
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge
@@ -124,6 +126,18 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     if got > limit:
         raise BodyTooLarge
     return b"".join(chunks)
+
+
+_ASCII_INT = re.compile(r"[0-9]{1,18}")
+
+
+def parse_int_param(text: str, lo: int, hi: int) -> int | None:
+    """The one parser for integer query parameters: ASCII digits only (``str.isdigit`` also accepts "²",
+    which ``int`` refuses), within [lo, hi]; None for anything else."""
+    if not _ASCII_INT.fullmatch(text):
+        return None
+    value = int(text)
+    return value if lo <= value <= hi else None
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -184,10 +198,15 @@ class App:
                 raise ValueError(f"notify path {notify.path!r} must start with / and not shadow another route")
             self._routes[notify.path] = {"POST": self._notification}
 
-    @property
-    def max_request_body_bytes(self) -> int:
-        """The largest request body any route accepts (the server uses it to bound what it drains)."""
-        return max(API_MAX_BODY_BYTES, self._notify.max_body_bytes if self._notify else 0)
+    def body_limit(self, path: str) -> int:
+        """The largest request body ``path`` accepts; the server refuses (413) anything larger unread."""
+        if self._notify is not None and path == self._notify.path:
+            return self._notify.max_body_bytes
+        if path.startswith(API_PREFIX):
+            return API_MAX_BODY_BYTES
+        # No other route reads a body; a small one is read and dropped so a stray POST still gets its 405.
+        return OTHER_MAX_BODY_BYTES
+
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -196,30 +215,64 @@ class App:
         except Exception:
             log.exception("unhandled error serving %s %s", method, environ.get("PATH_INFO"))
             response = text("500 Internal Server Error", "internal error")
+        status, headers, body = self._render(response, method)
+        start_response(status, headers)
+        return [body]
+
+    def _render(self, response: Response, method: str) -> tuple[str, list[tuple[str, str]], bytes]:
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *response.headers,
             *self._headers,
         ]
-        start_response(response.status, headers)
-        return [b""] if method == "HEAD" else [response.body]
+        return response.status, headers, b"" if method == "HEAD" else response.body
+
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> Any:
+        """Called by the server on its event loop, before a worker is taken, so it must not block.
+
+        None: run the request on the common workers (no basic auth needed, or a remembered password).
+        ``httpd.SLOW``: it needs a bcrypt check, which runs on the server's few slow-lane workers, so that
+        a flood of wrong passwords queues there and not in front of Prometheus' scrapes. A finished
+        response (401) when there are no usable credentials, or when the slow lane is full.
+        """
+        path = environ.get("PATH_INFO") or "/"
+        if self._basic_auth is None or self._auth_exempt(path):
+            return None
+        remembered = self._basic_auth.remembered(environ.get("HTTP_AUTHORIZATION"))
+        if remembered:
+            environ[_AUTHORIZED] = True
+            return None
+        if remembered is None and not slow_lane_full:
+            return httpd.SLOW
+        self._basic_auth.failures.inc("missing" if remembered is False else "throttled")
+        return self._render(self._unauthorized(), environ.get("REQUEST_METHOD", "GET"))
+
+    @staticmethod
+    def _unauthorized() -> Response:
+        response = text("401 Unauthorized", "unauthorized")
+        response.headers.append(("WWW-Authenticate", f'Basic realm="{REALM}"'))
+        return response
+
+    def _is_notify(self, path: str) -> bool:
+        return self._notify is not None and path == self._notify.path
 
     def _auth_exempt(self, path: str) -> bool:
         # The notify path is authenticated by its signature, the API by its bearer token.
-        return (self._notify is not None and path == self._notify.path) or path.startswith(API_PREFIX)
+        return self._is_notify(path) or path.startswith(API_PREFIX)
 
     def _dispatch(self, environ: dict[str, Any], method: str) -> Response:
         path = environ.get("PATH_INFO") or "/"
         if (
             self._basic_auth is not None
+            and not environ.get(_AUTHORIZED)
             and not self._auth_exempt(path)
             and not self._basic_auth.check(environ.get("HTTP_AUTHORIZATION"))
         ):
-            response = text("401 Unauthorized", "unauthorized")
-            response.headers.append(("WWW-Authenticate", f'Basic realm="{REALM}"'))
-            return response
+            return self._unauthorized()
         handlers = self._routes.get(path)
+        if environ.get(httpd.BODY_TOO_LARGE) and not (path.startswith(API_PREFIX) or self._is_notify(path)):
+            return text("413 Payload Too Large", "request body too large")
         if handlers is None:
             if path.startswith(API_PREFIX):
                 return json_response("404 Not Found", {"error": f"no such API route: {path}"})
@@ -367,12 +420,12 @@ class App:
         state = params.get("state", [None])[0] or None
         if state is not None and not STATE_PARAM.fullmatch(state):
             return json_response("400 Bad Request", {"error": "state: expected a state name"})
-        raw_limit = params.get("limit", [str(LIST_LIMIT_DEFAULT)])[0]
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        limit = parse_int_param(params.get("limit", [str(LIST_LIMIT_DEFAULT)])[0], 1, LIST_LIMIT_MAX)
+        if limit is None:
             return json_response(
                 "400 Bad Request", {"error": f"limit: expected an integer from 1 to {LIST_LIMIT_MAX}"}
             )
-        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, int(raw_limit))})
+        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, limit)})
 
 
 class _NameFilter:
@@ -387,6 +440,40 @@ class _NameFilter:
         for family in self._registry.collect():
             if family.name in self._names or any(s.name in self._names for s in family.samples):
                 yield family
+
+
+class WebCollector(Collector):
+    """What the HTTP layer refused: failed basic-auth checks and requests the server answered itself.
+
+    Both counters live as long as the process (a reload keeps them), like the exporter's other self-metrics.
+    """
+
+    def __init__(self, auth_failures: AuthFailures, rejects: httpd.RejectCounter) -> None:
+        self._auth_failures = auth_failures
+        self._rejects = rejects
+
+    def describe(self) -> Iterable[Any]:
+        return iter([])
+
+    def collect(self) -> Iterable[Any]:
+        auth = CounterMetricFamily(
+            "cdnetworks_web_auth_failures_total",
+            "Requests refused by basic auth, by reason: missing (no usable credentials), wrong (bcrypt said no), "
+            "throttled (refused without a check while too many checks were already running or waiting).",
+            labels=["reason"])
+        failures = self._auth_failures.snapshot()
+        for reason in AUTH_FAILURE_REASONS:
+            auth.add_metric([reason], failures.get(reason, 0))
+        yield auth
+        rejected = CounterMetricFamily(
+            "cdnetworks_web_rejected_requests_total",
+            "Requests and connections the HTTP server refused before they reached a handler, by reason: "
+            "header_too_large (431/414), body_too_large (413), timeout (408: head or body not complete in "
+            "time), bad_request (400), too_many_connections (closed at once).",
+            labels=["reason"])
+        for reason, count in self._rejects.snapshot().items():
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | None]:
@@ -414,29 +501,8 @@ def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | No
 # Server
 
 
-class _ContextSSLAdapter(BuiltinSSLAdapter):
-    """cheroot's builtin TLS adapter, but with a ready-made SSLContext instead of file names.
-
-    The stock adapter builds its own context from paths and cannot express the web config's
-    versions or client-certificate policy, so its constructor is bypassed.
-    """
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        Adapter.__init__(self, None, None)
-        self.context = context
-        self._server_env: dict[str, Any] = {}
-
-
-class _LoggingWSGIServer(wsgi.Server):
-    """cheroot writes its own diagnostics to stderr; send them through logging instead."""
-
-    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-        # Its INFO messages are per-connection noise (a scanner dropping a TLS handshake).
-        log.log(logging.DEBUG if level <= logging.INFO else level, "http server: %s", msg, exc_info=traceback)
-
-
 class Server:
-    """cheroot serving ``app`` on a background thread."""
+    """The exporter's HTTP server (``exporter.httpd``) on a listen address, on a background thread."""
 
     def __init__(
         self,
@@ -445,44 +511,32 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         threads: int = 8,
+        limits: httpd.Limits | None = None,
+        rejects: httpd.RejectCounter | None = None,
     ) -> None:
         host, port = parse_listen_address(listen_address)
-        self._server = _LoggingWSGIServer((host, port), app, numthreads=threads, server_name=NAME)
-        # cheroot drains unread request bodies to keep connections alive, so a huge body sent to any
-        # route would be read in full. Its own cap bounds that; it sits well above what the app accepts
-        # so that oversized notifications still reach the app's counted 413 unless they are absurd.
-        largest = getattr(app, "max_request_body_bytes", API_MAX_BODY_BYTES)
-        self._server.max_request_body_size = max(4 * largest, 16 * 1024 * 1024)
-        if ssl_context is not None:
-            self._server.ssl_adapter = _ContextSSLAdapter(ssl_context)
+        self._server = httpd.Server(app, host, port, ssl_context=ssl_context, threads=threads, limits=limits,
+                                    rejects=rejects)
         self._scheme = "https" if ssl_context is not None else "http"
-        self._thread: threading.Thread | None = None
+
+    @property
+    def rejects(self) -> httpd.RejectCounter:
+        return self._server.rejects
 
     def start(self) -> None:
-        self._server.prepare()  # binds; raises here if the address is taken
-        self._thread = threading.Thread(target=self._serve, name="http-server", daemon=True)
-        self._thread.start()
+        self._server.start()  # binds; raises here if the address is taken
         log.info("listening on %s", self.url)
-
-    def _serve(self) -> None:
-        try:
-            self._server.serve()
-        except Exception:
-            log.exception("HTTP server stopped with an error")
 
     def stop(self) -> None:
         self._server.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     @property
     def host(self) -> str:
-        return str(self._server.bind_addr[0])
+        return self._server.bind_addr[0]
 
     @property
     def port(self) -> int:
-        return int(self._server.bind_addr[1])
+        return self._server.bind_addr[1]
 
     @property
     def url(self) -> str:

@@ -290,9 +290,11 @@ def load_web_config(path: str | Path) -> WebConfig:
         raise ConfigError([f"cannot read web config: {exc}"]) from exc
     try:
         data = yaml.safe_load(text)
+        return parse_web_config(data, path.parent)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from exc
-    return parse_web_config(data, path.parent)
+    except RecursionError:
+        raise ConfigError(["nested too deeply"]) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,38 +352,93 @@ def _parse_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if colon else None
 
 
+# Why a basic-auth check failed: the label values of cdnetworks_web_auth_failures_total.
+AUTH_FAILURE_REASONS = ("missing", "wrong", "throttled")
+# bcrypt checks running or waiting at once; past that a check that needs bcrypt fails at once.
+BCRYPT_RUNNING = 1
+BCRYPT_WAITING = 3
+
+
+class AuthFailures:
+    """Failed basic-auth checks by reason; kept for the life of the process (across reloads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
+
+    def inc(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class BasicAuth:
     """Checks HTTP Basic credentials against the bcrypt hashes of ``basic_auth_users``.
 
     bcrypt is deliberately slow (tens of ms at cost 10) and Prometheus scrapes every few seconds,
-    so a successful check is remembered as sha256(password) per user; later requests compare that
-    digest in constant time. Only successes are remembered, so the cache holds at most one entry
-    per configured user and a guessing attacker always pays the bcrypt cost.
+    so a successful check is remembered, keyed by the user and the hash it was checked against, as
+    sha256(password); later requests compare that digest in constant time. Only successes are remembered
+    (at most one entry per configured user), so a guess always pays the bcrypt cost, and only once.
+
+    A flood of wrong passwords cannot take the CPU or the server's workers: one bcrypt runs at a time,
+    a few more wait for it, and a check that would have to wait behind more than that fails at once
+    ("throttled"). Remembered passwords never wait, so Prometheus goes on scraping through such a flood.
     """
 
-    def __init__(self, users: Mapping[str, str]) -> None:
+    def __init__(self, users: Mapping[str, str], failures: AuthFailures | None = None) -> None:
         self._users = {user: hashed.encode("ascii") for user, hashed in users.items()}
-        self._verified: dict[str, bytes] = {}
+        self._verified: dict[tuple[str, bytes], bytes] = {}
         self._lock = threading.Lock()
-        # One bcrypt at a time: a burst of bad requests must not take every CPU (toolkit does the same).
-        self._bcrypt_lock = threading.Lock()
+        self._bcrypt_lock = threading.Semaphore(BCRYPT_RUNNING)
+        self._in_bcrypt = 0
+        self.failures = failures or AuthFailures()
+
+    def remembered(self, header: str | None) -> bool | None:
+        """Without bcrypt: True for a remembered password, False for no usable credentials, None when
+        only a bcrypt check can tell."""
+        creds = _parse_basic(header)
+        if creds is None:
+            return False
+        user, password = creds
+        hashed = self._users.get(user)
+        with self._lock:
+            cached = self._verified.get((user, hashed)) if hashed is not None else None
+        if cached is not None and hmac.compare_digest(cached, hashlib.sha256(password.encode("utf-8")).digest()):
+            return True
+        return None
 
     def check(self, header: str | None) -> bool:
         creds = _parse_basic(header)
         if creds is None:
+            self.failures.inc("missing")
             return False
         user, password = creds
         pw = password.encode("utf-8")
         digest = hashlib.sha256(pw).digest()
         hashed = self._users.get(user)
         with self._lock:
-            cached = self._verified.get(user) if hashed is not None else None
+            cached = self._verified.get((user, hashed)) if hashed is not None else None
         if cached is not None and hmac.compare_digest(cached, digest):
             return True
-        ok = self._bcrypt(pw, hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
-        if ok:
+        with self._lock:
+            if self._in_bcrypt >= BCRYPT_RUNNING + BCRYPT_WAITING:
+                self.failures.inc("throttled")
+                return False
+            self._in_bcrypt += 1
+        try:
+            ok = self._bcrypt(pw, hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
+        finally:
             with self._lock:
-                self._verified[user] = digest
+                self._in_bcrypt -= 1
+        if ok:
+            assert hashed is not None
+            with self._lock:
+                self._verified[(user, hashed)] = digest
+        else:
+            self.failures.inc("wrong")
         return ok
 
     def _bcrypt(self, password: bytes, hashed: bytes) -> bool:

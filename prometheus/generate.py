@@ -61,6 +61,8 @@ CONTRACT_METRICS = frozenset({
     "cdnetworks_poll_backfill_remaining_seconds",
     "cdnetworks_poll_lag_seconds",
     "cdnetworks_exporter_build_info",
+    "cdnetworks_web_auth_failures_total",
+    "cdnetworks_web_rejected_requests_total",
 })
 # Series Prometheus itself attaches to every scrape.
 PROMETHEUS_METRICS = frozenset({"up", "scrape_samples_scraped", "scrape_duration_seconds"})

@@ -44,8 +44,10 @@ from exporter.collector import ExporterCollector
 from exporter.config import Config, parse_config
 from exporter.fmgr import FmgrItem, FmgrStatus
 from exporter.health import ApiHealth
+from exporter.httpd import RejectCounter
 from exporter.store import CdnTask, Store
-from exporter.web import App, Server
+from exporter.web import App, Server, WebCollector
+from exporter.webconfig import AuthFailures
 
 GOLDEN = Path(__file__).parent / "fixtures" / "expected.prom"
 METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
@@ -179,6 +181,12 @@ def registry(config: Config, store: Store) -> CollectorRegistry:
     observe(health)
     reg = CollectorRegistry(auto_describe=True)
     reg.register(ExporterCollector(config, store, health, clock=lambda: NOW))
+    # The HTTP layer's own counters are part of every exporter's exposition.
+    auth_failures, rejects = AuthFailures(), RejectCounter()
+    for reason in ("missing", "wrong", "wrong", "throttled"):
+        auth_failures.inc(reason)
+    rejects.inc("timeout")
+    reg.register(WebCollector(auth_failures, rejects))
     return reg
 
 

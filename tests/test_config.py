@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from exporter.config import (
     DEFAULT_CDN_ENDPOINT,
     KNOWN_KEYS,
+    MAX_DURATION,
     SECRET_MASK,
     Config,
     ConfigError,
@@ -555,9 +556,15 @@ def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
 
-@given(st.integers(min_value=0, max_value=10**12))
+@given(st.integers(min_value=0, max_value=round(MAX_DURATION * 1000)))
 def test_format_then_parse_roundtrips_milliseconds(ms):
     assert round(parse_duration(format_duration(ms / 1000)) * 1000) == ms
+
+
+@pytest.mark.parametrize("text", ["1000000y", "11y", "3651d", 10**12, "99999999999999999999s"])
+def test_absurd_durations_are_refused(text):
+    with pytest.raises(ValueError, match="too long a duration"):
+        parse_duration(text)
 
 
 # -------------------------------------------------------------------------------------- time zones

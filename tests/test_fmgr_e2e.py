@@ -14,6 +14,7 @@ import socket
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -692,3 +693,24 @@ def test_window_gauges_match_the_vendor_truth(sim_factory, clock, exporters):
     processed = vendor_truth(sim, old + new)["processed"]
     got = {labels["op"]: value for labels, value in samples(exporter, "cdnetworks_fmgr_processed_bytes_total")}
     assert {op: v for op, v in got.items() if v} == {op: float(v) for op, v in processed.items() if v}
+
+
+def test_a_removed_database_is_not_acknowledged_into_and_readyz_says_why(sim_factory, clock, exporters, tmp_path):
+    sim = sim_factory()
+    exporter = exporters.start(sim)
+    add_notified_task(sim, exporter, "job-before", ["fetch"])
+    clock.advance(30)
+    assert sim.deliver_due_notifications() == 1
+    pending = metric(exporter, "cdnetworks_fmgr_pending_tasks")
+    assert requests.get(exporter.server.url + "/readyz", timeout=TIMEOUT).status_code == 200
+    for suffix in ("", "-wal", "-shm"):
+        Path(exporter.store.path + suffix).unlink(missing_ok=True)
+    add_notified_task(sim, exporter, "job-after", ["fetch"])
+    clock.advance(30)
+    sim.deliver_due_notifications()
+    # Refused with a 5xx (the vendor delivers again later), not acknowledged into a file that is gone.
+    assert [status for pid, _, status, *_ in delivery_log(sim) if pid == "job-after"] == [503]
+    ready = requests.get(exporter.server.url + "/readyz", timeout=TIMEOUT)
+    assert ready.status_code == 503 and "removed" in ready.text
+    # The failed transaction left the derived gauge where the database has it.
+    assert metric(exporter, "cdnetworks_fmgr_pending_tasks") == pending

@@ -8,8 +8,10 @@ import gzip
 import hashlib
 import ipaddress
 import json
+import select
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 import requests
 
 from exporter import signing
+from exporter.httpd import Limits
 from exporter.web import App, NotifyEndpoint, RegistrationApi, Server, parse_listen_address
 from exporter.webconfig import BasicAuth, build_ssl_context, load_web_config
 
@@ -631,7 +634,7 @@ def test_registration_registers_and_lists(api_server, session):
     assert session.get(url, params={"state": "done"}, headers=bearer(), timeout=5).json() == {"tasks": []}
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1001", ""])
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1001", "", "\u00b2", "\u0661", " 5", "1e3", "9" * 40])
 def test_registration_list_bad_limit(api_server, session, limit):
     server, _ = api_server
     r = session.get(server.url + "/api/v1/fmgr/tasks", params={"limit": limit}, headers=bearer(), timeout=5)
@@ -665,3 +668,56 @@ def test_registration_disabled(serve, session):
         r = session.request(method, server.url + "/api/v1/fmgr/tasks", headers=bearer(), timeout=5)
         assert r.status_code == 404
         assert "disabled" in r.json()["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Deadlines: for the whole head and the whole body, not per byte
+
+
+def test_a_trickled_head_is_cut_off_at_its_deadline(session):
+    server = Server(make_app(), "127.0.0.1:0", limits=Limits(header_timeout=1.0))
+    server.start()
+    try:
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            answer = b""
+            for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                sock.send(bytes([byte]))  # one byte every 0.1 s resets no deadline
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable:
+                    answer = sock.recv(4096)
+                    break
+            answered = time.monotonic() - start
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert 0.9 < answered < 2.5
+        assert session.get(server.url + "/metrics", timeout=5).status_code == 200
+        assert server.rejects.snapshot()["timeout"] == 1
+    finally:
+        server.stop()
+
+
+def test_an_unended_chunked_body_is_408_and_an_idle_connection_is_closed():
+    server = Server(make_app(notify=notify_endpoint(FakeSink())), "127.0.0.1:0",
+                    limits=Limits(body_timeout=1.0, header_timeout=1.0))
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /notify/fmgr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            assert sock.recv(4096) == b""  # a connection that never sends is closed, without an answer
+        assert time.monotonic() - start < 3
+    finally:
+        server.stop()
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(serve):
+    server = serve(make_app())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"ok\n"):
+                answer += sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")

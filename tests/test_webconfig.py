@@ -220,12 +220,13 @@ def test_basic_auth_scheme_is_case_insensitive():
 def test_basic_auth_caches_success_but_not_failure():
     auth = BasicAuth({"alice": ALICE_HASH})
     assert auth.check(basic("alice", "wonderland"))
-    assert set(auth._verified) == {"alice"}
+    assert {user for user, _ in auth._verified} == {"alice"}
     # A cached user with a wrong password is still refused (and still pays bcrypt).
     assert not auth.check(basic("alice", "guess"))
     assert auth.check(basic("alice", "wonderland"))
     assert not auth.check(basic("mallory", "guess"))
-    assert set(auth._verified) == {"alice"}
+    assert {user for user, _ in auth._verified} == {"alice"}
+    assert auth.failures.snapshot() == {"missing": 0, "wrong": 2, "throttled": 0}
 
 
 def test_basic_auth_cache_makes_repeat_checks_cheap():

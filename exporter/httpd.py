@@ -1,0 +1,518 @@
+"""The HTTP/1.1 server: an asyncio front end that reads whole requests, then a small pool runs the WSGI app.
+
+Why not a thread per connection (cheroot, the stdlib): there a worker is taken as soon as a connection
+sends its first byte and is held while the client trickles the rest, so a handful of slow clients stops
+every scrape. Here connections cost a coroutine, not a worker. A request reaches the pool only once its
+head and body are complete, within limits and deadlines that hold for the whole head and the whole body
+(not per byte), so no client, slow or large, can hold a worker while it sends. HTTP parsing is h11's
+(python-hyper's sans-IO HTTP/1.1, the parser under uvicorn, hypercorn and httpx): it enforces the framing
+rules (Content-Length vs chunked, keep-alive) that a hand-written parser tends to get wrong.
+
+What a client gets when it breaks a limit (``Limits``): 431 for a head over ``max_header_bytes`` or with
+more than ``max_headers`` fields, 414 for a request line over ``max_request_line``, 413 for a body over the
+route's limit (decided from Content-Length before anything is read, or cut off at the first byte over it),
+408 when the head or the body is not complete within its deadline (an unended chunked body included),
+400 for anything h11 cannot parse. Those answers close the connection. A connection with no request in
+flight is closed after ``idle_timeout``; past ``max_connections`` a new connection is closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import h11
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "cdnetworks-exporter"
+
+# Why a request was refused before the app saw it: the label values of cdnetworks_web_rejected_requests_total.
+REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request", "too_many_connections")
+
+
+# Set in the environ of a request whose body was over its route's limit and was not read: answer 413.
+BODY_TOO_LARGE = "exporter.body_too_large"
+
+# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served.
+SLOW = "slow"
+
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 16 * 1024  # request line plus every header line
+    max_headers: int = 100
+    max_request_line: int = 8 * 1024
+    header_timeout: float = 10.0  # from a request's first byte to the end of its head (also the TLS handshake)
+    body_timeout: float = 30.0  # from the end of the head to the end of the body
+    idle_timeout: float = 120.0  # a keep-alive connection waiting for its next request
+    write_timeout: float = 30.0  # for the client to take a response
+    max_connections: int = 1000
+    slow_workers: int = 2  # for requests the app calls slow (bcrypt); most of them wait for one lock anyway
+    slow_lane: int = 8  # slow requests running or queued at once; past it the app refuses them (admit)
+    # A 401 is sent this late: a client guessing passwords on one connection gets one guess a second, and
+    # the waiting costs the server a timer, not a worker.
+    unauthorized_delay: float = 1.0
+    default_body_bytes: int = 0  # routes that take no body
+
+
+class RejectCounter:
+    """Requests refused by the server itself, by reason; kept for the life of the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def inc(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {reason: self._counts[reason] for reason in REJECT_REASONS}
+
+
+class _Refuse(Exception):
+    """Answer ``status`` and close the connection; ``reason`` is counted."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+class _Closed(Exception):
+    """The client went away, or sent nothing before its deadline: close without an answer."""
+
+
+_STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
+                431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def _nofile_limit() -> int:
+    try:
+        import resource  # not on Windows
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return soft if soft > 0 else 1 << 16
+    except (ImportError, OSError, ValueError):
+        return 1 << 16
+
+
+class Server:
+    """Serves a WSGI app on ``host:port`` from a background thread (the event loop) and ``threads`` workers.
+
+    The app may offer ``body_limit(path) -> int`` (the largest body a route accepts; otherwise
+    ``Limits.default_body_bytes``). A request whose body is over it is still given to the app, with an empty
+    body and ``environ[BODY_TOO_LARGE]`` set, so that the app answers 413 in its own format (and counts it);
+    the connection is closed after that answer.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        threads: int = 8,
+        limits: Limits | None = None,
+        rejects: RejectCounter | None = None,
+    ) -> None:
+        self.app = app
+        self.limits = limits or Limits()
+        self.rejects = rejects or RejectCounter()
+        self._host, self._port = host, port
+        self._ssl = ssl_context
+        self._threads = threads
+        # Keep some descriptors for the store, the vendor clients and the listening socket itself.
+        self._max_connections = max(16, min(self.limits.max_connections, _nofile_limit() - 64))
+        self._connections = 0
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._slow_pool = ThreadPoolExecutor(max_workers=1)  # replaced in start()
+        self._slow_pending = 0
+        self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = threading.Event()
+        self._stopping: asyncio.Event | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    # Life cycle
+
+    def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        # Bound here, on the caller's thread, so that an address in use fails start() itself.
+        self._sock = socket.create_server((self._host, self._port), family=family, backlog=1024)
+        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="http-worker")
+        self._slow_pool = ThreadPoolExecutor(max_workers=self.limits.slow_workers, thread_name_prefix="http-slow")
+        self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except Exception:
+            log.exception("HTTP server stopped with an error")
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        server = await asyncio.start_server(
+            self._accept, sock=self._sock, ssl=self._ssl,
+            ssl_handshake_timeout=self.limits.header_timeout if self._ssl else None,
+            limit=self.limits.max_header_bytes,
+        )
+        self._started.set()
+        async with server:
+            await self._stopping.wait()
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=5)
+
+    def stop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._slow_pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._sock is not None:
+            self._sock.close()
+
+    @property
+    def bind_addr(self) -> tuple[str, int]:
+        assert self._sock is not None, "not started"
+        addr = self._sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+    @property
+    def connections(self) -> int:
+        return self._connections
+
+    # ---------------------------------------------------------------------------------------------
+    # One connection
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._connections >= self._max_connections:
+            self.rejects.inc("too_many_connections")
+            writer.close()
+            return
+        self._connections += 1
+        self._tasks.add(task)
+        try:
+            await self._connection(reader, writer)
+        except (ConnectionError, _Closed, asyncio.CancelledError, ssl.SSLError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("HTTP connection failed")
+        finally:
+            self._connections -= 1
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lim = self.limits
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_header_bytes)
+        first = True
+        while True:
+            try:
+                request, body, too_large = await self._read_request(conn, reader, writer, first)
+            except _Refuse as refuse:
+                self.rejects.inc(refuse.reason)
+                await self._send_error(conn, writer, refuse.status, refuse.message)
+                await self._linger(reader)
+                return
+            first = False
+            environ = self._environ(request, body, writer)
+            if too_large:
+                # The app answers (and counts) it like any oversized body; the rest of it is never read.
+                self.rejects.inc("body_too_large")
+                environ[BODY_TOO_LARGE] = True
+            status, headers, payload = await self._dispatch(environ)
+            if status.startswith("401") and lim.unauthorized_delay > 0:
+                await asyncio.sleep(lim.unauthorized_delay)
+            keep = await self._send_response(conn, writer, request, status, headers, payload, close=too_large)
+            if too_large:
+                await self._linger(reader)
+                return
+            if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _recv(self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        data = await asyncio.wait_for(reader.read(65536), remaining)
+        conn.receive_data(data)  # b"" = end of stream, which h11 turns into an error mid-request
+
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool
+    ) -> tuple[h11.Request, bytes, bool]:
+        lim = self.limits
+        # Waiting for a request to begin: a new connection gets the head deadline, a kept-alive one the idle one.
+        head_deadline = time.monotonic() + (lim.header_timeout if first else lim.idle_timeout)
+        started = False  # a byte of this request has arrived
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    # h11 keeps the head in its buffer until it is complete.
+                    buffered = conn.trailing_data[0]
+                    if not started and buffered:  # pipelined behind the previous request
+                        started = True
+                        head_deadline = time.monotonic() + lim.header_timeout
+                    if len(buffered) > lim.max_request_line and b"\n" not in buffered[: lim.max_request_line + 2]:
+                        raise _Refuse(414, "header_too_large", "request line too long")
+                    try:
+                        await self._recv(conn, reader, head_deadline)
+                    except TimeoutError:
+                        if started:
+                            raise _Refuse(408, "timeout", "request head not complete in time") from None
+                        raise _Closed from None
+                    if not started and conn.trailing_data[0]:
+                        started = True
+                        head_deadline = time.monotonic() + lim.header_timeout
+                    continue
+                if isinstance(event, h11.ConnectionClosed):
+                    raise _Closed
+                if isinstance(event, h11.Request):
+                    break
+                raise _Closed  # nothing else can come first
+        except h11.RemoteProtocolError as exc:
+            if not started and not conn.trailing_data[0]:
+                raise _Closed from None  # closed before sending anything
+            status = exc.error_status_hint
+            raise _Refuse(status, "header_too_large" if status == 431 else "bad_request", str(exc)) from None
+        request = event
+        if len(request.target) > lim.max_request_line:
+            raise _Refuse(414, "header_too_large", "request line too long")
+        if len(request.headers) > lim.max_headers:
+            raise _Refuse(431, "header_too_large", f"more than {lim.max_headers} header fields")
+
+        limit = self._body_limit(request)
+        declared = _content_length(request)
+        if declared is not None and declared > limit:
+            return request, b"", True  # refused unread; the connection closes after the 413
+        if conn.they_are_waiting_for_100_continue:
+            await self._write(writer, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = bytearray()
+        body_deadline = time.monotonic() + lim.body_timeout
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        await self._recv(conn, reader, body_deadline)
+                    except TimeoutError:
+                        raise _Refuse(408, "timeout", "request body not complete in time") from None
+                    continue
+                if isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        return request, b"", True
+                    continue
+                if isinstance(event, h11.EndOfMessage):
+                    return request, bytes(body), False
+                raise _Closed
+        except h11.RemoteProtocolError as exc:
+            raise _Refuse(400, "bad_request", str(exc)) from None
+
+    def _body_limit(self, request: h11.Request) -> int:
+        target = request.target.split(b"?", 1)[0]
+        path = unquote_to_bytes(target).decode("latin-1")
+        limit_of = getattr(self.app, "body_limit", None)
+        if limit_of is None:
+            return self.limits.default_body_bytes
+        try:
+            return int(limit_of(path))
+        except Exception:
+            log.exception("body_limit failed for %s", path)
+            return self.limits.default_body_bytes
+
+    # ---------------------------------------------------------------------------------------------
+    # The app, on a worker
+
+    def _environ(self, request: h11.Request, body: bytes, writer: asyncio.StreamWriter) -> dict[str, Any]:
+        target = request.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        if path.startswith(("http://", "https://")):  # absolute-form: keep the path
+            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+        peer = writer.get_extra_info("peername") or ("", 0)
+        host, port = self.bind_addr
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": request.method.decode("ascii", "replace"),
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "QUERY_STRING": query,
+            "SERVER_NAME": host,
+            "SERVER_PORT": str(port),
+            "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
+            "REMOTE_ADDR": str(peer[0]),
+            "REMOTE_PORT": str(peer[1]) if len(peer) > 1 else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "https" if self._ssl is not None else "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "CONTENT_LENGTH": str(len(body)),
+        }
+        for raw_name, raw_value in request.headers:
+            name = raw_name.decode("latin-1").upper().replace("-", "_")
+            value = raw_value.decode("latin-1")
+            if name == "CONTENT_TYPE":
+                environ["CONTENT_TYPE"] = value
+                continue
+            if name in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+                continue  # the body is already whole; CONTENT_LENGTH says its size
+            key = "HTTP_" + name
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        return environ
+
+    async def _dispatch(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        admit = getattr(self.app, "admit", None)
+        verdict = None
+        if admit is not None and not environ.get(BODY_TOO_LARGE):
+            try:
+                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane)
+            except Exception:
+                log.exception("admission failed for %s", environ.get("PATH_INFO"))
+                return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
+        if verdict is None:
+            return await loop.run_in_executor(self._pool, self._call_app, environ)
+        if verdict == SLOW:
+            self._slow_pending += 1
+            try:
+                return await loop.run_in_executor(self._slow_pool, self._call_app, environ)
+            finally:
+                self._slow_pending -= 1
+        return verdict  # answered without a worker
+
+    def _call_app(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., None]:
+            captured[:] = [status, headers]
+            return lambda _data: None
+
+        try:
+            result = self.app(environ, start_response)
+            try:
+                payload = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            status, headers = captured
+            return str(status), list(headers), payload
+        except Exception:
+            log.exception("unhandled error serving %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
+
+    # ---------------------------------------------------------------------------------------------
+    # Writing
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes | None) -> None:
+        if data:
+            writer.write(data)
+            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+
+    async def _send_response(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
+        status: str, headers: list[tuple[str, str]], payload: bytes, *, close: bool = False,
+    ) -> bool:
+        code, _, reason_text = status.partition(" ")
+        status_code, reason = int(code), reason_text.encode("latin-1")
+        names = {name.lower() for name, _ in headers}
+        out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers if n.lower() != "connection"]
+        if "content-length" not in names:
+            out.append((b"Content-Length", str(len(payload)).encode()))
+        out.append((b"Server", SERVER_NAME.encode()))
+        keep = not close and not self._stopping_soon()
+        if not keep:
+            out.append((b"Connection", b"close"))
+        # One write for head and body: separate small segments meet the client's delayed ACK (40 ms each).
+        data = conn.send(h11.Response(status_code=status_code, headers=out, reason=reason)) or b""
+        if payload and request.method != b"HEAD":
+            data += conn.send(h11.Data(data=payload)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        await self._write(writer, data)
+        return keep
+
+    async def _linger(self, reader: asyncio.StreamReader) -> None:
+        """Before closing on a refused request, drop a little of what the client is still sending: closing
+        with unread data makes the kernel send a reset, which can destroy the answer before it is read."""
+        deadline = time.monotonic() + LINGER_SECONDS
+        dropped = 0
+        with contextlib.suppress(Exception):
+            while dropped < LINGER_BYTES and (remaining := deadline - time.monotonic()) > 0:
+                chunk = await asyncio.wait_for(reader.read(65536), remaining)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+
+    def _stopping_soon(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    async def _send_error(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
+        body = f"{_STATUS_TEXT.get(status, 'Error')}: {message}\n".encode()
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
+                   (b"Connection", b"close"), (b"Server", SERVER_NAME.encode())]
+        try:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                data = conn.send(h11.Response(
+                    status_code=status, headers=headers, reason=_STATUS_TEXT.get(status, "Error").encode())) or b""
+                data += conn.send(h11.Data(data=body)) or b""
+                data += conn.send(h11.EndOfMessage()) or b""
+                await self._write(writer, data)
+            else:
+                raise h11.LocalProtocolError("cannot answer in this state")
+        except h11.LocalProtocolError:
+            # h11 will not frame a response in this state (e.g. the request line never parsed): write it raw.
+            head = f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}\r\n".encode()
+            raw = head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
+            with contextlib.suppress(Exception):
+                await self._write(writer, raw)
+
+
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has checked it is one well-formed number
+    return None

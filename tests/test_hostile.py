@@ -1,0 +1,336 @@
+"""Hostile clients against a real running exporter (a child process in ``--demo`` mode on 127.0.0.1).
+
+Each attack is bounded in connections and time and stops by itself; meanwhile Prometheus' side (a scrape of
+/metrics every 250 ms) must keep getting 200 within a bound. The p50/p99 each test saw is printed (run with
+``-s`` to read it); benchmarks/README.md has the figures of a full run.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+import requests
+import test_cli
+from test_cli import DEMO_WAIT, free_port, posix_signals, reload_state, run_cli, stop, tail, wait_for, write_config
+
+from exporter.demo import DEMO_TOKEN
+from exporter.simulator import Simulator
+
+start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
+
+SCRAPE_EVERY = 0.25
+SCRAPE_BOUND = 2.0  # seconds: far below Prometheus' default 10 s scrape timeout
+USER, PASSWORD = "prometheus", "right-password"
+PASSWORD_HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()  # a realistic cost
+
+
+class Running:
+    def __init__(self, proc, log: Path, url: str) -> None:
+        self.proc, self.log, self.url = proc, log, url
+        self.port = int(url.rsplit(":", 1)[1])
+
+    def rss_peak_kb(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    sim = Simulator(seed=7)
+    sim.add_account("acme", "acme-key")
+    sim.add_cdn_stream("acme", "prefetch", per_hour=120, failure_ratio=0.1, start_ts=time.time() - 7200)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def exporter(tmp_path: Path, start_exporter) -> Iterator[Callable[..., Running]]:
+    def start(*, basic_auth: bool = False) -> Running:
+        port = free_port()
+        args = ["--demo", "--web.listen-address", f"127.0.0.1:{port}", "--storage.path", str(tmp_path / "d.db")]
+        if basic_auth:
+            web = tmp_path / "web.yml"
+            web.write_text(f"basic_auth_users:\n  {USER}: {PASSWORD_HASH}\n")
+            args += ["--web.config.file", str(web)]
+        proc, log = start_exporter(*args)
+        url = f"http://127.0.0.1:{port}"
+        auth = (USER, PASSWORD) if basic_auth else None
+        wait_for("the exporter to serve", lambda: requests.get(url + "/readyz", auth=auth, timeout=2).ok,
+                 DEMO_WAIT, log, proc)
+        return Running(proc, log, url)
+
+    yield start
+
+
+def scrape_while(url: str, attack: Callable[[threading.Event], None], seconds: float,
+                 auth: tuple[str, str] | None = None, warmup: float = 1.0) -> list[float]:
+    """Run ``attack`` on threads while scraping every 250 ms for ``seconds``; the scrape latencies.
+
+    A scrape that is not 200 within SCRAPE_BOUND fails the test.
+    """
+    done = threading.Event()
+    attacker = threading.Thread(target=attack, args=(done,), daemon=True)
+    attacker.start()
+    time.sleep(warmup)  # let the attack build up
+    latencies: list[float] = []
+    failures: list[str] = []
+    try:
+        with requests.Session() as session:
+            session.trust_env = False
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                try:
+                    r = session.get(url + "/metrics", auth=auth, timeout=SCRAPE_BOUND)
+                    elapsed = time.monotonic() - t0
+                    if r.status_code != 200 or b"cdnetworks_up" not in r.content:
+                        failures.append(f"scrape answered {r.status_code}")
+                    latencies.append(elapsed)
+                except requests.RequestException as exc:
+                    failures.append(f"scrape failed after {time.monotonic() - t0:.2f}s: {exc}")
+                    latencies.append(time.monotonic() - t0)
+                time.sleep(max(0.0, SCRAPE_EVERY - (time.monotonic() - t0)))
+    finally:
+        done.set()
+        attacker.join(30)
+    assert not failures, f"{len(failures)} of {len(latencies)} scrapes failed, e.g. {failures[:3]}"
+    return latencies
+
+
+def report(what: str, latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(f"\n{what}: {len(ordered)} scrapes, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    return p50, p99
+
+
+# ------------------------------------------------------------------------------------------ slow clients
+
+
+def slowloris(port: int, connections: int, done: threading.Event) -> None:
+    """``connections`` clients that each send one more header byte every 0.5 s, reconnecting when closed."""
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10_000
+    socks: dict[socket.socket, int] = {}
+
+    def connect() -> None:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.setblocking(False)
+            socks[s] = 0
+        except OSError:
+            pass
+
+    for _ in range(connections):
+        connect()
+    while not done.wait(0.5):
+        for s in list(socks):
+            try:
+                s.send(request[socks[s]:socks[s] + 1])
+                socks[s] += 1
+            except OSError:  # closed by the server: come back, as an attacker would
+                s.close()
+                del socks[s]
+                connect()
+    for s in socks:
+        s.close()
+
+
+def test_200_slow_clients_do_not_stop_scrapes(exporter) -> None:
+    running = exporter()
+    latencies = scrape_while(running.url, lambda done: slowloris(running.port, 200, done), 8.0)
+    _, p99 = report("/metrics under 200 slow clients", latencies)
+    assert p99 < SCRAPE_BOUND
+
+
+# -------------------------------------------------------------------------------------- password flood
+
+
+def wrong_password_flood(url: str, clients: int, seconds: float) -> int:
+    """``clients`` keep-alive clients sending wrong passwords for ``seconds``; how many requests they sent.
+
+    Run in a child process (see flood_in_child): 200 client threads in the scraping process would make its
+    own scrapes wait for the GIL and measure the test rather than the exporter.
+    """
+    end = time.monotonic() + seconds
+    sent = [0] * clients
+
+    def client(i: int) -> None:
+        with requests.Session() as s:
+            s.trust_env = False
+            while time.monotonic() < end:
+                try:
+                    s.get(url + "/metrics", auth=(USER, f"wrong-{i}-{sent[i]}"), timeout=10)
+                    sent[i] += 1
+                except requests.RequestException:
+                    time.sleep(0.1)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 15)
+    return sum(sent)
+
+
+def flood_in_child(url: str, clients: int, seconds: float) -> subprocess.Popen:
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_hostile; "
+            f"print(test_hostile.wrong_password_flood({url!r}, {clients}, {seconds}))")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_200_wrong_password_clients_do_not_starve_the_right_one(exporter) -> None:
+    running = exporter(basic_auth=True)
+    flood = flood_in_child(running.url, 200, 11.0)
+    try:
+        latencies = scrape_while(running.url, lambda done: done.wait(), 8.0, auth=(USER, PASSWORD), warmup=2.0)
+    finally:
+        out, _ = flood.communicate(timeout=60)
+    sent = int(out.strip().splitlines()[-1])
+    _, p99 = report(f"/metrics with the right password under 200 wrong-password clients ({sent} sent)", latencies)
+    assert sent > 200
+    assert p99 < SCRAPE_BOUND
+    text = requests.get(running.url + "/metrics", auth=(USER, PASSWORD), timeout=5).text
+    failures = sum(float(v) for v in re.findall(r'cdnetworks_web_auth_failures_total\{reason="\w+"\} (\S+)', text))
+    assert failures >= sent  # every wrong password was counted
+    assert PASSWORD not in running.log.read_text() and PASSWORD not in text
+
+
+# ------------------------------------------------------------------------------------ oversized requests
+
+ROUTES = ["/", "/metrics", "/healthz", "/readyz", "/notify/fmgr", "/api/v1/fmgr/tasks", "/-/reload", "/nope"]
+
+
+def exchange(port: int, head: bytes, *, body: Iterator[bytes] | None = None, limit: int = 128 * 1024 * 1024,
+             timeout: float = 15.0) -> tuple[str, int]:
+    """Send ``head`` (and ``body``) until the server answers or closes; (status line, bytes it took)."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(head), 65536):
+                yield head[i:i + 65536]
+            if body is not None:
+                yield from body
+
+        try:
+            for chunk in chunks():
+                s.sendall(chunk)
+                sent += len(chunk)
+                if sent >= limit:
+                    break
+        except OSError:
+            pass  # the server stopped reading and closed: its answer is waiting
+        answer = b""
+        try:
+            while b"\r\n" not in answer:
+                data = s.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except OSError:
+            pass
+    return answer.split(b"\r\n", 1)[0].decode("latin-1"), sent
+
+
+def test_oversized_heads_and_bodies_on_every_path(exporter) -> None:
+    running = exporter()
+    port = running.port
+    rss_before = running.rss_peak_kb()
+    for path in ROUTES:
+        line = f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode()
+        if path.startswith("/api/"):  # the token is checked before the body is looked at
+            line += f"Authorization: Bearer {DEMO_TOKEN}\r\n".encode()
+        # One 64 MB header line: refused after the first few KB, not read to the end.
+        status, sent = exchange(port, line + b"X-Big: " + b"a" * (64 * 1024 * 1024) + b"\r\n\r\n")
+        assert status.startswith("HTTP/1.1 431"), (path, status)
+        assert sent < 64 * 1024 * 1024, (path, sent)
+        # 200,000 headers.
+        status, _ = exchange(port, line + b"".join(b"X-%d: 1\r\n" % i for i in range(200_000)) + b"\r\n")
+        assert status.startswith("HTTP/1.1 431"), (path, status)
+        # A request line of 100 KB.
+        status, _ = exchange(port, f"GET {path}?{'a' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert status.startswith(("HTTP/1.1 414", "HTTP/1.1 431")), (path, status)
+        # A declared 100 MB body: refused without reading it.
+        status, _ = exchange(port, line + b"Content-Length: 104857600\r\n\r\n")
+        assert status.startswith("HTTP/1.1 413"), (path, status)
+        # 100 MB chunked, without Content-Length: cut off at the route's limit.
+        chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
+        status, sent = exchange(port, line + b"Transfer-Encoding: chunked\r\n\r\n",
+                                body=iter([chunk] * 1600), limit=100 * 1024 * 1024)
+        assert status.startswith("HTTP/1.1 413"), (path, status)
+        # A malformed chunked body and one cut off in the middle: 400, never 500.
+        status, _ = exchange(port, line + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+        assert status.startswith("HTTP/1.1 400"), (path, status)
+    # Eight concurrent 64 MB header lines.
+    big = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 * 1024 * 1024) + b"\r\n\r\n"
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda: answers.append(exchange(port, big)[0])) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(a.startswith("HTTP/1.1 431") for a in answers) and len(answers) == 8, answers
+    grown_mb = (running.rss_peak_kb() - rss_before) / 1024
+    print(f"\npeak RSS grew by {grown_mb:.1f} MB over all oversized requests")
+    assert grown_mb < 50
+    assert requests.get(running.url + "/metrics", timeout=5).status_code == 200
+    assert "Traceback" not in running.log.read_text()
+
+
+def test_a_cut_off_chunked_body_is_400_not_500(exporter) -> None:
+    running = exporter()
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as s:
+        s.sendall(b"POST /notify/fmgr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc")
+        s.shutdown(socket.SHUT_WR)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") or answer == b""
+    assert "Traceback" not in running.log.read_text()
+
+
+# ------------------------------------------------------------------------------------- process faults
+
+
+@posix_signals
+def test_a_reload_of_a_hostile_file_fails_and_sigterm_still_stops(tmp_path: Path, start_exporter, simulator) -> None:
+    config = tmp_path / "config.yml"
+    write_config(config, simulator.url, ["15m"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, log = start_exporter("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}",
+                               "--storage.path", str(tmp_path / "x.db"))
+    wait_for("the exporter to serve", lambda: requests.get(url + "/readyz", timeout=2).ok, DEMO_WAIT, log, proc)
+    good = config.read_text()
+    config.write_text("a: " + "[" * 1000 + "]" * 1000 + "\n")  # nested 1,000 deep
+    proc.send_signal(signal.SIGHUP)
+    wait_for("the failed reload", lambda: reload_state(url)[0] == 0, 15, log, proc)
+    config.write_text(good.replace("15m", "1h"))
+    proc.send_signal(signal.SIGHUP)  # later signals are still handled
+    wait_for("the next reload", lambda: reload_state(url)[0] == 1, 15, log, proc)
+    t0 = time.monotonic()
+    assert stop(proc, log) == 0, tail(log)
+    assert time.monotonic() - t0 < 10
+
+
+def test_check_config_names_hostile_values(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yml"
+    deep.write_text("a: " + "[" * 1000 + "]" * 1000 + "\n")
+    result = run_cli("--check-config", "--config.file", str(deep))
+    assert result.returncode == 2 and "nested too deeply" in result.stderr and "Traceback" not in result.stderr
+    long = tmp_path / "long.yml"
+    long.write_text("accounts: [{name: a, username: a, api_key: k}]\nprefetch: {request_timeout: 1000000y}\n")
+    result = run_cli("--check-config", "--config.file", str(long))
+    assert result.returncode == 2, result.stderr
+    assert "prefetch.request_timeout" in result.stderr and "too long" in result.stderr
