@@ -174,6 +174,13 @@ class Server:
         except Exception:
             log.exception("HTTP server stopped with an error")
         finally:
+            # A connection accepted while stopping may still be running: end it on the loop, not at garbage
+            # collection after the loop is closed (its cleanup would fail there).
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     async def _serve(self) -> None:
