@@ -382,9 +382,11 @@ class Planner:
         if first < now - YOUNG:
             # An old one: a sweep asks for the range's tasks by state (a few requests, however many of them are
             # unfinished or stuck); the ones in no answer have succeeded.
-            b = min(c0 + SWEEP_SPAN - 1, math.floor(now - YOUNG))
-            self.sweep = [c0, b, math.floor(now), 0]
-            return Read(c0, b, "sweep", status=SWEEP_STATES[0])
+            # Blocks aligned to SWEEP_SPAN: a block is swept as a whole, never in overlapping pieces.
+            a = max(c0 - c0 % SWEEP_SPAN, reach)
+            b = min(c0 - c0 % SWEEP_SPAN + SWEEP_SPAN - 1, math.floor(now - YOUNG))
+            self.sweep = [a, b, math.floor(now), 0]
+            return Read(a, b, "sweep", status=SWEEP_STATES[0])
         # A young one, with the due tasks created after it that share one page-sized range (most of them
         # finish within minutes, so reading the range is cheaper than asking by state).
         limit = FILL * self.page_size

@@ -224,7 +224,8 @@ def test_old_unfinished_tasks_are_swept_by_state_and_those_in_no_state_have_succ
     states = []
     for step in range(len(SWEEP_STATES)):
         read = p.next_read(now + step, store, slot=300)
-        assert read.purpose == "sweep" and read.start == T0 and read.end == T0 + SWEEP_SPAN - 1
+        assert read.purpose == "sweep" and read.start == T0 - T0 % SWEEP_SPAN  # the aligned block holding it
+        assert read.end == read.start + SWEEP_SPAN - 1
         states.append(read.status)
         if read.status == "wait":  # what the vendor answered: all but three still waiting, seen now
             store.rows = [(c, u, s, now) if u not in ("stuck3", "stuck50", "stuck77") else (c, u, s, seen)
@@ -233,7 +234,7 @@ def test_old_unfinished_tasks_are_swept_by_state_and_those_in_no_state_have_succ
         assert (p.sweep_done(store) is None) == (step < len(SWEEP_STATES) - 1)
     assert states == ["wait", "run", "failure"]  # a task moving on between two answers is seen once
     p2 = planner()
-    p2.sweep = [T0, T0 + SWEEP_SPAN - 1, math.floor(now), len(SWEEP_STATES)]
+    p2.sweep = [T0 - T0 % SWEEP_SPAN, T0 - T0 % SWEEP_SPAN + SWEEP_SPAN - 1, math.floor(now), len(SWEEP_STATES)]
     assert sorted(u for _, u in p2.sweep_done(store)) == ["stuck3", "stuck50", "stuck77"]
 
 
