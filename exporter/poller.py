@@ -353,6 +353,8 @@ class FmgrPoller(Worker):
         self.maintenance_every = maintenance_every
         self.last_maintenance = 0.0
         if client is not None:
+            if client.health is None:
+                client.health = health  # its requests are counted with the rest of this poller's health
             health.declare("", "fmgr", up=False)
 
     def next_run(self) -> float:
@@ -391,11 +393,9 @@ class FmgrPoller(Worker):
     def poll_one(self, task_id: str) -> bool:
         """Poll one id; False when the API looks unhealthy and the rest should wait."""
         assert self.client is not None
-        started = time.monotonic()
         try:
-            status = self.client.status(task_id)
+            status = self.client.status(task_id)  # counted (result, duration) by the client
         except FmgrApiError as exc:
-            self.health.observe_request("fmgr", exc.kind, time.monotonic() - started)
             now = self.clock()
             if exc.kind == "not_found":
                 # The vendor does not know the id (typo, or not indexed yet): not an outage, unless no id at all
@@ -410,14 +410,13 @@ class FmgrPoller(Worker):
                 return True
             self.failures += 1
             self.health.poll_result("", "fmgr", False, now)
-            delay = max(backoff_delay(self.failures, self.rng), getattr(exc, "retry_after", None) or 0.0)
+            delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
             self.store.fmgr_poll_failed(task_id, f"{exc.kind}: {exc}", now + delay)
             if exc.kind == "rate_limited":
                 self.budget.block_until(now + delay)
             self.not_before = now + delay
             log.warning("fmgr: %s polling %s (%s); retrying in %.1fs", exc.kind, task_id, exc, delay)
             return False
-        self.health.observe_request("fmgr", "ok", time.monotonic() - started)
         now = self.clock()
         self.failures = 0
         self.not_found_run.clear()
@@ -446,7 +445,8 @@ class PollerGroup:
         fcfg = config.fmgr
         fclient = None
         if fcfg.enabled and fcfg.endpoint:
-            fclient = FmgrClient(fcfg.endpoint, session=make_session(), timeout=fcfg.request_timeout)
+            fclient = FmgrClient(fcfg.endpoint, session=make_session(), timeout=fcfg.request_timeout,
+                                 health=health)
         if fcfg.enabled and fcfg.persistent_ids:
             store.register_fmgr_ids(list(fcfg.persistent_ids), "config")
         self.fmgr = FmgrPoller(fcfg, store, fclient, health, clock=clock,
