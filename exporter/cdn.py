@@ -105,7 +105,7 @@ def classify_message(message: str) -> str:
     return vendor_http.classify_message(message, MESSAGE_KINDS)
 
 
-def _field(data: dict, *names: str) -> Any:
+def _field(data: dict[str, Any], *names: str) -> Any:
     for n in names:
         if n in data:
             return data[n]

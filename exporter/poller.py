@@ -11,11 +11,15 @@ several pages resumes after a failure, a budget wait or a restart instead of sta
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+import requests
 
 from .cdn import ApiError, CdnClient
 from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
@@ -36,7 +40,8 @@ NOT_FOUND_OUTAGE = 10
 class RateBudget:
     """At most ``requests`` calls in any sliding ``per`` seconds; ``block_until`` honours Retry-After."""
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float], saved: list | dict | None = None) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float],
+                 saved: list[float] | dict[str, Any] | None = None) -> None:
         """``saved`` is what ``state()`` returned before a restart (a bare list of send times is accepted too)."""
         self.limit = limit
         self.clock = clock
@@ -69,7 +74,7 @@ class RateBudget:
 
 def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF, cap: float = MAX_BACKOFF) -> float:
     """Exponential backoff with full jitter in its upper half: never a hot loop, no thundering herd."""
-    ceiling = min(cap, base * (2 ** max(0, failures - 1)))
+    ceiling = min(cap, math.ldexp(base, min(max(0, failures - 1), 64)))  # base * 2**(failures-1), capped
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -429,9 +434,7 @@ class PollerGroup:
     """All workers of one configuration, started and stopped together."""
 
     def __init__(self, config: Config, store: Store, health: ApiHealth, *, clock: Callable[[], float] = time.time,
-                 session_factory: Callable[[], object] | None = None) -> None:
-        import requests
-
+                 session_factory: Callable[[], requests.Session] | None = None) -> None:
         make_session = session_factory or requests.Session
         self.workers: list[Worker] = []
         self.cdn: list[CdnPoller] = []
