@@ -1,8 +1,9 @@
 """CDN task-status client (``POST /ccm/{fetch,purge}/ItemIdQuery``, seed 002).
 
-Pure helpers (time formatting, chunking, classification, response parsing) are separate from the
-client so they are tested without a network. The client never retries by itself: the poller owns
-scheduling, budgets and backoff.
+Pure helpers (time formatting, chunking, response parsing) are separate from the client so they are
+tested without a network. The HTTP side (errors, classification, Retry-After, request metrics) is the
+shared vendor layer (``vendor_http``); this module maps the CDN API on to it. The client never retries by
+itself: the poller owns scheduling, budgets and backoff.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
@@ -18,10 +19,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import signing
+from . import signing, vendor_http
 from .config import Account
 from .health import ApiHealth
 from .store import CdnTask
+from .vendor_http import VendorError, classify_status, observed, parse_retry_after, send
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +46,12 @@ BAD_REQUEST_MESSAGES = {
 AUTH_MESSAGES = {"username is invalid"}
 
 
-class ApiError(Exception):
-    """A failed vendor call, classified. ``kind`` is one of health.RESULTS (never "ok")."""
+# What each documented message means (compared case-insensitively); others are read by their words.
+MESSAGE_KINDS: Mapping[str, str] = {**dict.fromkeys(BAD_REQUEST_MESSAGES, "bad_request"),
+                                    **dict.fromkeys(AUTH_MESSAGES, "auth")}
 
-    def __init__(self, kind: str, message: str, *, retry_after: float | None = None, status: int | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retry_after = retry_after
-        self.status = status
-
-    @property
-    def page_size_error(self) -> bool:
-        return self.message.strip().lower() == "page size error"
-
-    @property
-    def too_old(self) -> bool:
-        return "before 3 days" in self.message or "before 7 days" in self.message
+# The CDN client's failures are the shared vendor error (kind, message, status, retry_after).
+ApiError = VendorError
 
 
 @dataclass(frozen=True)
@@ -111,19 +102,10 @@ def clamp_start(start: float, now: float, max_age: float, margin: float = 120.0)
 
 def classify_message(message: str) -> str:
     """Map a ``Code: 0`` message to a result kind."""
-    m = message.strip()
-    low = m.lower()
-    if m in BAD_REQUEST_MESSAGES or low in {x.lower() for x in BAD_REQUEST_MESSAGES}:
-        return "bad_request"
-    if m in AUTH_MESSAGES or any(w in low for w in ("auth", "signature", "unauthori", "forbidden", "permission",
-                                                    "username", "apikey", "api key", "access key")):
-        return "auth"
-    if any(w in low for w in ("rate limit", "too many", "frequen", "limit exceeded", "throttl")):
-        return "rate_limited"
-    return "unknown"
+    return vendor_http.classify_message(message, MESSAGE_KINDS)
 
 
-def _field(data: dict, *names: str) -> Any:
+def _field(data: dict[str, Any], *names: str) -> Any:
     for n in names:
         if n in data:
             return data[n]
@@ -200,28 +182,17 @@ def _parse_row(row: Any, tz: tzinfo) -> CdnTask:
                    begin_ts=begin_ts, finish_ts=finish_ts, rate=_as_rate(row.get("rate")))
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            from email.utils import parsedate_to_datetime
-
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+retry_after_seconds = parse_retry_after
 
 
 def classify_http(status: int) -> str:
-    if status in (401, 403):
-        return "auth"
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "server_error"
-    return "bad_request"
+    """The result kind of a non-200 HTTP answer of the CDN API.
+
+    As the shared classifier, except that 404 is ``bad_request``: a CDN query names no id that could be
+    unknown, so a 404 is the vendor refusing the request (a wrong endpoint path), never "nothing to report".
+    """
+    kind = classify_status(status)
+    return "bad_request" if kind == "not_found" else kind
 
 
 # ---------------------------------------------------------------------- client
@@ -268,20 +239,13 @@ class CdnClient:
         if url:
             payload["url"] = url  # one URL per query (seed 002): a re-check of one task costs one row
         body = json.dumps(payload, separators=(",", ":")).encode()
-        started = time.monotonic()
-        result = "unknown"  # until proven otherwise: an unexpected exception must not count as ok
-        try:
-            try:
-                resp = self.session.post(self.account.endpoint + path, data=body,
-                                         headers=self._headers(path, body), timeout=self.timeout)
-            except requests.Timeout as exc:
-                raise ApiError("timeout", f"no answer within {self.timeout:g}s") from exc
-            except requests.RequestException as exc:
-                raise ApiError("connection", f"{type(exc).__name__}: {exc}") from exc
+        with observed(self.health, kind):
+            resp = send(self.session, "POST", self.account.endpoint + path, timeout=self.timeout, what="CDN",
+                        data=body, headers=self._headers(path, body))
             if resp.status_code != 200:
                 detail = resp.text[:200].strip()
                 raise ApiError(classify_http(resp.status_code), f"HTTP {resp.status_code}: {detail}",
-                               retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                               retry_after=parse_retry_after(resp.headers.get("Retry-After")),
                                status=resp.status_code)
             try:
                 data = resp.json()
@@ -291,10 +255,4 @@ class CdnClient:
             if page.rows == 0 and page.count > (page_no - 1) * page_size:
                 # Success with the rows missing is never "no tasks": paging on would skip them for good.
                 raise ApiError("malformed", f"page {page_no} is empty but count says {page.count} tasks")
-            result = "ok"
-            return page
-        except ApiError as exc:
-            result = exc.kind
-            raise
-        finally:
-            self.health.observe_request(kind, result, time.monotonic() - started)
+        return page

@@ -11,6 +11,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -128,8 +129,10 @@ class ExporterCollector(Collector):
         groups = self.store.fmgr_window_counts(now, windows)
         # Every combination seen in the largest window is present in every window (0 where absent).
         widest = max(range(len(windows)), key=lambda i: windows[i])
-        task_codes = set(groups["tasks"][widest]) | {c for c in fmgrwire.TASK_STATES}
-        item_keys = set(groups["items"][widest])
+        # The keys the store counts under (Store.fmgr_window_counts): task code (-1 other, None not polled yet),
+        # (op, item code).
+        task_codes = cast("set[int | None]", set(groups["tasks"][widest])) | set(fmgrwire.TASK_STATES)
+        item_keys = cast("set[tuple[str, int | None]]", set(groups["items"][widest]))
         for i, w in enumerate(fcfg.windows):
             tc, ic, oc = groups["tasks"][i], groups["items"][i], groups["outcomes"][i]
             for code in sorted(task_codes, key=lambda c: -2 if c is None else c):
@@ -167,12 +170,12 @@ class ExporterCollector(Collector):
     def _health(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("cdnetworks_up", "1 when the last request to this vendor API succeeded, else 0.",
                                labels=["account", "api"])
-        for (account, api), v in sorted(self.health.up().items()):
-            up.add_metric([account, api], v)
+        for (account, api), is_up in sorted(self.health.up().items()):
+            up.add_metric([account, api], is_up)
         reqs = CounterMetricFamily("cdnetworks_api_requests", "Requests made to the vendor APIs, by result.",
                                    labels=["api", "result"])
-        for (api, result), v in sorted(self.health.requests().items()):
-            reqs.add_metric([api, result], v)
+        for (api, result), n in sorted(self.health.requests().items()):
+            reqs.add_metric([api, result], n)
         dur = HistogramMetricFamily("cdnetworks_api_request_duration_seconds", "Latency of vendor API requests.",
                                     labels=["api"])
         for api, (buckets, total, _n) in sorted(self.health.durations().items()):

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 DEMO_TOKEN = "demo-register-token"
 DEMO_NOTIFY_KEY = ("demo-access-key", "demo-secret-key")
-BUDGET = {"requests": 5, "per": "1s"}
+BUDGET_REQUESTS = 5  # per second, for each CDN task kind
+BUDGET = {"requests": BUDGET_REQUESTS, "per": "1s"}
 REGISTERED = ("job-", "hook-")  # the Fmgr streams whose ids the job runner registers
 
 
@@ -39,7 +40,7 @@ def local_base_url(listen_address: str) -> str:
 def start_simulator(exporter_url: str, *, now: float | None = None) -> Simulator:
     now = time.time() if now is None else now
     sim = Simulator(seed=42, max_page_size=200,
-                    rate_limits={"prefetch": (BUDGET["requests"], 1.0), "purge": (BUDGET["requests"], 1.0)})
+                    rate_limits={"prefetch": (BUDGET_REQUESTS, 1.0), "purge": (BUDGET_REQUESTS, 1.0)})
     sim.add_account("acme", "acme-demo-api-key")
     sim.add_account("globex", access_key="globex-demo-ak", secret_key="globex-demo-sk")
     for user, per_hour, failing in (("acme", 600.0, 0.03), ("globex", 240.0, 0.12)):

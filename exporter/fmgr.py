@@ -1,6 +1,7 @@
 """The object-storage Fmgr wire: status codes, status JSON, notifications and the status client.
 
-Everything here except :class:`FmgrClient` is a pure function of its input, so the poller, the notify
+Everything here except :class:`FmgrClient` (a thin mapping on the shared vendor HTTP layer,
+``vendor_http``) is a pure function of its input, so the poller, the notify
 receiver and the simulator share one reading of the vendor's documents (seeds 000 and 001) and the tests
 pin it down without a network. Nothing here stores anything or serves HTTP.
 """
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-import urllib3.exceptions
 
-from exporter import __version__, signing
+from exporter import __version__, signing, vendor_http
+from exporter.health import ApiHealth
+from exporter.vendor_http import VendorError, classify_status, observed, send
 
 # Task `code` of a status query. 2 does not exist for tasks: a failed item does not fail the task.
 TASK_STATES: dict[int, str] = {
@@ -398,45 +400,15 @@ def notification_dedup_key(raw_body: bytes) -> str:
 # Status client
 
 
-class FmgrApiError(Exception):
-    """A status query that gave no status. ``kind`` drives counting and backoff:
+# A status query that gave no status: the shared vendor error. ``kind`` drives counting and backoff; for Fmgr,
+# ``not_found`` means the id is unknown to the vendor (not an outage). ``status`` is the code of the vendor's
+# failure body when there is one (it can say 404 inside an HTTP 200), else the HTTP status, else None.
+FmgrApiError = VendorError
 
-    ``not_found`` (the id is unknown: not an outage), ``bad_request``, ``rate_limited``,
-    ``server_error``, ``timeout``, ``connection``, ``malformed``. ``status`` is the code of the vendor's
-    failure body when there is one (it can say 404 inside an HTTP 200), else the HTTP status, else None.
-    """
-
-    def __init__(
-        self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None
-    ):
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-        self.retry_after = retry_after
-
-
-def kind_for_code(code: int) -> str:
-    """The error kind of an HTTP status code, as carried in the HTTP status line or a failure body."""
-    if code == 404:
-        return "not_found"
-    if code == 429:
-        return "rate_limited"
-    if 400 <= code < 500:
-        return "bad_request"
-    if 500 <= code < 600:
-        return "server_error"
-    return "malformed"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds; None when absent or not a number (the HTTP-date form is not used)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+# The shared classifier as is: 401/403 auth, 404 not_found, 429 rate_limited, other 4xx bad_request, 5xx
+# server_error, anything else malformed. (An HTTP 404 without a failure body is read as malformed, below.)
+kind_for_code = classify_status
+parse_retry_after = vendor_http.parse_retry_after
 
 
 def _failure_code(data: object) -> int | None:
@@ -451,42 +423,35 @@ def _failure_message(data: object) -> str:
     return message[:200] if isinstance(message, str) else ""
 
 
-def _is_read_timeout(exc: requests.ConnectionError) -> bool:
-    # requests reports a read timeout while fetching the body as a ConnectionError wrapping urllib3's.
-    return bool(exc.args) and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError)
-
-
 class FmgrClient:
     """``GET {endpoint}/fmgr/status?persistentId=ID``. No auth (seed 000); one call per id.
 
-    The session is a parameter so that the caller owns pooling, proxies and TLS settings.
+    The session is a parameter so that the caller owns pooling, proxies and TLS settings. Every call is
+    counted in ``health`` (api ``fmgr``); a client built without one reports into its poller's.
     """
 
-    def __init__(self, endpoint: str, *, session: requests.Session | None = None, timeout: float = 10.0):
+    def __init__(self, endpoint: str, *, session: requests.Session | None = None, timeout: float = 10.0,
+                 health: ApiHealth | None = None) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.session = session if session is not None else requests.Session()
         self.timeout = timeout
+        self.health = health
 
     def status(self, persistent_id: str) -> FmgrStatus:
         """The current status of one task, or FmgrApiError saying why there is none."""
         if not persistent_id:
             raise ValueError("persistent_id must be a non-empty string")
-        try:
-            response = self.session.get(
+        with observed(self.health, "fmgr"):
+            response = send(
+                self.session,
+                "GET",
                 f"{self.endpoint}/fmgr/status",
-                params={"persistentId": persistent_id},
                 timeout=self.timeout,
+                what="Fmgr",
+                params={"persistentId": persistent_id},
                 headers={"Accept": "application/json", "User-Agent": f"cdnetworks-exporter/{__version__}"},
             )
-        except requests.Timeout as exc:
-            raise FmgrApiError("timeout", f"no answer within {self.timeout:g}s") from exc
-        except requests.ConnectionError as exc:
-            if _is_read_timeout(exc):
-                raise FmgrApiError("timeout", f"no answer within {self.timeout:g}s") from exc
-            raise FmgrApiError("connection", f"cannot reach the Fmgr endpoint: {type(exc).__name__}") from exc
-        except requests.RequestException as exc:
-            raise FmgrApiError("connection", f"request failed: {type(exc).__name__}: {exc}") from exc
-        return self._read(response, persistent_id)
+            return self._read(response, persistent_id)
 
     def _read(self, response: requests.Response, persistent_id: str) -> FmgrStatus:
         http = response.status_code

@@ -50,6 +50,11 @@ BODY_TOO_LARGE = "exporter.body_too_large"
 # What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served.
 SLOW = "slow"
 
+# A finished WSGI answer: status line, headers, body.
+Finished = tuple[str, list[tuple[str, str]], bytes]
+# What admit() returns: None (run on the common workers), SLOW (run on the slow lane), or a finished answer.
+Verdict = Finished | str | None
+
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 2.0
 
@@ -414,7 +419,7 @@ class Server:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         admit = getattr(self.app, "admit", None)
-        verdict = None
+        verdict: Verdict = None
         if admit is not None and not environ.get(BODY_TOO_LARGE):
             try:
                 verdict = admit(environ, self._slow_pending >= self.limits.slow_lane)
@@ -423,7 +428,7 @@ class Server:
                 return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
         if verdict is None:
             return await loop.run_in_executor(self._pool, self._call_app, environ)
-        if verdict == SLOW:
+        if isinstance(verdict, str):  # SLOW, the one str verdict
             self._slow_pending += 1
             try:
                 return await loop.run_in_executor(self._slow_pool, self._call_app, environ)

@@ -306,10 +306,10 @@ class Planner:
         # Re-checks take two turns in four: statuses of tasks already counted are what the windows show.
         options: list[Callable[[], Read | None]] = [recheck, late, recheck, self._history]
         for i in range(len(options)):
-            read = options[(self.turn + i) % len(options)]()
-            if read is not None:
+            chosen = options[(self.turn + i) % len(options)]()
+            if chosen is not None:
                 self.turn = (self.turn + i + 1) % len(options)
-                return read
+                return chosen
         return None
 
     def _suspect(self, store: StoreView) -> Read | None:

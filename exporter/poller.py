@@ -11,11 +11,15 @@ several pages resumes after a failure, a budget wait or a restart instead of sta
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+import requests
 
 from .cdn import ApiError, CdnClient
 from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
@@ -36,7 +40,8 @@ NOT_FOUND_OUTAGE = 10
 class RateBudget:
     """At most ``requests`` calls in any sliding ``per`` seconds; ``block_until`` honours Retry-After."""
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float], saved: list | dict | None = None) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float],
+                 saved: list[float] | dict[str, Any] | None = None) -> None:
         """``saved`` is what ``state()`` returned before a restart (a bare list of send times is accepted too)."""
         self.limit = limit
         self.clock = clock
@@ -69,7 +74,7 @@ class RateBudget:
 
 def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF, cap: float = MAX_BACKOFF) -> float:
     """Exponential backoff with full jitter in its upper half: never a hot loop, no thundering herd."""
-    ceiling = min(cap, base * (2 ** max(0, failures - 1)))
+    ceiling = min(cap, math.ldexp(base, min(max(0, failures - 1), 64)))  # base * 2**(failures-1), capped
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -353,6 +358,8 @@ class FmgrPoller(Worker):
         self.maintenance_every = maintenance_every
         self.last_maintenance = 0.0
         if client is not None:
+            if client.health is None:
+                client.health = health  # its requests are counted with the rest of this poller's health
             health.declare("", "fmgr", up=False)
 
     def next_run(self) -> float:
@@ -391,11 +398,9 @@ class FmgrPoller(Worker):
     def poll_one(self, task_id: str) -> bool:
         """Poll one id; False when the API looks unhealthy and the rest should wait."""
         assert self.client is not None
-        started = time.monotonic()
         try:
-            status = self.client.status(task_id)
+            status = self.client.status(task_id)  # counted (result, duration) by the client
         except FmgrApiError as exc:
-            self.health.observe_request("fmgr", exc.kind, time.monotonic() - started)
             now = self.clock()
             if exc.kind == "not_found":
                 # The vendor does not know the id (typo, or not indexed yet): not an outage, unless no id at all
@@ -410,14 +415,13 @@ class FmgrPoller(Worker):
                 return True
             self.failures += 1
             self.health.poll_result("", "fmgr", False, now)
-            delay = max(backoff_delay(self.failures, self.rng), getattr(exc, "retry_after", None) or 0.0)
+            delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
             self.store.fmgr_poll_failed(task_id, f"{exc.kind}: {exc}", now + delay)
             if exc.kind == "rate_limited":
                 self.budget.block_until(now + delay)
             self.not_before = now + delay
             log.warning("fmgr: %s polling %s (%s); retrying in %.1fs", exc.kind, task_id, exc, delay)
             return False
-        self.health.observe_request("fmgr", "ok", time.monotonic() - started)
         now = self.clock()
         self.failures = 0
         self.not_found_run.clear()
@@ -430,9 +434,7 @@ class PollerGroup:
     """All workers of one configuration, started and stopped together."""
 
     def __init__(self, config: Config, store: Store, health: ApiHealth, *, clock: Callable[[], float] = time.time,
-                 session_factory: Callable[[], object] | None = None) -> None:
-        import requests
-
+                 session_factory: Callable[[], requests.Session] | None = None) -> None:
         make_session = session_factory or requests.Session
         self.workers: list[Worker] = []
         self.cdn: list[CdnPoller] = []
@@ -446,7 +448,8 @@ class PollerGroup:
         fcfg = config.fmgr
         fclient = None
         if fcfg.enabled and fcfg.endpoint:
-            fclient = FmgrClient(fcfg.endpoint, session=make_session(), timeout=fcfg.request_timeout)
+            fclient = FmgrClient(fcfg.endpoint, session=make_session(), timeout=fcfg.request_timeout,
+                                 health=health)
         if fcfg.enabled and fcfg.persistent_ids:
             store.register_fmgr_ids(list(fcfg.persistent_ids), "config")
         self.fmgr = FmgrPoller(fcfg, store, fclient, health, clock=clock,

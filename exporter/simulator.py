@@ -25,14 +25,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.message import Message
 from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import requests as requests_lib
 
 from exporter import signing
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+# Request headers: a plain mapping, or the http.server request's (case-insensitive, first of duplicates).
+_Headers = Mapping[str, str] | Message
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +171,7 @@ def _task_desc(task_code: int, any_failed: bool) -> str:
     return FMGR_TASK_DESC[task_code]
 
 
-def _lru_get(cache: collections.OrderedDict[Any, Any], key: Any) -> Any:
+def _lru_get(cache: collections.OrderedDict[_K, _V], key: _K) -> _V | None:
     value = cache.get(key)
     if value is not None:
         cache.move_to_end(key)
@@ -1190,14 +1196,14 @@ class Simulator:
 
     # -------------------------------------------------------------------------------------- serving
 
-    def _handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> _Response:
+    def _handle(self, method: str, target: str, headers: _Headers, body: bytes) -> _Response:
         try:
             return self._dispatch(method, target, headers, body)
         except Exception:
             logger.exception("simulator: failed to answer %s %s", method, target)
             return _Response(500, b"simulator error", {"Content-Type": "text/plain"}, "error")
 
-    def _dispatch(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> _Response:
+    def _dispatch(self, method: str, target: str, headers: _Headers, body: bytes) -> _Response:
         parts = urlsplit(target)
         api = CDN_PATHS.get(parts.path) or ("fmgr" if parts.path == FMGR_PATH else None)
         if api is None:
@@ -1225,7 +1231,7 @@ class Simulator:
                                      "result": response.result, "fault": fault})
         return response
 
-    def _claimed_user(self, headers: Mapping[str, str]) -> str | None:
+    def _claimed_user(self, headers: _Headers) -> str | None:
         """Who the request says it is, unverified (for counting, also of refused requests)."""
         access_key = headers.get("x-cnc-accessKey")
         if access_key is not None:
@@ -1315,7 +1321,7 @@ class Simulator:
 
     # ---- CDN
 
-    def _cdn_response(self, api: str, method: str, path: str, query: str, headers: Mapping[str, str],
+    def _cdn_response(self, api: str, method: str, path: str, query: str, headers: _Headers,
                       body: bytes) -> _Response:
         if method != "POST":
             return _cdn_error("method not allowed", "bad_request", 405)
@@ -1331,7 +1337,7 @@ class Simulator:
             return limited
         return self._cdn_query(api, user, body, now)
 
-    def _auth_basic(self, headers: Mapping[str, str], now: float) -> tuple[str | None, _Response | None]:
+    def _auth_basic(self, headers: _Headers, now: float) -> tuple[str | None, _Response | None]:
         scheme, _, token = (headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "basic" or not token:
             return None, _auth_failed()
@@ -1362,7 +1368,7 @@ class Simulator:
             return False
         return abs(parsed.timestamp() - now) <= self.date_skew
 
-    def _auth_aksk(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
+    def _auth_aksk(self, method: str, path: str, query: str, headers: _Headers, body: bytes,
                    now: float) -> tuple[str | None, _Response | None]:
         access_key = headers.get("x-cnc-accessKey") or ""
         timestamp = headers.get("x-cnc-timestamp") or ""

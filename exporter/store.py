@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fmgr as fmgrwire
-from .windows import WindowCounter
+from .windows import Counts, Delta, WindowCounter
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Store:
         for account, kind, create_ts, status, rate in rows:
             changes.extend(self._cdn_deltas(account, kind, create_ts, status, rate, +1))
         self.cdn_windows.add_many(changes)
-        fchanges: list[tuple[Any, float, Any, float]] = []
+        fchanges: list[Delta] = []
         for first_seen, code in self._conn.execute("SELECT first_seen, code FROM fmgr_tasks"):
             fchanges.extend(self._fmgr_task_deltas(first_seen, code, +1))
         for first_seen, op, icode in self._conn.execute(
@@ -333,9 +333,10 @@ class Store:
             log.error("store: cannot recount pending Fmgr tasks: %s", exc)
 
     def _count_pending(self) -> int:
-        return self._conn.execute(
+        (count,) = self._conn.execute(
             "SELECT count(*) FROM fmgr_tasks WHERE final_seen IS NULL AND abandoned = 0"
-        ).fetchone()[0]
+        ).fetchone()
+        return int(count)
 
     def increment(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
         """A persistent counter (survives restarts, like the history it counts)."""
@@ -348,9 +349,10 @@ class Store:
 
     # ------------------------------------------------------------------ CDN tasks
     @staticmethod
-    def _cdn_deltas(account: str, kind: str, create_ts: float, status: str, rate: float | None, sign: int):
+    def _cdn_deltas(account: str, kind: str, create_ts: float, status: str, rate: float | None,
+                    sign: int) -> list[Delta]:
         group = (account, kind)
-        out = [(group, create_ts, ("status", status), sign)]
+        out: list[Delta] = [(group, create_ts, ("status", status), sign)]
         if status in CDN_FINAL and rate is not None:
             out.append((group, create_ts, ("rate_sum",), sign * rate))
             out.append((group, create_ts, ("rate_n",), sign))
@@ -360,7 +362,7 @@ class Store:
         """Insert or update tasks in one transaction; count each task's finish exactly once."""
         now = self._clock()
         new = changed = finished = 0
-        deltas: list = []
+        deltas: list[Delta] = []
         with self._transaction():
             for t in tasks:
                 row = self._conn.execute(
@@ -418,12 +420,12 @@ class Store:
             get((name + "_count", _labels_key(labels)), 0.0),
         )
 
-    def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counter]:
+    def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counts]:
         """Per window ``w``, label -> sum over the tasks created in ``(now - w, now]``: ``("status", s)`` -> tasks,
         ``("rate_sum",)`` / ``("rate_n",)`` over the finished ones that report a rate."""
         return self.cdn_windows.windows((account, kind), now, windows)
 
-    def _cdn_edge_counts(self, group: Any, after: float, until: float) -> Counter:
+    def _cdn_edge_counts(self, group: Any, after: float, until: float) -> Counts:
         """The window counter's exact count of a partial minute: the same deltas, from the rows themselves."""
         account, kind = group
         with self._lock:
@@ -432,10 +434,10 @@ class Store:
                 "WHERE account=? AND kind=? AND create_ts > ? AND create_ts <= ? AND status IS NOT NULL",
                 (account, kind, after, until),
             ).fetchall()
-        out: Counter = Counter()
+        out: Counts = Counter()
         for create_ts, status, rate in rows:
             for _, _, label, delta in self._cdn_deltas(account, kind, create_ts, status, rate, +1):
-                out[label] += delta
+                out[label] += delta  # type: ignore[assignment]  # float rate sums, see windows.Counts
         return out
 
     def cdn_oldest_unfinished(self, account: str, kind: str, since: float | None = None) -> float | None:
@@ -510,15 +512,15 @@ class Store:
 
     # ------------------------------------------------------------------ Fmgr tasks
     @staticmethod
-    def _fmgr_task_deltas(first_seen: float, code: int | None, sign: int):
+    def _fmgr_task_deltas(first_seen: float, code: int | None, sign: int) -> list[Delta]:
         # Keys stay bounded: unknown codes collapse to -1 ("other"); None = not polled yet.
         key = code if code is None or code in fmgrwire.TASK_STATES else -1
         return [("tasks", first_seen, key, sign)]
 
     @staticmethod
-    def _fmgr_item_deltas(first_seen: float, op: str, code: int | None, sign: int):
+    def _fmgr_item_deltas(first_seen: float, op: str, code: int | None, sign: int) -> list[Delta]:
         key = code if code is None or code in fmgrwire.ITEM_STATES else -1
-        out = [("items", first_seen, (op, key), sign)]
+        out: list[Delta] = [("items", first_seen, (op, key), sign)]
         outcome = fmgrwire.item_outcome(code)
         if outcome is not None:
             out.append(("outcomes", first_seen, outcome, sign))
@@ -528,7 +530,7 @@ class Store:
         """Start tracking ids; returns how many were new. Known ids are left as they are."""
         now = self._clock()
         added = 0
-        deltas: list = []
+        deltas: list[Delta] = []
         with self._transaction():
             for task_id in ids:
                 cur = self._conn.execute(
@@ -555,9 +557,9 @@ class Store:
 
     def _apply_fmgr_locked(
         self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool, lifecycle: fmgrwire.Lifecycle
-    ) -> list:
+    ) -> list[Delta]:
         now = self._clock()
-        deltas: list = []
+        deltas: list[Delta] = []
         row = self._conn.execute(
             "SELECT first_seen, final_seen, code, confirmed, abandoned, next_poll FROM fmgr_tasks WHERE id = ?",
             (status.id,),
@@ -603,7 +605,7 @@ class Store:
                 "first_seen, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*values, status.id, now, source),
             )
-            old_items: dict[int, tuple] = {}
+            old_items: dict[int, tuple[str, int | None, int | None]] = {}
         else:
             self._conn.execute(
                 "UPDATE fmgr_tasks SET code=?, final_seen=?, confirmed=?, updated_ts=?, "
@@ -693,8 +695,8 @@ class Store:
             return
         self.fmgr_windows.add_many(deltas)
 
-    def _notes_transaction(self, batch: list[_Note]) -> list:
-        deltas: list = []
+    def _notes_transaction(self, batch: list[_Note]) -> list[Delta]:
+        deltas: list[Delta] = []
         with self._transaction():
             for n in batch:
                 cur = self._conn.execute(
@@ -764,12 +766,12 @@ class Store:
             ).fetchone()
         return self._fmgr_pending, (row[0] if row else None)
 
-    def fmgr_window_counts(self, now: float, windows: Sequence[float]) -> dict[str, list[Counter]]:
+    def fmgr_window_counts(self, now: float, windows: Sequence[float]) -> dict[str, list[Counts]]:
         """Per group, one Counter per window: "tasks" code -> n, "items" (op, code) -> n (code -1 = other,
         None = not polled yet), "outcomes" succeeded/failed -> n (final items)."""
         return {g: self.fmgr_windows.windows(g, now, windows) for g in ("tasks", "items", "outcomes")}
 
-    def _fmgr_edge_counts(self, group: Any, after: float, until: float) -> Counter:
+    def _fmgr_edge_counts(self, group: Any, after: float, until: float) -> Counts:
         """The window counter's exact count of a partial minute, from the rows the deltas were made from."""
         with self._lock:
             if group == "tasks":
@@ -785,10 +787,10 @@ class Store:
                     "WHERE t.first_seen > ? AND t.first_seen <= ? AND t.first_seen IS NOT NULL",
                     (after, until),
                 ) for d in self._fmgr_item_deltas(first_seen, op, code, +1)]
-        out: Counter = Counter()
+        out: Counts = Counter()
         for g, _, label, delta in deltas:
             if g == group:
-                out[label] += delta
+                out[label] += int(delta)  # Fmgr deltas are counts of tasks and items
         return out
 
     def list_fmgr_tasks(self, state: str | None, limit: int, task_id: str | None = None) -> list[dict[str, Any]]:

@@ -228,7 +228,7 @@ class App:
         ]
         return response.status, headers, b"" if method == "HEAD" else response.body
 
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> Any:
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> httpd.Verdict:
         """Called by the server on its event loop, before a worker is taken, so it must not block.
 
         None: run the request on the common workers (no basic auth needed, or a remembered password).

@@ -31,8 +31,15 @@ from collections.abc import Callable, Hashable, Sequence
 BUCKET_SECONDS = 60
 _SLIDE_MAX = 30  # minutes the clock may move for the window sums to be slid rather than summed afresh
 
+# label -> sum of the deltas added under it. Counts are ints except the CDN rate sums (a Counter takes any
+# number; typeshed declares its values as int, hence the one ``type: ignore`` where a delta is added).
+Counts = Counter[Hashable]
+# (group, ts, label, delta): one change to the counts
+Delta = tuple[Hashable, float, Hashable, float]
 # counts(group, after, until) -> label -> sum over the entries of ``group`` with after < ts <= until.
-EdgeCounts = Callable[[Hashable, float, float], Counter]
+EdgeCounts = Callable[[Hashable, float, float], Counts]
+# (group, top bucket, the low edge bucket of each window): the key of a window set's interior sums.
+InteriorKey = tuple[Hashable, int, tuple[int, ...]]
 
 
 def bucket_end(ts: float, size: int = BUCKET_SECONDS) -> int:
@@ -50,7 +57,7 @@ class _Bucket:
     __slots__ = ("counts", "hi", "lo")
 
     def __init__(self) -> None:
-        self.counts: Counter = Counter()
+        self.counts: Counts = Counter()
         # Bounds of every timestamp ever added here (never narrowed): enough to tell when the bucket
         # lies wholly inside or outside a window, so that it needs no exact count.
         self.lo = math.inf
@@ -71,12 +78,13 @@ class WindowCounter:
         self._lock = threading.Lock()
         # Per group, so that a write to one (account, kind) does not invalidate the others' cached sums.
         self._versions: dict[Hashable, int] = defaultdict(int)
-        self._interior: dict[tuple, tuple[int, list[Counter]]] = {}
+        self._interior: dict[InteriorKey, tuple[int, list[Counts]]] = {}
         # The last interior computed per (group, number of windows): slid forward when the minute turns.
-        self._last_interior: dict[tuple, tuple[int, int, tuple, list[Counter]]] = {}
-        self._results: dict[tuple, tuple[int, list[Counter]]] = {}
+        self._last_interior: dict[tuple[Hashable, int], tuple[int, int, tuple[int, ...], list[Counts]]] = {}
+        # (group, now, windows) -> the answer of windows()
+        self._results: dict[tuple[Hashable, float, tuple[float, ...]], tuple[int, list[Counts]]] = {}
 
-    def add_many(self, changes: Sequence[tuple[Hashable, float, Hashable, float]]) -> None:
+    def add_many(self, changes: Sequence[Delta]) -> None:
         """Apply several (group, ts, label, delta) changes atomically with respect to readers."""
         with self._lock:
             for group, ts, label, delta in changes:
@@ -93,18 +101,18 @@ class WindowCounter:
         if ts > bucket.hi:
             bucket.hi = ts
         counter = bucket.counts
-        counter[label] += delta
+        counter[label] += delta  # type: ignore[assignment]  # float rate sums, see Counts
         if counter[label] == 0:
             del counter[label]
         self._versions[group] += 1
 
-    def windows(self, group: Hashable, now: float, windows: Sequence[float]) -> list[Counter]:
+    def windows(self, group: Hashable, now: float, windows: Sequence[float]) -> list[Counts]:
         """Counter of label -> sum over ``(now - w, now]`` for each ``w`` in ``windows`` (same order)."""
         size = self._size
         edges = [(now - w, bucket_end(now - w, size)) for w in windows]
         top = bucket_end(now, size)
         result_key = (group, now, tuple(windows))
-        interior_key = (group, top, tuple(end for _, end in edges))
+        interior_key: InteriorKey = (group, top, tuple(end for _, end in edges))
         with self._lock:
             version = self._versions[group]
             cached = self._results.get(result_key)
@@ -127,7 +135,7 @@ class WindowCounter:
                         totals[i].update(bucket.counts)  # wholly inside
                     else:
                         queries.append((i, lo, hi))
-        exact: dict[tuple[float, float], Counter] = {}
+        exact: dict[tuple[float, float], Counts] = {}
         for i, lo, hi in queries:
             if (lo, hi) not in exact:  # the bucket of now is shared by every window
                 exact[(lo, hi)] = self._edge(group, lo, hi)
@@ -142,8 +150,8 @@ class WindowCounter:
                 self._results[result_key] = (version, totals)
         return totals
 
-    def _interior_locked(self, group: Hashable, version: int, key: tuple,
-                         buckets: dict[int, _Bucket]) -> list[Counter]:
+    def _interior_locked(self, group: Hashable, version: int, key: InteriorKey,
+                         buckets: dict[int, _Bucket]) -> list[Counts]:
         """Per window, the sum of the buckets strictly between its two edge buckets."""
         cached = self._interior.get(key)
         if cached is not None and cached[0] == version:
@@ -167,8 +175,8 @@ class WindowCounter:
         self._last_interior[(group, len(lows))] = (version, top, lows, sums)
         return sums
 
-    def _slide(self, buckets: dict[int, _Bucket], old_top: int, old_lows: tuple, old_sums: list[Counter],
-               top: int, lows: tuple) -> list[Counter]:
+    def _slide(self, buckets: dict[int, _Bucket], old_top: int, old_lows: tuple[int, ...], old_sums: list[Counts],
+               top: int, lows: tuple[int, ...]) -> list[Counts]:
         """The interior sums after the clock moved a few minutes: add the buckets that entered a window and
         take out those that left it, instead of summing a day of buckets again."""
         size = self._size

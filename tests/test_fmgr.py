@@ -602,8 +602,11 @@ ROUTES: dict[str, Reply] = {
     "boom-json": Reply(503, b'{"code":"503","message":"busy"}', {"Retry-After": "12"}),
     "bad-request": Reply(400, b'{"code":400,"message":"persistentId is invalid"}'),
     "throttled": Reply(429, b"slow down", {"Retry-After": "7"}),
-    "throttled-date": Reply(429, b"", {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}),
+    "throttled-date": Reply(429, b"", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),  # past: retry now
     "html-404": Reply(404, b"<html>Not Found</html>"),
+    "forbidden": Reply(403, b"<html>Forbidden</html>"),
+    "forbidden-json": Reply(200, b'{"code":"401","message":"bad token"}'),
+    "throttled-later": Reply(429, b"", {"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"}),
     "garbage": Reply(200, b"this is not json"),
     "bad-shape": Reply(200, b'{"id":"bad-shape","items":"nope"}'),
     "other-id": Reply(200, json.dumps({**GOOD, "id": "someone-else"}).encode()),
@@ -703,8 +706,10 @@ def test_client_encodes_the_id_as_a_query_parameter(mgr, session):
         ("boom-json", "server_error", 503, 12.0),
         ("bad-request", "bad_request", 400, None),
         ("throttled", "rate_limited", 429, 7.0),
-        ("throttled-date", "rate_limited", 429, None),
+        ("throttled-date", "rate_limited", 429, 0.0),
         ("html-404", "malformed", 404, None),
+        ("forbidden", "auth", 403, None),
+        ("forbidden-json", "auth", 401, None),
         ("garbage", "malformed", 200, None),
         ("bad-shape", "malformed", 200, None),
         ("other-id", "malformed", 200, None),
@@ -715,6 +720,12 @@ def test_client_error_kinds(mgr, session, pid, kind, status, retry_after):
     error = client_error(FmgrClient(mgr.url, session=session), pid)
     assert (error.kind, error.status, error.retry_after) == (kind, status, retry_after)
     assert str(error)
+
+
+def test_client_retry_after_http_date(mgr, session):
+    error = client_error(FmgrClient(mgr.url, session=session), "throttled-later")
+    assert error.kind == "rate_limited"
+    assert error.retry_after is not None and error.retry_after > 365 * 86400
 
 
 def test_client_failure_message_is_kept(mgr, session):
@@ -753,7 +764,8 @@ def test_parse_retry_after(value, seconds):
     ("code", "kind"),
     [
         (400, "bad_request"),
-        (403, "bad_request"),
+        (401, "auth"),
+        (403, "auth"),
         (404, "not_found"),
         (429, "rate_limited"),
         (500, "server_error"),
