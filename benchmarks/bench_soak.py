@@ -271,6 +271,9 @@ def main() -> int:
     goals.check("Traceback" not in log_text, "no traceback in the exporter's log")
     goals.check(abs(growth) <= 0.10, f"RSS at the end {end_kb / 1024:.1f} MB within 10% of RSS after the first "
                 f"minute {after_first / 1024:.1f} MB ({growth:+.1%}); peak {peak_kb / 1024:.1f} MB")
+    half_kb = next(kb for t, kb in rss if t >= seconds / 2)
+    goals.note(f"RSS over the second half: {half_kb / 1024:.1f} MB -> {end_kb / 1024:.1f} MB "
+               f"({(end_kb - half_kb) / half_kb:+.1%})")
     goals.note(f"/metrics p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(scrapes)} scrapes")
     return goals.exit_code()
 
