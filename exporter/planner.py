@@ -217,7 +217,9 @@ class Planner:
     def head_due(self, now: float) -> bool:
         assert self.head is not None
         unread = math.floor(now) - self.head
-        return unread > 0 and (now - self.last_head_at >= self.poll_interval or unread >= self.page_seconds())
+        # A slot's timing is float arithmetic: a hair under the poll interval is the poll interval.
+        since = now - self.last_head_at + 1e-6
+        return unread > 0 and (since >= self.poll_interval or unread >= self.page_seconds())
 
     def next_read(self, now: float, store: StoreView, slot: float) -> Read | None:
         """The next request to send, or None when nothing is due (see ``next_due``)."""
@@ -263,12 +265,12 @@ class Planner:
         start = self.head + 1
         room = self.page_seconds()
         span = end - start + 1
-        if span > 2 * room:
-            # Far behind (an outage, a burst): the newest page first, the rest becomes a recent hole.
+        if span > 4 * room:
+            # Far behind (an outage): the newest page first, the rest becomes a recent hole.
             start = end - int(room) + 1
         elif span > room:
-            # A little behind (a slot went to maintenance): one full page from the oldest unread second. Pages
-            # stay full and no hole is left; the rest is read at the next slot.
+            # A little behind (a slot went to maintenance, a page more than planned): one full page from the
+            # oldest unread second. Pages stay full and no hole is left; the rest is read at the next slot.
             end = start + int(room) - 1
         else:
             # Room left in the page: re-read the newest tasks (statuses, late arrivals) for free.
