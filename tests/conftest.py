@@ -8,6 +8,8 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -76,6 +78,18 @@ def make_config(sim_url: str, storage: str, **overrides: Any) -> Config:
             data[key] = value
     data["storage"] = {"path": storage}
     return parse_config(data)
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A simulator on the real clock, for tests that run the exporter as a process: 120 prefetch tasks an hour
+    for account "acme" over the last two hours and on."""
+    sim = Simulator(seed=7)
+    sim.add_account("acme", "acme-key")
+    sim.add_cdn_stream("acme", "prefetch", per_hour=120, failure_ratio=0.1, start_ts=time.time() - 7200)
+    sim.start()
+    yield sim
+    sim.stop()
 
 
 def require_tool(binary: str) -> str:

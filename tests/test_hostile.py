@@ -25,7 +25,6 @@ import test_cli
 from test_cli import DEMO_WAIT, free_port, posix_signals, reload_state, run_cli, stop, tail, wait_for, write_config
 
 from exporter.demo import DEMO_TOKEN
-from exporter.simulator import Simulator
 
 start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
 
@@ -43,16 +42,6 @@ class Running:
     def rss_peak_kb(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    sim = Simulator(seed=7)
-    sim.add_account("acme", "acme-key")
-    sim.add_cdn_stream("acme", "prefetch", per_hour=120, failure_ratio=0.1, start_ts=time.time() - 7200)
-    sim.start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture
