@@ -31,16 +31,6 @@ WAIT = 30.0
 RELOAD = "/-/reload"
 
 
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    sim = Simulator(seed=11)
-    sim.add_account("acme", "acme-key")
-    sim.add_cdn_stream("acme", "prefetch", per_hour=120, failure_ratio=0.1, start_ts=time.time() - 7200)
-    sim.start()
-    yield sim
-    sim.stop()
-
-
 def write_config(path: Path, sim_url: str, windows: list[str], **extra: Any) -> None:
     path.write_text(yaml.safe_dump({
         "accounts": [{"name": "acme", "username": "acme", "api_key": "acme-key", "endpoint": sim_url}],
