@@ -5,22 +5,25 @@ whether it carries 1 row or a full page. So the planner works in *time ranges si
 (``FILL`` of it, from the observed task rate), never in "every page of a day", and chooses each request
 by what it buys:
 
-1. **head**: ``(S, now]``, the tasks created since the last read (S is the head point). When it would not
-   fit a page, its newest part is read and the rest becomes a *recent hole*, read next, newest first.
-   A head read that leaves room in its page reaches back over ``overlap`` to re-read the newest tasks
-   (most are still unfinished at their first read, and a task may become visible a little late).
-2. **recent holes**, newest first (at a first start, the range feeding the shortest window is one).
-3. **maintenance**, on a share of the budget (``MAINTENANCE_SHARE``) while the head is busy, and on all of
-   it otherwise: *suspect* ranges (count mismatch) narrowed down by bisection, *probes* (one ``pageSize:
-   1`` request tells the vendor's exact count of a range already read; more than we hold means tasks
-   became visible late: the newest two hours every half hour, every day of the longest window every
-   six hours), *re-checks* of unfinished tasks older than the head (clustered into ranges
-   whose stored count fits a page; a lone task is one ``url`` query), and *history* back-fill, newest
-   first.
+1. **head**: ``(S, now]``, the tasks created since the last read (S is the head point). When it does not
+   fit a page, one full page from its oldest second (the rest follows at the next slot); when it is more
+   than four pages behind (an outage), its newest page first and the rest becomes a *recent hole*. A head
+   read that leaves room in its page reaches back over ``overlap`` to re-read the newest tasks (most are
+   still unfinished at their first read, and a task may become visible a little late).
+2. **recent holes**, newest first (at a first start, the part of the shortest window the next two head
+   reads cannot give).
+3. **maintenance**: every other slot while the head still fits a page a slot later, otherwise on a share
+   of the requests (``MAINTENANCE_SHARE``), never pushing the head past ``LAG_LIMIT_INTERVALS`` poll
+   intervals behind. Turns between *re-checks* of unfinished tasks (young ones as page-sized ranges or one
+   ``url`` query; older ones by *sweeps* that ask for the states ``SWEEP_STATES`` over a 4-hour block: a
+   task stored unfinished in no answer has succeeded), *late tasks* (``pageSize: 1`` counts of ranges
+   already read, the newest two hours every half hour and every day of the longest window every six
+   hours; a count above what the store holds makes a *suspect* range, halved until it fits a page and is
+   read again) and *history* back-fill, newest day first.
 
-Order of rows within an answer does not matter: a range is read whole when its ``count`` fits a page, and
-split into smaller time ranges when it does not; only a single second holding more than a page is paged
-through (and read again from page 1 if its count changes meanwhile).
+Order of rows within an answer does not matter: a range is read whole when its ``count`` fits a page (or
+two pages, paged through and read again from page 1 if its count changes meanwhile), and split in time
+when it holds more.
 
 Everything here is pure bookkeeping on whole seconds; the poller does the I/O.
 """
@@ -417,7 +420,7 @@ class Planner:
         return Read(max(a, b - DAY + 1), b, "history")
 
     # ------------------------------------------------------------------ results
-    def on_answer(self, now: float, read: Read, count: int, rows: int) -> str:
+    def on_answer(self, now: float, read: Read, count: int) -> str:
         """Account for one page of ``read``: "done" (all of it read), "split" (more than a page: the range
         went back to its list in page-sized pieces) or "more" (page on)."""
         if read.count_only:

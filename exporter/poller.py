@@ -253,7 +253,7 @@ class CdnPoller(Worker):
             read.page_no, read.count = 1, None
             self._save()
             return
-        outcome = self.planner.on_answer(done_at, read, page.count, page.rows)
+        outcome = self.planner.on_answer(done_at, read, page.count)
         if outcome == "done" and not read.count_only and read.status is None:
             # Every unfinished task of the range was in the answer, or is no longer there to be read.
             self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url)

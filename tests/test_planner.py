@@ -50,7 +50,7 @@ def planner(**kw) -> Planner:
 
 
 def answer(p: Planner, now: float, read: Read, count: int) -> str:
-    return p.on_answer(now, read, count, min(count, p.page_size))
+    return p.on_answer(now, read, count)
 
 
 def test_subtract_and_split_are_exact_on_whole_seconds():
