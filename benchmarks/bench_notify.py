@@ -25,7 +25,6 @@ tasks < 50 ms (warm and cold).
 
 from __future__ import annotations
 
-import base64
 import http.client
 import io
 import json
@@ -44,12 +43,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from benchlib import T0, Clock, Goals, median_ms, p90_ms, print_table, samples_of, static_registry, time_interleaved
+from benchlib import (
+    T0,
+    Clock,
+    Goals,
+    median_ms,
+    p90_ms,
+    print_table,
+    samples_of,
+    signed_notification,
+    static_registry,
+    time_interleaved,
+)
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import fmgr as fmgrwire
-from exporter import signing
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.fmgr import FmgrItem, FmgrStatus
@@ -96,23 +105,8 @@ def serve_exporter(data: dict[str, Any], pipe: Connection) -> None:
 
 
 def notification(n: int) -> tuple[bytes, str]:
-    """A distinct finished task with one to three items, as the vendor would notify it (seed 001)."""
-    rng = random.Random(n)
-    items = []
-    for i in range(1 + n % 3):
-        failed = rng.random() < 0.1
-        op = OPS[(n + i) % len(OPS)]
-        items.append({
-            "cmd": SEED_CMD if op == "resource" else f"{op}/aHR0cDovL29yaWdpbi5leGFtcGxlLmNvbS97bn0=/bucket/YnVja2V0",
-            "code": 2 if failed else 3, "desc": "fileOperateFailed" if failed else "fileOperateSucceed",
-            "error": "source file not found" if failed else None, "hash": f"h{n:08x}{i}",
-            "fsize": 0 if failed else rng.randrange(1, 1 << 30), "key": f"bench/{n}/{i}.mp4",
-            "url": f"http://origin.example.com/bench/{n}/{i}.mp4",
-        })
-    status = {"id": f"bench{n:08d}{rng.getrandbits(64):016x}", "code": 3, "desc": "fileOperateSucceed",
-              "separate": 0, "items": items}
-    body = base64.urlsafe_b64encode(json.dumps(status, separators=(",", ":")).encode())
-    return body, signing.fmgr_notify_authorization(ACCESS_KEY, SECRET_KEY, NOTIFY_URL, body)
+    return signed_notification(n, prefix="bench", ops=OPS, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                               notify_url=NOTIFY_URL, cmds={"resource": SEED_CMD})
 
 
 class RequestsTransport:

@@ -16,11 +16,9 @@ fails.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -33,10 +31,9 @@ import time
 from pathlib import Path
 
 import requests
-from benchlib import Goals
+from benchlib import Goals, signed_notification
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import signing
 from exporter.simulator import Simulator
 
 NOTIFY_URL = "https://exporter.example.com/notify/fmgr"
@@ -54,21 +51,8 @@ def free_port() -> int:
 
 
 def notification(n: int) -> tuple[bytes, str]:
-    rng = random.Random(n)
-    items = []
-    for i in range(1 + n % 3):
-        failed = rng.random() < 0.1
-        items.append({
-            "cmd": f"{OPS[(n + i) % len(OPS)]}/aHR0cDovL29yaWdpbi5leGFtcGxlLmNvbS94/bucket/YnVja2V0",
-            "code": 2 if failed else 3, "desc": "fileOperateFailed" if failed else "fileOperateSucceed",
-            "error": "source file not found" if failed else None, "hash": f"h{n:08x}{i}",
-            "fsize": 0 if failed else rng.randrange(1, 1 << 30), "key": f"soak/{n}/{i}.mp4",
-            "url": f"http://origin.example.com/soak/{n}/{i}.mp4",
-        })
-    status = {"id": f"soak{n:09d}{rng.getrandbits(48):012x}", "code": 3, "desc": "fileOperateSucceed",
-              "separate": 0, "items": items}
-    body = base64.urlsafe_b64encode(json.dumps(status, separators=(",", ":")).encode())
-    return body, signing.fmgr_notify_authorization(ACCESS_KEY, SECRET_KEY, NOTIFY_URL, body)
+    return signed_notification(n, prefix="soak", ops=OPS, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                               notify_url=NOTIFY_URL)
 
 
 def rss_kb(pid: int) -> int:

@@ -8,7 +8,10 @@ Each script records its goals with :class:`Goals` and exits non-zero when one is
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from exporter import signing
 from exporter.simulator import ManualClock
 
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary (as in the tests)
@@ -128,3 +132,25 @@ class Goals:
         for verdict, text in self.results:
             print(f"RESULT {self.bench}: {verdict} {text}")
         return 1 if any(verdict == "FAIL" for verdict, _ in self.results) else 0
+
+
+def signed_notification(n: int, *, prefix: str, ops: Sequence[str], access_key: str, secret_key: str,
+                        notify_url: str, cmds: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """The ``n``-th distinct Fmgr notification (seed 001's shape, 1 to 3 items, 10% failed) and its signature:
+    a body and an ``Authorization`` the exporter accepts for ``notify_url`` and that key."""
+    rng = random.Random(n)
+    items = []
+    for i in range(1 + n % 3):
+        failed = rng.random() < 0.1
+        op = ops[(n + i) % len(ops)]
+        items.append({
+            "cmd": (cmds or {}).get(op, f"{op}/aHR0cDovL29yaWdpbi5leGFtcGxlLmNvbS97bn0=/bucket/YnVja2V0"),
+            "code": 2 if failed else 3, "desc": "fileOperateFailed" if failed else "fileOperateSucceed",
+            "error": "source file not found" if failed else None, "hash": f"h{n:08x}{i}",
+            "fsize": 0 if failed else rng.randrange(1, 1 << 30), "key": f"{prefix}/{n}/{i}.mp4",
+            "url": f"http://origin.example.com/{prefix}/{n}/{i}.mp4",
+        })
+    status = {"id": f"{prefix}{n:09d}{rng.getrandbits(48):012x}", "code": 3, "desc": "fileOperateSucceed",
+              "separate": 0, "items": items}
+    body = base64.urlsafe_b64encode(json.dumps(status, separators=(",", ":")).encode())
+    return body, signing.fmgr_notify_authorization(access_key, secret_key, notify_url, body)
