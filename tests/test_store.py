@@ -317,3 +317,64 @@ def test_a_notification_never_moves_items_back_from_the_notification_phase(store
     groups = store.fmgr_window_counts(clock(), [3600])
     assert groups["items"][0] == {("fetch", 6): 1, ("copy", 20): 1}
     assert store.fmgr_task("t")["confirmed"] is True  # a task at 6 needs no confirming poll
+
+
+def test_a_snapshot_shows_every_transaction_whole(store, clock):
+    """Scrapes read counters while commits land: a histogram's +Inf bucket always equals its _count and the
+    finished counter moves with them, because a transaction's counters reach memory all at once."""
+    import threading
+
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            store.upsert_cdn_tasks("a", "prefetch", tasks(5, T0 - 3000 + i * 50, step=1.0))
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(300):
+            snap = store.snapshot()
+            h = snap.histogram("prefetch_duration_seconds", {"account": "a"}, [60.0])
+            finished = sum(v for _, v in snap.counters("prefetch_tasks_finished_total"))
+            if not (h.buckets[-1][1] == h.count == finished):
+                errors.append(f"+Inf {h.buckets[-1][1]}, _count {h.count}, finished {finished}")
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors, errors[:3]
+    assert store.snapshot().histogram("prefetch_duration_seconds", {"account": "a"}, [60.0]).count > 0
+
+
+def test_scrape_reads_do_not_wait_for_a_write_transaction(store, clock):
+    """A scrape's reads (window edges, oldest unfinished, oldest pending) use their own connection: a long
+    write transaction does not hold them up."""
+    import threading
+    import time
+
+    store.upsert_cdn_tasks("a", "prefetch", tasks(3, T0 - 95, status="run"))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.repo.transaction():
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(5)
+        started = time.monotonic()
+        counts = store.cdn_window_counts("a", "prefetch", T0 + 0.5, [90.0])
+        oldest = store.cdn_oldest_unfinished("a", "prefetch")
+        store.fmgr_pending()
+        took = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join()
+    assert took < 2.0, f"scrape reads waited {took:.1f} s behind the write transaction"
+    assert oldest == T0 - 95
+    assert counts[0][("status", "run")] == 2  # created in (T0 - 89.5, T0 + 0.5]: T0 - 95 is not
