@@ -12,20 +12,16 @@ from hypothesis import strategies as st
 from exporter.config import (
     DEFAULT_CDN_ENDPOINT,
     KNOWN_KEYS,
-    MAX_DURATION,
     SECRET_MASK,
     Config,
     ConfigError,
     RateLimit,
     Window,
-    expand_env,
-    format_duration,
     load_config,
     parse_config,
-    parse_duration,
-    parse_timezone,
     redacted,
 )
+from exporter.configschema import MAX_DURATION, expand_env, format_duration, parse_duration, parse_timezone
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yml"
