@@ -55,7 +55,7 @@ def test_defaults_of_a_minimal_config():
     assert account.tz.utcoffset(None) == timedelta(hours=8)
     assert account.auth == "basic"
 
-    p = config.prefetch
+    p = config.kinds["prefetch"]
     assert p.enabled is True
     assert p.windows == (Window("15m", 900), Window("1h", 3600), Window("24h", 86400))
     assert (p.poll_interval, p.lookback, p.page_size) == (300, 86400, 500)
@@ -63,9 +63,9 @@ def test_defaults_of_a_minimal_config():
     assert (p.max_query_age, p.overlap, p.request_timeout) == (3 * 86400, 300, 30)
 
     # purge: the same defaults except enabled and the rate budget.
-    assert config.purge.enabled is False
-    assert config.purge.rate_limit == RateLimit(requests=10, per=300)
-    assert {**vars(config.purge), "enabled": True, "rate_limit": None} == {
+    assert config.kinds["purge"].enabled is False
+    assert config.kinds["purge"].rate_limit == RateLimit(requests=10, per=300)
+    assert {**vars(config.kinds["purge"]), "enabled": True, "rate_limit": None} == {
         **vars(p), "rate_limit": None}
     assert config.task_kinds() == [("prefetch", p)]
 
@@ -85,13 +85,13 @@ def test_defaults_of_a_minimal_config():
 
 def test_null_sections_and_values_mean_defaults():
     config = parse_config(minimal(prefetch=None, purge={"page_size": None}, storage=None), environ={})
-    assert config.prefetch.page_size == 500 and config.purge.page_size == 500
+    assert config.kinds["prefetch"].page_size == 500 and config.kinds["purge"].page_size == 500
     assert config.storage.path == "./data/cdnetworks-exporter.db"
 
 
 def test_partial_rate_limit_keeps_the_other_default():
     config = parse_config(minimal(purge={"rate_limit": {"requests": 3}}), environ={})
-    assert config.purge.rate_limit == RateLimit(requests=3, per=300)
+    assert config.kinds["purge"].rate_limit == RateLimit(requests=3, per=300)
 
 
 def test_endpoint_trailing_slash_stripped_and_http_allowed():
@@ -147,7 +147,7 @@ def test_aksk_account():
 
 def test_windows_keep_their_spelling_and_numbers_mean_seconds():
     config = parse_config(minimal(prefetch={"windows": ["90m", "1h30s", 600]}), environ={})
-    assert config.prefetch.windows == (Window("90m", 5400), Window("1h30s", 3630), Window("10m", 600))
+    assert config.kinds["prefetch"].windows == (Window("90m", 5400), Window("1h30s", 3630), Window("10m", 600))
 
 
 # ------------------------------------------------------------------------------------- all problems
@@ -319,10 +319,10 @@ def test_env_expansion_in_every_string_value():
     }
     config = parse_config(data, environ=environ)
     assert config.accounts[0].api_key == API_KEY
-    assert config.prefetch.windows[1] == Window("2h", 7200)
-    assert config.prefetch.page_size == 250
-    assert config.prefetch.poll_interval == 7200
-    assert config.purge.enabled is True
+    assert config.kinds["prefetch"].windows[1] == Window("2h", 7200)
+    assert config.kinds["prefetch"].page_size == 250
+    assert config.kinds["prefetch"].poll_interval == 7200
+    assert config.kinds["purge"].enabled is True
     assert config.fmgr.endpoint == "https://mgr.example.com:8443"
     assert config.fmgr.persistent_ids == ("z0.a", "z0.a-z0.a")
 
@@ -617,7 +617,7 @@ def test_lookback_longer_than_max_query_age_is_rejected():
     assert errors_of(minimal(purge={"lookback": "2d", "max_query_age": "1d"}), environ={}) == [
         "purge.lookback: 2d is longer than max_query_age (1d); the API refuses older start times"]
     config = parse_config(minimal(prefetch={"lookback": "6d", "max_query_age": "7d"}), environ={})
-    assert (config.prefetch.lookback, config.prefetch.max_query_age) == (6 * 86400, 7 * 86400)
+    assert (config.kinds["prefetch"].lookback, config.kinds["prefetch"].max_query_age) == (6 * 86400, 7 * 86400)
 
 
 def test_lookback_is_not_compared_with_an_invalid_max_query_age():
@@ -627,7 +627,7 @@ def test_lookback_is_not_compared_with_an_invalid_max_query_age():
 
 def test_overlap_may_be_zero_but_intervals_may_not():
     config = parse_config(minimal(prefetch={"overlap": 0}), environ={})
-    assert config.prefetch.overlap == 0
+    assert config.kinds["prefetch"].overlap == 0
     assert errors_of(minimal(prefetch={"lookback": "0s"}), environ={}) == [
         "prefetch.lookback: must be greater than 0"]
 
@@ -723,7 +723,7 @@ def test_example_config_loads(tmp_path):
     assert (globex.name, globex.auth, globex.access_key, globex.secret_key) == (
         "globex", "aksk", "AKGLOBEX0001", "aksk-secret-Pw55")
     assert globex.timezone == "Asia/Shanghai"
-    assert config.purge.enabled is False
+    assert config.kinds["purge"].enabled is False
     assert config.fmgr.enabled is True
     assert config.fmgr.register_token == "register-token-Yt31"
     assert [(k.access_key, k.secret_key) for k in config.fmgr.notify.keys] == [
@@ -745,8 +745,8 @@ def test_example_documents_the_real_defaults(tmp_path):
     # The example writes the defaults out for these sections; they must agree with the code.
     example = _load_example(tmp_path)
     defaults = parse_config(minimal(fmgr={"endpoint": "http://mgr.example.com"}), environ={})
-    assert example.prefetch == defaults.prefetch
-    assert example.purge == defaults.purge
+    assert example.kinds["prefetch"] == defaults.kinds["prefetch"]
+    assert example.kinds["purge"] == defaults.kinds["purge"]
     assert example.storage == defaults.storage
     for name in ("windows", "poll_interval", "max_task_age", "persistent_ids", "rate_limit",
                  "request_timeout", "max_register_ids"):
