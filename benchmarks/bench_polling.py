@@ -92,7 +92,7 @@ def make(sim: Simulator, clock: Clock, tmp: Path, user: str, budget: dict[str, A
     store = Store(config.storage.path, clock=clock)
     health = ApiHealth()
     client = CountingClient(config.accounts[0], clock=clock, timeout=30, health=health)
-    poller = CdnPoller(config.accounts[0], KIND, config.prefetch, store, client, health, clock=clock,
+    poller = CdnPoller(config.accounts[0], KIND, config.kinds[KIND], store, client, health, clock=clock,
                        rng=random.Random(7))
     return config, store, poller, client, health
 

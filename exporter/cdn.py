@@ -1,4 +1,4 @@
-"""CDN task-status client (``POST /ccm/{fetch,purge}/ItemIdQuery``, seed 002).
+"""CDN task-status client (``POST`` to each task kind's ``ItemIdQuery`` path in ``kinds.KINDS``, seed 002).
 
 Pure helpers (time formatting, chunking, response parsing) are separate from the client so they are
 tested without a network. The HTTP side (errors, classification, Retry-After, request metrics) is the
@@ -22,12 +22,12 @@ import requests
 from . import signing, vendor_http
 from .config import Account
 from .health import ApiHealth
+from .kinds import BY_NAME
 from .store import CdnTask
 from .vendor_http import VendorError, classify_status, observed, parse_retry_after, send
 
 log = logging.getLogger(__name__)
 
-PATHS = {"prefetch": "/ccm/fetch/ItemIdQuery", "purge": "/ccm/purge/ItemIdQuery"}
 MAX_SPAN = 86400.0  # one query spans at most one day
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 STATUSES = frozenset({"success", "failure", "wait", "run"})
@@ -227,7 +227,7 @@ class CdnClient:
     def query(self, kind: str, start: float, end: float, *, page_no: int = 1, page_size: int = 100,
               status: str | None = None, url: str | None = None) -> QueryPage:
         """One signed request. Raises ApiError (classified, counted) on any failure."""
-        path = PATHS[kind]
+        path = BY_NAME[kind].path
         payload: dict[str, Any] = {
             "startTime": format_api_time(start, self.account.tz),
             "endTime": format_api_time(end, self.account.tz),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, load_config, parse_config
+from .kinds import NAMES
 from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
         prog="cdnetworks-exporter",
-        description="Prometheus exporter for CDNetworks asynchronous task APIs (prefetch, purge, Fmgr).",
+        description=f"Prometheus exporter for CDNetworks asynchronous task APIs ({', '.join(NAMES)}, Fmgr).",
     )
     p.add_argument("--config.file", dest="config_file",
                    default=env("CDNETWORKS_EXPORTER_CONFIG_FILE", "config.yml"),

@@ -2,7 +2,9 @@
 
 The dataclasses below are the validated, typed form of ``config.yml`` that the rest of the exporter
 uses. ``load_config`` / ``parse_config`` turn YAML into it and report *every* problem at once, each
-prefixed with its key path (``prefetch.windows[2]: "2x" is not a duration``).
+prefixed with its key path (``prefetch.windows[2]: "2x" is not a duration``). The sections are read
+with the validation framework in ``exporter.configschema`` (scalar parsers, ``${ENV}``, ``*_file``
+secrets, strict YAML); this module says what the sections are.
 
 Secrets (API keys, secret keys, the registration token) come inline, from ``${ENV}`` references or
 from ``*_file`` keys. They are kept out of ``repr()``, out of every error message, and are masked by
@@ -12,24 +14,33 @@ from ``*_file`` keys. They are kept out of ``repr()``, out of every error messag
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone, tzinfo
+from datetime import tzinfo
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .configschema import (
+    BAD,
+    DAY,
+    Context,
+    Section,
+    StrictLoader,
+    format_duration,
+    parse_duration,
+    parse_timezone,
+    quote,
+    type_name,
+    yaml_error,
+)
+from .kinds import KINDS, NAMES, TaskKind
+
 DEFAULT_CDN_ENDPOINT = "https://api.cdnetworks.com"
 DEFAULT_TIMEZONE = "+08:00"
-DAY = 86400.0
 
 SECRET_MASK = "<secret>"
 # Field metadata that marks a secret: hidden from repr (with repr=False) and masked by redacted().
@@ -75,7 +86,7 @@ class Account:
 
 @dataclass(frozen=True)
 class TaskKindConfig:
-    """The ``prefetch`` or ``purge`` section."""
+    """The section of one CDN task kind (an entry of ``kinds.KINDS``, named after it: ``prefetch``, ...)."""
 
     enabled: bool
     windows: tuple[Window, ...]
@@ -128,483 +139,48 @@ class StorageConfig:
 @dataclass(frozen=True)
 class Config:
     accounts: tuple[Account, ...]
-    prefetch: TaskKindConfig
-    purge: TaskKindConfig
+    # Every kind of kinds.KINDS by name, in table order, enabled or not. A plain dict, typed read-only, so that
+    # a Config still copies and pickles; left out of the hash (a dict has none) so that it stays hashable too.
+    kinds: Mapping[str, TaskKindConfig] = field(hash=False)
     fmgr: FmgrConfig
     storage: StorageConfig
 
     def task_kinds(self) -> list[tuple[str, TaskKindConfig]]:
-        """The enabled CDN task kinds, in a stable order."""
-        return [(k, c) for k, c in (("prefetch", self.prefetch), ("purge", self.purge)) if c.enabled]
+        """The enabled CDN task kinds and their settings, in the order of ``kinds.KINDS``."""
+        return [(name, c) for name, c in self.kinds.items() if c.enabled]
 
+    if not TYPE_CHECKING:
 
-# --------------------------------------------------------------------------------------------------
-# Scalars: durations, time zones, URLs
-
-_DURATION_RE = re.compile(
-    r"(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?"
-)
-_DURATION_UNITS = (365 * DAY, 7 * DAY, DAY, 3600.0, 60.0, 1.0, 0.001)
-# Longer than anything the exporter waits for or keeps; far beyond it, clocks and timers overflow.
-MAX_DURATION = 10 * 365 * DAY
-MAX_INTEGER = 1_000_000_000  # for counts without a tighter bound of their own
-
-
-def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Seconds in a Prometheus-style duration: ``30s``, ``5m``, ``1h30m``, ``7d``, ``1w``, ``500ms``.
-
-    Units go from largest to smallest, each at most once (``y`` = 365d, ``w`` = 7d). A bare number
-    (YAML ``300`` or the string ``"300"``, e.g. from an environment variable) means seconds. Zero is
-    a valid duration here; keys that need a positive one check that themselves.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"expected a duration, got {_type_name(text)}")
-    if isinstance(text, int | float):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(f"{text} is not a duration (must be a finite number of seconds >= 0)")
-        return _bounded(float(text), str(text))
-    if not isinstance(text, str):
-        raise ValueError(f"expected a duration, got {_type_name(text)}")
-    s = text.strip()
-    if not s:
-        raise ValueError("empty duration")
-    if s.startswith("-"):
-        raise ValueError(f"{_quote(text)} is negative; durations must not be negative")
-    if re.fullmatch(r"[0-9]+", s):
-        return _bounded(float(s), text)
-    m = _DURATION_RE.fullmatch(s)
-    if m is None or not any(m.groups()):
-        raise ValueError(f"{_quote(text)} is not a duration")
-    seconds = sum(int(n) * unit for n, unit in zip(m.groups(), _DURATION_UNITS, strict=True) if n)
-    return _bounded(seconds, text)
-
-
-def _bounded(seconds: float, text: str) -> float:
-    if not math.isfinite(seconds) or seconds > MAX_DURATION:
-        raise ValueError(f"{_quote(text)} is too long a duration (at most 10y)")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest Prometheus-style spelling of ``seconds`` (``5400`` -> ``1h30m``), to the ms."""
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"cannot format {seconds} as a duration")
-    ms = round(seconds * 1000)
-    if ms == 0:
-        return "0s"
-    parts = []
-    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        n, ms = divmod(ms, size)
-        if n:
-            parts.append(f"{n}{unit}")
-    if ms:
-        parts.append(f"{ms}ms")
-    return "".join(parts)
-
-
-# +08:00, -05:30, +0800, +08, and +8:00 (as people write it when quoting the YAML base-60 trap).
-_OFFSET_RE = re.compile(r"([+-])([0-9]{1,2})(?::([0-9]{2}))?|([+-])([0-9]{2})([0-9]{2})")
-_MAX_OFFSET = timedelta(hours=14)  # the widest offset in use anywhere (Pacific/Kiritimati)
-
-
-def parse_timezone(text: str) -> tzinfo:
-    """A fixed UTC offset (``+08:00``, ``-05:30``, ``+0800``), ``UTC``/``Z``, or an IANA name.
-
-    IANA names (``Asia/Shanghai``) come from the system's zoneinfo database.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"expected a time zone string, got {_type_name(text)}")
-    s = text.strip()
-    if s.upper() in ("UTC", "Z"):
-        return timezone.utc
-    m = _OFFSET_RE.fullmatch(s)
-    if m:
-        sign, hours, minutes = (m.group(1), m.group(2), m.group(3)) if m.group(1) else m.group(4, 5, 6)
-        h, mi = int(hours), int(minutes or 0)
-        offset = timedelta(hours=h, minutes=mi)
-        if mi >= 60 or offset > _MAX_OFFSET:
-            raise ValueError(f"{_quote(text)} is not a valid UTC offset (from -14:00 to +14:00)")
-        return timezone(-offset if sign == "-" else offset)
-    if not s or s[0] in "+-" or s[0].isdigit():
-        raise ValueError(f"{_quote(text)} is not a time zone (use +08:00, UTC or an IANA name)")
-    try:
-        return ZoneInfo(s)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        # ZoneInfo also raises ValueError for keys that are not normalised relative paths.
-        message = f"{_quote(text)} is not a known time zone (use +08:00, UTC or an IANA name)"
-        raise ValueError(message) from exc
-
-
-def _check_http_url(text: str, *, allow_query: bool) -> None:
-    """Raise ValueError unless ``text`` is an absolute http(s) URL without credentials or fragment."""
-    if any(c.isspace() for c in text):
-        raise ValueError(f"{_quote(text)} is not an http(s) URL (contains whitespace)")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{_quote(text)} is not an http(s) URL")
-    if "@" in parts.netloc:
-        # Do not echo it: the user-info part is a credential.
-        raise ValueError("must not contain credentials (user:password@); use the auth keys instead")
-    try:
-        parts.port  # noqa: B018 - urlsplit validates the port lazily
-    except ValueError as exc:
-        raise ValueError(f"{_quote(text)} has an invalid port") from exc
-    if parts.fragment or text.endswith("#"):
-        raise ValueError(f"{_quote(text)} must not have a #fragment")
-    if parts.query and not allow_query:
-        raise ValueError(f"{_quote(text)} must not have a query string")
-
-
-# --------------------------------------------------------------------------------------------------
-# ${VAR} expansion
-
-_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_REFERENCE_RE = re.compile(r"\$\$|\$\{([^}]*)(\})?")
-
-
-def expand_env(text: str, environ: Mapping[str, str]) -> tuple[str, bool, list[str]]:
-    """Expand ``${VAR}`` references and ``$$`` escapes in ``text``.
-
-    Returns (expanded text, whether any variable was used, problems). A ``$`` not followed by ``{`` or
-    ``$`` is literal, so secrets that merely contain a dollar sign need no escaping. Values taken from
-    the environment are not expanded again.
-    """
-    out: list[str] = []
-    problems: list[str] = []
-    used = False
-    pos = 0
-    for m in _REFERENCE_RE.finditer(text):
-        out.append(text[pos : m.start()])
-        pos = m.end()
-        if m.group(0) == "$$":
-            out.append("$")
-            continue
-        name, closed = m.group(1), m.group(2)
-        if not closed:
-            problems.append("unterminated ${ (write $$ for a literal $)")
-            continue
-        if not _VAR_NAME_RE.fullmatch(name):
-            # The text between the braces is not echoed: it may be part of an inline secret.
-            problems.append("invalid ${...} reference: only ${NAME} is supported (write $$ for a literal $)")
-            continue
-        used = True
-        value = environ.get(name)
-        if value is None:
-            problems.append(f"environment variable {name} is not set")
-        else:
-            out.append(value)
-    out.append(text[pos:])
-    return "".join(out), used, problems
-
-
-# --------------------------------------------------------------------------------------------------
-# The reader: walks the raw YAML data, collecting every problem with its key path
-
-_MISSING: Any = object()  # key absent or null: use the default
-_BAD: Any = object()  # value already reported as a problem (e.g. an unset environment variable)
-
-_MAX_SECRET_FILE_BYTES = 64 * 1024
-
-_TYPE_NAMES = {
-    bool: "boolean",
-    int: "integer",
-    float: "number",
-    str: "string",
-    list: "list",
-    dict: "mapping",
-    type(None): "null",
-}
-
-
-def _type_name(value: Any) -> str:
-    for typ, name in _TYPE_NAMES.items():
-        if type(value) is typ:
-            return name
-    if isinstance(value, Mapping):
-        return "mapping"
-    return type(value).__name__
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _unknown_key_message(key: Any, allowed: Iterable[str]) -> str:
-    candidates = sorted(allowed)
-    close = difflib.get_close_matches(str(key).replace("-", "_"), candidates, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key (did you mean {close[0]}?)"
-    return f"unknown key (expected one of: {', '.join(candidates)})"
-
-
-class _Context:
-    """Shared state of one validation run: the problems found so far and where secrets come from."""
-
-    def __init__(self, environ: Mapping[str, str], base_dir: Path):
-        self.environ = environ
-        self.base_dir = base_dir
-        self.errors: list[str] = []
-        self.failed: set[str] = set()
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-        self.failed.add(path)
-
-    def ok(self, *paths: str) -> bool:
-        """True when none of ``paths`` has a problem (so cross-key checks do not pile up noise)."""
-        return not any(p in self.failed for p in paths)
-
-    def expand(self, value: Any, path: str) -> tuple[Any, bool]:
-        """``value`` with ``${VAR}`` expanded if it is a string, and whether it came from the environment."""
-        if not isinstance(value, str) or "$" not in value:
-            return value, False
-        expanded, used, problems = expand_env(value, self.environ)
-        for problem in problems:
-            self.error(path, problem)
-        return (_BAD if problems else expanded), used
-
-    def read_secret_file(self, raw_path: str, path: str) -> str | None:
-        file = Path(raw_path).expanduser()
-        if not file.is_absolute():
-            file = self.base_dir / file
-        try:
-            with file.open("rb") as f:
-                data = f.read(_MAX_SECRET_FILE_BYTES + 1)
-        except OSError as exc:
-            self.error(path, f"cannot read {file}: {exc.strerror or type(exc).__name__}")
-            return None
-        if len(data) > _MAX_SECRET_FILE_BYTES:
-            self.error(path, f"{file} is larger than {_MAX_SECRET_FILE_BYTES} bytes; is it a secret file?")
-            return None
-        try:
-            text = data.decode("utf-8").rstrip()
-        except UnicodeDecodeError:
-            self.error(path, f"{file} is not UTF-8 text")
-            return None
-        if not text:
-            self.error(path, f"{file} is empty")
-            return None
-        return text
-
-
-class _Section:
-    """One mapping of the config at ``path``; typed getters report problems and fall back to defaults."""
-
-    def __init__(self, ctx: _Context, path: str, raw: Any, allowed: Iterable[str]):
-        self.ctx = ctx
-        self.path = path
-        self.data: Mapping[Any, Any] = {}
-        if raw is _BAD or raw is _MISSING or raw is None:
-            return
-        if not isinstance(raw, Mapping):
-            ctx.error(path, f"expected a mapping, got {_type_name(raw)}")
-            return
-        self.data = raw
-        allowed = frozenset(allowed)
-        for key in raw:
-            if key not in allowed:
-                ctx.error(self.sub(key), _unknown_key_message(key, allowed))
-
-    def sub(self, key: Any) -> str:
-        return _join(self.path, key)
-
-    def present(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def get(self, key: str) -> tuple[Any, bool]:
-        """The value at ``key`` after env expansion (``_MISSING``/``_BAD`` sentinels) and its env origin."""
-        value = self.data.get(key)
-        if value is None:
-            return _MISSING, False
-        return self.ctx.expand(value, self.sub(key))
-
-    def section(self, key: str, allowed: Iterable[str]) -> _Section:
-        return _Section(self.ctx, self.sub(key), self.data.get(key), allowed)
-
-    def _type_error(self, key: str, expected: str, value: Any) -> None:
-        self.ctx.error(self.sub(key), f"expected {expected}, got {_type_name(value)}")
-
-    def string(self, key: str, default: str | None = None, *, required: str | None = None) -> str | None:
-        """A string; ``required`` is the message when it is absent. Values are never echoed here."""
-        value, _ = self.get(key)
-        if value is _BAD:
-            return default
-        if value is _MISSING:
-            if required is not None:
-                self.ctx.error(self.sub(key), required)
-            return default
-        if not isinstance(value, str):
-            self._type_error(key, "a string", value)
-            return default
-        if not value.strip():
-            self.ctx.error(self.sub(key), "must not be empty")
-            return default
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value, from_env = self.get(key)
-        if value is _MISSING or value is _BAD:
-            return default
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str):
-            # ${VAR} always yields a string; read it the way YAML would have read the literal.
-            word = value.strip().lower()
-            if word in ("true", "yes", "on"):
-                return True
-            if word in ("false", "no", "off"):
-                return False
-        self._type_error(key, "a boolean (true or false)", value)
-        return default
-
-    def integer(self, key: str, default: int, *, lo: int, hi: int = MAX_INTEGER) -> int:
-        value, from_env = self.get(key)
-        if value is _MISSING or value is _BAD:
-            return default
-        if from_env and isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            self._type_error(key, "an integer", value)
-            return default
-        if value < lo or value > hi:
-            bound = f"at least {lo}" if hi == MAX_INTEGER and value < lo else f"from {lo} to {hi}"
-            self.ctx.error(self.sub(key), f"must be {bound}, got {value}")
-            return default
-        return value
-
-    def duration(
-        self,
-        key: str,
-        default: str,
-        *,
-        minimum: float = 0.0,
-        positive: bool = True,
-        maximum: float | None = None,
-    ) -> float:
-        fallback = parse_duration(default)
-        value, _ = self.get(key)
-        if value is _MISSING or value is _BAD:
-            return fallback
-        seconds = self._duration_value(self.sub(key), value)
-        if seconds is None:
-            return fallback
-        if positive and seconds <= 0:
-            self.ctx.error(self.sub(key), "must be greater than 0")
-        elif seconds < minimum:
-            self.ctx.error(self.sub(key), f"must be at least {format_duration(minimum)}")
-        elif maximum is not None and seconds > maximum:
-            self.ctx.error(self.sub(key), f"must be at most {format_duration(maximum)}")
-        else:
-            return seconds
-        return fallback
-
-    def _duration_value(self, path: str, value: Any) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.ctx.error(path, f"expected a duration such as 5m, got {_type_name(value)}")
-            return None
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.ctx.error(path, str(exc))
-            return None
-
-    def items(self, key: str) -> list[tuple[str, Any]] | None:
-        """(path, expanded value) for each element of the list at ``key``; None when absent or invalid."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            self._type_error(key, "a list", value)
-            return None
-        out = []
-        for i, item in enumerate(value):
-            path = f"{self.sub(key)}[{i}]"
-            expanded, _ = self.ctx.expand(item, path)
-            out.append((path, expanded))
-        return out
-
-    def windows(self, key: str, default: Iterable[str]) -> tuple[Window, ...]:
-        fallback = tuple(Window(d, parse_duration(d)) for d in default)
-        items = self.items(key)
-        if items is None:
-            return fallback
-        if not items:
-            self.ctx.error(self.sub(key), "at least one window is required")
-            return fallback
-        windows: list[Window] = []
-        first_path: dict[float, str] = {}
-        for path, value in items:
-            if value is _BAD:
-                continue
-            if value is None:
-                self.ctx.error(path, "expected a duration such as 5m, got null")
-                continue
-            seconds = self._duration_value(path, value)
-            if seconds is None:
-                continue
-            if seconds < 60:
-                # Windows are summed from per-minute counts: a shorter one would always read 0.
-                self.ctx.error(path, "must be at least 1m (windows are evaluated at one-minute resolution)")
-                continue
-            if seconds in first_path:
-                self.ctx.error(path, f"duplicate window (same length as {first_path[seconds]})")
-                continue
-            first_path[seconds] = path
-            # The label value is the window as written, so dashboards match the config file.
-            name = value.strip() if isinstance(value, str) else format_duration(seconds)
-            windows.append(Window(name, seconds))
-        return tuple(windows) if windows else fallback
-
-    def rate_limit(self, key: str, default: RateLimit) -> RateLimit:
-        section = self.section(key, KNOWN_KEYS["rate_limit"])
-        requests = section.integer("requests", default.requests, lo=1)
-        per = section.duration("per", format_duration(default.per))
-        return RateLimit(requests=requests, per=per)
-
-    def url(self, key: str, *, allow_query: bool = False) -> str | None:
-        text = self.string(key)
-        if text is None:
-            return None
-        try:
-            _check_http_url(text, allow_query=allow_query)
-        except ValueError as exc:
-            self.ctx.error(self.sub(key), str(exc))
-            return None
-        return text
-
-    def secret(self, key: str, *, required: bool) -> str | None:
-        """A secret given inline (``key``, maybe ``${VAR}``) or as a file (``key_file``); never echoed."""
-        file_key = f"{key}_file"
-        if self.present(key) and self.present(file_key):
-            self.ctx.error(self.sub(file_key), f"conflicts with {key}; set only one of them")
-            return None
-        if self.present(file_key):
-            file_path = self.string(file_key)
-            return None if file_path is None else self.ctx.read_secret_file(file_path, self.sub(file_key))
-        return self.string(key, required=f"required (or {file_key})" if required else None)
+        def __getattr__(self, name: str) -> TaskKindConfig:
+            # exporter/collector.py still reads a kind's settings as ``getattr(config, kind)``. Hidden from the
+            # type checker so that no typed code starts reading kinds this way; remove it once the collector
+            # takes them from task_kinds().
+            kinds = self.__dict__.get("kinds", {})
+            if name in kinds:
+                return kinds[name]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------
 # The sections
 
+# The keys of a task kind's section, the same for every kind.
+_TASK_KIND_KEYS = frozenset(
+    {
+        "enabled", "windows", "poll_interval", "lookback", "page_size", "max_page_size", "rate_limit",
+        "max_query_age", "overlap", "request_timeout",
+    }
+)  # fmt: skip
+
 KNOWN_KEYS: Mapping[str, frozenset[str]] = {
-    "": frozenset({"accounts", "prefetch", "purge", "fmgr", "storage"}),
+    "": frozenset({"accounts", *NAMES, "fmgr", "storage"}),
     "accounts[]": frozenset(
         {
             "name", "username", "api_key", "api_key_file", "endpoint", "timezone", "auth",
             "access_key", "secret_key", "secret_key_file",
         }
     ),
-    "prefetch": frozenset(
-        {
-            "enabled", "windows", "poll_interval", "lookback", "page_size", "max_page_size", "rate_limit",
-            "max_query_age", "overlap", "request_timeout",
-        }
-    ),
+    **dict.fromkeys(NAMES, _TASK_KIND_KEYS),
     "rate_limit": frozenset({"requests", "per"}),
     "fmgr": frozenset(
         {
@@ -617,7 +193,7 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "fmgr.notify.keys[]": frozenset({"access_key", "secret_key", "secret_key_file"}),
     "storage": frozenset({"path"}),
 }  # fmt: skip
-"""Every key the config accepts, by section (``purge`` has the same keys as ``prefetch``)."""
+"""Every key the config accepts, by section (one section per entry of ``kinds.KINDS``, all with the same keys)."""
 
 _ACCOUNT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _PERSISTENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -627,14 +203,54 @@ _RESERVED_PREFIX = "/api/"  # the bearer-token registration API
 _AUTH_SCHEMES = ("basic", "aksk")
 
 
-def _no_whitespace(ctx: _Context, path: str, value: str | None, what: str, extra: str = "") -> None:
+def _windows(s: Section, key: str, default: Iterable[str]) -> tuple[Window, ...]:
+    fallback = tuple(Window(d, parse_duration(d)) for d in default)
+    items = s.items(key)
+    if items is None:
+        return fallback
+    if not items:
+        s.ctx.error(s.sub(key), "at least one window is required")
+        return fallback
+    windows: list[Window] = []
+    first_path: dict[float, str] = {}
+    for path, value in items:
+        if value is BAD:
+            continue
+        if value is None:
+            s.ctx.error(path, "expected a duration such as 5m, got null")
+            continue
+        seconds = s.duration_value(path, value)
+        if seconds is None:
+            continue
+        if seconds < 60:
+            # Windows are summed from per-minute counts: a shorter one would always read 0.
+            s.ctx.error(path, "must be at least 1m (windows are evaluated at one-minute resolution)")
+            continue
+        if seconds in first_path:
+            s.ctx.error(path, f"duplicate window (same length as {first_path[seconds]})")
+            continue
+        first_path[seconds] = path
+        # The label value is the window as written, so dashboards match the config file.
+        name = value.strip() if isinstance(value, str) else format_duration(seconds)
+        windows.append(Window(name, seconds))
+    return tuple(windows) if windows else fallback
+
+
+def _rate_limit(s: Section, key: str, default: RateLimit) -> RateLimit:
+    section = s.section(key, KNOWN_KEYS["rate_limit"])
+    requests = section.integer("requests", default.requests, lo=1)
+    per = section.duration("per", format_duration(default.per))
+    return RateLimit(requests=requests, per=per)
+
+
+def _no_whitespace(ctx: Context, path: str, value: str | None, what: str, extra: str = "") -> None:
     """Header-bound values (user names, access keys) must not carry whitespace or ``extra`` chars."""
     if value is not None and any(c.isspace() or c in extra for c in value):
         bad = "whitespace" + (f" or {' '.join(extra)}" if extra else "")
         ctx.error(path, f"{what} must not contain {bad}")
 
 
-def _timezone(ctx: _Context, s: _Section) -> tuple[str, tzinfo]:
+def _timezone(ctx: Context, s: Section) -> tuple[str, tzinfo]:
     """The account's time zone as written and parsed (the default when absent or invalid)."""
     value, _ = s.get("timezone")
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -651,18 +267,18 @@ def _timezone(ctx: _Context, s: _Section) -> tuple[str, tzinfo]:
         return DEFAULT_TIMEZONE, parse_timezone(DEFAULT_TIMEZONE)
 
 
-def _account(ctx: _Context, path: str, raw: Any) -> Account | None:
+def _account(ctx: Context, path: str, raw: Any) -> Account | None:
     if not isinstance(raw, Mapping):
-        if raw is not _BAD:
-            ctx.error(path, f"expected a mapping, got {_type_name(raw)}")
+        if raw is not BAD:
+            ctx.error(path, f"expected a mapping, got {type_name(raw)}")
         return None
-    s = _Section(ctx, path, raw, KNOWN_KEYS["accounts[]"])
+    s = Section(ctx, path, raw, KNOWN_KEYS["accounts[]"])
     name = s.string("name", required="required")
     if name is not None and not _ACCOUNT_NAME_RE.fullmatch(name):
-        ctx.error(s.sub("name"), f"{_quote(name)} may only contain letters, digits, _ . and -")
+        ctx.error(s.sub("name"), f"{quote(name)} may only contain letters, digits, _ . and -")
     auth = s.string("auth", "basic") or "basic"
     if auth not in _AUTH_SCHEMES:
-        ctx.error(s.sub("auth"), f"must be one of {', '.join(_AUTH_SCHEMES)}, got {_quote(auth)}")
+        ctx.error(s.sub("auth"), f"must be one of {', '.join(_AUTH_SCHEMES)}, got {quote(auth)}")
     basic = auth != "aksk"
     username = s.string("username", required="required (with auth: basic)" if basic else None)
     _no_whitespace(ctx, s.sub("username"), username, "user name", ":")
@@ -689,7 +305,7 @@ def _account(ctx: _Context, path: str, raw: Any) -> Account | None:
     )
 
 
-def _accounts(ctx: _Context, root: _Section) -> tuple[Account, ...]:
+def _accounts(ctx: Context, root: Section) -> tuple[Account, ...]:
     items = root.items("accounts")
     if not items:
         return ()
@@ -702,16 +318,14 @@ def _accounts(ctx: _Context, root: _Section) -> tuple[Account, ...]:
         if account.name and ctx.ok(f"{path}.name"):
             if account.name in first_path:
                 first = first_path[account.name]
-                ctx.error(f"{path}.name", f"duplicate account name {_quote(account.name)} (see {first})")
+                ctx.error(f"{path}.name", f"duplicate account name {quote(account.name)} (see {first})")
             first_path.setdefault(account.name, path)
         accounts.append(account)
     return tuple(accounts)
 
 
-def _task_kind(
-    ctx: _Context, root: _Section, key: str, *, enabled: bool, rate_limit: RateLimit
-) -> TaskKindConfig:
-    s = root.section(key, KNOWN_KEYS["prefetch"])
+def _task_kind(ctx: Context, root: Section, kind: TaskKind) -> TaskKindConfig:
+    s = root.section(kind.name, KNOWN_KEYS[kind.name])
     max_query_age = s.duration("max_query_age", "3d", maximum=7 * DAY)
     lookback = s.duration("lookback", "24h")
     if lookback > max_query_age and ctx.ok(s.sub("lookback"), s.sub("max_query_age")):
@@ -725,34 +339,34 @@ def _task_kind(
     if max_page_size < page_size and ctx.ok(s.sub("page_size"), s.sub("max_page_size")):
         ctx.error(s.sub("max_page_size"), f"{max_page_size} is smaller than page_size ({page_size})")
     return TaskKindConfig(
-        enabled=s.boolean("enabled", enabled),
-        windows=s.windows("windows", ("15m", "1h", "24h")),
+        enabled=s.boolean("enabled", kind.enabled),
+        windows=_windows(s, "windows", ("15m", "1h", "24h")),
         poll_interval=s.duration("poll_interval", "5m", minimum=1.0),
         lookback=lookback,
         page_size=page_size,
         max_page_size=max_page_size,
-        rate_limit=s.rate_limit("rate_limit", rate_limit),
+        rate_limit=_rate_limit(s, "rate_limit", RateLimit(requests=kind.budget_requests, per=kind.budget_seconds)),
         max_query_age=max_query_age,
         overlap=s.duration("overlap", "5m", positive=False),
         request_timeout=s.duration("request_timeout", "30s"),
     )
 
 
-def _notify(ctx: _Context, s: _Section) -> NotifyConfig:
+def _notify(ctx: Context, s: Section) -> NotifyConfig:
     path = s.string("path", "/notify/fmgr") or "/notify/fmgr"
     if not path.startswith("/") or any(c.isspace() or c in "?#" for c in path):
-        ctx.error(s.sub("path"), f"{_quote(path)} must be a URL path starting with / (no query or spaces)")
+        ctx.error(s.sub("path"), f"{quote(path)} must be a URL path starting with / (no query or spaces)")
     elif path in _RESERVED_PATHS or path.startswith(_RESERVED_PREFIX):
-        ctx.error(s.sub("path"), f"{_quote(path)} is served by the exporter itself; choose another path")
+        ctx.error(s.sub("path"), f"{quote(path)} is served by the exporter itself; choose another path")
     url = s.url("url", allow_query=True)
     keys: list[NotifyKey] = []
     first_path: dict[str, str] = {}
     for item_path, raw in s.items("keys") or []:
         if not isinstance(raw, Mapping):
-            if raw is not _BAD:
-                ctx.error(item_path, f"expected a mapping, got {_type_name(raw)}")
+            if raw is not BAD:
+                ctx.error(item_path, f"expected a mapping, got {type_name(raw)}")
             continue
-        k = _Section(ctx, item_path, raw, KNOWN_KEYS["fmgr.notify.keys[]"])
+        k = Section(ctx, item_path, raw, KNOWN_KEYS["fmgr.notify.keys[]"])
         access_key = k.string("access_key", required="required")
         # The Authorization header is "<AccessKey>:<signature>", so a colon would be ambiguous.
         _no_whitespace(ctx, k.sub("access_key"), access_key, "access key", ":")
@@ -772,17 +386,17 @@ def _notify(ctx: _Context, s: _Section) -> NotifyConfig:
     )
 
 
-def _persistent_ids(ctx: _Context, s: _Section) -> tuple[str, ...]:
+def _persistent_ids(ctx: Context, s: Section) -> tuple[str, ...]:
     ids: list[str] = []
     first_path: dict[str, str] = {}
     for path, value in s.items("persistent_ids") or []:
-        if value is _BAD:
+        if value is BAD:
             continue
         if not isinstance(value, str):
-            ctx.error(path, f"expected a string, got {_type_name(value)}")
+            ctx.error(path, f"expected a string, got {type_name(value)}")
             continue
         if not _PERSISTENT_ID_RE.fullmatch(value):
-            ctx.error(path, f"{_quote(value)} is not a persistentId (1 to 128 of A-Z a-z 0-9 _ . : -)")
+            ctx.error(path, f"{quote(value)} is not a persistentId (1 to 128 of A-Z a-z 0-9 _ . : -)")
             continue
         if value in first_path:
             ctx.error(path, f"duplicate persistentId (see {first_path[value]})")
@@ -792,7 +406,7 @@ def _persistent_ids(ctx: _Context, s: _Section) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _fmgr(ctx: _Context, root: _Section) -> FmgrConfig:
+def _fmgr(ctx: Context, root: Section) -> FmgrConfig:
     s = root.section("fmgr", KNOWN_KEYS["fmgr"])
     endpoint = s.url("endpoint")
     persistent_ids = _persistent_ids(ctx, s)
@@ -808,13 +422,13 @@ def _fmgr(ctx: _Context, root: _Section) -> FmgrConfig:
     return FmgrConfig(
         enabled=enabled,
         endpoint=endpoint.rstrip("/") if endpoint else None,
-        windows=s.windows("windows", ("1h", "24h")),
+        windows=_windows(s, "windows", ("1h", "24h")),
         poll_interval=s.duration("poll_interval", "1m", minimum=1.0),
         max_task_age=s.duration("max_task_age", "7d"),
         persistent_ids=persistent_ids,
         register_token=s.secret("register_token", required=False),
         notify=notify,
-        rate_limit=s.rate_limit("rate_limit", RateLimit(requests=10, per=1.0)),
+        rate_limit=_rate_limit(s, "rate_limit", RateLimit(requests=10, per=1.0)),
         request_timeout=s.duration("request_timeout", "10s"),
         max_register_ids=s.integer("max_register_ids", 1000, lo=1),
         # 0 = code 3 is final at once (no job ever has a notifyURL); at most a day, bounded like any poll.
@@ -823,9 +437,14 @@ def _fmgr(ctx: _Context, root: _Section) -> FmgrConfig:
     )
 
 
-def _storage(ctx: _Context, root: _Section) -> StorageConfig:
+def _storage(ctx: Context, root: Section) -> StorageConfig:
     s = root.section("storage", KNOWN_KEYS["storage"])
     return StorageConfig(path=s.string("path", StorageConfig.path) or StorageConfig.path)
+
+
+def _one_of(names: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[-1] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def parse_config(
@@ -840,66 +459,26 @@ def parse_config(
     if data is None or (isinstance(data, Mapping) and not data):
         raise ConfigError(["config is empty"])
     if not isinstance(data, Mapping):
-        raise ConfigError([f"config must be a mapping of sections, got {_type_name(data)}"])
-    ctx = _Context(os.environ if environ is None else environ, Path.cwd() if base_dir is None else base_dir)
-    root = _Section(ctx, "", data, KNOWN_KEYS[""])
+        raise ConfigError([f"config must be a mapping of sections, got {type_name(data)}"])
+    ctx = Context(os.environ if environ is None else environ, Path.cwd() if base_dir is None else base_dir)
+    root = Section(ctx, "", data, KNOWN_KEYS[""])
     accounts_at = len(ctx.errors)
     accounts = _accounts(ctx, root)
-    prefetch = _task_kind(ctx, root, "prefetch", enabled=True, rate_limit=RateLimit(requests=1, per=300.0))
-    purge = _task_kind(ctx, root, "purge", enabled=False, rate_limit=RateLimit(requests=10, per=300.0))
-    if not root.data.get("accounts") and (prefetch.enabled or purge.enabled) and ctx.ok("accounts"):
+    task_kinds = {kind.name: _task_kind(ctx, root, kind) for kind in KINDS}
+    if not root.data.get("accounts") and any(c.enabled for c in task_kinds.values()) and ctx.ok("accounts"):
         # Reported where the accounts' own problems would be, so the list reads in file order.
         ctx.errors.insert(
-            accounts_at, "accounts: at least one account is required while prefetch or purge is enabled"
+            accounts_at, f"accounts: at least one account is required while {_one_of(NAMES)} is enabled"
         )
     fmgr = _fmgr(ctx, root)
     storage = _storage(ctx, root)
     if ctx.errors:
         raise ConfigError(ctx.errors)
-    return Config(accounts=accounts, prefetch=prefetch, purge=purge, fmgr=fmgr, storage=storage)
+    return Config(accounts=accounts, kinds=task_kinds, fmgr=fmgr, storage=storage)
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading YAML
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which plain YAML resolves silently (the last one wins)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # keys merged in with << may legitimately be overridden
-        key = loader.construct_object(key_node, deep=False)
-        try:
-            first = seen.get(key)
-        except TypeError:
-            continue  # unhashable key: construct_mapping reports it
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {_quote(str(key))} (first at line {first.start_mark.line + 1})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
-    # Only the problem and its position: the YAML library's snippet of the offending line could show
-    # an inline secret.
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}"
-        context = f" ({exc.context})" if exc.context else ""
-        return f"{path}: {where}: {exc.problem}{context}"
-    return f"{path}: invalid YAML ({type(exc).__name__})"
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -912,11 +491,11 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{file}: not UTF-8 text"]) from exc
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        data = yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: no arbitrary objects
         # absolute(), not resolve(): mounted secrets are often symlinks whose targets live elsewhere.
         return parse_config(data, environ=environ, base_dir=file.absolute().parent)
     except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_error(file, exc)]) from None
+        raise ConfigError([yaml_error(file, exc)]) from None
     except RecursionError:
         # PyYAML and the validator both recurse; a hostile file must be an error, not a crash.
         raise ConfigError([f"{file}: nested too deeply"]) from None
@@ -935,6 +514,8 @@ def _plain(value: Any) -> Any:
         return out
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tzinfo):
         return str(value)
     return value
@@ -944,4 +525,11 @@ def redacted(config: Config) -> dict[str, Any]:
     """The config as plain data (dicts, lists, str, numbers), every set secret replaced by ``<secret>``."""
     result = _plain(config)
     assert isinstance(result, dict)
-    return result
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key == "kinds":
+            # Each task kind is a top-level section of config.yml: the dump keeps the file's shape.
+            out.update(value)
+        else:
+            out[key] = value
+    return out

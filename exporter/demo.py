@@ -1,6 +1,6 @@
 """``--demo``: the exporter against the built-in simulator, with a generated configuration.
 
-Two CDN accounts (one per auth scheme) with a steady stream of prefetch and purge tasks, Fmgr jobs
+Two CDN accounts (one per auth scheme) with a steady stream of tasks of every CDN task kind, Fmgr jobs
 that notify the exporter with signed callbacks (a few duplicated or forged, as in real life), and a
 small "job runner" that registers other Fmgr ids through the registration API: jobs without a notifyURL
 (they stay at code 3) and jobs whose notifyURL the vendor sometimes cannot reach (they end at code 5,
@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from .kinds import KINDS
 from .simulator import Simulator
 from .web import parse_listen_address
 
@@ -40,13 +41,16 @@ def local_base_url(listen_address: str) -> str:
 def start_simulator(exporter_url: str, *, now: float | None = None) -> Simulator:
     now = time.time() if now is None else now
     sim = Simulator(seed=42, max_page_size=200,
-                    rate_limits={"prefetch": (BUDGET_REQUESTS, 1.0), "purge": (BUDGET_REQUESTS, 1.0)})
+                    rate_limits={kind.name: (BUDGET_REQUESTS, 1.0) for kind in KINDS})
     sim.add_account("acme", "acme-demo-api-key")
     sim.add_account("globex", access_key="globex-demo-ak", secret_key="globex-demo-sk")
     for user, per_hour, failing in (("acme", 600.0, 0.03), ("globex", 240.0, 0.12)):
-        sim.add_cdn_stream(user, "prefetch", per_hour=per_hour, failure_ratio=failing, start_ts=now - 2 * 86400)
-        sim.add_cdn_stream(user, "purge", per_hour=per_hour / 4, failure_ratio=failing / 2,
-                           start_ts=now - 2 * 86400)
+        for kind in KINDS:
+            # The kinds on by default are what most accounts use: theirs are the busy streams, the others a
+            # quarter as busy and failing half as often.
+            share, fails = (1.0, 1.0) if kind.enabled else (0.25, 0.5)
+            sim.add_cdn_stream(user, kind.name, per_hour=per_hour * share, failure_ratio=failing * fails,
+                               start_ts=now - 2 * 86400)
     sim.add_fmgr_stream(per_minute=20, start_ts=now - 600, failure_ratio=0.08,
                         notify_url=exporter_url + "/notify/fmgr", notify_key=DEMO_NOTIFY_KEY, id_prefix="notify")
     sim.add_fmgr_stream(per_minute=6, start_ts=now - 300, failure_ratio=0.15, id_prefix="job")
@@ -58,16 +62,15 @@ def start_simulator(exporter_url: str, *, now: float | None = None) -> Simulator
 
 
 def demo_config(sim_url: str, exporter_url: str, storage_path: str) -> dict[str, Any]:
-    kind = {"enabled": True, "windows": ["15m", "1h", "24h"], "poll_interval": "10s", "lookback": "24h",
-            "page_size": 400, "rate_limit": BUDGET}
+    section = {"enabled": True, "windows": ["15m", "1h", "24h"], "poll_interval": "10s", "lookback": "24h",
+               "page_size": 400, "rate_limit": BUDGET}
     return {
         "accounts": [
             {"name": "acme", "username": "acme", "api_key": "acme-demo-api-key", "endpoint": sim_url},
             {"name": "globex", "auth": "aksk", "access_key": "globex-demo-ak", "secret_key": "globex-demo-sk",
              "endpoint": sim_url},
         ],
-        "prefetch": dict(kind),
-        "purge": dict(kind),
+        **{kind.name: dict(section) for kind in KINDS},
         "fmgr": {
             "enabled": True, "endpoint": sim_url, "windows": ["1h", "24h"], "poll_interval": "5s",
             "register_token": DEMO_TOKEN, "rate_limit": {"requests": 20, "per": "1s"},

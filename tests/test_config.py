@@ -1,4 +1,6 @@
+import copy
 import json
+import pickle
 import re
 import shutil
 from datetime import datetime, timedelta, timezone
@@ -12,20 +14,17 @@ from hypothesis import strategies as st
 from exporter.config import (
     DEFAULT_CDN_ENDPOINT,
     KNOWN_KEYS,
-    MAX_DURATION,
     SECRET_MASK,
     Config,
     ConfigError,
     RateLimit,
     Window,
-    expand_env,
-    format_duration,
     load_config,
     parse_config,
-    parse_duration,
-    parse_timezone,
     redacted,
 )
+from exporter.configschema import MAX_DURATION, expand_env, format_duration, parse_duration, parse_timezone
+from exporter.kinds import KINDS, NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yml"
@@ -59,7 +58,7 @@ def test_defaults_of_a_minimal_config():
     assert account.tz.utcoffset(None) == timedelta(hours=8)
     assert account.auth == "basic"
 
-    p = config.prefetch
+    p = config.kinds["prefetch"]
     assert p.enabled is True
     assert p.windows == (Window("15m", 900), Window("1h", 3600), Window("24h", 86400))
     assert (p.poll_interval, p.lookback, p.page_size) == (300, 86400, 500)
@@ -67,9 +66,9 @@ def test_defaults_of_a_minimal_config():
     assert (p.max_query_age, p.overlap, p.request_timeout) == (3 * 86400, 300, 30)
 
     # purge: the same defaults except enabled and the rate budget.
-    assert config.purge.enabled is False
-    assert config.purge.rate_limit == RateLimit(requests=10, per=300)
-    assert {**vars(config.purge), "enabled": True, "rate_limit": None} == {
+    assert config.kinds["purge"].enabled is False
+    assert config.kinds["purge"].rate_limit == RateLimit(requests=10, per=300)
+    assert {**vars(config.kinds["purge"]), "enabled": True, "rate_limit": None} == {
         **vars(p), "rate_limit": None}
     assert config.task_kinds() == [("prefetch", p)]
 
@@ -89,13 +88,13 @@ def test_defaults_of_a_minimal_config():
 
 def test_null_sections_and_values_mean_defaults():
     config = parse_config(minimal(prefetch=None, purge={"page_size": None}, storage=None), environ={})
-    assert config.prefetch.page_size == 500 and config.purge.page_size == 500
+    assert config.kinds["prefetch"].page_size == 500 and config.kinds["purge"].page_size == 500
     assert config.storage.path == "./data/cdnetworks-exporter.db"
 
 
 def test_partial_rate_limit_keeps_the_other_default():
     config = parse_config(minimal(purge={"rate_limit": {"requests": 3}}), environ={})
-    assert config.purge.rate_limit == RateLimit(requests=3, per=300)
+    assert config.kinds["purge"].rate_limit == RateLimit(requests=3, per=300)
 
 
 def test_endpoint_trailing_slash_stripped_and_http_allowed():
@@ -151,7 +150,97 @@ def test_aksk_account():
 
 def test_windows_keep_their_spelling_and_numbers_mean_seconds():
     config = parse_config(minimal(prefetch={"windows": ["90m", "1h30s", 600]}), environ={})
-    assert config.prefetch.windows == (Window("90m", 5400), Window("1h30s", 3630), Window("10m", 600))
+    assert config.kinds["prefetch"].windows == (Window("90m", 5400), Window("1h30s", 3630), Window("10m", 600))
+
+
+# -------------------------------------------------------------------------------------- task kinds
+
+# Every key of a task kind's section with a valid value that is not its default.
+KIND_SECTION = {
+    "enabled": True, "windows": ["5m", "2h"], "poll_interval": "1m", "lookback": "12h", "page_size": 100,
+    "max_page_size": 200, "rate_limit": {"requests": 2, "per": "1m"}, "max_query_age": "2d", "overlap": "1m",
+    "request_timeout": "10s",
+}
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=NAMES)
+def test_an_absent_task_kind_section_has_the_tables_defaults(kind):
+    config = parse_config(minimal(), environ={})
+    kcfg = config.kinds[kind.name]
+    assert kcfg.enabled is kind.enabled
+    assert kcfg.rate_limit == RateLimit(requests=kind.budget_requests, per=kind.budget_seconds)
+    # The other keys have the same defaults for every kind.
+    assert {**vars(kcfg), "enabled": None, "rate_limit": None} == {
+        "enabled": None, "windows": (Window("15m", 900), Window("1h", 3600), Window("24h", 86400)),
+        "poll_interval": 300, "lookback": 86400, "page_size": 500, "rate_limit": None, "max_page_size": 1000,
+        "max_query_age": 3 * 86400, "overlap": 300, "request_timeout": 30}
+
+
+def test_config_holds_every_task_kind_in_table_order_and_task_kinds_the_enabled_ones():
+    config = parse_config(minimal(), environ={})
+    assert list(config.kinds) == list(NAMES)
+    assert config.task_kinds() == [(k.name, config.kinds[k.name]) for k in KINDS if k.enabled]
+    every = parse_config(minimal(**{name: {"enabled": True} for name in NAMES}), environ={})
+    assert [name for name, _ in every.task_kinds()] == list(NAMES)
+    none = parse_config(minimal(**{name: {"enabled": False} for name in NAMES}), environ={})
+    assert none.task_kinds() == [] and list(none.kinds) == list(NAMES)
+
+
+@pytest.mark.parametrize("kind", NAMES)
+def test_every_key_of_a_task_kind_section_is_read(kind):
+    assert KNOWN_KEYS[kind] == set(KIND_SECTION)
+    kcfg = parse_config(minimal(**{kind: KIND_SECTION}), environ={}).kinds[kind]
+    assert (kcfg.enabled, kcfg.windows, kcfg.poll_interval, kcfg.lookback) == (
+        True, (Window("5m", 300), Window("2h", 7200)), 60, 12 * 3600)
+    assert (kcfg.page_size, kcfg.max_page_size, kcfg.rate_limit) == (100, 200, RateLimit(requests=2, per=60))
+    assert (kcfg.max_query_age, kcfg.overlap, kcfg.request_timeout) == (2 * 86400, 60, 10)
+
+
+@pytest.mark.parametrize("kind", NAMES)
+def test_a_task_kind_section_reports_its_problems_with_key_paths(kind):
+    section = {"page_sise": 5, "enabled": "maybe", "windows": ["2x"], "page_size": 0,
+               "rate_limit": {"requests": 0, "burst": 1}}
+    assert errors_of(minimal(**{kind: section}), environ={}) == [
+        f"{kind}.page_sise: unknown key (did you mean page_size?)",
+        f"{kind}.page_size: must be from 1 to 10000, got 0",
+        f"{kind}.enabled: expected a boolean (true or false), got string",
+        f'{kind}.windows[0]: "2x" is not a duration',
+        f"{kind}.rate_limit.burst: unknown key (expected one of: per, requests)",
+        f"{kind}.rate_limit.requests: must be at least 1, got 0",
+    ]
+    assert errors_of(minimal(**{kind: ["enabled"]}), environ={}) == [f"{kind}: expected a mapping, got list"]
+
+
+def test_unknown_top_level_keys_are_still_errors():
+    expected = ", ".join(sorted({"accounts", "fmgr", "storage", *NAMES}))
+    assert errors_of(minimal(bogus={}), environ={}) == [f"bogus: unknown key (expected one of: {expected})"]
+    assert errors_of(minimal(**{NAMES[0] + "s": {}}), environ={}) == [
+        f"{NAMES[0]}s: unknown key (did you mean {NAMES[0]}?)"]
+
+
+@pytest.mark.parametrize("kind", NAMES)
+def test_any_enabled_task_kind_needs_an_account(kind):
+    data: dict[str, Any] = {name: {"enabled": name == kind} for name in NAMES}
+    (error,) = errors_of(data, environ={})
+    assert error.startswith("accounts: at least one account is required while ")
+    assert all(name in error for name in NAMES)
+    data[kind] = {"enabled": False}
+    assert parse_config({**data, "fmgr": {"endpoint": "http://m.example.com"}}, environ={}).accounts == ()
+
+
+def test_redacted_keeps_one_top_level_section_per_task_kind():
+    config = parse_config(minimal(), environ={})
+    plain = redacted(config)
+    assert list(plain) == ["accounts", *NAMES, "fmgr", "storage"]
+    for kind in KINDS:
+        assert plain[kind.name]["enabled"] is kind.enabled
+        assert plain[kind.name]["rate_limit"] == {"requests": kind.budget_requests, "per": kind.budget_seconds}
+
+
+def test_a_config_with_its_task_kinds_stays_hashable_copyable_and_picklable():
+    config = parse_config(minimal(), environ={})
+    assert hash(config) == hash(copy.deepcopy(config))
+    assert copy.deepcopy(config) == config == pickle.loads(pickle.dumps(config))
 
 
 # ------------------------------------------------------------------------------------- all problems
@@ -323,10 +412,10 @@ def test_env_expansion_in_every_string_value():
     }
     config = parse_config(data, environ=environ)
     assert config.accounts[0].api_key == API_KEY
-    assert config.prefetch.windows[1] == Window("2h", 7200)
-    assert config.prefetch.page_size == 250
-    assert config.prefetch.poll_interval == 7200
-    assert config.purge.enabled is True
+    assert config.kinds["prefetch"].windows[1] == Window("2h", 7200)
+    assert config.kinds["prefetch"].page_size == 250
+    assert config.kinds["prefetch"].poll_interval == 7200
+    assert config.kinds["purge"].enabled is True
     assert config.fmgr.endpoint == "https://mgr.example.com:8443"
     assert config.fmgr.persistent_ids == ("z0.a", "z0.a-z0.a")
 
@@ -621,7 +710,7 @@ def test_lookback_longer_than_max_query_age_is_rejected():
     assert errors_of(minimal(purge={"lookback": "2d", "max_query_age": "1d"}), environ={}) == [
         "purge.lookback: 2d is longer than max_query_age (1d); the API refuses older start times"]
     config = parse_config(minimal(prefetch={"lookback": "6d", "max_query_age": "7d"}), environ={})
-    assert (config.prefetch.lookback, config.prefetch.max_query_age) == (6 * 86400, 7 * 86400)
+    assert (config.kinds["prefetch"].lookback, config.kinds["prefetch"].max_query_age) == (6 * 86400, 7 * 86400)
 
 
 def test_lookback_is_not_compared_with_an_invalid_max_query_age():
@@ -631,7 +720,7 @@ def test_lookback_is_not_compared_with_an_invalid_max_query_age():
 
 def test_overlap_may_be_zero_but_intervals_may_not():
     config = parse_config(minimal(prefetch={"overlap": 0}), environ={})
-    assert config.prefetch.overlap == 0
+    assert config.kinds["prefetch"].overlap == 0
     assert errors_of(minimal(prefetch={"lookback": "0s"}), environ={}) == [
         "prefetch.lookback: must be greater than 0"]
 
@@ -727,7 +816,7 @@ def test_example_config_loads(tmp_path):
     assert (globex.name, globex.auth, globex.access_key, globex.secret_key) == (
         "globex", "aksk", "AKGLOBEX0001", "aksk-secret-Pw55")
     assert globex.timezone == "Asia/Shanghai"
-    assert config.purge.enabled is False
+    assert config.kinds["purge"].enabled is False
     assert config.fmgr.enabled is True
     assert config.fmgr.register_token == "register-token-Yt31"
     assert [(k.access_key, k.secret_key) for k in config.fmgr.notify.keys] == [
@@ -749,8 +838,8 @@ def test_example_documents_the_real_defaults(tmp_path):
     # The example writes the defaults out for these sections; they must agree with the code.
     example = _load_example(tmp_path)
     defaults = parse_config(minimal(fmgr={"endpoint": "http://mgr.example.com"}), environ={})
-    assert example.prefetch == defaults.prefetch
-    assert example.purge == defaults.purge
+    assert example.kinds["prefetch"] == defaults.kinds["prefetch"]
+    assert example.kinds["purge"] == defaults.kinds["purge"]
     assert example.storage == defaults.storage
     for name in ("windows", "poll_interval", "max_task_age", "persistent_ids", "rate_limit",
                  "request_timeout", "max_register_ids"):

@@ -23,7 +23,7 @@ def build(sim, clock, tmp_path, account=0, kind="prefetch", store=None, **overri
     store = store or Store(cfg.storage.path, clock=clock)
     health = ApiHealth()
     acct = cfg.accounts[account]
-    kcfg = getattr(cfg, kind)
+    kcfg = cfg.kinds[kind]
     client = CdnClient(acct, clock=clock, timeout=kcfg.request_timeout, health=health)
     return CdnPoller(acct, kind, kcfg, store, client, health, clock=clock, rng=random.Random(7)), store, health
 

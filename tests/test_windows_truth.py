@@ -34,7 +34,7 @@ class Rig:
         self.cfg, self.clock = cfg, clock
         self.store = store or Store(cfg.storage.path, clock=clock)
         self.health = ApiHealth()
-        self.client = CdnClient(cfg.accounts[0], clock=clock, timeout=cfg.prefetch.request_timeout,
+        self.client = CdnClient(cfg.accounts[0], clock=clock, timeout=cfg.kinds["prefetch"].request_timeout,
                                 health=self.health)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ExporterCollector(cfg, self.store, self.health, clock=clock))
