@@ -331,7 +331,7 @@ def _task_kind(ctx: Context, root: Section, kind: TaskKind) -> TaskKindConfig:
     if lookback > max_query_age and ctx.ok(s.sub("lookback"), s.sub("max_query_age")):
         ctx.error(
             s.sub("lookback"),
-            f"{format_duration(lookback)} is longer than max_query_age ({format_duration(max_query_age)});"
+            f"{format_duration(lookback)} is longer than {s.sub('max_query_age')} ({format_duration(max_query_age)});"
             " the API refuses older start times",
         )
     page_size = s.integer("page_size", 500, lo=1, hi=10000)

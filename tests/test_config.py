@@ -300,7 +300,7 @@ def test_every_problem_is_reported_at_once_with_its_key_path():
         'accounts[3].endpoint: "ftp://x" is not an http(s) URL',
         "accounts[4]: expected a mapping, got string",
         "prefetch.rate_limit.burst: unknown key (expected one of: per, requests)",
-        "prefetch.lookback: 4d is longer than max_query_age (3d); the API refuses older start times",
+        "prefetch.lookback: 4d is longer than prefetch.max_query_age (3d); the API refuses older start times",
         'prefetch.windows[2]: "2x" is not a duration',
         "prefetch.windows[3]: duplicate window (same length as prefetch.windows[1])",
         'prefetch.windows[4]: "-5m" is negative; durations must not be negative',
@@ -708,7 +708,7 @@ def test_account_timezone_keeps_its_spelling():
 
 def test_lookback_longer_than_max_query_age_is_rejected():
     assert errors_of(minimal(purge={"lookback": "2d", "max_query_age": "1d"}), environ={}) == [
-        "purge.lookback: 2d is longer than max_query_age (1d); the API refuses older start times"]
+        "purge.lookback: 2d is longer than purge.max_query_age (1d); the API refuses older start times"]
     config = parse_config(minimal(prefetch={"lookback": "6d", "max_query_age": "7d"}), environ={})
     assert (config.kinds["prefetch"].lookback, config.kinds["prefetch"].max_query_age) == (6 * 86400, 7 * 86400)
 
