@@ -68,10 +68,10 @@ class ExporterCollector(Collector):
         return out
 
     def describe(self) -> Iterator[Metric]:
-        # From the configuration alone: registration must not touch the store (nor run collect()). A reload
-        # builds a new collector in a new registry (exporter/app.py), so what the registry caches from here
-        # stays true for the life of this collector.
-        return (f.family() for f in self.families(self.config))
+        # From the configuration alone: registration must not touch the store. The registry keeps these names
+        # for the life of this collector, which is the life of its configuration: a reload builds a new
+        # collector in a new registry (exporter/app.py).
+        return (f.new() for f in self.families(self.config))
 
     def collect(self) -> Iterator[Metric]:
         # One configuration per scrape: every part below sees the same one, even if it is replaced meanwhile.
@@ -82,20 +82,20 @@ class ExporterCollector(Collector):
         if config.fmgr.enabled:
             yield from self._fmgr(config, now)
         yield from self._health()
-        info = m.BUILD_INFO.family()
+        info = m.BUILD_INFO.new()
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
 
     # ------------------------------------------------------------------ CDN
     def _cdn(self, config: Config, kind: str, kcfg: TaskKindConfig, now: float) -> Iterator[Metric]:
-        cat = m.CDN[kind]
-        tasks, ratio, rate = cat.tasks.family(), cat.success_ratio.family(), cat.rate_ratio.family()
-        oldest, finished, duration = (cat.oldest_unfinished_age.family(), cat.tasks_finished.family(),
-                                      cat.duration.family())
+        spec = m.CDN[kind]
+        tasks, ratio, rate = spec.tasks.new(), spec.success_ratio.new(), spec.rate_ratio.new()
+        oldest, finished, duration = (spec.oldest_unfinished_age.new(), spec.tasks_finished.new(),
+                                      spec.duration.new())
         window_secs = [w.seconds for w in kcfg.windows]
         finished_counts = {
             (lab.get("account"), lab.get("status")): v
-            for lab, v in self.store.counters(cat.tasks_finished.store_key)
+            for lab, v in self.store.counters(spec.tasks_finished.store_key)
         }
         for account in config.accounts:
             name = account.name
@@ -112,14 +112,14 @@ class ExporterCollector(Collector):
             oldest.add_metric([name], max(0.0, now - first) if first is not None else 0.0)
             for status in ("success", "failure"):  # the only final statuses
                 finished.add_metric([name, status], finished_counts.get((name, status), 0.0))
-            h = self.store.histogram(cat.duration.store_key, {"account": name}, cat.duration.buckets)
+            h = self.store.histogram(spec.duration.store_key, {"account": name}, spec.duration.buckets)
             duration.add_metric([name], [(_fmt_bound(b), c) for b, c in h.buckets], h.total)
         yield from (tasks, ratio, rate, oldest, finished, duration)
 
     # ------------------------------------------------------------------ Fmgr
     def _fmgr(self, config: Config, now: float) -> Iterator[Metric]:
         fcfg = config.fmgr
-        tasks, items, ratio = m.FMGR_TASKS.family(), m.FMGR_ITEMS.family(), m.FMGR_SUCCESS_RATIO.family()
+        tasks, items, ratio = m.FMGR_TASKS.new(), m.FMGR_ITEMS.new(), m.FMGR_SUCCESS_RATIO.new()
         windows = [w.seconds for w in fcfg.windows]
         groups = self.store.fmgr_window_counts(now, windows)
         # Every combination seen in the largest window is present in every window (0 where absent).
@@ -138,18 +138,18 @@ class ExporterCollector(Collector):
             if ok + bad > 0:
                 ratio.add_metric([w.name], ok / (ok + bad))
         pending_n, oldest = self.store.fmgr_pending()
-        pending = m.FMGR_PENDING_TASKS.family()
+        pending = m.FMGR_PENDING_TASKS.new()
         pending.add_metric([], pending_n)
-        age = m.FMGR_OLDEST_PENDING_AGE.family()
+        age = m.FMGR_OLDEST_PENDING_AGE.new()
         age.add_metric([], max(0.0, now - oldest) if oldest is not None else 0.0)
-        processed = m.FMGR_PROCESSED_BYTES.family()
+        processed = m.FMGR_PROCESSED_BYTES.new()
         for lab, v in sorted(self.store.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
             processed.add_metric([lab["op"]], v)
-        notes = m.FMGR_NOTIFICATIONS.family()
+        notes = m.FMGR_NOTIFICATIONS.new()
         got = {lab["result"]: v for lab, v in self.store.counters(m.FMGR_NOTIFICATIONS.store_key)}
         for result in NOTIFY_RESULTS:
             notes.add_metric([result], got.get(result, 0.0))
-        failures = m.FMGR_NOTIFY_FAILURES.family()
+        failures = m.FMGR_NOTIFY_FAILURES.new()
         failed = {lab["scope"]: v for lab, v in self.store.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
         for scope in NOTIFY_FAILURE_SCOPES:
             failures.add_metric([scope], failed.get(scope, 0.0))
@@ -157,22 +157,22 @@ class ExporterCollector(Collector):
 
     # ------------------------------------------------------------------ exporter health
     def _health(self) -> Iterator[Metric]:
-        up = m.UP.family()
+        up = m.UP.new()
         for (account, api), is_up in sorted(self.health.up().items()):
             up.add_metric([account, api], is_up)
-        reqs = m.API_REQUESTS.family()
+        reqs = m.API_REQUESTS.new()
         for (api, result), n in sorted(self.health.requests().items()):
             reqs.add_metric([api, result], n)
-        dur = m.API_REQUEST_DURATION.family()
+        dur = m.API_REQUEST_DURATION.new()
         for api, (buckets, total, _n) in sorted(self.health.durations().items()):
             dur.add_metric([api], [(_fmt_bound(b), c) for b, c in buckets], total)
-        last = m.LAST_SUCCESSFUL_POLL.family()
+        last = m.LAST_SUCCESSFUL_POLL.new()
         for (account, api), ts in sorted(self.health.last_ok().items()):
             last.add_metric([account, api], ts)
-        lag = m.POLL_LAG.family()
+        lag = m.POLL_LAG.new()
         for (account, api), v in sorted(self.health.lag().items()):
             lag.add_metric([account, api], v)
-        backfill = m.POLL_BACKFILL_REMAINING.family()
+        backfill = m.POLL_BACKFILL_REMAINING.new()
         for (account, api), v in sorted(self.health.backfill().items()):
             backfill.add_metric([account, api], v)
         yield from (up, reqs, dur, last, lag, backfill)
@@ -196,14 +196,14 @@ class ReloadStatus(Collector):
                 self._success_ts = self._clock()
 
     def describe(self) -> Iterator[Metric]:
-        return (f.family() for f in m.RELOAD)
+        return (f.new() for f in m.RELOAD)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             ok, ts = self._ok, self._success_ts
-        successful = m.CONFIG_LAST_RELOAD_SUCCESSFUL.family()
+        successful = m.CONFIG_LAST_RELOAD_SUCCESSFUL.new()
         successful.add_metric([], 1 if ok else 0)
         yield successful
-        timestamp = m.CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.family()
+        timestamp = m.CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.new()
         timestamp.add_metric([], ts)
         yield timestamp

@@ -2,7 +2,7 @@
 
 A family is its name (as PromQL and docs/metrics.md write it: counters end in ``_total``), its type, its
 HELP text, its label names and, for a histogram, its bucket bounds. The collectors build their families from
-here (``Family.family()``), ``describe()`` reports them, the rules generator (prometheus/generate.py) takes
+here (``Family.new()``), ``describe()`` reports them, the rules generator (prometheus/generate.py) takes
 its metric names from here and a test checks docs/metrics.md against it. The families of a CDN task kind
 (``cdnetworks_<kind>_...``) are generated from the kinds table (exporter/kinds.py).
 
@@ -67,7 +67,7 @@ class Family:
         ``cdnetworks_`` prefix. Existing databases hold these keys, so they must not change."""
         return self.name.removeprefix(PREFIX)
 
-    def family(self) -> Metric:
+    def new(self) -> Metric:
         """A new, empty family for one collection."""
         raise NotImplementedError
 
@@ -76,7 +76,7 @@ class Family:
 class Gauge(Family):
     type: ClassVar[str] = "gauge"
 
-    def family(self) -> GaugeMetricFamily:
+    def new(self) -> GaugeMetricFamily:
         from prometheus_client.core import GaugeMetricFamily
 
         return GaugeMetricFamily(self.name, self.help, labels=self.labels)
@@ -90,7 +90,7 @@ class Counter(Family):
     def family_name(self) -> str:
         return self.name.removesuffix("_total")
 
-    def family(self) -> CounterMetricFamily:
+    def new(self) -> CounterMetricFamily:
         from prometheus_client.core import CounterMetricFamily
 
         return CounterMetricFamily(self.name, self.help, labels=self.labels)
@@ -112,7 +112,7 @@ class Histogram(Family):
     def sample_names(self) -> tuple[str, ...]:
         return tuple(self.name + suffix for suffix in _HISTOGRAM_SUFFIXES)
 
-    def family(self) -> HistogramMetricFamily:
+    def new(self) -> HistogramMetricFamily:
         from prometheus_client.core import HistogramMetricFamily
 
         return HistogramMetricFamily(self.name, self.help, labels=self.labels)

@@ -458,15 +458,15 @@ class WebCollector(Collector):
         self._rejects = rejects
 
     def describe(self) -> Iterable[Any]:
-        return (f.family() for f in metrics.WEB)
+        return (f.new() for f in metrics.WEB)
 
     def collect(self) -> Iterable[Any]:
-        auth = metrics.WEB_AUTH_FAILURES.family()
+        auth = metrics.WEB_AUTH_FAILURES.new()
         failures = self._auth_failures.snapshot()
         for reason in AUTH_FAILURE_REASONS:
             auth.add_metric([reason], failures.get(reason, 0))
         yield auth
-        rejected = metrics.WEB_REJECTED_REQUESTS.family()
+        rejected = metrics.WEB_REJECTED_REQUESTS.new()
         for reason, count in self._rejects.snapshot().items():
             rejected.add_metric([reason], count)
         yield rejected

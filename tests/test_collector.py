@@ -445,6 +445,42 @@ def test_promtool_accepts_the_exposition(registry) -> None:
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
 
 
+# -------------------------------------------------------------------------------------- catalogue
+
+
+@pytest.mark.parametrize(("build", "problem"), [
+    (lambda: metrics.Counter("cdnetworks_things", "Things."), "end in _total"),
+    (lambda: metrics.Gauge("cdnetworks_things_total", "Things."), "end in _total"),
+    (lambda: metrics.Gauge("things", "Things."), "not a cdnetworks_ metric name"),
+    (lambda: metrics.Gauge("cdnetworks_things", "Things.", ("a", "a")), "bad label names"),
+    (lambda: metrics.Gauge("cdnetworks_things", "Things.", ("le",)), "reserved"),
+    (lambda: metrics.Gauge("cdnetworks_things", "Two\nlines."), "one non-empty line"),
+    (lambda: metrics.Histogram("cdnetworks_things_seconds", "Things."), "buckets"),
+    (lambda: metrics.Histogram("cdnetworks_things_seconds", "Things.", buckets=(2.0, 1.0)), "buckets"),
+    (lambda: metrics.Histogram("cdnetworks_things_count", "Things.", buckets=(1.0,)), "sample suffix"),
+])
+def test_the_catalogue_refuses_malformed_families(build, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
+        build()
+
+
+def test_the_catalogue_refuses_clashing_names() -> None:
+    seconds = metrics.Histogram("cdnetworks_x_seconds", "X.", buckets=(1.0,))
+    with pytest.raises(ValueError, match="cdnetworks_x_seconds_count twice"):
+        metrics._check_unique((seconds, metrics.Gauge("cdnetworks_x_seconds_count", "Y.")))
+
+
+def test_store_keys_stay_those_of_existing_databases() -> None:
+    """The store persists counters and histograms under these keys: renaming one would restart it at 0."""
+    assert [f.store_key for kind in ("prefetch", "purge") for f in (metrics.CDN[kind].tasks_finished,
+                                                                     metrics.CDN[kind].duration)] == [
+        "prefetch_tasks_finished_total", "prefetch_duration_seconds",
+        "purge_tasks_finished_total", "purge_duration_seconds"]
+    assert [f.store_key for f in (metrics.FMGR_PROCESSED_BYTES, metrics.FMGR_NOTIFICATIONS,
+                                  metrics.FMGR_NOTIFY_FAILURES)] == [
+        "fmgr_processed_bytes_total", "fmgr_notifications_total", "fmgr_notify_failures_total"]
+
+
 # ------------------------------------------------------------------------------------------- docs
 
 
