@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 PREFIX = "cdnetworks_"
 _NAME = re.compile(r"cdnetworks_[a-z][a-z0-9_]*[a-z0-9]")
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")
-# Suffixes a histogram's samples add to its name; a label named like this one would break the exposition.
+# The samples a histogram serves beside its buckets' le label (the exporter's histograms have no _created).
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
