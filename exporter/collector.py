@@ -13,19 +13,18 @@ import time
 from collections.abc import Callable, Iterator
 from typing import cast
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
 from . import fmgr as fmgrwire
-from .config import Config
+from . import metrics as m
+from .config import Config, TaskKindConfig
 from .health import ApiHealth
-from .store import CDN_STATUSES, DURATION_BUCKETS, Store
+from .store import CDN_STATUSES, Store
 
-POLLED = "Polled in the background from the CDNetworks API; a scrape never calls the vendor."
 NOTIFY_RESULTS = ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large")
 NOTIFY_FAILURE_SCOPES = ("task", "item")
-KIND_TEXT = {"prefetch": "prefetch", "purge": "purge"}
 
 
 def _fmt_bound(b: float) -> str:
@@ -56,47 +55,49 @@ class ExporterCollector(Collector):
         self.health = health
         self.clock = clock
 
+    @staticmethod
+    def families(config: Config) -> list[m.Family]:
+        """The catalogue entries ``collect()`` yields for ``config``, in its order."""
+        out: list[m.Family] = []
+        for kind, _ in config.task_kinds():
+            out.extend(m.CDN[kind])
+        if config.fmgr.enabled:
+            out.extend(m.FMGR)
+        out.extend(m.HEALTH)
+        out.append(m.BUILD_INFO)
+        return out
+
     def describe(self) -> Iterator[Metric]:
-        # Registration must not touch the store; an empty list makes the registry skip collect() here.
-        return iter([])
+        # From the configuration alone: registration must not touch the store. The registry keeps these names
+        # for the life of this collector, which is the life of its configuration: a reload builds a new
+        # collector in a new registry (exporter/app.py).
+        return (f.new() for f in self.families(self.config))
 
     def collect(self) -> Iterator[Metric]:
+        # One configuration per scrape: every part below sees the same one, even if it is replaced meanwhile.
+        config = self.config
         now = self.clock()
-        for kind, _ in self.config.task_kinds():
-            yield from self._cdn(kind, now)
-        if self.config.fmgr.enabled:
-            yield from self._fmgr(now)
+        for kind, settings in config.task_kinds():
+            yield from self._cdn(config, kind, settings, now)
+        if config.fmgr.enabled:
+            yield from self._fmgr(config, now)
         yield from self._health()
-        info = GaugeMetricFamily("cdnetworks_exporter_build_info",
-                                 "Version of the exporter and of the Python running it; always 1.",
-                                 labels=["version", "python"])
+        info = m.BUILD_INFO.new()
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
 
     # ------------------------------------------------------------------ CDN
-    def _cdn(self, kind: str, now: float) -> Iterator[Metric]:
-        kcfg = getattr(self.config, kind)
-        k = KIND_TEXT[kind]
-        p = f"cdnetworks_{kind}"
-        tasks = GaugeMetricFamily(f"{p}_tasks", f"CDN {k} tasks created within the window, by current status. "
-                                  + POLLED, labels=["account", "window", "status"])
-        ratio = GaugeMetricFamily(f"{p}_success_ratio", f"Share (0..1) of finished {k} tasks created within "
-                                  "the window that succeeded; absent while none finished. " + POLLED,
-                                  labels=["account", "window"])
-        rate = GaugeMetricFamily(f"{p}_rate_ratio", f"Mean vendor-reported completion rate (0..1) of finished "
-                                 f"{k} tasks created within the window. " + POLLED, labels=["account", "window"])
-        oldest = GaugeMetricFamily(f"{p}_oldest_unfinished_age_seconds", f"Age of the oldest {k} task still "
-                                   "waiting, running or of unknown status (0 when none). " + POLLED, labels=["account"])
-        finished = CounterMetricFamily(f"{p}_tasks_finished", f"CDN {k} tasks seen reaching a final status, "
-                                       "each counted once. " + POLLED, labels=["account", "status"])
-        duration = HistogramMetricFamily(f"{p}_duration_seconds", f"Time from creation to finish of {k} tasks "
-                                         "(finishTime - createTime). " + POLLED, labels=["account"])
+    def _cdn(self, config: Config, kind: str, kcfg: TaskKindConfig, now: float) -> Iterator[Metric]:
+        spec = m.CDN[kind]
+        tasks, ratio, rate = spec.tasks.new(), spec.success_ratio.new(), spec.rate_ratio.new()
+        oldest, finished, duration = (spec.oldest_unfinished_age.new(), spec.tasks_finished.new(),
+                                      spec.duration.new())
         window_secs = [w.seconds for w in kcfg.windows]
         finished_counts = {
             (lab.get("account"), lab.get("status")): v
-            for lab, v in self.store.counters(f"{kind}_tasks_finished_total")
+            for lab, v in self.store.counters(spec.tasks_finished.store_key)
         }
-        for account in self.config.accounts:
+        for account in config.accounts:
             name = account.name
             sums = self.store.cdn_window_counts(name, kind, now, window_secs)
             for w, c in zip(kcfg.windows, sums, strict=True):
@@ -111,20 +112,14 @@ class ExporterCollector(Collector):
             oldest.add_metric([name], max(0.0, now - first) if first is not None else 0.0)
             for status in ("success", "failure"):  # the only final statuses
                 finished.add_metric([name, status], finished_counts.get((name, status), 0.0))
-            h = self.store.histogram(f"{kind}_duration_seconds", {"account": name}, DURATION_BUCKETS)
+            h = self.store.histogram(spec.duration.store_key, {"account": name}, spec.duration.buckets)
             duration.add_metric([name], [(_fmt_bound(b), c) for b, c in h.buckets], h.total)
         yield from (tasks, ratio, rate, oldest, finished, duration)
 
     # ------------------------------------------------------------------ Fmgr
-    def _fmgr(self, now: float) -> Iterator[Metric]:
-        fcfg = self.config.fmgr
-        tasks = GaugeMetricFamily("cdnetworks_fmgr_tasks", "Fmgr tasks first seen within the window, by current "
-                                  "task code. From notifications, registrations and background polling.",
-                                  labels=["window", "code", "state"])
-        items = GaugeMetricFamily("cdnetworks_fmgr_items", "Items (operations) of Fmgr tasks first seen within "
-                                  "the window, by op and current item code.", labels=["window", "op", "code", "state"])
-        ratio = GaugeMetricFamily("cdnetworks_fmgr_success_ratio", "Share (0..1) of final Fmgr items within the "
-                                  "window that succeeded; absent while none is final.", labels=["window"])
+    def _fmgr(self, config: Config, now: float) -> Iterator[Metric]:
+        fcfg = config.fmgr
+        tasks, items, ratio = m.FMGR_TASKS.new(), m.FMGR_ITEMS.new(), m.FMGR_SUCCESS_RATIO.new()
         windows = [w.seconds for w in fcfg.windows]
         groups = self.store.fmgr_window_counts(now, windows)
         # Every combination seen in the largest window is present in every window (0 where absent).
@@ -143,57 +138,41 @@ class ExporterCollector(Collector):
             if ok + bad > 0:
                 ratio.add_metric([w.name], ok / (ok + bad))
         pending_n, oldest = self.store.fmgr_pending()
-        pending = GaugeMetricFamily("cdnetworks_fmgr_pending_tasks", "Tracked Fmgr tasks whose processing is "
-                                    "not known to be over (code 3 or later not seen yet).", value=pending_n)
-        age = GaugeMetricFamily("cdnetworks_fmgr_oldest_pending_age_seconds", "Time since the oldest pending Fmgr "
-                                "task was first seen (0 when none).",
-                                value=max(0.0, now - oldest) if oldest is not None else 0.0)
-        processed = CounterMetricFamily("cdnetworks_fmgr_processed_bytes", "Bytes (fsize) of Fmgr items seen "
-                                        "succeeding, each item counted once.", labels=["op"])
-        for lab, v in sorted(self.store.counters("fmgr_processed_bytes_total"), key=lambda x: x[0]["op"]):
+        pending = m.FMGR_PENDING_TASKS.new()
+        pending.add_metric([], pending_n)
+        age = m.FMGR_OLDEST_PENDING_AGE.new()
+        age.add_metric([], max(0.0, now - oldest) if oldest is not None else 0.0)
+        processed = m.FMGR_PROCESSED_BYTES.new()
+        for lab, v in sorted(self.store.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
             processed.add_metric([lab["op"]], v)
-        notes = CounterMetricFamily("cdnetworks_fmgr_notifications", "Fmgr notifications received, by outcome: "
-                                    "accepted, duplicate (a vendor retry, counted once), or rejected by reason.",
-                                    labels=["result"])
-        got = {lab["result"]: v for lab, v in self.store.counters("fmgr_notifications_total")}
+        notes = m.FMGR_NOTIFICATIONS.new()
+        got = {lab["result"]: v for lab, v in self.store.counters(m.FMGR_NOTIFICATIONS.store_key)}
         for result in NOTIFY_RESULTS:
             notes.add_metric([result], got.get(result, 0.0))
-        failures = CounterMetricFamily("cdnetworks_fmgr_notify_failures", "Fmgr tasks (code 5) and items (codes 5 "
-                                       "and 19) seen ending in a notification failure: the vendor could not deliver "
-                                       "the job's notifyURL callback. Each counted once.", labels=["scope"])
-        failed = {lab["scope"]: v for lab, v in self.store.counters("fmgr_notify_failures_total")}
+        failures = m.FMGR_NOTIFY_FAILURES.new()
+        failed = {lab["scope"]: v for lab, v in self.store.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
         for scope in NOTIFY_FAILURE_SCOPES:
             failures.add_metric([scope], failed.get(scope, 0.0))
         yield from (tasks, items, ratio, pending, age, processed, notes, failures)
 
     # ------------------------------------------------------------------ exporter health
     def _health(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("cdnetworks_up", "1 when the last request to this vendor API succeeded, else 0.",
-                               labels=["account", "api"])
+        up = m.UP.new()
         for (account, api), is_up in sorted(self.health.up().items()):
             up.add_metric([account, api], is_up)
-        reqs = CounterMetricFamily("cdnetworks_api_requests", "Requests made to the vendor APIs, by result.",
-                                   labels=["api", "result"])
+        reqs = m.API_REQUESTS.new()
         for (api, result), n in sorted(self.health.requests().items()):
             reqs.add_metric([api, result], n)
-        dur = HistogramMetricFamily("cdnetworks_api_request_duration_seconds", "Latency of vendor API requests.",
-                                    labels=["api"])
+        dur = m.API_REQUEST_DURATION.new()
         for api, (buckets, total, _n) in sorted(self.health.durations().items()):
             dur.add_metric([api], [(_fmt_bound(b), c) for b, c in buckets], total)
-        last = GaugeMetricFamily("cdnetworks_last_successful_poll_timestamp_seconds",
-                                 "Unix time of the last successful request to this vendor API.",
-                                 labels=["account", "api"])
+        last = m.LAST_SUCCESSFUL_POLL.new()
         for (account, api), ts in sorted(self.health.last_ok().items()):
             last.add_metric([account, api], ts)
-        lag = GaugeMetricFamily("cdnetworks_poll_lag_seconds", "How far behind now the newest point is up to "
-                                "which every task was read once; grows when the rate budget cannot keep up.",
-                                labels=["account", "api"])
+        lag = m.POLL_LAG.new()
         for (account, api), v in sorted(self.health.lag().items()):
             lag.add_metric([account, api], v)
-        backfill = GaugeMetricFamily(
-            "cdnetworks_poll_backfill_remaining_seconds",
-            "Seconds of older history (within the lookback) not yet read once; the back-fill after a first "
-            "start or a long outage reads it newest first on a share of the budget.", labels=["account", "api"])
+        backfill = m.POLL_BACKFILL_REMAINING.new()
         for (account, api), v in sorted(self.health.backfill().items()):
             backfill.add_metric([account, api], v)
         yield from (up, reqs, dur, last, lag, backfill)
@@ -217,14 +196,14 @@ class ReloadStatus(Collector):
                 self._success_ts = self._clock()
 
     def describe(self) -> Iterator[Metric]:
-        return iter([])
+        return (f.new() for f in m.RELOAD)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             ok, ts = self._ok, self._success_ts
-        yield GaugeMetricFamily("cdnetworks_config_last_reload_successful",
-                                "1 when the last configuration load (start, SIGHUP or POST /-/reload) succeeded; "
-                                "0 when it failed and the previous configuration is still running.",
-                                value=1 if ok else 0)
-        yield GaugeMetricFamily("cdnetworks_config_last_reload_success_timestamp_seconds",
-                                "Unix time when the running configuration was loaded.", value=ts)
+        successful = m.CONFIG_LAST_RELOAD_SUCCESSFUL.new()
+        successful.add_metric([], 1 if ok else 0)
+        yield successful
+        timestamp = m.CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.new()
+        timestamp.add_metric([], ts)
+        yield timestamp

@@ -10,10 +10,12 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .metrics import API_REQUEST_DURATION
+
 # Results of one vendor call; a bounded label set.
 RESULTS = ("ok", "bad_request", "auth", "rate_limited", "server_error", "timeout", "malformed", "not_found",
            "connection", "unknown")
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = API_REQUEST_DURATION.buckets
 
 
 @dataclass

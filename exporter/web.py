@@ -21,11 +21,10 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import prometheus_client
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
-from exporter import fmgr, httpd
+from exporter import fmgr, httpd, metrics
 from exporter.fmgr import FmgrStatus
 from exporter.webconfig import AUTH_FAILURE_REASONS, AuthFailures, BasicAuth
 
@@ -429,8 +428,14 @@ class App:
 
 
 class _NameFilter:
-    """``name[]=`` filtering done after collecting: our collector has no fixed list of names to describe
-    (a reload can change which families exist), so prometheus_client's restricted_registry cannot be used."""
+    """``name[]=`` filtering done after collecting: a family is served whole when a name is its family name
+    or the name of one of its samples.
+
+    prometheus_client's restricted_registry would follow reloads (each configuration gets its own registry,
+    exporter/app.py, whose collectors describe their families), but it serves something else: only the
+    samples whose names were asked for, so a family name (``cdnetworks_api_requests``, a histogram's name)
+    selects nothing and ``..._count`` cuts a histogram down to its counts; and it walks the collectors in set
+    order, so the families of a scrape would come in a different order from one scrape to the next."""
 
     def __init__(self, registry: Any, names: set[str]) -> None:
         self._registry = registry
@@ -453,24 +458,15 @@ class WebCollector(Collector):
         self._rejects = rejects
 
     def describe(self) -> Iterable[Any]:
-        return iter([])
+        return (f.new() for f in metrics.WEB)
 
     def collect(self) -> Iterable[Any]:
-        auth = CounterMetricFamily(
-            "cdnetworks_web_auth_failures_total",
-            "Requests refused by basic auth, by reason: missing (no usable credentials), wrong (bcrypt said no), "
-            "throttled (refused without a check while too many checks were already running or waiting).",
-            labels=["reason"])
+        auth = metrics.WEB_AUTH_FAILURES.new()
         failures = self._auth_failures.snapshot()
         for reason in AUTH_FAILURE_REASONS:
             auth.add_metric([reason], failures.get(reason, 0))
         yield auth
-        rejected = CounterMetricFamily(
-            "cdnetworks_web_rejected_requests_total",
-            "Requests and connections the HTTP server refused before they reached a handler, by reason: "
-            "header_too_large (431/414), body_too_large (413), timeout (408: head or body not complete in "
-            "time), bad_request (400), too_many_connections (closed at once).",
-            labels=["reason"])
+        rejected = metrics.WEB_REJECTED_REQUESTS.new()
         for reason, count in self._rejects.snapshot().items():
             rejected.add_metric([reason], count)
         yield rejected
