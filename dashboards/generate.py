@@ -29,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 SCHEMA_VERSION = 39
 TAG = "cdnetworks"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-CDN_KINDS = ("prefetch", "purge")
 # Label matchers the panels share.
 FAILED_TASK = 'status="failure"'
 UNFINISHED_TASK = 'status=~"wait|run"'
@@ -55,6 +54,8 @@ def _load_rules_generator() -> Any:
 
 RULES = _load_rules_generator()
 ALERTS = RULES.Settings()
+CDN_KINDS = tuple(kind.name for kind in RULES.KINDS)  # exporter/kinds.py, as the rules generator reads it
+CDN_KIND_RE = "|".join(CDN_KINDS)
 
 
 def sel(*matchers: str, account: bool = False, window: bool = False, fmgr_account: bool = False) -> str:
@@ -282,7 +283,7 @@ def query_variable(
 
 JOB_VAR = query_variable("job", "Job", "label_values(cdnetworks_exporter_build_info, job)", multi=False)
 ACCOUNT_VAR = query_variable(
-    "account", "Account", 'label_values(cdnetworks_up{job=~"$job", api=~"prefetch|purge"}, account)', multi=True
+    "account", "Account", 'label_values(cdnetworks_up{job=~"$job", api=~"' + CDN_KIND_RE + '"}, account)', multi=True
 )
 
 
@@ -424,7 +425,7 @@ def overview() -> dict[str, Any]:
         "cdnetworks-overview", "CDNetworks / Overview",
         "Did prefetches, purges and Fmgr jobs succeed, what is pending, and is the exporter healthy.",
         [JOB_VAR, ACCOUNT_VAR,
-         window_variable('{__name__=~"cdnetworks_(prefetch|purge|fmgr)_tasks", job=~"$job"}', multi=True)],
+         window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + '|fmgr)_tasks", job=~"$job"}', multi=True)],
         lay,
     )
 
@@ -480,7 +481,7 @@ def cdn_tasks() -> dict[str, Any]:
         "cdnetworks-cdn-tasks", "CDNetworks / CDN tasks",
         "Prefetch and purge tasks: status over time, success ratio, vendor rate, durations, stuck tasks.",
         [JOB_VAR, ACCOUNT_VAR,
-         window_variable('{__name__=~"cdnetworks_(prefetch|purge)_tasks", job=~"$job"}', multi=False)],
+         window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + ')_tasks", job=~"$job"}', multi=False)],
         lay,
     )
 

@@ -21,7 +21,7 @@ from . import fmgr as fmgrwire
 from . import metrics as m
 from .config import Config, TaskKindConfig
 from .health import ApiHealth
-from .store import CDN_STATUSES, Store
+from .store import CDN_STATUSES, Snapshot, Store
 
 NOTIFY_RESULTS = ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large")
 NOTIFY_FAILURE_SCOPES = ("task", "item")
@@ -77,17 +77,19 @@ class ExporterCollector(Collector):
         # One configuration per scrape: every part below sees the same one, even if it is replaced meanwhile.
         config = self.config
         now = self.clock()
+        # One snapshot of the counters and histograms too: each committed write is in it whole or not at all.
+        snap = self.store.snapshot()
         for kind, settings in config.task_kinds():
-            yield from self._cdn(config, kind, settings, now)
+            yield from self._cdn(config, snap, kind, settings, now)
         if config.fmgr.enabled:
-            yield from self._fmgr(config, now)
+            yield from self._fmgr(config, snap, now)
         yield from self._health()
         info = m.BUILD_INFO.new()
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
 
     # ------------------------------------------------------------------ CDN
-    def _cdn(self, config: Config, kind: str, kcfg: TaskKindConfig, now: float) -> Iterator[Metric]:
+    def _cdn(self, config: Config, snap: Snapshot, kind: str, kcfg: TaskKindConfig, now: float) -> Iterator[Metric]:
         spec = m.CDN[kind]
         tasks, ratio, rate = spec.tasks.new(), spec.success_ratio.new(), spec.rate_ratio.new()
         oldest, finished, duration = (spec.oldest_unfinished_age.new(), spec.tasks_finished.new(),
@@ -95,7 +97,7 @@ class ExporterCollector(Collector):
         window_secs = [w.seconds for w in kcfg.windows]
         finished_counts = {
             (lab.get("account"), lab.get("status")): v
-            for lab, v in self.store.counters(spec.tasks_finished.store_key)
+            for lab, v in snap.counters(spec.tasks_finished.store_key)
         }
         for account in config.accounts:
             name = account.name
@@ -112,12 +114,12 @@ class ExporterCollector(Collector):
             oldest.add_metric([name], max(0.0, now - first) if first is not None else 0.0)
             for status in ("success", "failure"):  # the only final statuses
                 finished.add_metric([name, status], finished_counts.get((name, status), 0.0))
-            h = self.store.histogram(spec.duration.store_key, {"account": name}, spec.duration.buckets)
+            h = snap.histogram(spec.duration.store_key, {"account": name}, spec.duration.buckets)
             duration.add_metric([name], [(_fmt_bound(b), c) for b, c in h.buckets], h.total)
         yield from (tasks, ratio, rate, oldest, finished, duration)
 
     # ------------------------------------------------------------------ Fmgr
-    def _fmgr(self, config: Config, now: float) -> Iterator[Metric]:
+    def _fmgr(self, config: Config, snap: Snapshot, now: float) -> Iterator[Metric]:
         fcfg = config.fmgr
         tasks, items, ratio = m.FMGR_TASKS.new(), m.FMGR_ITEMS.new(), m.FMGR_SUCCESS_RATIO.new()
         windows = [w.seconds for w in fcfg.windows]
@@ -143,14 +145,14 @@ class ExporterCollector(Collector):
         age = m.FMGR_OLDEST_PENDING_AGE.new()
         age.add_metric([], max(0.0, now - oldest) if oldest is not None else 0.0)
         processed = m.FMGR_PROCESSED_BYTES.new()
-        for lab, v in sorted(self.store.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
+        for lab, v in sorted(snap.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
             processed.add_metric([lab["op"]], v)
         notes = m.FMGR_NOTIFICATIONS.new()
-        got = {lab["result"]: v for lab, v in self.store.counters(m.FMGR_NOTIFICATIONS.store_key)}
+        got = {lab["result"]: v for lab, v in snap.counters(m.FMGR_NOTIFICATIONS.store_key)}
         for result in NOTIFY_RESULTS:
             notes.add_metric([result], got.get(result, 0.0))
         failures = m.FMGR_NOTIFY_FAILURES.new()
-        failed = {lab["scope"]: v for lab, v in self.store.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
+        failed = {lab["scope"]: v for lab, v in snap.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
         for scope in NOTIFY_FAILURE_SCOPES:
             failures.add_metric([scope], failed.get(scope, 0.0))
         yield from (tasks, items, ratio, pending, age, processed, notes, failures)

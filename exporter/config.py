@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -148,17 +148,6 @@ class Config:
     def task_kinds(self) -> list[tuple[str, TaskKindConfig]]:
         """The enabled CDN task kinds and their settings, in the order of ``kinds.KINDS``."""
         return [(name, c) for name, c in self.kinds.items() if c.enabled]
-
-    if not TYPE_CHECKING:
-
-        def __getattr__(self, name: str) -> TaskKindConfig:
-            # exporter/collector.py still reads a kind's settings as ``getattr(config, kind)``. Hidden from the
-            # type checker so that no typed code starts reading kinds this way; remove it once the collector
-            # takes them from task_kinds().
-            kinds = self.__dict__.get("kinds", {})
-            if name in kinds:
-                return kinds[name]
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import fmgr as fmgrwire
+from . import metrics as m
 from .aggregates import Work, fmgr_item_deltas, fmgr_task_deltas
 from .repository import FmgrApiRow, FmgrItemRow, Repository, StateFilter
 
@@ -72,7 +73,7 @@ def apply_status(work: Work, status: fmgrwire.FmgrStatus, *, source: str, polled
         work.fmgr.extend(fmgr_task_deltas(first_seen, old_code, -1))
         work.fmgr.extend(fmgr_task_deltas(first_seen, new_code, +1))
     if fmgrwire.notify_failed(new_code, item=False) and not fmgrwire.notify_failed(old_code, item=False):
-        work.inc("fmgr_notify_failures_total", {"scope": "task"})
+        work.inc(m.FMGR_NOTIFY_FAILURES.store_key, {"scope": "task"})
     new_final_seen = final_seen if final_seen is not None else (now if processed(new_code) else None)
     if new_final_seen is None and new_task:
         work.pending += 1
@@ -106,11 +107,11 @@ def apply_status(work: Work, status: fmgrwire.FmgrStatus, *, source: str, polled
         work.fmgr.extend(fmgr_item_deltas(first_seen, item.op, item.code, +1))
         if fmgrwire.notify_failed(item.code, item=True) and not (
                 old is not None and fmgrwire.notify_failed(old.code, item=True)):
-            work.inc("fmgr_notify_failures_total", {"scope": "item"})
+            work.inc(m.FMGR_NOTIFY_FAILURES.store_key, {"scope": "item"})
         # Counted once: when an item is first seen succeeded with a size (the size may come later).
         counted = old is not None and fmgrwire.item_outcome(old.code) == "succeeded" and bool(old.fsize)
         if fmgrwire.item_outcome(item.code) == "succeeded" and item.fsize and not counted:
-            work.inc("fmgr_processed_bytes_total", {"op": item.op}, float(item.fsize))
+            work.inc(m.FMGR_PROCESSED_BYTES.store_key, {"op": item.op}, float(item.fsize))
 
 
 # ---------------------------------------------------------------------- notifications: group commit
@@ -200,7 +201,7 @@ class NotificationWriter:
                 n.result = work.tx.notification_add(n.dedup_key, n.status.id, n.ts)
                 if n.result:
                     apply_status(work, n.status, source="notify", polled=False, lifecycle=n.lifecycle, now=now)
-                work.inc("fmgr_notifications_total", {"result": "accepted" if n.result else "duplicate"})
+                work.inc(m.FMGR_NOTIFICATIONS.store_key, {"result": "accepted" if n.result else "duplicate"})
 
 
 # ---------------------------------------------------------------------- the registration API's view

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import fmgr as fmgrwire
 from . import fmgr_tracking
+from . import metrics as m
 from .aggregates import (
     CDN_FINAL,
     CDN_STATUSES,
@@ -43,8 +44,7 @@ __all__ = ["CDN_STATUSES", "DURATION_BUCKETS", "CdnTask", "Histogram", "Snapshot
 log = logging.getLogger(__name__)
 
 DEFAULT_LIFECYCLE = fmgr_tracking.DEFAULT_LIFECYCLE
-# finishTime - createTime of a prefetch/purge: seconds to hours.
-DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+DURATION_BUCKETS = m.TASK_DURATION_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,11 @@ class Store:
                 work.cdn.extend(cdn_deltas(account, kind, t.create_ts, t.status, t.rate, +1))
                 if t.final and not (row is not None and row[0] in CDN_FINAL):
                     finished += 1
-                    work.inc(f"{kind}_tasks_finished_total", {"account": account, "status": t.status})
+                    families = m.CDN[kind]
+                    work.inc(families.tasks_finished.store_key, {"account": account, "status": t.status})
                     if t.finish_ts is not None:
-                        work.observe(f"{kind}_duration_seconds", {"account": account},
-                                     max(0.0, t.finish_ts - t.create_ts), DURATION_BUCKETS)
+                        work.observe(families.duration.store_key, {"account": account},
+                                     max(0.0, t.finish_ts - t.create_ts), families.duration.buckets)
         return UpsertResult(new, changed, finished)
 
     def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counts]:
@@ -226,7 +227,7 @@ class Store:
         return self._notes.record(status, dedup_key, received_ts, lifecycle)
 
     def count_notification(self, result: str) -> None:
-        self.increment("fmgr_notifications_total", {"result": result})
+        self.increment(m.FMGR_NOTIFICATIONS.store_key, {"result": result})
 
     def fmgr_due(self, now: float, limit: int) -> list[str]:
         """Ids to poll now: not final yet (processing, or the notification phase not settled), oldest due first."""
