@@ -133,7 +133,17 @@ class FmgrConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """Where the store lives: an SQLite file (``path``), or a PostgreSQL database (``url``) that several
+    replicas can share."""
+
     path: str = "./data/cdnetworks-exporter.db"
+    # postgresql://user@host:port/db; may hold a password, hence secret (``password`` is the other way to give one).
+    url: str | None = field(default=None, repr=False, metadata=_SECRET)
+    password: str | None = field(default=None, repr=False, metadata=_SECRET)
+
+    def target(self) -> str:
+        """What ``repository.open_repository`` opens: the database URL, or else the SQLite path."""
+        return self.url if self.url is not None else self.path
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,8 @@ class Config:
         """The enabled CDN task kinds and their settings, in the order of ``kinds.KINDS``."""
         return [(name, c) for name, c in self.kinds.items() if c.enabled]
 
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 # --------------------------------------------------------------------------------------------------
 # The sections
@@ -180,7 +192,7 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     ),
     "fmgr.notify": frozenset({"path", "url", "max_body_bytes", "keys"}),
     "fmgr.notify.keys[]": frozenset({"access_key", "secret_key", "secret_key_file"}),
-    "storage": frozenset({"path"}),
+    "storage": frozenset({"path", "url", "url_file", "password", "password_file"}),
 }  # fmt: skip
 """Every key the config accepts, by section (one section per entry of ``kinds.KINDS``, all with the same keys)."""
 
@@ -428,7 +440,18 @@ def _fmgr(ctx: Context, root: Section) -> FmgrConfig:
 
 def _storage(ctx: Context, root: Section) -> StorageConfig:
     s = root.section("storage", KNOWN_KEYS["storage"])
-    return StorageConfig(path=s.string("path", StorageConfig.path) or StorageConfig.path)
+    url = s.secret("url", required=False)
+    password = s.secret("password", required=False)
+    if url is not None:
+        if not url.startswith(POSTGRES_SCHEMES):
+            # The URL is not echoed: it may hold a password.
+            ctx.error(s.sub("url"), "must be a PostgreSQL URL (postgresql://user@host:5432/database)")
+        elif s.present("path"):
+            ctx.error(s.sub("path"), "conflicts with url; set only one of them (url: PostgreSQL, path: SQLite)")
+    elif password is not None:
+        ctx.error(s.sub("password"), "only used with url (a PostgreSQL database)")
+    return StorageConfig(path=s.string("path", StorageConfig.path) or StorageConfig.path, url=url,
+                         password=password)
 
 
 def _one_of(names: Sequence[str]) -> str:

@@ -884,3 +884,34 @@ def test_fmgr_lifecycle_keys_are_durations_with_bounds():
     ]
     assert errors_of(minimal(fmgr={"endpoint": "http://m.example.com", "notify_grace": "soon"}), environ={}) == [
         'fmgr.notify_grace: "soon" is not a duration']
+
+
+# ------------------------------------------------------------------ storage: SQLite path or PostgreSQL URL
+
+def test_storage_defaults_to_the_sqlite_path():
+    storage = parse_config(minimal()).storage
+    assert storage.url is None and storage.target() == storage.path == "./data/cdnetworks-exporter.db"
+
+
+def test_storage_url_from_the_environment_or_a_file_with_the_password_apart(tmp_path):
+    url = "postgresql://exporter@db.example:5432/cdn"
+    cfg = parse_config(minimal(storage={"url": "${PG_URL}", "password": "${PG_PASSWORD}"}),
+                       environ={"PG_URL": url, "PG_PASSWORD": "s3cret"})
+    assert (cfg.storage.target(), cfg.storage.password) == (url, "s3cret")
+    (tmp_path / "url").write_text(url + "\n")
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = parse_config(minimal(storage={"url_file": "url", "password_file": "pw"}), environ={}, base_dir=tmp_path)
+    assert (cfg.storage.url, cfg.storage.password) == (url, "s3cret")
+    shown = redacted(cfg)["storage"]
+    assert "s3cret" not in str(shown) and url not in str(shown)
+
+
+def test_storage_url_mistakes_are_named_by_key_path_without_echoing_the_url():
+    assert errors_of(minimal(storage={"url": "mysql://u:hunter2@h/db"})) == [
+        "storage.url: must be a PostgreSQL URL (postgresql://user@host:5432/database)"]
+    assert errors_of(minimal(storage={"url": "postgresql://h/db", "path": "x.db"})) == [
+        "storage.path: conflicts with url; set only one of them (url: PostgreSQL, path: SQLite)"]
+    assert errors_of(minimal(storage={"password": "x"})) == [
+        "storage.password: only used with url (a PostgreSQL database)"]
+    assert errors_of(minimal(storage={"url": "postgresql://h/db", "url_file": "f"})) == [
+        "storage.url_file: conflicts with url; set only one of them"]
