@@ -94,11 +94,6 @@ class Runtime:
     app: App
 
 
-def _api_pairs(config: Config) -> set[tuple[str, str]]:
-    return ({(a.name, kind) for a in config.accounts for kind, _ in config.task_kinds()}
-            | ({("", "fmgr")} if config.fmgr.enabled and config.fmgr.endpoint else set()))
-
-
 def _same_path(a: str, b: str) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
@@ -239,7 +234,7 @@ class Exporter:
                 new = self._build(config, old)
             except Exception as exc:
                 # Building new pollers declared their series; forget those of a configuration that never ran.
-                self.health.retain(_api_pairs(old.config))
+                self.health.retain(set(old.config.pollers()))
                 self.reload_status.record(False)
                 if isinstance(exc, ConfigError):
                     reason = "; ".join(exc.errors)
@@ -253,7 +248,7 @@ class Exporter:
             # share a budget slot; the old app keeps serving meanwhile.
             old.pollers.stop()
             self.runtime = new
-            self.health.retain(_api_pairs(config))
+            self.health.retain(set(config.pollers()))
             if self._started:
                 new.pollers.start()
             if new.store is not old.store:

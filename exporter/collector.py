@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import cast
 
 from prometheus_client.core import Metric
@@ -49,11 +49,14 @@ def _item_code_labels(code: int | None) -> tuple[str, str]:
 
 class ExporterCollector(Collector):
     def __init__(self, config: Config, store: Store, health: ApiHealth, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 leases: Callable[[], Collection[tuple[str, str]]] | None = None) -> None:
         self.config = config
         self.store = store
         self.health = health
         self.clock = clock
+        # (account, api) of the pollers this replica runs; without replicas to share with, all of them.
+        self.leases = leases
 
     @staticmethod
     def families(config: Config) -> list[m.Family]:
@@ -84,6 +87,7 @@ class ExporterCollector(Collector):
         if config.fmgr.enabled:
             yield from self._fmgr(config, snap, now)
         yield from self._health()
+        yield self._leases(config)
         info = m.BUILD_INFO.new()
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
@@ -158,6 +162,13 @@ class ExporterCollector(Collector):
         yield from (tasks, items, ratio, pending, age, processed, notes, failures)
 
     # ------------------------------------------------------------------ exporter health
+    def _leases(self, config: Config) -> Metric:
+        held = set(config.pollers()) if self.leases is None else set(self.leases())
+        leases = m.REPLICA_LEASES.new()
+        for account, api in sorted(config.pollers()):
+            leases.add_metric([account, api], 1 if (account, api) in held else 0)
+        return leases
+
     def _health(self) -> Iterator[Metric]:
         up = m.UP.new()
         for (account, api), is_up in sorted(self.health.up().items()):

@@ -159,6 +159,12 @@ class Config:
         """The enabled CDN task kinds and their settings, in the order of ``kinds.KINDS``."""
         return [(name, c) for name, c in self.kinds.items() if c.enabled]
 
+    def pollers(self) -> list[tuple[str, str]]:
+        """(account, api) of every poller this configuration runs: each account's enabled task kinds, and the
+        Fmgr status poller (account "") when Fmgr has an endpoint to poll."""
+        return ([(a.name, kind) for a in self.accounts for kind, _ in self.task_kinds()]
+                + ([("", "fmgr")] if self.fmgr.enabled and self.fmgr.endpoint else []))
+
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
