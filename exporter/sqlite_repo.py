@@ -19,7 +19,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from .repository import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, StateFilter
+from .leases import Fence, Grant
+from .repository import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,34 @@ class _Tx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+
+    def check_fence(self, fence: Fence) -> None:
+        """One SQLite file serves one exporter, which runs every poller: there is no rival to fence off."""
+
+    def log_change(self, origin: str, payload: str) -> None:
+        raise NotImplementedError("an SQLite store is not shared between replicas")
+
+    def set_state(self, key: str, value: Any) -> None:
+        self._c.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, json.dumps(value)))
+
+    def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
+                         url: str | None) -> None:
+        sql = (f"UPDATE cdn_tasks SET updated_ts=? WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
+               f"AND {_UNFINISHED_SQL}")
+        args: list[Any] = [ts, account, kind, start, end]
+        if url is not None:
+            sql += " AND url=?"
+            args.append(url)
+        self._c.execute(sql, args)
+
+    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
+        row = self._c.execute("SELECT final_seen, abandoned FROM fmgr_tasks WHERE id = ?", (task_id,)).fetchone()
+        self._c.execute(
+            "UPDATE fmgr_tasks SET errors = errors + 1, last_error = ?, next_poll = ?, "
+            "abandoned = CASE WHEN ? THEN 1 ELSE abandoned END, last_polled = ? WHERE id = ?",
+            (error[:200], next_poll, give_up, ts, task_id))
+        return give_up and row is not None and row[0] is None and not row[1]
 
     def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
         self._c.executemany(
@@ -157,6 +186,8 @@ class _Tx:
 
 
 class SqliteRepository:
+    shared = False
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -275,22 +306,27 @@ class SqliteRepository:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
-    def set_state(self, key: str, value: Any) -> None:
-        self._write("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (key, json.dumps(value)))
+    def load(self) -> Loaded:
+        with self._lock:  # the writer's lock: no commit lands between these reads
+            return Loaded(
+                self._query("SELECT name, labels, value FROM counters"),
+                self._query("SELECT account, kind, create_ts, status, rate FROM cdn_tasks"),
+                self._query("SELECT first_seen, code FROM fmgr_tasks"),
+                self._query("SELECT t.first_seen, i.op, i.code FROM fmgr_items i "
+                            "JOIN fmgr_tasks t ON t.id = i.task_id"),
+                self.fmgr_count_pending(), 0)
 
-    def counter_rows(self) -> list[tuple[str, str, float]]:
-        return self._query("SELECT name, labels, value FROM counters")
+    def changes_since(self, seq: int) -> tuple[list[tuple[int, str, str]], bool]:
+        return [], True  # nobody else writes here
 
-    def cdn_rows(self) -> list[tuple[str, str, float, str, float | None]]:
-        return self._query("SELECT account, kind, create_ts, status, rate FROM cdn_tasks")
+    def prune_changes(self, before: float) -> None:
+        return None
 
-    def fmgr_task_rows(self) -> list[tuple[float, int | None]]:
-        return self._query("SELECT first_seen, code FROM fmgr_tasks")
+    def lease_acquire(self, name: str, holder: str, ttl: float) -> Grant | None:
+        return Grant(1)  # the only exporter on this file runs every poller
 
-    def fmgr_item_rows(self) -> list[tuple[float, str, int | None]]:
-        return self._query(
-            "SELECT t.first_seen, i.op, i.code FROM fmgr_items i JOIN fmgr_tasks t ON t.id = i.task_id")
+    def lease_release(self, name: str, holder: str) -> None:
+        return None
 
     # ------------------------------------------------------------------ CDN
     def cdn_edge_rows(self, account: str, kind: str, after: float, until: float
@@ -318,16 +354,6 @@ class SqliteRepository:
         return [(c, u, s, st) for c, u, s, st in self._query(
             f"SELECT create_ts, url, updated_ts, status FROM cdn_tasks WHERE account=? AND kind=? AND "
             f"{_UNFINISHED_SQL} AND create_ts BETWEEN ? AND ? ORDER BY create_ts", (account, kind, start, end))]
-
-    def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
-                         url: str | None) -> None:
-        sql = (f"UPDATE cdn_tasks SET updated_ts=? WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
-               f"AND {_UNFINISHED_SQL}")
-        args: list[Any] = [ts, account, kind, start, end]
-        if url is not None:
-            sql += " AND url=?"
-            args.append(url)
-        self._write(sql, args)
 
     def cdn_task_count(self, account: str | None, kind: str | None) -> int:
         sql, args = "SELECT count(*) FROM cdn_tasks WHERE 1=1", []
@@ -375,17 +401,6 @@ class SqliteRepository:
     def fmgr_oldest_pending(self) -> float | None:
         rows = self._read(f"SELECT min(first_seen) FROM fmgr_tasks WHERE {_PENDING_SQL}", ())
         return rows[0][0] if rows else None
-
-    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
-        """Record a failed poll; True when this gave up a task that was pending."""
-        with self._lock:
-            row = self._conn.execute("SELECT final_seen, abandoned FROM fmgr_tasks WHERE id = ?",
-                                     (task_id,)).fetchone()
-            self._conn.execute(
-                "UPDATE fmgr_tasks SET errors = errors + 1, last_error = ?, next_poll = ?, "
-                "abandoned = CASE WHEN ? THEN 1 ELSE abandoned END, last_polled = ? WHERE id = ?",
-                (error[:200], next_poll, give_up, ts, task_id))
-        return give_up and row is not None and row[0] is None and not row[1]
 
     def abandon_old_fmgr(self, before: float) -> int:
         with self._lock:

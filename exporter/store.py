@@ -8,12 +8,20 @@ It composes three parts and owns the rules of the CDN side:
 * ``fmgr_tracking``: the Fmgr lifecycle rules, the notification group commit, the registration API's view.
 
 Each write runs as one repository transaction plus a ``Work`` of in-memory changes applied after its commit.
+
+A ``shared`` repository (PostgreSQL) may have other replicas writing to it: there, every transaction also
+logs its in-memory changes in the database, and each replica applies the log in commit order, its own
+changes included (never at commit time, so that nothing is applied twice or out of order). Reads that serve
+scrapes catch up with the log first, and a background thread keeps it caught up between scrapes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +43,7 @@ from .aggregates import (
     fmgr_task_deltas,
     sum_deltas,
 )
+from .leases import Fence
 from .repository import CdnTask, Repository
 from .sqlite_repo import SqliteRepository
 from .windows import Counts
@@ -54,22 +63,73 @@ class UpsertResult:
     newly_finished: int
 
 
+SYNC_EVERY = 2.0  # seconds between two catch-ups with a shared store's change log, scrapes or not
+CHANGES_KEPT = 3600.0  # a replica that falls further behind rebuilds from the tables
+
+
+def _tuples(value: Any) -> Any:
+    """JSON gives lists where the deltas had tuples (hashable keys)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 class Store:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time,
                  repository: Repository | None = None) -> None:
         self.repo: Repository = repository if repository is not None else SqliteRepository(path)
         self.path = self.repo.path
+        self.shared = self.repo.shared
         self._clock = clock
-        self.aggregates = Aggregates(self._cdn_edge_counts, self._fmgr_edge_counts)
-        self.cdn_windows = self.aggregates.cdn_windows
-        self.fmgr_windows = self.aggregates.fmgr_windows
+        self._origin = uuid.uuid4().hex
         self._pending_stale = False
         self._notes = fmgr_tracking.NotificationWriter(self._transaction, clock)
-        self.aggregates.load(self.repo.counter_rows(), self.repo.cdn_rows(), self.repo.fmgr_task_rows(),
-                             self.repo.fmgr_item_rows(), self.repo.fmgr_count_pending())
+        self._sync_lock = threading.Lock()
+        self._load()
+        self._stop_sync = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        if self.shared:
+            self._sync_thread = threading.Thread(target=self._sync_loop, name="store-sync", daemon=True)
+            self._sync_thread.start()
+
+    def _load(self) -> None:
+        loaded = self.repo.load()
+        aggregates = Aggregates(self._cdn_edge_counts, self._fmgr_edge_counts)
+        aggregates.load(loaded.counters, loaded.cdn, loaded.fmgr_tasks, loaded.fmgr_items, loaded.pending)
+        self.aggregates, self.cdn_windows, self.fmgr_windows = (
+            aggregates, aggregates.cdn_windows, aggregates.fmgr_windows)
+        self._seen_seq = loaded.change_seq
+
+    # ------------------------------------------------------------------ replicas: the change log
+    def sync(self) -> None:
+        """Apply the changes committed since the last catch-up (a shared store only)."""
+        if not self.shared:
+            return
+        with self._sync_lock:
+            changes, complete = self.repo.changes_since(self._seen_seq)
+            if not complete:
+                log.warning("store: this replica fell behind the change log; rebuilding from the tables")
+                self._load()
+                return
+            for seq, _origin, payload in changes:
+                data = json.loads(payload)
+                work = Work(tx=None)  # type: ignore[arg-type]  # only its in-memory parts are used
+                work.incs = {(n, lab): v for n, lab, v in data["incs"]}
+                work.cdn = [_tuples(d) for d in data["cdn"]]
+                work.fmgr = [_tuples(d) for d in data["fmgr"]]
+                self.aggregates.apply(work)
+                self._seen_seq = seq
+
+    def _sync_loop(self) -> None:
+        while not self._stop_sync.wait(SYNC_EVERY):
+            try:
+                self.sync()
+            except Exception as exc:  # the database is away: the next round or read retries
+                log.warning("store: cannot follow the change log: %s", exc)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        self._stop_sync.set()
+        if self._sync_thread is not None:
+            self._sync_thread.join(10)
         self.repo.close()
 
     def ping(self) -> bool:
@@ -81,21 +141,28 @@ class Store:
         return self.repo.write_health()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Work]:
-        """One repository transaction; its in-memory changes are applied only once it committed."""
+    def _transaction(self, fence: Fence | None = None) -> Iterator[Work]:
+        """One repository transaction; its in-memory changes are applied only once it committed. With a
+        ``fence``, it commits only while that lease is still this replica's (else ``LeaseLost``)."""
         try:
             with self.repo.transaction() as tx:
+                if fence is not None:
+                    tx.check_fence(fence)
                 work = Work(tx)
                 yield work
                 if work.incs:
                     tx.add_counters(work.counter_rows())
+                if self.shared and (work.incs or work.cdn or work.fmgr):
+                    tx.log_change(self._origin, json.dumps(
+                        {"incs": work.counter_rows(), "cdn": work.cdn, "fmgr": work.fmgr}, separators=(",", ":")))
         except BaseException:
             # Nothing of a rolled-back transaction reached memory, but a write outside transactions may have
             # failed half-way before it: recount the pending tasks from what is stored, now or at the next
             # commit if the database cannot even be read now.
             self._recount_pending()
             raise
-        self.aggregates.apply(work)
+        if not self.shared:  # shared: applied from the log, in commit order
+            self.aggregates.apply(work)
         if self._pending_stale:
             self._recount_pending()
 
@@ -111,8 +178,9 @@ class Store:
     def get_state(self, key: str) -> Any:
         return self.repo.get_state(key)
 
-    def set_state(self, key: str, value: Any) -> None:
-        self.repo.set_state(key, value)
+    def set_state(self, key: str, value: Any, *, fence: Fence | None = None) -> None:
+        with self._transaction(fence) as work:
+            work.tx.set_state(key, value)
 
     def increment(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
         """A persistent counter (survives restarts, like the history it counts)."""
@@ -121,6 +189,7 @@ class Store:
 
     def snapshot(self) -> Snapshot:
         """Every counter and histogram as of one moment: what one scrape reads."""
+        self.sync()
         return self.aggregates.snapshot()
 
     def counters(self, name: str) -> list[tuple[dict[str, str], float]]:
@@ -132,11 +201,12 @@ class Store:
         return self.snapshot().histogram(name, labels, bounds)
 
     # ------------------------------------------------------------------ CDN tasks
-    def upsert_cdn_tasks(self, account: str, kind: str, tasks: Iterable[CdnTask]) -> UpsertResult:
+    def upsert_cdn_tasks(self, account: str, kind: str, tasks: Iterable[CdnTask], *,
+                         fence: Fence | None = None) -> UpsertResult:
         """Insert or update tasks in one transaction; count each task's finish exactly once."""
         now = self._clock()
         new = changed = finished = 0
-        with self._transaction() as work:
+        with self._transaction(fence) as work:
             tx = work.tx
             for t in tasks:
                 row = tx.cdn_get(account, kind, t.url, t.create_ts)
@@ -164,6 +234,7 @@ class Store:
     def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counts]:
         """Per window ``w``, label -> sum over the tasks created in ``(now - w, now]``: ``("status", s)`` -> tasks,
         ``("rate_sum",)`` / ``("rate_n",)`` over the finished ones that report a rate."""
+        self.sync()
         return self.cdn_windows.windows((account, kind), now, windows)
 
     def _cdn_edge_counts(self, group: Any, after: float, until: float) -> Counts:
@@ -186,10 +257,11 @@ class Store:
         return self.repo.cdn_unfinished(account, kind, start, end)
 
     def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
-                         url: str | None = None) -> None:
+                         url: str | None = None, *, fence: Fence | None = None) -> None:
         """A read covered [start, end] (or one url in it): its unfinished tasks were checked at ``ts``, even
         those the vendor did not return, so that re-check planning does not ask for them again at once."""
-        self.repo.cdn_mark_checked(account, kind, start, end, ts, url)
+        with self._transaction(fence) as work:
+            work.tx.cdn_mark_checked(account, kind, start, end, ts, url)
 
     def cdn_task_count(self, account: str | None = None, kind: str | None = None) -> int:
         return self.repo.cdn_task_count(account, kind)
@@ -212,11 +284,11 @@ class Store:
 
     def apply_fmgr_status(
         self, status: fmgrwire.FmgrStatus, *, source: str, polled: bool,
-        lifecycle: fmgrwire.Lifecycle = DEFAULT_LIFECYCLE,
+        lifecycle: fmgrwire.Lifecycle = DEFAULT_LIFECYCLE, fence: Fence | None = None,
     ) -> None:
         """Record what the vendor said about a task (from a poll or a verified notification); ``lifecycle``
         says when it is polled next, or that it is final."""
-        with self._transaction() as work:
+        with self._transaction(fence) as work:
             fmgr_tracking.apply_status(work, status, source=source, polled=polled, lifecycle=lifecycle,
                                        now=self._clock())
 
@@ -236,9 +308,11 @@ class Store:
     def fmgr_next_due(self) -> float | None:
         return self.repo.fmgr_next_due()
 
-    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, *, give_up: bool = False) -> None:
-        if self.repo.fmgr_poll_failed(task_id, error, next_poll, give_up, self._clock()):
-            self.aggregates.add_pending(-1)
+    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, *, give_up: bool = False,
+                         fence: Fence | None = None) -> None:
+        with self._transaction(fence) as work:
+            if work.tx.fmgr_poll_failed(task_id, error, next_poll, give_up, self._clock()):
+                work.pending -= 1
 
     def abandon_old_fmgr(self, before: float) -> int:
         """Stop polling tasks first seen before ``before`` (fmgr.max_task_age): those that never finished are
@@ -250,11 +324,14 @@ class Store:
 
     def fmgr_pending(self) -> tuple[int, float | None]:
         """(number of tracked tasks not final, first-seen time of the oldest of them)."""
-        return self.aggregates.pending, self.repo.fmgr_oldest_pending()
+        # Other replicas change the count too: a shared store counts it (an index range count).
+        pending = self.repo.fmgr_count_pending() if self.shared else self.aggregates.pending
+        return pending, self.repo.fmgr_oldest_pending()
 
     def fmgr_window_counts(self, now: float, windows: Sequence[float]) -> dict[str, list[Counts]]:
         """Per group, one Counter per window: "tasks" code -> n, "items" (op, code) -> n (code -1 = other,
         None = not polled yet), "outcomes" succeeded/failed -> n (final items)."""
+        self.sync()
         return {g: self.fmgr_windows.windows(g, now, windows) for g in ("tasks", "items", "outcomes")}
 
     def _fmgr_edge_counts(self, group: Any, after: float, until: float) -> Counts:
