@@ -95,6 +95,7 @@ class Work:
     cdn: list[Delta] = field(default_factory=list)
     fmgr: list[Delta] = field(default_factory=list)
     pending: int = 0  # change of the pending Fmgr task count
+    prunes: list[tuple[str, float]] = field(default_factory=list)  # ("cdn" | "fmgr", forget before)
 
     def inc(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
         key = (name, labels_key(labels))
@@ -164,6 +165,8 @@ class Aggregates:
             self.cdn_windows.add_many(work.cdn)
         if work.fmgr:
             self.fmgr_windows.add_many(work.fmgr)
+        for which, before in work.prunes:
+            (self.cdn_windows if which == "cdn" else self.fmgr_windows).prune(before)
 
     def snapshot(self) -> Snapshot:
         with self._lock:

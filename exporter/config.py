@@ -14,6 +14,7 @@ from ``*_file`` keys. They are kept out of ``repr()``, out of every error messag
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -140,6 +141,8 @@ class StorageConfig:
     # postgresql://user@host:port/db; may hold a password, hence secret (``password`` is the other way to give one).
     url: str | None = field(default=None, repr=False, metadata=_SECRET)
     password: str | None = field(default=None, repr=False, metadata=_SECRET)
+    # Replicas sharing the database: how long a poller's lease lasts without renewal (the failover time).
+    lease_ttl: float = 60.0
 
     def target(self) -> str:
         """What ``repository.open_repository`` opens: the database URL, or else the SQLite path."""
@@ -198,7 +201,7 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     ),
     "fmgr.notify": frozenset({"path", "url", "max_body_bytes", "keys"}),
     "fmgr.notify.keys[]": frozenset({"access_key", "secret_key", "secret_key_file"}),
-    "storage": frozenset({"path", "url", "url_file", "password", "password_file"}),
+    "storage": frozenset({"path", "url", "url_file", "password", "password_file", "lease_ttl"}),
 }  # fmt: skip
 """Every key the config accepts, by section (one section per entry of ``kinds.KINDS``, all with the same keys)."""
 
@@ -444,8 +447,17 @@ def _fmgr(ctx: Context, root: Section) -> FmgrConfig:
     )
 
 
-def _storage(ctx: Context, root: Section) -> StorageConfig:
+def _storage(ctx: Context, root: Section, kinds: Mapping[str, TaskKindConfig], fmgr: FmgrConfig) -> StorageConfig:
     s = root.section("storage", KNOWN_KEYS["storage"])
+    lease_ttl = s.duration("lease_ttl", "60s", minimum=3.0)
+    # A holder sends only while its lease outlasts the request, and renews every quarter of the lease: the
+    # longest request timeout must fit in three quarters of it (less a second of margin each side).
+    timeouts = [c.request_timeout for c in kinds.values() if c.enabled] + ([fmgr.request_timeout] if fmgr.enabled
+                                                                           else [])
+    longest = max(timeouts, default=0.0)
+    if 0.75 * lease_ttl - 1.0 <= longest + 1.0 and ctx.ok(s.sub("lease_ttl")):
+        ctx.error(s.sub("lease_ttl"), f"{format_duration(lease_ttl)} is too short for a request_timeout of "
+                  f"{format_duration(longest)}; use at least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")
     url = s.secret("url", required=False)
     password = s.secret("password", required=False)
     if url is not None:
@@ -457,7 +469,7 @@ def _storage(ctx: Context, root: Section) -> StorageConfig:
     elif password is not None:
         ctx.error(s.sub("password"), "only used with url (a PostgreSQL database)")
     return StorageConfig(path=s.string("path", StorageConfig.path) or StorageConfig.path, url=url,
-                         password=password)
+                         password=password, lease_ttl=lease_ttl)
 
 
 def _one_of(names: Sequence[str]) -> str:
@@ -489,7 +501,7 @@ def parse_config(
             accounts_at, f"accounts: at least one account is required while {_one_of(NAMES)} is enabled"
         )
     fmgr = _fmgr(ctx, root)
-    storage = _storage(ctx, root)
+    storage = _storage(ctx, root, task_kinds, fmgr)
     if ctx.errors:
         raise ConfigError(ctx.errors)
     return Config(accounts=accounts, kinds=task_kinds, fmgr=fmgr, storage=storage)

@@ -6,6 +6,12 @@ block and the backoff are persisted, and a reload waits for a request in flight)
 one at a time, the read its ``planner.Planner`` chooses (newest tasks first, then holes, re-checks of
 unfinished tasks, probes and back-fill); the planner's state is persisted too, so a read that needs
 several pages resumes after a failure, a budget wait or a restart instead of starting over.
+
+Replicas sharing a store run each worker on the replica holding its lease (exporter/leases.py): a worker
+sends only while its lease outlasts the request, writes with its lease as a fence, and reloads what its
+predecessor stored whenever it takes the lease (again). A request in flight is marked in the stored budget
+before it is sent, so whoever runs the worker next (a successor, or this exporter after kill -9) counts it
+as sent: the vendor may have received it.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from .cdn import ApiError, CdnClient
 from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
 from .fmgr import FmgrApiError, FmgrClient, Lifecycle
 from .health import ApiHealth
+from .leases import FMGR_LEASE, MARGIN, LeaseLost, Leases, LeaseView, cdn_lease, poller_of
 from .planner import FILL, Planner
-from .store import CdnTask, Store
+from .store import CHANGES_KEPT, CdnTask, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +65,10 @@ class RateBudget:
             wait = max(wait, self.sent[0] + self.limit.per - now)
         return wait
 
-    def record(self) -> None:
-        self.sent.append(self.clock())
+    def record(self, at: float | None = None) -> None:
+        self.sent.append(self.clock() if at is None else at)
+        if at is not None and self.sent and at < self.sent[-1]:
+            self.sent = deque(sorted(self.sent), maxlen=self.limit.requests)
 
     def block_until(self, ts: float) -> None:
         self.blocked_until = max(self.blocked_until, ts)
@@ -117,6 +126,10 @@ class Worker:
                     self._wake.clear()
                     continue
                 self.step()
+            except LeaseLost as exc:
+                # Another replica runs this worker now; nothing was written. Wait for the lease to come back.
+                log.warning("%s: %s; another replica polls now", self.name, exc)
+                self._stop.wait(1.0)
             except Exception:
                 # A bug or a store failure must not kill polling for good: logged with its traceback, retried
                 # after a backoff, and never in a hot loop even if next_run() itself keeps failing.
@@ -152,25 +165,39 @@ class CdnPoller(Worker):
 
     def __init__(self, account: Account, kind: str, cfg: TaskKindConfig, store: Store, client: CdnClient,
                  health: ApiHealth, *, clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 shortest_window: float | None = None, longest_window: float | None = None):
+                 shortest_window: float | None = None, longest_window: float | None = None,
+                 lease: LeaseView | None = None):
         super().__init__(clock)
         self.account, self.kind, self.cfg = account, kind, cfg
         self.store, self.client, self.health = store, client, health
         self.name = f"poll-{kind}-{account.name}"
         self.rng = rng or random.Random()
-        self._key = f"cdn:{account.name}:{kind}"
+        self._key = cdn_lease(account.name, kind)
+        self.lease = lease or LeaseView(None, self._key)
         self.view = _TaskView(store, account.name, kind)
-        saved = store.get_state(self._key + ":budget")
-        self.budget = RateBudget(cfg.rate_limit, clock, saved)
         self.stop_timeout = cfg.request_timeout + 5.0
-        st = store.get_state(self._key) or {}
+        windows = [w.seconds for w in cfg.windows] or [cfg.poll_interval]
+        self._windows = (shortest_window or min(windows), longest_window or max(windows))
+        self.requests_sent = 0  # since start (tests and benchmarks count cycles with it)
+        self.rows_read = 0
+        self._restore()
+        health.declare(account.name, kind)
+
+    def _restore(self) -> None:
+        """Load the plan, page size and budget stored by whoever ran this worker last."""
+        cfg = self.cfg
+        saved = self.store.get_state(self._key + ":budget")
+        self.budget = RateBudget(cfg.rate_limit, self.clock, saved)
+        if isinstance(saved, dict) and saved.get("in_flight") is not None:
+            # Sent, and never recorded as answered: it may have reached the vendor, no later than its timeout.
+            self.budget.record(min(float(saved["in_flight"]) + cfg.request_timeout, self.clock()))
+        st = self.store.get_state(self._key) or {}
         # The largest page size the vendor is known to serve (refused or silently capped sizes lower it).
         self.page_ceiling: int = min(int(st.get("page_ceiling") or cfg.max_page_size), cfg.max_page_size)
         self.page_size: int = min(int(st.get("page_size") or cfg.page_size), self.page_ceiling)
-        windows = [w.seconds for w in cfg.windows] or [cfg.poll_interval]
         self.planner = Planner(
             poll_interval=cfg.poll_interval, overlap=cfg.overlap, lookback=cfg.lookback,
-            shortest_window=shortest_window or min(windows), longest_window=longest_window or max(windows),
+            shortest_window=self._windows[0], longest_window=self._windows[1],
             max_query_age=cfg.max_query_age, page_size=self.page_size)
         self.planner.restore(st.get("plan"))
         if self.planner.head is None and st.get("synced_until") is not None:
@@ -178,9 +205,6 @@ class CdnPoller(Worker):
             self.planner.head = int(st["synced_until"])
         self.failures = 0
         self.not_before = float(saved.get("not_before") or 0.0) if isinstance(saved, dict) else 0.0
-        self.requests_sent = 0  # since start (tests and benchmarks count cycles with it)
-        self.rows_read = 0
-        health.declare(account.name, kind)
 
     # -------------------------------------------------------------- scheduling
     @property
@@ -190,6 +214,8 @@ class CdnPoller(Worker):
 
     def next_run(self) -> float:
         now = self.clock()
+        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
+            return now + 1.0  # another replica runs this worker, or the lease is being renewed
         at = max(self.not_before, now + self.budget.wait_time())
         if self.planner.head is not None and self.planner.current is None:
             at = max(at, self.planner.next_due(now, self.view))
@@ -208,7 +234,7 @@ class CdnPoller(Worker):
     def _save(self) -> None:
         self.store.set_state(self._key, {
             "plan": self.planner.state(), "page_size": self.page_size, "page_ceiling": self.page_ceiling,
-        })
+        }, fence=self.lease.fence())
 
     def _report(self, now: float) -> None:
         self.health.set_lag(self.account.name, self.kind, self.planner.lag(now))
@@ -216,6 +242,12 @@ class CdnPoller(Worker):
 
     # -------------------------------------------------------------- one request
     def step(self) -> None:
+        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
+            return
+        if self.lease.newly_taken() is not None:
+            self._restore()  # what the previous holder stored is the truth now
+            if self.next_run() > self.clock():
+                return
         now = self.clock()
         self.planner.page_size = self.page_size
         read = self.planner.next_read(now, self.view, self.slot)
@@ -225,6 +257,7 @@ class CdnPoller(Worker):
             self.not_before = now + 1.0  # nothing due: next_run() says when, never a hot loop
             return
         size = 1 if read.count_only else self.page_size
+        self._save_budget(in_flight=now)
         try:
             try:
                 page = self.client.query(self.kind, read.start, read.end, page_no=read.page_no, page_size=size,
@@ -240,7 +273,8 @@ class CdnPoller(Worker):
         self.requests_sent += 1
         self.rows_read += page.rows
         done_at = self.clock()
-        self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks)  # a probe's one row is news too
+        fence = self.lease.fence()
+        self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks, fence=fence)  # a probe's row too
         self.health.poll_result(self.account.name, self.kind, True, done_at)
         # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
         expected = min(size, page.count - (read.page_no - 1) * size)
@@ -256,14 +290,15 @@ class CdnPoller(Worker):
         outcome = self.planner.on_answer(done_at, read, page.count)
         if outcome == "done" and not read.count_only and read.status is None:
             # Every unfinished task of the range was in the answer, or is no longer there to be read.
-            self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url)
+            self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url,
+                                        fence=fence)
         if outcome == "done" and read.purpose == "sweep":
             succeeded = self.planner.sweep_done(self.view)
             if succeeded:
                 # In no state but success: stored as succeeded, without the finish time and rate that only a
                 # read of the task itself gives (the duration histogram and rate_ratio leave them out).
                 self.store.upsert_cdn_tasks(self.account.name, self.kind, [
-                    CdnTask(url=url, create_ts=create, status="success") for create, url in succeeded])
+                    CdnTask(url=url, create_ts=create, status="success") for create, url in succeeded], fence=fence)
         if read.purpose == "head":
             self._grow_page_size()
         self._report(done_at)
@@ -275,8 +310,10 @@ class CdnPoller(Worker):
         self.budget.record()
         self._save_budget()
 
-    def _save_budget(self) -> None:
-        self.store.set_state(self._key + ":budget", {**self.budget.state(), "not_before": self.not_before})
+    def _save_budget(self, in_flight: float | None = None) -> None:
+        self.store.set_state(self._key + ":budget", {
+            **self.budget.state(), "not_before": self.not_before, "in_flight": in_flight,
+        }, fence=self.lease.fence())
 
     def _grow_page_size(self) -> None:
         """When the new tasks of one poll interval no longer fit a page, every read of them would need two:
@@ -344,16 +381,16 @@ class FmgrPoller(Worker):
 
     def __init__(self, cfg: FmgrConfig, store: Store, client: FmgrClient | None, health: ApiHealth, *,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 maintenance: Callable[[], None] | None = None, maintenance_every: float = 300.0):
+                 maintenance: Callable[[], None] | None = None, maintenance_every: float = 300.0,
+                 lease: LeaseView | None = None):
         super().__init__(clock)
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
         self.lifecycle = fmgr_lifecycle(cfg)
         self.rng = rng or random.Random()
         self.not_found_run: set[str] = set()  # distinct ids answered "not found" since the last success
-        self.budget = RateBudget(cfg.rate_limit, clock, store.get_state("fmgr:budget"))
+        self.lease = lease or LeaseView(None, FMGR_LEASE)
         self.stop_timeout = cfg.request_timeout + 5.0
-        self.failures = 0
-        self.not_before = 0.0
+        self._restore()
         self.maintenance = maintenance
         self.maintenance_every = maintenance_every
         self.last_maintenance = 0.0
@@ -362,8 +399,23 @@ class FmgrPoller(Worker):
                 client.health = health  # its requests are counted with the rest of this poller's health
             health.declare("", "fmgr", up=False)
 
+    def _restore(self) -> None:
+        saved = self.store.get_state("fmgr:budget")
+        self.budget = RateBudget(self.cfg.rate_limit, self.clock, saved)
+        if isinstance(saved, dict) and saved.get("in_flight") is not None:
+            # Sent, and never recorded as answered (see CdnPoller._restore).
+            self.budget.record(min(float(saved["in_flight"]) + self.cfg.request_timeout, self.clock()))
+        self.failures = 0
+        self.not_before = 0.0
+
+    def _save_budget(self, in_flight: float | None = None) -> None:
+        self.store.set_state("fmgr:budget", {**self.budget.state(), "in_flight": in_flight},
+                             fence=self.lease.fence())
+
     def next_run(self) -> float:
         now = self.clock()
+        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
+            return now + 1.0  # another replica runs the Fmgr poller and the maintenance
         at = self.last_maintenance + self.maintenance_every
         if self.client is not None:
             due = self.store.fmgr_next_due()
@@ -376,6 +428,10 @@ class FmgrPoller(Worker):
         self.not_before = self.clock() + backoff_delay(self.failures, self.rng)
 
     def step(self) -> None:
+        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
+            return
+        if self.lease.newly_taken() is not None:
+            self._restore()
         now = self.clock()
         if now >= self.last_maintenance + self.maintenance_every:
             self.last_maintenance = now
@@ -387,11 +443,15 @@ class FmgrPoller(Worker):
         if self.client is None or now < self.not_before:
             return
         for task_id in self.store.fmgr_due(now, limit=self.cfg.rate_limit.requests):
-            if self.budget.wait_time() > 0 or self._stop.is_set():
+            if (self.budget.wait_time() > 0 or self._stop.is_set()
+                    or not self.lease.usable_for(self.cfg.request_timeout + MARGIN)):
                 break
-            ok = self.poll_one(task_id)
-            self.budget.record()  # at completion, as for the CDN budget
-            self.store.set_state("fmgr:budget", self.budget.state())
+            self._save_budget(in_flight=self.clock())
+            try:
+                ok = self.poll_one(task_id)
+            finally:
+                self.budget.record()  # at completion, as for the CDN budget
+                self._save_budget()
             if not ok:
                 break
 
@@ -411,12 +471,13 @@ class FmgrPoller(Worker):
                     log.error("fmgr: the last %d different ids all answered 'not found' and none succeeded: "
                               "check fmgr.endpoint", NOT_FOUND_OUTAGE)
                 self.health.poll_result("", "fmgr", not wrong_endpoint, now)
-                self.store.fmgr_poll_failed(task_id, f"not_found: {exc}", now + self.cfg.poll_interval * 5)
+                self.store.fmgr_poll_failed(task_id, f"not_found: {exc}", now + self.cfg.poll_interval * 5,
+                                            fence=self.lease.fence())
                 return True
             self.failures += 1
             self.health.poll_result("", "fmgr", False, now)
             delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
-            self.store.fmgr_poll_failed(task_id, f"{exc.kind}: {exc}", now + delay)
+            self.store.fmgr_poll_failed(task_id, f"{exc.kind}: {exc}", now + delay, fence=self.lease.fence())
             if exc.kind == "rate_limited":
                 self.budget.block_until(now + delay)
             self.not_before = now + delay
@@ -426,7 +487,8 @@ class FmgrPoller(Worker):
         self.failures = 0
         self.not_found_run.clear()
         self.health.poll_result("", "fmgr", True, now)
-        self.store.apply_fmgr_status(status, source="poll", polled=True, lifecycle=self.lifecycle)
+        self.store.apply_fmgr_status(status, source="poll", polled=True, lifecycle=self.lifecycle,
+                                     fence=self.lease.fence())
         return True
 
 
@@ -438,11 +500,16 @@ class PollerGroup:
         make_session = session_factory or requests.Session
         self.workers: list[Worker] = []
         self.cdn: list[CdnPoller] = []
+        # Replicas sharing the store share the pollers out; alone, this exporter runs them all.
+        self.leases = (Leases(store.repo, [cdn_lease(a.name, k) for a in config.accounts for k, _ in
+                                           config.task_kinds()] + [FMGR_LEASE], ttl=config.storage.lease_ttl)
+                       if store.shared else None)
         for account in config.accounts:
             for kind, kcfg in config.task_kinds():
                 client = CdnClient(account, session=make_session(), clock=clock, timeout=kcfg.request_timeout,
                                    health=health)
-                poller = CdnPoller(account, kind, kcfg, store, client, health, clock=clock)
+                poller = CdnPoller(account, kind, kcfg, store, client, health, clock=clock,
+                                   lease=LeaseView(self.leases, cdn_lease(account.name, kind)))
                 self.cdn.append(poller)
                 self.workers.append(poller)
         fcfg = config.fmgr
@@ -453,7 +520,8 @@ class PollerGroup:
         if fcfg.enabled and fcfg.persistent_ids:
             store.register_fmgr_ids(list(fcfg.persistent_ids), "config")
         self.fmgr = FmgrPoller(fcfg, store, fclient, health, clock=clock,
-                               maintenance=lambda: self._maintenance(config, store, clock))
+                               maintenance=lambda: self._maintenance(config, store, clock),
+                               lease=LeaseView(self.leases, FMGR_LEASE))
         self.workers.append(self.fmgr)
 
     @staticmethod
@@ -468,10 +536,17 @@ class PollerGroup:
         fkeep = max([w.seconds for w in config.fmgr.windows] + [config.fmgr.max_task_age])
         # Ids listed in the config stay known: pruned, they would be registered as new on the next start.
         store.prune_fmgr(now - fkeep - 3600, keep=config.fmgr.persistent_ids)
+        store.prune_changes(now - CHANGES_KEPT)
 
     def start(self) -> None:
+        if self.leases is not None:
+            self.leases.start()
         for w in self.workers:
             w.start()
+
+    def held(self) -> set[tuple[str, str]] | None:
+        """(account, api) of the pollers this replica runs now; None when it runs them all."""
+        return None if self.leases is None else {poller_of(name) for name in self.leases.held()}
 
     def stop(self) -> None:
         for w in self.workers:
@@ -479,3 +554,5 @@ class PollerGroup:
             w._wake.set()
         for w in self.workers:
             w.stop()
+        if self.leases is not None:
+            self.leases.stop(release=True)  # the other replicas take over at once, not at expiry

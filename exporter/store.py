@@ -115,6 +115,7 @@ class Store:
                 work.incs = {(n, lab): v for n, lab, v in data["incs"]}
                 work.cdn = [_tuples(d) for d in data["cdn"]]
                 work.fmgr = [_tuples(d) for d in data["fmgr"]]
+                work.prunes = [(which, before) for which, before in data.get("prunes", [])]
                 self.aggregates.apply(work)
                 self._seen_seq = seq
 
@@ -152,9 +153,10 @@ class Store:
                 yield work
                 if work.incs:
                     tx.add_counters(work.counter_rows())
-                if self.shared and (work.incs or work.cdn or work.fmgr):
+                if self.shared and (work.incs or work.cdn or work.fmgr or work.prunes):
                     tx.log_change(self._origin, json.dumps(
-                        {"incs": work.counter_rows(), "cdn": work.cdn, "fmgr": work.fmgr}, separators=(",", ":")))
+                        {"incs": work.counter_rows(), "cdn": work.cdn, "fmgr": work.fmgr, "prunes": work.prunes},
+                        separators=(",", ":")))
         except BaseException:
             # Nothing of a rolled-back transaction reached memory, but a write outside transactions may have
             # failed half-way before it: recount the pending tasks from what is stored, now or at the next
@@ -273,8 +275,19 @@ class Store:
     def prune_cdn(self, before: float) -> int:
         """Drop tasks created before ``before``: they are older than every window and than the API's reach."""
         deleted = self.repo.prune_cdn(before)
-        self.cdn_windows.prune(before)
+        self._prune_memory("cdn", before)
         return deleted
+
+    def _prune_memory(self, which: str, before: float) -> None:
+        if self.shared:  # every replica forgets the same buckets, when it reaches this point of the log
+            with self._transaction() as work:
+                work.prunes.append((which, before))
+        else:
+            (self.cdn_windows if which == "cdn" else self.fmgr_windows).prune(before)
+
+    def prune_changes(self, before: float) -> None:
+        """Forget the change log written before ``before`` (a replica further behind rebuilds)."""
+        self.repo.prune_changes(before)
 
     # ------------------------------------------------------------------ Fmgr tasks
     def register_fmgr_ids(self, ids: Sequence[str], source: str) -> int:
@@ -353,5 +366,5 @@ class Store:
     def prune_fmgr(self, before: float, keep: Sequence[str] = ()) -> int:
         """Forget final tasks (and old dedup keys) seen before ``before``, except the ids in ``keep``."""
         n = self.repo.prune_fmgr(before, keep)
-        self.fmgr_windows.prune(before)
+        self._prune_memory("fmgr", before)
         return n

@@ -915,3 +915,13 @@ def test_storage_url_mistakes_are_named_by_key_path_without_echoing_the_url():
         "storage.password: only used with url (a PostgreSQL database)"]
     assert errors_of(minimal(storage={"url": "postgresql://h/db", "url_file": "f"})) == [
         "storage.url_file: conflicts with url; set only one of them"]
+
+
+def test_a_lease_must_outlast_the_longest_request():
+    # prefetch's request_timeout defaults to 30s: a request must end within 3/4 of the lease, less margins.
+    assert errors_of(minimal(storage={"url": "postgresql://h/db", "lease_ttl": "40s"})) == [
+        "storage.lease_ttl: 40s is too short for a request_timeout of 30s; use at least 43s"]
+    cfg = parse_config(minimal(storage={"url": "postgresql://h/db", "lease_ttl": "44s"}))
+    assert cfg.storage.lease_ttl == 44.0
+    cfg = parse_config(minimal(prefetch={"request_timeout": "2s"}, storage={"lease_ttl": "6s"}))
+    assert cfg.storage.lease_ttl == 6.0
