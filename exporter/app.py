@@ -170,7 +170,9 @@ class Exporter:
         store = current.store if current is not None and reuse else Store(path, clock=self.clock)
         try:
             pollers = PollerGroup(config, store, self.health, clock=self.clock)
-            collector = ExporterCollector(config, store, self.health, clock=self.clock)
+            collector = ExporterCollector(
+                config, store, self.health, clock=self.clock,
+                leases=None if pollers.leases is None else (lambda: pollers.held() or set()))
             registry = CollectorRegistry(auto_describe=True)
             registry.register(collector)
             registry.register(self.reload_status)
