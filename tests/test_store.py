@@ -1,8 +1,10 @@
-"""Store: upserts, exactly-once counting, exact windows, restart, pruning, Fmgr state."""
+"""Store: upserts, exactly-once counting, exact windows, restart, pruning, Fmgr state. Every test runs on each
+storage backend: SQLite, and PostgreSQL (a throwaway cluster, see conftest.py)."""
 
 import pytest
 
 from exporter.fmgr import FmgrItem, FmgrStatus, Lifecycle
+from exporter.repository import open_repository
 from exporter.store import CdnTask, Store
 from exporter.windows import window_start
 
@@ -22,9 +24,21 @@ def clock():
     return Clock(T0)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target(request, tmp_path):
+    """Where a store keeps its rows: an SQLite file, or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "db.sqlite")
+    return request.getfixturevalue("postgres_url")
+
+
+def open_store(target, clock):
+    return Store(target, clock=clock, repository=open_repository(target))
+
+
 @pytest.fixture
-def store(tmp_path, clock):
-    s = Store(tmp_path / "db.sqlite", clock=clock)
+def store(target, clock):
+    s = open_store(target, clock)
     yield s
     s.close()
 
@@ -85,15 +99,15 @@ def test_windows_slide_with_the_clock(store, clock):
     assert store.cdn_window_counts("a", "prefetch", clock(), [900])[0][("status", "success")] == 0
 
 
-def test_restart_keeps_history_counters_and_state(tmp_path, clock):
-    s = Store(tmp_path / "db.sqlite", clock=clock)
+def test_restart_keeps_history_counters_and_state(target, clock):
+    s = open_store(target, clock)
     s.upsert_cdn_tasks("a", "prefetch", tasks(4, T0 - 600, "success") + tasks(2, T0 - 300, "wait"))
     s.set_state("cdn:a:prefetch", {"synced_until": T0})
     s.register_fmgr_ids(["id-1", "id-2"], "api")
     s.count_notification("bad_signature")
     before = s.cdn_window_counts("a", "prefetch", clock(), [3600])
     s.close()
-    s2 = Store(tmp_path / "db.sqlite", clock=clock)
+    s2 = open_store(target, clock)
     assert s2.cdn_window_counts("a", "prefetch", clock(), [3600]) == before
     assert s2.get_state("cdn:a:prefetch") == {"synced_until": T0}
     assert s2.fmgr_pending()[0] == 2
