@@ -87,9 +87,11 @@ _PENDING_SQL = "final_seen IS NULL AND NOT abandoned"
 _DUE_SQL = "(final_seen IS NULL OR NOT confirmed) AND NOT abandoned"
 
 # Connection settings used unless the URL says otherwise: a refused or unreachable server fails a connection
-# attempt in seconds, and a peer that vanished without closing is noticed within about a minute.
+# attempt in seconds, and a peer that vanished without closing is noticed within about a minute, idle (TCP
+# keepalives) or not (unacknowledged data).
 _CONNECT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 5,
+    "tcp_user_timeout": 30000,
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
@@ -209,11 +211,16 @@ class PostgresRepository:
     """``repository.Repository`` on a PostgreSQL database given by a ``postgresql://`` URL.
 
     ``timeout`` bounds, in seconds, the wait for a working connection: at start, and for each operation while
-    the server does not answer (an operation then raises ``psycopg.OperationalError``). ``probe_timeout``
-    bounds ``ping`` and ``write_health``, which answer readiness probes."""
+    the server does not answer (an operation then raises ``psycopg.OperationalError``), as SQLite's busy
+    timeout does. ``probe_timeout`` bounds ``ping`` and ``write_health``, which answer readiness probes (within
+    the probes' own timeout). ``reconnect_timeout``: how long the pool retries, with growing delays, to replace
+    a lost connection before it leaves the next attempt to the next operation; short, so that the first
+    operations after an outage do not wait out a long retry delay."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 4, timeout: float = 10.0,
-                 probe_timeout: float = 3.0) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 4, timeout: float = 5.0,
+                 probe_timeout: float = 3.0, reconnect_timeout: float = 10.0) -> None:
+        scheme, sep, rest = url.partition("://")
+        url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only; URL schemes ignore case
         self.path = mask_url(url)
         self._probe_timeout = probe_timeout
         self._lock = threading.RLock()  # the one writer of this process, as sqlite_repo's write connection
@@ -223,11 +230,11 @@ class PostgresRepository:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             make_conninfo("", **params), min_size=min_size, max_size=max_size, timeout=timeout,
             kwargs={"autocommit": True}, check=ConnectionPool.check_connection, open=False,
-            name="cdnetworks-store")
+            reconnect_timeout=reconnect_timeout, name="cdnetworks-store")
         try:
             self._pool.open(wait=True, timeout=timeout)
             self._create_schema()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             self._pool.close()
             # RuntimeError, as the refusal of a newer schema: start-up reports it and exits 1.
             raise RuntimeError(f"{self.path}: cannot use the database: {exc}") from exc
@@ -413,7 +420,7 @@ class PostgresRepository:
             conn.execute(
                 "UPDATE fmgr_tasks SET errors = errors + 1, last_error = %s, next_poll = %s, "
                 "abandoned = abandoned OR %s, last_polled = %s WHERE id = %s",
-                (_text(error[:200]), next_poll, give_up, ts, task_id))
+                (_text(error[:200]), next_poll, bool(give_up), ts, task_id))
         return give_up and row is not None and row[0] is None and not row[1]
 
     def abandon_old_fmgr(self, before: float) -> int:

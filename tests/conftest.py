@@ -173,7 +173,7 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -212,7 +212,7 @@ class PostgresCluster:
     def start(self) -> None:
         """Start the server, on the port it had before if it had one (clients reconnect to the same URL)."""
         for attempt in range(3):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={self.dir} "
                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
             try:
