@@ -2,8 +2,8 @@
 
 The rules (which task finished, what a notification means for a task's code, what a window counts) live
 above this line, in ``store.py``, ``aggregates.py`` and ``fmgr_tracking.py``; a backend only stores rows and
-answers range queries. A second backend (PostgreSQL) is one new module implementing ``Repository`` and
-``Transaction``; ``sqlite_repo.py`` is the reference implementation.
+answers range queries. A backend is one module implementing ``Repository`` and ``Transaction``:
+``sqlite_repo.py`` (the reference implementation) and ``postgres_repo.py``; ``open_repository`` picks one.
 
 Timestamps are unix seconds (float). Counter label sets arrive already encoded as a string key.
 
@@ -25,10 +25,12 @@ Operations, by concern:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
 from .leases import Fence, Grant
 
@@ -186,3 +188,18 @@ class Repository(Protocol):
     def abandon_old_fmgr(self, before: float) -> int: ...
     def fmgr_task_rows_for_api(self, where: StateFilter, limit: int, task_id: str | None) -> list[FmgrApiRow]: ...
     def prune_fmgr(self, before: float, keep: Sequence[str]) -> int: ...
+
+
+def open_repository(target: str | os.PathLike[str]) -> Repository:
+    """The repository a storage target names: a ``postgresql://`` (or ``postgres://``) URL opens
+    ``postgres_repo.PostgresRepository``, anything else is the path of an SQLite database.
+
+    The backends are imported here, not at the top: SQLite users never import psycopg."""
+    text = os.fspath(target)
+    if urlsplit(text).scheme.lower() in ("postgresql", "postgres"):
+        from .postgres_repo import PostgresRepository
+
+        return PostgresRepository(text)
+    from .sqlite_repo import SqliteRepository
+
+    return SqliteRepository(text)

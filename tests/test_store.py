@@ -1,8 +1,10 @@
-"""Store: upserts, exactly-once counting, exact windows, restart, pruning, Fmgr state."""
+"""Store: upserts, exactly-once counting, exact windows, restart, pruning, Fmgr state. Every test runs on each
+storage backend: SQLite, and PostgreSQL (a throwaway cluster, see conftest.py)."""
 
 import pytest
 
 from exporter.fmgr import FmgrItem, FmgrStatus, Lifecycle
+from exporter.repository import open_repository
 from exporter.store import CdnTask, Store
 from exporter.windows import window_start
 
@@ -22,9 +24,21 @@ def clock():
     return Clock(T0)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target(request, tmp_path):
+    """Where a store keeps its rows: an SQLite file, or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "db.sqlite")
+    return request.getfixturevalue("postgres_url")
+
+
+def open_store(target, clock):
+    return Store(target, clock=clock, repository=open_repository(target))
+
+
 @pytest.fixture
-def store(tmp_path, clock):
-    s = Store(tmp_path / "db.sqlite", clock=clock)
+def store(target, clock):
+    s = open_store(target, clock)
     yield s
     s.close()
 
@@ -85,15 +99,15 @@ def test_windows_slide_with_the_clock(store, clock):
     assert store.cdn_window_counts("a", "prefetch", clock(), [900])[0][("status", "success")] == 0
 
 
-def test_restart_keeps_history_counters_and_state(tmp_path, clock):
-    s = Store(tmp_path / "db.sqlite", clock=clock)
+def test_restart_keeps_history_counters_and_state(target, clock):
+    s = open_store(target, clock)
     s.upsert_cdn_tasks("a", "prefetch", tasks(4, T0 - 600, "success") + tasks(2, T0 - 300, "wait"))
     s.set_state("cdn:a:prefetch", {"synced_until": T0})
     s.register_fmgr_ids(["id-1", "id-2"], "api")
     s.count_notification("bad_signature")
     before = s.cdn_window_counts("a", "prefetch", clock(), [3600])
     s.close()
-    s2 = Store(tmp_path / "db.sqlite", clock=clock)
+    s2 = open_store(target, clock)
     assert s2.cdn_window_counts("a", "prefetch", clock(), [3600]) == before
     assert s2.get_state("cdn:a:prefetch") == {"synced_until": T0}
     assert s2.fmgr_pending()[0] == 2
@@ -378,3 +392,53 @@ def test_scrape_reads_do_not_wait_for_a_write_transaction(store, clock):
     assert took < 2.0, f"scrape reads waited {took:.1f} s behind the write transaction"
     assert oldest == T0 - 95
     assert counts[0][("status", "run")] == 2  # created in (T0 - 89.5, T0 + 0.5]: T0 - 95 is not
+
+
+def test_a_poll_failure_gives_up_a_pending_task_once(store):
+    store.register_fmgr_ids(["p", "done"], "api")
+    poll(store, "done", 6, [("fetch", 6, 1)])
+    assert store.fmgr_pending()[0] == 1
+    assert store.repo.fmgr_poll_failed("p", "timeout", T0 + 60, False, T0) is False  # a retry, not giving up
+    assert store.fmgr_task("p")["errors"] == 1 and store.fmgr_due(T0 + 59, 10) == []
+    assert store.repo.fmgr_poll_failed("done", "gone", T0 + 60, True, T0) is False  # final: was not pending
+    assert store.repo.fmgr_poll_failed("p", "gone", T0 + 60, True, T0) is True
+    assert store.repo.fmgr_poll_failed("p", "gone", T0 + 60, True, T0) is False  # already given up
+    assert store.repo.fmgr_poll_failed("no-such-id", "gone", T0 + 60, True, T0) is False
+    task = store.fmgr_task("p")
+    assert (task["state"], task["errors"], task["lastError"]) == ("abandoned", 3, "gone")
+    assert store.repo.fmgr_count_pending() == 0
+
+
+def test_prune_forgets_final_tasks_in_chunks_and_old_dedup_keys(store, clock):
+    # More tasks than one delete chunk, final and abandoned ones, one kept, one still pending.
+    ids = [f"f{i}" for i in range(1203)]
+    for i, task_id in enumerate(ids):
+        store.record_notification(status(task_id, 3, [("fetch", 3, 1)]), f"k{i}", T0)
+    store.register_fmgr_ids(["pending", "given-up"], "api")
+    store.fmgr_poll_failed("given-up", "gone", T0 + 60, give_up=True)
+    clock.t = T0 + 86400
+    store.register_fmgr_ids(["recent"], "api")
+    store.apply_fmgr_status(status("recent", 6, [("copy", 6, 1)]), source="poll", polled=True)
+    assert store.prune_fmgr(T0 + 3600, keep=["f7"]) == 1203  # 1202 notified ones and "given-up"
+    left = {t["persistentId"] for t in store.list_fmgr_tasks(None, 100)}
+    assert left == {"f7", "pending", "recent"}
+    assert store.fmgr_window_counts(clock(), [7 * 86400])["items"][0] == {("copy", 6): 1}
+    # The dedup keys went with them: the same delivery now counts as new (f7's too: keys age out by time).
+    assert store.record_notification(status("f1", 3, [("fetch", 3, 1)]), "k1", clock()) is True
+    assert store.record_notification(status("f7", 3, [("fetch", 3, 1)]), "k7", clock()) is True
+
+
+def test_text_with_a_nul_character_is_stored_and_found_again(store):
+    """The vendor's text may hold characters a database does not store as they are (PostgreSQL text has no
+    NUL): the same task is still found again, not counted twice, and its failures are recorded."""
+    running = [CdnTask("http://x/a\x00b", T0 - 100, "run")]
+    assert store.upsert_cdn_tasks("a", "prefetch", running).new == 1
+    assert store.upsert_cdn_tasks("a", "prefetch", running).new == 0
+    store.cdn_mark_checked("a", "prefetch", T0 - 200, T0, T0 + 5, url="http://x/a\x00b")
+    assert [seen for _, _, seen, _ in store.cdn_unfinished("a", "prefetch", T0 - 200, T0)] == [T0 + 5]
+    done = [CdnTask("http://x/a\x00b", T0 - 100, "success", finish_ts=T0, rate=100.0)]
+    assert store.upsert_cdn_tasks("a", "prefetch", done).newly_finished == 1
+    assert store.cdn_task_count("a") == 1
+    poll(store, "e", 1, [("fetch\x00", 1, None)])
+    store.fmgr_poll_failed("e", "reset by peer\x00", T0 + 60)
+    assert store.fmgr_task("e")["errors"] == 1
