@@ -18,11 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .collector import ExporterCollector, ReloadStatus
-from .config import Config, ConfigError
+from .config import Config, ConfigError, StorageConfig
 from .fmgr import FmgrStatus, Lifecycle
 from .health import ApiHealth
 from .httpd import RejectCounter
 from .poller import PollerGroup
+from .repository import open_repository
 from .store import Store
 from .web import App, NotifyEndpoint, RegistrationApi, Server, WebCollector
 from .webconfig import AuthFailures, BasicAuth, WebConfig, build_ssl_context
@@ -94,8 +95,11 @@ class Runtime:
     app: App
 
 
-def _same_path(a: str, b: str) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b)
+def _same_storage(a: StorageConfig, a_target: str, b: StorageConfig, b_target: str) -> bool:
+    """One store per database: a reload keeps it unless the database changed (or its password)."""
+    if a.url is not None or b.url is not None:
+        return (a_target, a.password) == (b_target, b.password)
+    return os.path.abspath(a_target) == os.path.abspath(b_target)
 
 
 class Exporter:
@@ -165,9 +169,12 @@ class Exporter:
         """A complete runtime for ``config``, not started. Raises (and leaves nothing open) when any part
         cannot be built; ``current`` is not touched, except that its store is shared when the path is the
         same (one writer per database file)."""
-        path = self._storage_flag or config.storage.path
-        reuse = current is not None and _same_path(current.store.path, path)
-        store = current.store if current is not None and reuse else Store(path, clock=self.clock)
+        storage = config.storage
+        target = self._storage_flag or storage.target()
+        reuse = current is not None and _same_storage(current.config.storage, self._storage_flag or
+                                                      current.config.storage.target(), storage, target)
+        store = current.store if current is not None and reuse else Store(
+            target, clock=self.clock, repository=open_repository(target, password=storage.password))
         try:
             pollers = PollerGroup(config, store, self.health, clock=self.clock)
             collector = ExporterCollector(

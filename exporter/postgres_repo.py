@@ -32,7 +32,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from .repository import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, StateFilter
+from .leases import Fence, Grant, LeaseLost
+from .repository import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,24 @@ CREATE TABLE IF NOT EXISTS fmgr_notifications (
 );
 CREATE INDEX IF NOT EXISTS fmgr_notifications_received ON fmgr_notifications (received_ts);
 CREATE INDEX IF NOT EXISTS fmgr_notifications_task ON fmgr_notifications (task_id);
+-- Replicas: which one runs each poller (exporter/leases.py), and the in-memory changes of every transaction,
+-- in commit order, for the other replicas to apply (store.py).
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, generation BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq BIGSERIAL PRIMARY KEY, origin TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL, payload TEXT NOT NULL
+);
 """
 
 # Serialises schema creation between processes that start at once against an empty database: concurrent
 # CREATE TABLE IF NOT EXISTS of the same table can fail on PostgreSQL's catalog unique indexes.
 _SCHEMA_LOCK_KEY = 0x63646E78  # "cdnx"
+# Serialises write transactions between replicas, as SQLite's single writer does within one: a transaction
+# reads rows and writes what follows from them (a task's old status, a notification's dedup key), and the
+# change log's sequence numbers must follow commit order. Held from a transaction's first statement to its end.
+_WRITE_LOCK_KEY = 0x63646E77  # "cdnw"
+_NOW = "extract(epoch from clock_timestamp())"  # the database's clock: replicas' clocks never compare
 
 # Conditions written exactly as in the partial indexes' definitions, so that the planner matches them.
 _UNFINISHED_SQL = "status IN (" + ",".join(f"'{s}'" for s in CDN_UNFINISHED) + ")"
@@ -128,6 +142,47 @@ class _Tx:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._c = conn
+
+    def check_fence(self, fence: Fence) -> None:
+        # FOR SHARE keeps a rival's takeover (an UPDATE of this row) waiting until this transaction ends.
+        row = self._c.execute("SELECT holder, generation FROM leases WHERE name = %s FOR SHARE",
+                              (fence.name,)).fetchone()
+        if row is None or (row[0], row[1]) != (fence.holder, fence.generation):
+            raise LeaseLost(f"lease {fence.name} has moved to another replica")
+
+    def log_change(self, origin: str, payload: str) -> None:
+        self._c.execute(f"INSERT INTO changes (origin, ts, payload) VALUES (%s, {_NOW}, %s)", (origin, payload))
+
+    def prune_changes(self, before: float) -> None:
+        """Forget old changes, and remember the newest one forgotten: a replica that had not read it rebuilds."""
+        rows = self._c.execute("DELETE FROM changes WHERE ts < %s RETURNING seq", (before,)).fetchall()
+        if rows:
+            self._c.execute(
+                "INSERT INTO meta VALUES ('changes_pruned_through', %s) ON CONFLICT (key) DO UPDATE SET "
+                "value = greatest(meta.value::bigint, excluded.value::bigint)::text", (str(max(r[0] for r in rows)),))
+
+    def set_state(self, key: str, value: Any) -> None:
+        self._c.execute("INSERT INTO state VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (key, json.dumps(value)))
+
+    def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
+                         url: str | None) -> None:
+        sql = (f"UPDATE cdn_tasks SET updated_ts=%s WHERE account=%s AND kind=%s AND create_ts BETWEEN %s AND %s "
+               f"AND {_UNFINISHED_SQL}")
+        args: list[Any] = [ts, account, kind, start, end]
+        if url is not None:
+            sql += " AND url=%s"
+            args.append(_text(url))
+        self._c.execute(sql, args)
+
+    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
+        row = self._c.execute("SELECT final_seen, abandoned FROM fmgr_tasks WHERE id = %s FOR UPDATE",
+                              (task_id,)).fetchone()
+        self._c.execute(
+            "UPDATE fmgr_tasks SET errors = errors + 1, last_error = %s, next_poll = %s, "
+            "abandoned = abandoned OR %s, last_polled = %s WHERE id = %s",
+            (_text(error[:200]), next_poll, bool(give_up), ts, task_id))
+        return give_up and row is not None and row[0] is None and not row[1]
 
     def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
         rows = list(increments)
@@ -208,7 +263,8 @@ class _Tx:
 
 
 class PostgresRepository:
-    """``repository.Repository`` on a PostgreSQL database given by a ``postgresql://`` URL.
+    """``repository.Repository`` on a PostgreSQL database given by a ``postgresql://`` URL; several exporters
+    (replicas) may share it.
 
     ``timeout`` bounds, in seconds, the wait for a working connection: at start, and for each operation while
     the server does not answer (an operation then raises ``psycopg.OperationalError``), as SQLite's busy
@@ -218,7 +274,8 @@ class PostgresRepository:
     operations after an outage do not wait out a long retry delay."""
 
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 4, timeout: float = 5.0,
-                 probe_timeout: float = 3.0, reconnect_timeout: float = 10.0) -> None:
+                 probe_timeout: float = 3.0, reconnect_timeout: float = 10.0, password: str | None = None) -> None:
+        self.shared = True
         scheme, sep, rest = url.partition("://")
         url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only; URL schemes ignore case
         self.path = mask_url(url)
@@ -226,7 +283,7 @@ class PostgresRepository:
         self._lock = threading.RLock()  # the one writer of this process, as sqlite_repo's write connection
         self._closed = False
         self._write_error: str | None = None  # why the last write transaction failed; None after a commit
-        params = {**_CONNECT_DEFAULTS, **conninfo_to_dict(url)}
+        params = {**_CONNECT_DEFAULTS, **conninfo_to_dict(url), **({"password": password} if password else {})}
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             make_conninfo("", **params), min_size=min_size, max_size=max_size, timeout=timeout,
             kwargs={"autocommit": True}, check=ConnectionPool.check_connection, open=False,
@@ -294,6 +351,7 @@ class PostgresRepository:
         with self._lock:
             try:
                 with self._pool.connection() as conn, conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
                     yield _Tx(conn)
             except psycopg.Error as exc:
                 self._write_error = str(exc)
@@ -315,22 +373,48 @@ class PostgresRepository:
         rows = self._query("SELECT value FROM state WHERE key = %s", (key,))
         return json.loads(rows[0][0]) if rows else None
 
-    def set_state(self, key: str, value: Any) -> None:
-        self._write("INSERT INTO state VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, json.dumps(value)))
+    def load(self) -> Loaded:
+        # One snapshot for every table and the change log's end: changes after it are applied on top.
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            seq = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
+            return Loaded(
+                conn.execute("SELECT name, labels, value FROM counters").fetchall(),
+                conn.execute("SELECT account, kind, create_ts, status, rate FROM cdn_tasks").fetchall(),
+                conn.execute("SELECT first_seen, code FROM fmgr_tasks").fetchall(),
+                conn.execute("SELECT t.first_seen, i.op, i.code FROM fmgr_items i "
+                             "JOIN fmgr_tasks t ON t.id = i.task_id").fetchall(),
+                int(conn.execute(f"SELECT count(*) FROM fmgr_tasks WHERE {_PENDING_SQL}").fetchone()[0]),  # type: ignore[index]
+                int(seq[0]) if seq else 0)
 
-    def counter_rows(self) -> list[tuple[str, str, float]]:
-        return self._query("SELECT name, labels, value FROM counters")
+    def changes_since(self, seq: int) -> tuple[list[tuple[int, str, str]], bool]:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'changes_pruned_through'").fetchone()
+            if row is not None and int(row[0]) > seq:
+                return [], False
+            rows = conn.execute("SELECT seq, origin, payload FROM changes WHERE seq > %s ORDER BY seq",
+                                (seq,)).fetchall()
+        return [(int(q), o, p) for q, o, p in rows], True
 
-    def cdn_rows(self) -> list[tuple[str, str, float, str, float | None]]:
-        return self._query("SELECT account, kind, create_ts, status, rate FROM cdn_tasks")
+    def prune_changes(self, before: float) -> None:
+        with self.transaction() as tx:
+            tx.prune_changes(before)
 
-    def fmgr_task_rows(self) -> list[tuple[float, int | None]]:
-        return self._query("SELECT first_seen, code FROM fmgr_tasks")
+    def lease_acquire(self, name: str, holder: str, ttl: float) -> Grant | None:
+        """Renew ``name`` for ``holder``, or take it when it is free or expired (a new generation)."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                f"INSERT INTO leases VALUES (%(n)s, %(h)s, 1, {_NOW} + %(ttl)s) ON CONFLICT (name) DO UPDATE SET "
+                "holder = excluded.holder, expires_at = excluded.expires_at, generation = leases.generation + "
+                "CASE WHEN leases.holder = excluded.holder THEN 0 ELSE 1 END "
+                f"WHERE leases.holder = excluded.holder OR leases.expires_at < {_NOW} RETURNING generation",
+                {"n": name, "h": holder, "ttl": ttl}).fetchone()
+        return None if row is None else Grant(int(row[0]))
 
-    def fmgr_item_rows(self) -> list[tuple[float, str, int | None]]:
-        return self._query(
-            "SELECT t.first_seen, i.op, i.code FROM fmgr_items i JOIN fmgr_tasks t ON t.id = i.task_id")
+    def lease_release(self, name: str, holder: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("UPDATE leases SET expires_at = 0 WHERE name = %s AND holder = %s", (name, holder))
 
     # ------------------------------------------------------------------ CDN
     def cdn_edge_rows(self, account: str, kind: str, after: float, until: float
@@ -356,16 +440,6 @@ class PostgresRepository:
         return [(c, u, s, st) for c, u, s, st in self._query(
             f"SELECT create_ts, url, updated_ts, status FROM cdn_tasks WHERE account=%s AND kind=%s AND "
             f"{_UNFINISHED_SQL} AND create_ts BETWEEN %s AND %s ORDER BY create_ts", (account, kind, start, end))]
-
-    def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
-                         url: str | None) -> None:
-        sql = (f"UPDATE cdn_tasks SET updated_ts=%s WHERE account=%s AND kind=%s AND create_ts BETWEEN %s AND %s "
-               f"AND {_UNFINISHED_SQL}")
-        args: list[Any] = [ts, account, kind, start, end]
-        if url is not None:
-            sql += " AND url=%s"
-            args.append(_text(url))
-        self._write(sql, args)
 
     def cdn_task_count(self, account: str | None, kind: str | None) -> int:
         sql, args = "SELECT count(*) FROM cdn_tasks WHERE TRUE", []
@@ -411,17 +485,6 @@ class PostgresRepository:
     def fmgr_oldest_pending(self) -> float | None:
         rows = self._query(f"SELECT min(first_seen) FROM fmgr_tasks WHERE {_PENDING_SQL}")
         return rows[0][0] if rows else None
-
-    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
-        """Record a failed poll; True when this gave up a task that was pending."""
-        with self._lock, self._pool.connection() as conn, conn.transaction():
-            row = conn.execute("SELECT final_seen, abandoned FROM fmgr_tasks WHERE id = %s FOR UPDATE",
-                               (task_id,)).fetchone()
-            conn.execute(
-                "UPDATE fmgr_tasks SET errors = errors + 1, last_error = %s, next_poll = %s, "
-                "abandoned = abandoned OR %s, last_polled = %s WHERE id = %s",
-                (_text(error[:200]), next_poll, bool(give_up), ts, task_id))
-        return give_up and row is not None and row[0] is None and not row[1]
 
     def abandon_old_fmgr(self, before: float) -> int:
         with self._lock, self._pool.connection() as conn, conn.transaction():

@@ -190,16 +190,17 @@ class Repository(Protocol):
     def prune_fmgr(self, before: float, keep: Sequence[str]) -> int: ...
 
 
-def open_repository(target: str | os.PathLike[str]) -> Repository:
+def open_repository(target: str | os.PathLike[str], *, password: str | None = None) -> Repository:
     """The repository a storage target names: a ``postgresql://`` (or ``postgres://``) URL opens
     ``postgres_repo.PostgresRepository``, anything else is the path of an SQLite database.
 
-    The backends are imported here, not at the top: SQLite users never import psycopg."""
+    ``password`` (``storage.password``) completes a URL that does not carry one. The backends are imported
+    here, not at the top: SQLite users never import psycopg."""
     text = os.fspath(target)
     if urlsplit(text).scheme.lower() in ("postgresql", "postgres"):
         from .postgres_repo import PostgresRepository
 
-        return PostgresRepository(text)
+        return PostgresRepository(text, password=password)
     from .sqlite_repo import SqliteRepository
 
     return SqliteRepository(text)

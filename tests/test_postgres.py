@@ -52,7 +52,8 @@ def test_the_store_lives_in_the_schema_the_url_names(postgres_cluster, postgres_
     open_repository(postgres_url).close()
     tables = {r[0] for r in postgres_cluster.sql(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", schema)}
-    assert tables == {"meta", "cdn_tasks", "counters", "state", "fmgr_tasks", "fmgr_items", "fmgr_notifications"}
+    assert tables == {"meta", "cdn_tasks", "counters", "state", "fmgr_tasks", "fmgr_items", "fmgr_notifications",
+                      "leases", "changes"}
 
 
 def test_the_password_is_masked_in_the_path(postgres_url):

@@ -395,15 +395,19 @@ def test_scrape_reads_do_not_wait_for_a_write_transaction(store, clock):
 
 
 def test_a_poll_failure_gives_up_a_pending_task_once(store):
+    def failed(task_id, error, next_poll, give_up, ts):
+        with store.repo.transaction() as tx:
+            return tx.fmgr_poll_failed(task_id, error, next_poll, give_up, ts)
+
     store.register_fmgr_ids(["p", "done"], "api")
     poll(store, "done", 6, [("fetch", 6, 1)])
     assert store.fmgr_pending()[0] == 1
-    assert store.repo.fmgr_poll_failed("p", "timeout", T0 + 60, False, T0) is False  # a retry, not giving up
+    assert failed("p", "timeout", T0 + 60, False, T0) is False  # a retry, not giving up
     assert store.fmgr_task("p")["errors"] == 1 and store.fmgr_due(T0 + 59, 10) == []
-    assert store.repo.fmgr_poll_failed("done", "gone", T0 + 60, True, T0) is False  # final: was not pending
-    assert store.repo.fmgr_poll_failed("p", "gone", T0 + 60, True, T0) is True
-    assert store.repo.fmgr_poll_failed("p", "gone", T0 + 60, True, T0) is False  # already given up
-    assert store.repo.fmgr_poll_failed("no-such-id", "gone", T0 + 60, True, T0) is False
+    assert failed("done", "gone", T0 + 60, True, T0) is False  # final: was not pending
+    assert failed("p", "gone", T0 + 60, True, T0) is True
+    assert failed("p", "gone", T0 + 60, True, T0) is False  # already given up
+    assert failed("no-such-id", "gone", T0 + 60, True, T0) is False
     task = store.fmgr_task("p")
     assert (task["state"], task["errors"], task["lastError"]) == ("abandoned", 3, "gone")
     assert store.repo.fmgr_count_pending() == 0
@@ -442,3 +446,10 @@ def test_text_with_a_nul_character_is_stored_and_found_again(store):
     poll(store, "e", 1, [("fetch\x00", 1, None)])
     store.fmgr_poll_failed("e", "reset by peer\x00", T0 + 60)
     assert store.fmgr_task("e")["errors"] == 1
+
+
+def test_a_failed_poll_that_gives_up_lowers_the_pending_count(store):
+    store.register_fmgr_ids(["p", "q"], "api")
+    store.fmgr_poll_failed("p", "gone", T0 + 60, give_up=True)
+    store.fmgr_poll_failed("q", "timeout", T0 + 60)
+    assert store.fmgr_pending()[0] == 1 == store.repo.fmgr_count_pending()
