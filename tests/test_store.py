@@ -1,20 +1,13 @@
 """Store: upserts, exactly-once counting, exact windows, restart, pruning, Fmgr state."""
 
 import pytest
+from conftest import Clock
 
 from exporter.fmgr import FmgrItem, FmgrStatus, Lifecycle
 from exporter.store import CdnTask, Store
 from exporter.windows import window_start
 
 T0 = 1795334400.0  # on a minute boundary
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
