@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import require_tool
+from conftest import Clock, require_tool
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
@@ -58,14 +58,6 @@ METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary
 NOW = T0 + 30.0  # half-way through the current minute: windows count whole minutes including this one
 STATUSES = ("success", "failure", "wait", "run", "unknown")
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 CONFIG = {

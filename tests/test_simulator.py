@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import Clock as FakeClock
 
 from exporter import signing
 from exporter.simulator import Simulator
@@ -24,17 +25,6 @@ NOW = 1_795_334_400  # 2026-11-22 08:00:00 UTC, on a minute boundary
 DAY = 86400
 PATHS = {"prefetch": "/ccm/fetch/ItemIdQuery", "purge": "/ccm/purge/ItemIdQuery"}
 USER, API_KEY, ACCESS_KEY, SECRET_KEY = "acme", "acme-api-key", "AK-acme", "SK-acme"
-
-
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = float(now)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def local(ts: float, offset_hours: int = 8) -> str:

@@ -2,6 +2,7 @@
 storage backend: SQLite, and PostgreSQL (a throwaway cluster, see conftest.py)."""
 
 import pytest
+from conftest import Clock
 
 from exporter.fmgr import FmgrItem, FmgrStatus, Lifecycle
 from exporter.repository import open_repository
@@ -9,14 +10,6 @@ from exporter.store import CdnTask, Store
 from exporter.windows import window_start
 
 T0 = 1795334400.0  # on a minute boundary
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

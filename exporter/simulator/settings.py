@@ -1,0 +1,31 @@
+"""The simulator's tunables, one object that every part reads when it needs a value.
+
+They are public attributes of ``Simulator`` (``sim.timeout_fault_seconds = 1.0`` in a test), kept here and
+read at request time, so that assigning one on a running simulator changes what the next request sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    seed: int
+    # The zone as given; the CDN's times are rendered in the offset parsed from it once, at construction.
+    timezone: str
+    max_query_age: float
+    max_page_size: int
+    date_skew: float
+    rate_limits: dict[str, tuple[int, float]]
+    string_numbers: bool
+    # Some APIs cap the page size without an error: they answer fewer rows and echo the smaller size.
+    silent_page_cap: int | None
+    # Seed 002 does not say how rows are ordered; the exporter must not depend on it, so both are served.
+    order: str
+    # The "timeout" fault sleeps this long (real time) before answering normally.
+    timeout_fault_seconds: float = 3.0
+    notify_timeout: float = 5.0
+    # The vendor records a delivery (code 4 -> 6) or a give-up (4 -> 5) this long after it happened, so a
+    # poll right after a notification still sees 4.
+    notify_record_delay: float = 2.0
