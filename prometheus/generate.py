@@ -561,9 +561,28 @@ def recording_table(s: Settings) -> str:
     return "\n".join(rows)
 
 
+def replicas_table() -> str:
+    """Each family of the catalogue, by what it means across replicas and how the rules read it."""
+    groups = (
+        (SHARED, "the same on every replica (read from the shared store)",
+         "`max by (job, <its labels>)` over the replicas, of the values or of each replica's `rate`/`increase`"),
+        (PER_POLLER, "reported for a poller by the replica running it; the others may show a stale value or 0",
+         "only where `cdnetworks_replica_leases` is not 0: `unless on (job, instance, account, api) "
+         "cdnetworks_replica_leases == 0`"),
+        (ADDITIVE, "each replica's own count of what it did", "summed over the replicas"),
+        (PER_REPLICA, "each replica's own state", "per replica (`instance`)"),
+    )
+    rows = ["| Metrics | Across replicas | Read by the rules and dashboards |", "|---|---|---|"]
+    for families, meaning, reading in groups:
+        names = "<br>".join(f"`{family.name}`" for family in families)
+        rows.append(f"| {names} | {md_text(meaning)} | {md_text(reading)} |")
+    return "\n".join(rows)
+
+
 def render_docs(text: str, s: Settings) -> str:
     source = "prometheus/generate.py"
     text = replace_section(text, "settings", settings_table(), source)
+    text = replace_section(text, "replicas", replicas_table(), source)
     text = replace_section(text, "alerts", alerts_table(s), source)
     return replace_section(text, "recording", recording_table(s), source)
 
