@@ -147,7 +147,8 @@ def dedup_by(family: M.Family, *, keep: Iterable[str] = ("job",)) -> str:
 def dedup(family: M.Family, inner: str, *, keep: Iterable[str] = ("job",)) -> str:
     """``max by (job, <own labels>) (inner)``: one series per value of a shared family's own labels, whatever
     the number of replicas. ``inner`` selects the family or takes each replica's rate or increase of it."""
-    assert family in SHARED, f"{family.name} is not shared between replicas"
+    if family not in SHARED:
+        raise ValueError(f"{family.name} is not shared between replicas")
     labels = dedup_by(family, keep=keep)
     return f"max by ({labels}) ({inner})" if labels else f"max({inner})"
 
@@ -155,7 +156,7 @@ def dedup(family: M.Family, inner: str, *, keep: Iterable[str] = ("job",)) -> st
 _SHARED_NAMES = frozenset(name for family in SHARED for name in family.sample_names)
 _POLLER_NAMES = frozenset(name for family in PER_POLLER for name in family.sample_names)
 # What may stand between ``max by (...) (`` and a shared series: a rate or increase of it.
-_UNDER_MAX = re.compile(r"max(?: by \([^)]*\))?\s*\(\s*(?:(?:rate|increase)\(\s*)?$")
+_UNDER_MAX = re.compile(r"max(?: by \((?P<by>[^)]*)\))?\s*\(\s*(?:(?:rate|increase)\(\s*)?$")
 # What must follow a per-poller series (after its selector and an optional threshold): the lease filter.
 _LEASE_FILTER = re.compile(
     r"\s*(?:[<>]=?\s*[0-9.e+]+\s*)?\)?\s*unless on \((?:job, )?instance, account, api\)\s*"
@@ -173,8 +174,9 @@ def replica_problems(expr: str) -> list[str]:
         name = match.group(1)
         if expr[match.end():].lstrip().startswith("("):
             continue  # a function or aggregation of that name
-        if name in _SHARED_NAMES and not _UNDER_MAX.search(expr[:match.start()]):
-            problems.append(f"{name}: shared by the replicas, but not under max by (...) at once")
+        under = _UNDER_MAX.search(expr[:match.start()])
+        if name in _SHARED_NAMES and (under is None or "instance" in (under.group("by") or "")):
+            problems.append(f"{name}: shared by the replicas, but not under max by (...) at once, without instance")
         if name in _POLLER_NAMES and not _LEASE_FILTER.match(expr, match.end()):
             problems.append(f"{name}: read without the lease filter of cdnetworks_replica_leases")
     return problems
@@ -262,7 +264,8 @@ def quantile_rules(
         # The same buckets on every replica: one replica's rates (the max of each bucket's, which keeps the
         # buckets ascending), not their sum.
         buckets = dedup(histogram, rate)
-        assert dedup_by(histogram) == ", ".join((*by, "le")), histogram.name
+        if dedup_by(histogram) != ", ".join((*by, "le")):
+            raise ValueError(f"{histogram.name}: the level names other labels than the histogram's")
     else:
         buckets = f"sum by ({', '.join((*by, 'le'))}) ({rate})"
     return [

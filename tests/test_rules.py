@@ -287,6 +287,7 @@ def test_replica_problems_finds_what_reads_replicas_wrong() -> None:
         'sum by (job, op) (increase(cdnetworks_fmgr_processed_bytes_total{job="x"}[1h]))',
         'sum(max by (job) (cdnetworks_fmgr_pending_tasks)) + cdnetworks_fmgr_pending_tasks',
         'max by (job) (sum by (job, account) (cdnetworks_purge_tasks))',
+        'max by (job, instance) (cdnetworks_fmgr_pending_tasks{job="x"})',
         'cdnetworks_poll_lag_seconds{job="x"} > 1800',
         'cdnetworks_up{job="x"} and on (job, instance) cdnetworks_replica_leases == 0',
     ]
