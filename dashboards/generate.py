@@ -54,6 +54,7 @@ def _load_rules_generator() -> Any:
 
 RULES = _load_rules_generator()
 ALERTS = RULES.Settings()
+M = RULES.M  # the metrics catalogue (exporter/metrics.py), as the rules generator reads it
 CDN_KINDS = tuple(kind.name for kind in RULES.KINDS)  # exporter/kinds.py, as the rules generator reads it
 CDN_KIND_RE = "|".join(CDN_KINDS)
 
@@ -72,6 +73,33 @@ def sel(*matchers: str, account: bool = False, window: bool = False, fmgr_accoun
         parts.append('window=~"$window"')
     parts.extend(matchers)
     return "{" + ", ".join(parts) + "}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Several replicas (the job's targets) sharing one store: the same rules as prometheus/generate.py's. The job
+# variable selects one job, so the results need no job label.
+
+# Panels about each replica itself: one series per replica (its instance), however many there are. Every other
+# panel shows the same for one exporter as for several replicas sharing its store.
+PER_REPLICA_PANELS = frozenset({
+    "Exporter scrape", "Version", "Config reload", "Scrape size", "Scrape duration", "Pollers per replica",
+})
+
+
+def shared(family: Any, selector: str) -> str:
+    """``max by (<own labels>) (family{...})``: a series read from the shared store, once however many
+    replicas serve it."""
+    return RULES.dedup(family, f"{family.name}{selector}", keep=())
+
+
+def shared_counter(function: str, family: Any, selector: str, window: str) -> str:
+    """The max over replicas of each replica's ``rate`` or ``increase`` of a shared counter."""
+    return RULES.dedup(family, f"{function}({family.name}{selector}[{window}])", keep=())
+
+
+def held(family: Any, selector: str) -> str:
+    """A per-poller series of the replicas running that poller only (all of them for a single exporter)."""
+    return f"{family.name}{selector} unless on ({RULES.POLLER_JOIN}) {M.REPLICA_LEASES.name}{sel()} == 0"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,6 +331,9 @@ def dashboard(
             panel["datasource"] = DATASOURCE
             for ref, tgt in zip("ABCDEFGH", panel["targets"], strict=False):
                 tgt["refId"] = ref
+                problems = RULES.replica_problems(tgt["expr"])
+                if problems:
+                    raise ValueError(f"{title} / {panel['title']}: {'; '.join(problems)}")
     return {
         "annotations": {"list": [{
             "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
@@ -355,14 +386,14 @@ def overview() -> dict[str, Any]:
     lay.add(stat(
         "Vendor APIs", "Worst last poll per vendor API over the selected accounts: failing means the "
         "exporter serves old data for at least one account.",
-        [target(f"min by (api) (cdnetworks_up{sel(fmgr_account=True)})", "{{api}}", instant=True)],
+        [target(f"min by (api) ({held(M.UP, sel(fmgr_account=True))})", "{{api}}", instant=True)],
         thresholds=steps("red", (1, "green")), mappings=UP_MAPPING,
     ), 6, 4)
     lay.add(stat(
         "Longest time since a successful poll", "Worst account per API: far above the poll interval means "
         "polls keep failing or the poller is stuck.",
         [target(
-            f"max by (api) (time() - cdnetworks_last_successful_poll_timestamp_seconds{sel(fmgr_account=True)})",
+            f"max by (api) (time() - ({held(M.LAST_SUCCESSFUL_POLL, sel(fmgr_account=True))}))",
             "{{api}}", instant=True,
         )],
         unit="s", thresholds=steps("green", (ALERTS.not_polling_seconds, "red")),
@@ -370,7 +401,7 @@ def overview() -> dict[str, Any]:
     lay.add(stat(
         "Pending Fmgr tasks", "Tracked Fmgr tasks not final yet: a number that only grows means tasks "
         "are stuck at the vendor or their ids are wrong.",
-        [target(f"cdnetworks_fmgr_pending_tasks{sel()}", "pending", instant=True)],
+        [target(shared(M.FMGR_PENDING_TASKS, sel()), "pending", instant=True)],
     ), 6, 4)
 
     lay.row("Success ratios")
@@ -379,7 +410,7 @@ def overview() -> dict[str, Any]:
             f"{kind.capitalize()} success ratio",
             f"Share of finished {kind} tasks that succeeded, per account and window: under "
             f"{ALERTS.cdn_success_ratio_min:.0%} (the alert threshold) too many {kind} tasks fail.",
-            [target(f"cdnetworks_{kind}_success_ratio{sel(account=True, window=True)}",
+            [target(shared(M.CDN[kind].success_ratio, sel(account=True, window=True)),
                     "{{account}} {{window}}", instant=True)],
             unit="percentunit", thresholds=GOOD_RATIO, max_=1,
         ), 8, 7)
@@ -387,7 +418,7 @@ def overview() -> dict[str, Any]:
         "Fmgr success ratio",
         f"Share of final Fmgr items that succeeded, per window: under {ALERTS.fmgr_success_ratio_min:.0%} "
         "(the alert threshold) object operations fail often.",
-        [target(f"cdnetworks_fmgr_success_ratio{sel(window=True)}", "{{window}}", instant=True)],
+        [target(shared(M.FMGR_SUCCESS_RATIO, sel(window=True)), "{{window}}", instant=True)],
         unit="percentunit", thresholds=GOOD_FMGR_RATIO, max_=1,
     ), 8, 7)
 
@@ -395,29 +426,29 @@ def overview() -> dict[str, Any]:
     lay.add(timeseries(
         "Failed CDN tasks", "Tasks created in the window that ended in failure: a rising line means the "
         "CDN cannot fetch or purge; see the CDN tasks dashboard.",
-        [target(f"sum by (account, window) (cdnetworks_{kind}_tasks{sel(FAILED_TASK, account=True, window=True)})",
+        [target(f"sum by (account, window) ({shared(M.CDN[kind].tasks, sel(FAILED_TASK, account=True, window=True))})",
                 f"{kind} {{{{account}}}} {{{{window}}}}") for kind in CDN_KINDS],
     ), 12, 8)
     lay.add(timeseries(
         "Failed Fmgr items", "Items of Fmgr tasks in the window that failed, by operation: a rising line "
         "means object operations fail; see the Fmgr dashboard.",
-        [target(f"sum by (window, op) (cdnetworks_fmgr_items{sel(FAILED_ITEM, window=True)})",
+        [target(f"sum by (window, op) ({shared(M.FMGR_ITEMS, sel(FAILED_ITEM, window=True))})",
                 "{{op}} {{window}}")],
     ), 12, 8)
     lay.add(timeseries(
         "Unfinished CDN tasks", "Tasks created in the window still waiting or running: a growing backlog "
         "means the CDN is slow to process them.",
         [target(f"sum by (account, window) "
-                f"(cdnetworks_{kind}_tasks{sel(UNFINISHED_TASK, account=True, window=True)})",
+                f"({shared(M.CDN[kind].tasks, sel(UNFINISHED_TASK, account=True, window=True))})",
                 f"{kind} {{{{account}}}} {{{{window}}}}") for kind in CDN_KINDS],
     ), 12, 8)
     lay.add(timeseries(
         "Oldest unfinished task", "Age of the oldest task that has not finished: above the dashed line "
         "(the alert threshold) a task is stuck.",
         [
-            *(target(f"cdnetworks_{kind}_oldest_unfinished_age_seconds{sel(account=True)}",
+            *(target(shared(M.CDN[kind].oldest_unfinished_age, sel(account=True)),
                      f"{kind} {{{{account}}}}") for kind in CDN_KINDS),
-            target(f"cdnetworks_fmgr_oldest_pending_age_seconds{sel()}", "fmgr"),
+            target(shared(M.FMGR_OLDEST_PENDING_AGE, sel()), "fmgr"),
         ],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
     ), 12, 8)
@@ -438,21 +469,21 @@ def cdn_tasks() -> dict[str, Any]:
             f"{kind.capitalize()} tasks by status",
             f"{kind.capitalize()} tasks created in the window by current status: a growing failure band "
             "means failing tasks, growing wait/run bands mean the CDN is slow.",
-            [target(f"sum by (status) (cdnetworks_{kind}_tasks{sel(account=True, window=True)})", "{{status}}")],
+            [target(f"sum by (status) ({shared(M.CDN[kind].tasks, sel(account=True, window=True))})", "{{status}}")],
             stack=True,
         ), 12, 8)
         lay.add(timeseries(
             f"{kind.capitalize()} success ratio",
             f"Share of finished {kind} tasks in the window that succeeded: under the dashed line "
             "(the alert threshold) too many fail.",
-            [target(f"cdnetworks_{kind}_success_ratio{sel(account=True, window=True)}", "{{account}}")],
+            [target(shared(M.CDN[kind].success_ratio, sel(account=True, window=True)), "{{account}}")],
             unit="percentunit", thresholds=GOOD_RATIO, max_=1,
         ), 6, 8)
         lay.add(timeseries(
             f"{kind.capitalize()} vendor rate",
             f"Mean completion rate the vendor reports for finished {kind} tasks: under 100% tasks "
             "finished only partly.",
-            [target(f"cdnetworks_{kind}_rate_ratio{sel(account=True, window=True)}", "{{account}}")],
+            [target(shared(M.CDN[kind].rate_ratio, sel(account=True, window=True)), "{{account}}")],
             unit="percentunit", max_=1,
         ), 6, 8)
         lay.add(timeseries(
@@ -467,7 +498,7 @@ def cdn_tasks() -> dict[str, Any]:
             f"{kind.capitalize()} oldest unfinished task",
             f"Age of the oldest {kind} task still waiting or running: above the dashed line (the alert "
             "threshold) it is stuck.",
-            [target(f"cdnetworks_{kind}_oldest_unfinished_age_seconds{sel(account=True)}", "{{account}}")],
+            [target(shared(M.CDN[kind].oldest_unfinished_age, sel(account=True)), "{{account}}")],
             unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
         ), 8, 8)
         lay.add(timeseries(
@@ -492,31 +523,31 @@ def fmgr() -> dict[str, Any]:
     lay.add(stat(
         "Success ratio", "Share of final items in the window that succeeded: red is under the alert "
         "threshold.",
-        [target(f"cdnetworks_fmgr_success_ratio{sel(window=True)}", "{{window}}", instant=True)],
+        [target(shared(M.FMGR_SUCCESS_RATIO, sel(window=True)), "{{window}}", instant=True)],
         unit="percentunit", thresholds=GOOD_FMGR_RATIO, min_=0, max_=1,
     ), 5, 4)
     lay.add(stat(
         "Pending tasks", "Tracked tasks whose processing is not over yet: a number that only grows means "
         "tasks are stuck.",
-        [target(f"cdnetworks_fmgr_pending_tasks{sel()}", "pending", instant=True)],
+        [target(shared(M.FMGR_PENDING_TASKS, sel()), "pending", instant=True)],
     ), 5, 4)
     lay.add(stat(
         "Oldest pending task", "How long the oldest non-final task has been tracked: red is above the "
         "alert threshold.",
-        [target(f"cdnetworks_fmgr_oldest_pending_age_seconds{sel()}", "oldest", instant=True)],
+        [target(shared(M.FMGR_OLDEST_PENDING_AGE, sel()), "oldest", instant=True)],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
     ), 5, 4)
     lay.add(stat(
         f"Notification failures ({ALERTS.notify_failure_window})", "Tasks that ended in code 5 in the "
         "last hour: the vendor gave up delivering their notifyURL callback (CDNetworksFmgrNotificationsFailing).",
-        [target(f'sum(increase(cdnetworks_fmgr_notify_failures_total{sel(TASK_SCOPE)}'
-                f'[{ALERTS.notify_failure_window}]))', "failed", instant=True)],
+        [target("sum(" + shared_counter("increase", M.FMGR_NOTIFY_FAILURES, sel(TASK_SCOPE),
+                                        ALERTS.notify_failure_window) + ")", "failed", instant=True)],
         thresholds=steps("green", (1, "red")),
     ), 5, 4)
     lay.add(stat(
         "Notifications rejected (1h)", "Vendor notifications refused in the last hour: anything above "
         "0 is a wrong notify key, a forgery or a broken sender.",
-        [target(f'sum(increase(cdnetworks_fmgr_notifications_total{sel(REJECTED)}[1h]))',
+        [target(f"sum({shared_counter('increase', M.FMGR_NOTIFICATIONS, sel(REJECTED), '1h')})",
                 "rejected", instant=True)],
         thresholds=steps("green", (1, "red")),
     ), 4, 4)
@@ -526,26 +557,26 @@ def fmgr() -> dict[str, Any]:
         "Tasks by state", "Tasks first seen in the window by state: growing pending/processing means a "
         "slow vendor, notifying the notification phase (code 4), notify_failed a callback the vendor could "
         "not deliver.",
-        [target(f"sum by (state) (cdnetworks_fmgr_tasks{sel(window=True)})", "{{state}}")], stack=True,
+        [target(f"sum by (state) ({shared(M.FMGR_TASKS, sel(window=True))})", "{{state}}")], stack=True,
     ), 12, 8)
     lay.add(timeseries(
         "Items by state", "Items of tasks in the window by state: failed* states are failed operations.",
-        [target(f"sum by (state) (cdnetworks_fmgr_items{sel(window=True)})", "{{state}}")], stack=True,
+        [target(f"sum by (state) ({shared(M.FMGR_ITEMS, sel(window=True))})", "{{state}}")], stack=True,
     ), 12, 8)
     lay.add(timeseries(
         "Items by operation", "Items of tasks in the window by operation (fops): shows which kind of work "
         "the failures and backlog belong to.",
-        [target(f"sum by (op) (cdnetworks_fmgr_items{sel(window=True)})", "{{op}}")], stack=True,
+        [target(f"sum by (op) ({shared(M.FMGR_ITEMS, sel(window=True))})", "{{op}}")], stack=True,
     ), 8, 8)
     lay.add(timeseries(
         "Failed items by operation", "Failed items of tasks in the window by operation: a rising line "
         "names the operation that fails.",
-        [target(f"sum by (op) (cdnetworks_fmgr_items{sel(FAILED_ITEM, window=True)})", "{{op}}")],
+        [target(f"sum by (op) ({shared(M.FMGR_ITEMS, sel(FAILED_ITEM, window=True))})", "{{op}}")],
     ), 8, 8)
     lay.add(timeseries(
         "Success ratio over time", "Share of final items that succeeded: under the dashed line (the alert "
         "threshold) too many operations fail.",
-        [target(f"cdnetworks_fmgr_success_ratio{sel(window=True)}", "{{window}}")],
+        [target(shared(M.FMGR_SUCCESS_RATIO, sel(window=True)), "{{window}}")],
         unit="percentunit", thresholds=GOOD_FMGR_RATIO, max_=1,
     ), 8, 8)
 
@@ -558,31 +589,29 @@ def fmgr() -> dict[str, Any]:
     lay.add(timeseries(
         "Notifications accepted", "Verified vendor notifications per second (duplicates are the vendor's "
         "retries): zero while tasks complete means notifications do not arrive.",
-        [target(f"sum by (result) (rate(cdnetworks_fmgr_notifications_total{sel(ACCEPTED)}"
-                "[$__rate_interval]))", "{{result}}")],
+        [target(shared_counter("rate", M.FMGR_NOTIFICATIONS, sel(ACCEPTED), "$__rate_interval"), "{{result}}")],
         unit="reqps",
     ), 8, 8)
     lay.add(timeseries(
         "Notifications rejected by reason", "Refused notifications per second by reason: bad_signature or "
         "unknown_key is a key mismatch or forgery, malformed/too_large a broken sender.",
-        [target(f'sum by (result) (rate(cdnetworks_fmgr_notifications_total{sel(REJECTED)}'
-                "[$__rate_interval]))", "{{result}}")],
+        [target(shared_counter("rate", M.FMGR_NOTIFICATIONS, sel(REJECTED), "$__rate_interval"), "{{result}}")],
         unit="reqps",
     ), 8, 8)
     lay.add(timeseries(
         "Notification failures", "Tasks (code 5) and items (codes 5 and 19) that ended in a notification "
         "failure, per hour: the vendor finished the job but could not deliver its notifyURL callback.",
-        [target(f"sum by (scope) (increase(cdnetworks_fmgr_notify_failures_total{sel()}[1h]))", "{{scope}}")],
+        [target(shared_counter("increase", M.FMGR_NOTIFY_FAILURES, sel(), "1h"), "{{scope}}")],
     ), 8, 8)
     lay.add(timeseries(
         "Pending tasks over time", "Tracked tasks whose processing is not over yet: a line that only climbs "
         "means tasks never finish.",
-        [target(f"cdnetworks_fmgr_pending_tasks{sel()}", "pending")],
+        [target(shared(M.FMGR_PENDING_TASKS, sel()), "pending")],
     ), 8, 8)
     lay.add(timeseries(
         "Oldest pending task over time", "Time since the oldest non-final task was first seen: above the dashed line "
         "(the alert threshold) it is stuck.",
-        [target(f"cdnetworks_fmgr_oldest_pending_age_seconds{sel()}", "oldest")],
+        [target(shared(M.FMGR_OLDEST_PENDING_AGE, sel()), "oldest")],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
     ), 8, 8)
     return dashboard(
@@ -599,7 +628,8 @@ def exporter_health() -> dict[str, Any]:
     lay.add(exporter_scrape_stat(), 5, 4)
     lay.add(stat(
         "Version", "Exporter and Python version: several versions at once means a half-finished rollout.",
-        [target(f"cdnetworks_exporter_build_info{sel()}", "{{version}} (Python {{python}})", instant=True)],
+        [target(f"cdnetworks_exporter_build_info{sel()}", "{{instance}}: {{version}} (Python {{python}})",
+                instant=True)],
         text_mode="name",
     ), 5, 4)
     lay.add(stat(
@@ -625,7 +655,7 @@ def exporter_health() -> dict[str, Any]:
     lay.add(state_timeline(
         "Last poll per account and API", "Whether the last poll of each vendor API succeeded: failing "
         "means the exporter serves the last good data for that account.",
-        [target(f"cdnetworks_up{sel(fmgr_account=True)}", "{{api}} {{account}}")],
+        [target(f"min by (account, api) ({held(M.UP, sel(fmgr_account=True))})", "{{api}} {{account}}")],
     ), 24, 6)
     lay.add(timeseries(
         "Requests per hour by result", "Vendor API calls in the last hour by outcome: anything but ok "
@@ -656,22 +686,37 @@ def exporter_health() -> dict[str, Any]:
     lay.add(timeseries(
         "Time since last successful poll", "Per account and API: above the dashed line (the alert "
         "threshold) the data is stale.",
-        [target(f"time() - cdnetworks_last_successful_poll_timestamp_seconds{sel(fmgr_account=True)}",
+        [target(f"max by (account, api) (time() - ({held(M.LAST_SUCCESSFUL_POLL, sel(fmgr_account=True))}))",
                 "{{api}} {{account}}")],
         unit="s", thresholds=steps("green", (ALERTS.not_polling_seconds, "red")),
     ), 8, 8)
     lay.add(timeseries(
         "Poll lag", "How far behind real time the newest fully read point is: above the dashed line (the "
         "alert threshold) the poller cannot keep up within the vendor's rate budget.",
-        [target(f"cdnetworks_poll_lag_seconds{sel(fmgr_account=True)}", "{{api}} {{account}}")],
+        [target(f"max by (account, api) ({held(M.POLL_LAG, sel(fmgr_account=True))})", "{{api}} {{account}}")],
         unit="s", thresholds=steps("green", (ALERTS.poll_lag_seconds, "red")),
     ), 12, 8)
     lay.add(timeseries(
         "Back-fill remaining", "Seconds of history within the lookback not read yet (after a first start or "
         "a long outage): the longer windows lack those tasks until it reaches 0. It falls on a share of the "
         "budget; a line that does not fall means the newest tasks take the whole budget.",
-        [target(f"cdnetworks_poll_backfill_remaining_seconds{sel(fmgr_account=True)}", "{{api}} {{account}}")],
+        [target(f"max by (account, api) ({held(M.POLL_BACKFILL_REMAINING, sel(fmgr_account=True))})",
+                "{{api}} {{account}}")],
         unit="s",
+    ), 12, 8)
+
+    lay.row("Replicas")
+    lay.add(timeseries(
+        "Replicas running each poller", "How many replicas run each poller (an account's prefetch or purge, the "
+        "Fmgr poller): 1 is right, and a single exporter shows 1 for all. 0 means nobody polls it "
+        "(CDNetworksPollerNotRunning after 10m), 2 or more a split brain (CDNetworksPollerSplitBrain).",
+        [target(f"sum by (account, api) ({M.REPLICA_LEASES.name}{sel(fmgr_account=True)})", "{{api}} {{account}}")],
+        thresholds=steps("red", (1, "green"), (2, "red")),
+    ), 12, 8)
+    lay.add(timeseries(
+        "Pollers per replica", "How many pollers each replica runs: when a replica stops, its pollers move to "
+        "the others within a lease period; a replica at 0 is a spare. A single exporter runs them all.",
+        [target(f"sum by (instance) ({M.REPLICA_LEASES.name}{sel()})", "{{instance}}")],
     ), 12, 8)
     return dashboard(
         "cdnetworks-exporter-health", "CDNetworks / Exporter health",

@@ -105,9 +105,87 @@ class Settings:
         "CDNetworksFmgrNotificationsFailing firing.")
     poll_lag_seconds: int = setting(1800, "Poll lag (seconds) that means the poller cannot keep up.")
     exporter_down_for: str = setting("5m", "How long the scrape must fail before CDNetworksExporterDown fires.")
+    poller_not_running_for: str = setting(
+        "10m", "How long no replica may run a configured poller before CDNetworksPollerNotRunning fires: longer "
+        "than a lease period plus a poll interval, the most a failover takes.")
+    poller_split_brain_for: str = setting(
+        "5m", "How long two replicas may both run one poller before CDNetworksPollerSplitBrain fires.")
 
 
 NOT_FMGR = 'api!="fmgr"'
+
+
+# --------------------------------------------------------------------------------------------------
+# Replicas. Several exporters sharing one store are several targets of one scrape job (one job is one
+# deployment: independent exporters belong in separate jobs). What a family means across replicas decides
+# how every expression reads it; a test checks that each family of the catalogue is in exactly one group.
+
+# Read from the shared store: the same on every replica. Summed over replicas they double count, so every
+# expression first takes the max over replicas (by job and the family's own labels), of the values or of
+# each replica's rate or increase.
+SHARED: tuple[M.Family, ...] = (*(f for kind in KINDS for f in M.CDN[kind.name]), *M.FMGR)
+# Reported for an (account, api) by the replica running that poller; another replica may show a stale value
+# or 0 for it. Read only where cdnetworks_replica_leases does not say that the replica leaves the poller to
+# another one (a single exporter runs all of its pollers).
+PER_POLLER: tuple[M.Family, ...] = (M.UP, M.LAST_SUCCESSFUL_POLL, M.POLL_LAG, M.POLL_BACKFILL_REMAINING)
+# Each replica counts what it did itself (its own vendor requests, its own refused HTTP requests): summed over
+# replicas they give the deployment's total, which is what the vendor's rate budget limits.
+ADDITIVE: tuple[M.Family, ...] = (M.API_REQUESTS, M.API_REQUEST_DURATION, *M.WEB)
+# Each replica's own state: read per replica (instance).
+PER_REPLICA: tuple[M.Family, ...] = (M.REPLICA_LEASES, M.BUILD_INFO, *M.RELOAD)
+# The labels that say which replica (target) a series comes from, and which poller a lease is about.
+POLLER_JOIN = "job, instance, account, api"
+
+
+def dedup_by(family: M.Family, *, keep: Iterable[str] = ("job",)) -> str:
+    """The labels a deduplicated shared series keeps: ``keep`` (the job) and the family's own labels, and
+    ``le`` for a histogram's buckets; never instance or any other label of the target."""
+    extra = ("le",) if isinstance(family, M.Histogram) else ()
+    return ", ".join((*keep, *family.labels, *extra))
+
+
+def dedup(family: M.Family, inner: str, *, keep: Iterable[str] = ("job",)) -> str:
+    """``max by (job, <own labels>) (inner)``: one series per value of a shared family's own labels, whatever
+    the number of replicas. ``inner`` selects the family or takes each replica's rate or increase of it."""
+    if family not in SHARED:
+        raise ValueError(f"{family.name} is not shared between replicas")
+    labels = dedup_by(family, keep=keep)
+    return f"max by ({labels}) ({inner})" if labels else f"max({inner})"
+
+
+_SHARED_NAMES = frozenset(name for family in SHARED for name in family.sample_names)
+_POLLER_NAMES = frozenset(name for family in PER_POLLER for name in family.sample_names)
+# What may stand between ``max by (...) (`` and a shared series: a rate or increase of it.
+_UNDER_MAX = re.compile(r"max(?: by \((?P<by>[^)]*)\))?\s*\(\s*(?:(?:rate|increase)\(\s*)?$")
+# What must follow a per-poller series (after its selector and an optional threshold): the lease filter.
+_LEASE_FILTER = re.compile(
+    r"\s*(?:[<>]=?\s*[0-9.e+]+\s*)?\)?\s*unless on \((?:job, )?instance, account, api\)\s*"
+    + re.escape(M.REPLICA_LEASES.name) + r"\{[^}]*\} == 0"
+)
+
+
+def replica_problems(expr: str) -> list[str]:
+    """Why ``expr`` would read several replicas wrongly: a shared series not deduplicated at once (the max
+    over replicas of it, or of each replica's rate or increase of it), or a per-poller series not filtered
+    by the lease (``unless on (..., instance, account, api) cdnetworks_replica_leases{...} == 0``). Checks
+    the forms these generators write, not every equivalent PromQL."""
+    problems = []
+    for match in re.finditer(r"(?<![\w:])([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?", expr):
+        name = match.group(1)
+        if expr[match.end():].lstrip().startswith("("):
+            continue  # a function or aggregation of that name
+        under = _UNDER_MAX.search(expr[:match.start()])
+        if name in _SHARED_NAMES and (under is None or "instance" in (under.group("by") or "")):
+            problems.append(f"{name}: shared by the replicas, but not under max by (...) at once, without instance")
+        if name in _POLLER_NAMES and not _LEASE_FILTER.match(expr, match.end()):
+            problems.append(f"{name}: read without the lease filter of cdnetworks_replica_leases")
+    return problems
+
+
+def on_poller_holder(expr: str, leases: str, *, join: str = POLLER_JOIN) -> str:
+    """``expr`` (per-poller series) without the series of replicas that do not run the poller: those whose
+    ``cdnetworks_replica_leases`` for it is 0. A single exporter shows 1 for every poller, so it keeps all."""
+    return f"{expr}\nunless on ({join})\n  {M.REPLICA_LEASES.name}{leases} == 0"
 
 
 def selector(s: Settings, *matchers: str) -> str:
@@ -129,7 +207,8 @@ def duration(seconds: int) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Recording rules: level:metric:operation. `job` is kept in every aggregation so dashboards can still
-# select on it; the level lists the other labels the result keeps.
+# select on it; the level lists the other labels the result keeps. The vendor request series are each
+# replica's own and summed; the task series are shared and deduplicated (max over replicas) before anything else.
 
 
 def recording_rules(s: Settings) -> list[dict[str, Any]]:
@@ -156,19 +235,17 @@ def recording_rules(s: Settings) -> list[dict[str, Any]]:
     rules += quantile_rules(s, "job_api_quantile", M.API_REQUEST_DURATION, ("job", "api"), "15m")
     for kind in KINDS:
         family = M.CDN[kind.name]
+        finished = family.tasks_finished
         rules.append({
-            "record": f"job_account_status:{family.tasks_finished.family_name}:increase1h",
-            "expr": (
-                f"sum by (job, account, status) "
-                f"(increase({family.tasks_finished.name}{selector(s)}[1h]))"
-            ),
+            "record": f"job_account_status:{finished.family_name}:increase1h",
+            "expr": dedup(finished, f"increase({finished.name}{selector(s)}[1h])"),
         })
         # Task counters move once per poll (every few minutes): an hour of history gives stable percentiles.
         rules += quantile_rules(s, "job_account_quantile", family.duration, ("job", "account"), "1h")
     processed = M.FMGR_PROCESSED_BYTES
     rules.append({
         "record": f"job_op:{processed.family_name}:increase1h",
-        "expr": f"sum by (job, op) (increase({processed.name}{selector(s)}[1h]))",
+        "expr": dedup(processed, f"increase({processed.name}{selector(s)}[1h])"),
     })
     return rules
 
@@ -182,12 +259,19 @@ def ratio(part: str, total: str) -> str:
 def quantile_rules(
     s: Settings, level: str, histogram: M.Histogram, by: Iterable[str], window: str
 ) -> list[dict[str, Any]]:
-    keep = ", ".join((*by, "le"))
+    rate = f"rate({histogram.name}_bucket{selector(s)}[{window}])"
+    if histogram in SHARED:
+        # The same buckets on every replica: one replica's rates (the max of each bucket's, which keeps the
+        # buckets ascending), not their sum.
+        buckets = dedup(histogram, rate)
+        if dedup_by(histogram) != ", ".join((*by, "le")):
+            raise ValueError(f"{histogram.name}: the level names other labels than the histogram's")
+    else:
+        buckets = f"sum by ({', '.join((*by, 'le'))}) ({rate})"
     return [
         {
             "record": f"{level}:{histogram.name}:histogram_quantile",
-            "expr": f"histogram_quantile({q}, sum by ({keep}) "
-                    f"(rate({histogram.name}_bucket{selector(s)}[{window}])))",
+            "expr": f"histogram_quantile({q}, {buckets})",
             "labels": {"quantile": q},
         }
         for q in QUANTILES
@@ -233,8 +317,11 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
             s, "CDNetworksNotPolling",
             # Fmgr is polled only while tracked tasks are pending, so its timestamp rightly ages when
             # nothing is; a stuck Fmgr API shows in CDNetworksFmgrTasksStuck and CDNetworksAPIErrors.
-            f"time() - {M.LAST_SUCCESSFUL_POLL.name}{selector(s, NOT_FMGR)}\n"
-            f"> {s.not_polling_seconds}",
+            # Only the replica running the poller knows when it last succeeded.
+            on_poller_holder(
+                f"time() - {M.LAST_SUCCESSFUL_POLL.name}{selector(s, NOT_FMGR)}\n> {s.not_polling_seconds}",
+                selector(s),
+            ),
             "5m", "critical",
             "The CDNetworks exporter has stopped polling a vendor API successfully.",
             'The last successful {{ $labels.api }} poll for account "{{ $labels.account }}" on '
@@ -250,11 +337,36 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
         ),
         alert(
             s, "CDNetworksPollLagHigh",
-            f"{M.POLL_LAG.name}{selector(s)} > {s.poll_lag_seconds}", "15m", "warning",
+            on_poller_holder(f"{M.POLL_LAG.name}{selector(s)} > {s.poll_lag_seconds}", selector(s)),
+            "15m", "warning",
             "The CDNetworks poller cannot keep up within the vendor's rate budget.",
             'The {{ $labels.api }} data of account "{{ $labels.account }}" is complete only up to '
             "{{ $value | humanizeDuration }} ago (threshold "
             f"{duration(s.poll_lag_seconds)}): the poller falls behind its rate budget.",
+        ),
+        *replica_alerts(s),
+    ]
+
+
+def replica_alerts(s: Settings) -> list[dict[str, Any]]:
+    """Each configured poller runs on exactly one replica: these fire when none or several run it. A single
+    exporter runs all of its pollers, so neither can fire for it."""
+    holders = f"sum by (job, account, api) ({M.REPLICA_LEASES.name}{selector(s)})"
+    poller = '{{ $labels.api }} poller{{ if $labels.account }} of account "{{ $labels.account }}"{{ end }}'
+    return [
+        alert(
+            s, "CDNetworksPollerNotRunning", f"{holders} == 0", s.poller_not_running_for, "critical",
+            "No CDNetworks exporter replica runs a configured poller.",
+            f"No replica of job {{{{ $labels.job }}}} has run the {poller} for {s.poller_not_running_for} (longer "
+            "than a failover takes): its data is no longer updated, and CDNetworksNotPolling cannot fire for a "
+            "poller that nobody runs.",
+        ),
+        alert(
+            s, "CDNetworksPollerSplitBrain", f"{holders} > 1", s.poller_split_brain_for, "warning",
+            "Several CDNetworks exporter replicas run the same poller.",
+            f"{{{{ $value }}}} replicas of job {{{{ $labels.job }}}} have run the {poller} at once for "
+            f"{s.poller_split_brain_for}: its lease should have one holder. Fenced writes keep the store "
+            "consistent, but together they can send the vendor more than the rate budget.",
         ),
     ]
 
@@ -290,12 +402,14 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
     final_items = 'state=~"(succeeded|failed).*"'
     for kind in KINDS:
         title, family = kind.name.capitalize(), M.CDN[kind.name]
+        ratio, tasks = family.success_ratio, family.tasks
         rules.append(alert(
             s, f"CDNetworks{title}SuccessRatioLow",
-            f"{family.success_ratio.name}{selector(s, win)} < {s.cdn_success_ratio_min}\n"
-            f"and on (job, instance, account)\n"
-            f"  sum by (job, instance, account) "
-            f'({family.tasks.name}{selector(s, win, finished_tasks)})\n'
+            f"{dedup(ratio, f'{ratio.name}{selector(s, win)}')} < {s.cdn_success_ratio_min}\n"
+            f"and on (job, account)\n"
+            f"  sum by (job, account) (\n"
+            f"    {dedup(tasks, f'{tasks.name}{selector(s, win, finished_tasks)}')}\n"
+            f"  )\n"
             f"  >= {s.min_finished}",
             "15m", "warning",
             f"Too many CDNetworks {kind.noun} tasks fail.",
@@ -303,12 +417,14 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
             f"{s.ratio_window} for account {{{{ $labels.account }}}} succeeded "
             f"(threshold {percent(s.cdn_success_ratio_min)}).",
         ))
+    ratio, items = M.FMGR_SUCCESS_RATIO, M.FMGR_ITEMS
     rules.append(alert(
         s, "CDNetworksFmgrSuccessRatioLow",
-        f"{M.FMGR_SUCCESS_RATIO.name}{selector(s, win)} < {s.fmgr_success_ratio_min}\n"
-        f"and on (job, instance)\n"
-        f"  sum by (job, instance) "
-        f'({M.FMGR_ITEMS.name}{selector(s, win, final_items)})\n'
+        f"{dedup(ratio, f'{ratio.name}{selector(s, win)}')} < {s.fmgr_success_ratio_min}\n"
+        f"and on (job)\n"
+        f"  sum by (job) (\n"
+        f"    {dedup(items, f'{items.name}{selector(s, win, final_items)}')}\n"
+        f"  )\n"
         f"  >= {s.min_finished}",
         "15m", "warning",
         "Too many CDNetworks Fmgr (object storage) operations fail.",
@@ -317,9 +433,10 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
     ))
     for kind in KINDS:
         title, family = kind.name.capitalize(), M.CDN[kind.name]
+        age = family.oldest_unfinished_age
         rules.append(alert(
             s, f"CDNetworks{title}TasksStuck",
-            f"{family.oldest_unfinished_age.name}{selector(s)} > {s.stuck_seconds}",
+            f"{dedup(age, f'{age.name}{selector(s)}')} > {s.stuck_seconds}",
             "15m", "warning",
             f"A CDNetworks {kind.noun} task has not finished for a long time.",
             f"The oldest unfinished {kind.noun} task of account {{{{ $labels.account }}}} was created "
@@ -327,34 +444,34 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
         ))
     rules.append(alert(
         s, "CDNetworksFmgrTasksStuck",
-        f"{M.FMGR_OLDEST_PENDING_AGE.name}{selector(s)} > {s.stuck_seconds}",
+        f"{dedup(M.FMGR_OLDEST_PENDING_AGE, f'{M.FMGR_OLDEST_PENDING_AGE.name}{selector(s)}')} > {s.stuck_seconds}",
         "15m", "warning",
         "A CDNetworks Fmgr task has not reached a final state for a long time.",
         "The oldest tracked Fmgr task that is not final was first seen {{ $value | humanizeDuration }} "
         f"ago (threshold {duration(s.stuck_seconds)}).",
     ))
     task_scope = 'scope="task"'
+    failures, notes = M.FMGR_NOTIFY_FAILURES, M.FMGR_NOTIFICATIONS
     rules.append(alert(
         s, "CDNetworksFmgrNotificationsFailing",
-        "sum by (job, instance) (\n"
-        f"  increase({M.FMGR_NOTIFY_FAILURES.name}{selector(s, task_scope)}[{s.notify_failure_window}])\n"
+        # A shared counter: the max of the replicas' increases. The selector leaves one scope, so the job is
+        # the only label to keep.
+        "max by (job) (\n"
+        f"  increase({failures.name}{selector(s, task_scope)}[{s.notify_failure_window}])\n"
         ") > 0",
         "5m", "warning",
         "CDNetworks could not deliver Fmgr job notifications.",
-        "About {{ $value | humanize }} Fmgr task(s) tracked by {{ $labels.instance }} ended in code 5 "
-        f"(notification failure) in the last {s.notify_failure_window}: the vendor gave up calling their "
+        "About {{ $value | humanize }} Fmgr task(s) tracked by the exporter (job {{ $labels.job }}) ended in "
+        f"code 5 (notification failure) in the last {s.notify_failure_window}: the vendor gave up calling their "
         "notifyURL, so whatever waits for that callback never heard that the job finished.",
     ))
     rejected = 'result=~"bad_signature|unknown_key"'
     rules.append(alert(
         s, "CDNetworksNotificationsRejected",
-        "sum by (job, instance, result) (\n"
-        f"  increase({M.FMGR_NOTIFICATIONS.name}"
-        f'{selector(s, rejected)}[15m])\n'
-        ") > 0",
+        dedup(notes, f"\n  increase({notes.name}{selector(s, rejected)}[15m])\n") + " > 0",
         "5m", "warning",
         "The exporter rejects Fmgr notifications as unauthenticated.",
-        "{{ $labels.instance }} rejected Fmgr notifications as {{ $labels.result }} (about "
+        "The exporter (job {{ $labels.job }}) rejected Fmgr notifications as {{ $labels.result }} (about "
         "{{ $value | humanize }} in the last 15m): the notify keys in the exporter config do not match "
         "the vendor's, or someone is forging notifications.",
     ))
@@ -390,6 +507,10 @@ def render_recording(s: Settings) -> str:
 
 
 def outputs(s: Settings) -> dict[str, str]:
+    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + recording_rules(s):
+        problems = replica_problems(rule["expr"])
+        if problems:
+            raise ValueError(f"{rule.get('alert') or rule['record']}: {'; '.join(problems)}")
     return {"alerts.yml": render_alerts(s), "recording.yml": render_recording(s)}
 
 
@@ -443,9 +564,28 @@ def recording_table(s: Settings) -> str:
     return "\n".join(rows)
 
 
+def replicas_table() -> str:
+    """Each family of the catalogue, by what it means across replicas and how the rules read it."""
+    groups = (
+        (SHARED, "the same on every replica (read from the shared store)",
+         "`max by (job, <its labels>)` over the replicas, of the values or of each replica's `rate`/`increase`"),
+        (PER_POLLER, "reported for a poller by the replica running it; the others may show a stale value or 0",
+         "only where `cdnetworks_replica_leases` is not 0: `unless on (job, instance, account, api) "
+         "cdnetworks_replica_leases == 0`"),
+        (ADDITIVE, "each replica's own count of what it did", "summed over the replicas"),
+        (PER_REPLICA, "each replica's own state", "per replica (`instance`)"),
+    )
+    rows = ["| Metrics | Across replicas | Read by the rules and dashboards |", "|---|---|---|"]
+    for families, meaning, reading in groups:
+        names = "<br>".join(f"`{family.name}`" for family in families)
+        rows.append(f"| {names} | {md_text(meaning)} | {md_text(reading)} |")
+    return "\n".join(rows)
+
+
 def render_docs(text: str, s: Settings) -> str:
     source = "prometheus/generate.py"
     text = replace_section(text, "settings", settings_table(), source)
+    text = replace_section(text, "replicas", replicas_table(), source)
     text = replace_section(text, "alerts", alerts_table(s), source)
     return replace_section(text, "recording", recording_table(s), source)
 

@@ -4,6 +4,7 @@ There is no Grafana here: tests/test_prometheus_integration.py runs every panel 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -31,6 +32,18 @@ BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range"}
 
 
 RULES_GEN = load_rules_generator()
+
+
+def _load_dashboards_generator() -> Any:
+    spec = importlib.util.spec_from_file_location("cdnetworks_dashboards_generate", DASHBOARDS_DIR / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+DASHBOARDS_GEN = _load_dashboards_generator()
 
 
 def load_dashboards() -> dict[str, dict[str, Any]]:
@@ -189,6 +202,29 @@ def test_every_metric_a_panel_reads_is_in_the_contract() -> None:
                    "cdnetworks_fmgr_items", "cdnetworks_fmgr_notifications_total",
                    "cdnetworks_prefetch_oldest_unfinished_age_seconds", "scrape_samples_scraped"):
         assert metric in used_anywhere, metric
+
+
+def test_every_panel_reads_replicas_right() -> None:
+    """Shared series deduplicated, per-poller series filtered by the lease (prometheus/generate.py's check)."""
+    for name, dash in DASHBOARDS.items():
+        for panel in query_panels(dash):
+            for tgt in panel["targets"]:
+                assert not RULES_GEN.replica_problems(tgt["expr"]), (name, panel["title"], tgt["expr"])
+
+
+def test_per_replica_panels_name_the_replica() -> None:
+    """A per-replica panel tells its replicas apart (by instance); every other panel aggregates the replicas
+    away, so its series never carry one."""
+    found = set()
+    for dash in DASHBOARDS.values():
+        for panel in query_panels(dash):
+            for tgt in panel["targets"]:
+                if panel["title"] in DASHBOARDS_GEN.PER_REPLICA_PANELS:
+                    found.add(panel["title"])
+                    assert "{{instance}}" in tgt["legendFormat"], panel["title"]
+                else:
+                    assert "instance" not in tgt["legendFormat"], panel["title"]
+    assert found == DASHBOARDS_GEN.PER_REPLICA_PANELS, "a per-replica panel that no dashboard has"
 
 
 def name_regex_metrics(selector: str) -> set[str]:

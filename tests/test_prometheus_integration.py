@@ -45,6 +45,8 @@ EMPTY_WHEN_HEALTHY: dict[str, str] = {
     "alert:CDNetworksNotPolling": f"{_ALERT}: no successful poll for 30m",
     "alert:CDNetworksPollLagHigh": f"{_ALERT}: the poller is 30m behind",
     "alert:CDNetworksConfigReloadFailed": f"{_ALERT}: the last configuration reload failed",
+    "alert:CDNetworksPollerNotRunning": f"{_ALERT}: no replica runs a configured poller",
+    "alert:CDNetworksPollerSplitBrain": f"{_ALERT}: two replicas run one poller",
     "alert:CDNetworksAPIErrors": f"{_ALERT}: over 25% of vendor requests fail",
     "alert:CDNetworksAPIRateLimited": f"{_ALERT}: over 25% of vendor requests are rate-limited",
     "alert:CDNetworksPrefetchSuccessRatioLow": f"{_ALERT}: under 95% of 20+ finished prefetches succeed",
