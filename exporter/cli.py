@@ -22,6 +22,10 @@ from .webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter")
 
 EXIT_CONFIG = 2
+# --check-config: the configuration is valid, but the database storage.url names cannot be used (it does not
+# answer, refuses the role, is read-only, or holds a newer schema). Distinct from EXIT_CONFIG so that a check
+# run where the database is out of reach (a CI job) can tell the two apart.
+EXIT_STORAGE = 3
 STOP_GRACE_SECONDS = 8.0
 
 
@@ -56,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["logfmt", "json"],
                    help="log format (env CDNETWORKS_EXPORTER_LOG_FORMAT; default: %(default)s)")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration (and web config), print every problem, exit 0 or 2")
+                   help="validate the configuration (and web config), print every problem, exit 0 or 2; with "
+                        "storage.url, also check that the database answers and its schema fits (exit 3 if not)")
+    # No environment variable: a one-shot operation must not run again at every start of a container.
+    p.add_argument("--storage.migrate-from", dest="migrate_from", metavar="SQLITE_PATH",
+                   help="copy the SQLite store at this path into the empty PostgreSQL store of storage.url, "
+                        "verify the row counts, print what was copied and exit (0, 1 if it failed, 2 for a "
+                        "configuration problem)")
     p.add_argument("--demo", action="store_true",
                    help="run against the built-in simulator with a generated configuration (no config needed)")
     p.add_argument("--version", action="version", version=f"cdnetworks-exporter {__version__}")
@@ -93,11 +103,16 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.migrate_from is not None and (args.check_config or args.demo):
+        parser.error("--storage.migrate-from cannot be combined with --check-config or --demo")
     setup_logging(args.log_level, args.log_format)
 
     if args.check_config:
         return check_config(args)
+    if args.migrate_from is not None:
+        return migrate(args)
 
     # Handlers first, before the configuration is even read: from the moment the HTTP server answers, a SIGHUP
     # must reload (its default action would kill the process) and a SIGTERM stop cleanly, also as PID 1 in a
@@ -152,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert config is not None
 
     try:
-        exporter = Exporter(config, storage_path=args.storage_path, web_config=web_config,
+        exporter = Exporter(config, storage_path=storage_path_flag(args, config), web_config=web_config,
                             listen_address=args.listen_address, config_loader=loader)
         exporter.start()
     except (OSError, RuntimeError, sqlite3.Error) as exc:
@@ -208,14 +223,64 @@ def load_configs(args: argparse.Namespace) -> tuple[Config | None, WebConfig | N
     return config, web_config, problems
 
 
-def check_config(args: argparse.Namespace) -> int:
-    _, _, problems = load_configs(args)
+def storage_path_flag(args: argparse.Namespace, config: Config) -> str | None:
+    """``--storage.path`` (or its environment variable) as the store's location: it overrides ``storage.path``,
+    an SQLite file, and is not used when the configuration chooses PostgreSQL with ``storage.url`` (the image
+    and the systemd unit set it for the SQLite default, which must not hide the configured database)."""
+    if config.storage.url is None or not args.storage_path:
+        return args.storage_path  # type: ignore[no-any-return]
+    from .postgres_repo import mask_url
+
+    log.info("storage.url is set: the store is %s; --storage.path (%s) is not used",
+             mask_url(config.storage.url), args.storage_path)
+    return None
+
+
+def _report(problems: list[str], code: int) -> int:
     for p in problems:
         print(p, file=sys.stderr)
+    print(f"{len(problems)} problem(s) found", file=sys.stderr)
+    return code
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """The configuration's problems (exit 2); then, when it chooses PostgreSQL, whether that database can be
+    used (exit 3): it is asked with a short timeout and only read (no table is created)."""
+    config, _, problems = load_configs(args)
     if problems:
-        print(f"{len(problems)} problem(s) found", file=sys.stderr)
-        return EXIT_CONFIG
+        return _report(problems, EXIT_CONFIG)
+    if config is not None and config.storage.url is not None:
+        from .migrate import check_database
+
+        storage_problems, summary = check_database(config.storage.url, config.storage.password)
+        if storage_problems:
+            return _report([f"{args.config_file}: storage.url: {p}" for p in storage_problems], EXIT_STORAGE)
+        print(f"storage.url: {summary}")
     print("configuration is valid")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """``--storage.migrate-from``: copy an SQLite store into the configured PostgreSQL store."""
+    config, _, problems = load_configs(args)
+    if problems:
+        return _report(problems, EXIT_CONFIG)
+    assert config is not None
+    if config.storage.url is None:
+        return _report([f"{args.config_file}: storage.url: not set; --storage.migrate-from copies into the "
+                        "PostgreSQL store that storage.url names"], EXIT_CONFIG)
+    source = Path(args.migrate_from)
+    if not source.is_file():
+        return _report([f"--storage.migrate-from: {source}: no such file"], EXIT_CONFIG)
+    from .migrate import MigrationError, migrate_sqlite
+
+    try:
+        report = migrate_sqlite(str(source), config.storage.url, config.storage.password)
+    except MigrationError as exc:
+        print(f"migration failed: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
     return 0
 
 

@@ -33,8 +33,8 @@ from exporter.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "exporter.cli"]
-FLAGS = ("--config.file", "--web.listen-address", "--web.config.file", "--storage.path", "--log.level",
-         "--log.format", "--check-config", "--demo", "--version")
+FLAGS = ("--config.file", "--web.listen-address", "--web.config.file", "--storage.path", "--storage.migrate-from",
+         "--log.level", "--log.format", "--check-config", "--demo", "--version")
 DEMO_WAIT = 30.0
 STOP_WAIT = 10.0
 
@@ -417,3 +417,115 @@ def test_readme_config_example_is_valid(tmp_path: Path) -> None:
     (tmp_path / "config.yml").write_text(block)
     result = run_cli("--config.file", str(tmp_path / "config.yml"), "--check-config", env=clean_env(**EXAMPLE_ENV))
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------- check-config with storage.url
+
+
+def storage_config(tmp_path: Path, url: str) -> Path:
+    """A minimal valid configuration whose store is the PostgreSQL database at ``url``, given as a file."""
+    (tmp_path / "database_url").write_text(url + "\n")
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"accounts": [{"name": "acme", "username": "acme", "api_key": "k"}],
+                                      "storage": {"url_file": "database_url"}}))
+    return config
+
+
+def schema_tables(cluster, url: str) -> set[str]:
+    return {r[0] for r in cluster.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                                      url.rpartition("%3D")[2])}
+
+
+@pytest.mark.postgres
+def test_check_config_asks_the_database_and_creates_nothing(tmp_path: Path, postgres_cluster, postgres_url) -> None:
+    config = storage_config(tmp_path, postgres_url)
+    # The image's environment names an SQLite file: it does not hide the database the config chooses.
+    env = clean_env(CDNETWORKS_EXPORTER_STORAGE_PATH=str(tmp_path / "never.db"))
+    result = run_cli("--config.file", str(config), "--check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "the database answers; no store yet (the first start creates its tables in schema test_" in result.stdout
+    assert "configuration is valid" in result.stdout
+    assert schema_tables(postgres_cluster, postgres_url) == set()  # only read
+    assert not (tmp_path / "never.db").exists()
+
+    from exporter.repository import open_repository
+
+    open_repository(postgres_url).close()  # what a first start leaves
+    result = run_cli("--config.file", str(config), "--check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "the database answers; store schema version 1" in result.stdout
+
+
+@pytest.mark.postgres
+def test_check_config_refuses_a_newer_schema(tmp_path: Path, postgres_cluster, postgres_url) -> None:
+    from exporter.repository import open_repository
+
+    open_repository(postgres_url).close()
+    schema = postgres_url.rpartition("%3D")[2]
+    postgres_cluster.sql(f"UPDATE {schema}.meta SET value = '2' WHERE key = 'schema_version'")
+    config = storage_config(tmp_path, postgres_url)
+    result = run_cli("--config.file", str(config), "--check-config")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"{config}: storage.url: {postgres_url}: schema version 2 is newer than this exporter understands (1)" \
+        in result.stderr
+    assert "1 problem(s) found" in result.stderr and "configuration is valid" not in result.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("options", "problem"), [
+    ("%20-cdefault_transaction_read_only%3Don", "the database accepts no writes (read-only: a standby?)"),
+    ("_missing", "no schema of the search_path exists, so the first start could not create the tables"),
+])
+def test_check_config_finds_what_would_fail_the_first_start(tmp_path: Path, postgres_url, options: str,
+                                                            problem: str) -> None:
+    url = postgres_url + options
+    result = run_cli("--config.file", str(storage_config(tmp_path, url)), "--check-config")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"storage.url: {url}: {problem}" in result.stderr
+
+
+def test_check_config_names_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    config = storage_config(tmp_path, f"postgresql://exporter:hunter2@127.0.0.1:{port}/store")
+    started = time.monotonic()
+    result = run_cli("--config.file", str(config), "--check-config")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+    masked = re.escape(f"{config}: storage.url: postgresql://exporter:***@127.0.0.1:{port}/store: ")
+    assert re.search(rf"^{masked}cannot use the database: .*(refused|failed)", result.stderr, flags=re.M), \
+        result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    # A configuration problem is still exit 2, and then the database is not asked at all.
+    config.write_text(config.read_text() + "  lease_ttl: soon\n")
+    result = run_cli("--config.file", str(config), "--check-config")
+    assert result.returncode == 2 and "storage.lease_ttl" in result.stderr and "cannot use" not in result.stderr
+
+
+@pytest.mark.postgres
+def test_the_images_storage_path_does_not_hide_storage_url(tmp_path: Path, simulator: Simulator, postgres_cluster,
+                                                            postgres_url) -> None:
+    config = storage_config(tmp_path, postgres_url)
+    data = yaml.safe_load(config.read_text())
+    data["accounts"][0].update(api_key="acme-key", endpoint=simulator.url)
+    config.write_text(yaml.safe_dump(data))
+    port = free_port()
+    log = tmp_path / "exporter.log"
+    env = clean_env(CDNETWORKS_EXPORTER_STORAGE_PATH=str(tmp_path / "never.db"))
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*CLI, "--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for("the first poll", lambda: total(samples(url), "cdnetworks_api_requests_total") > 0, DEMO_WAIT,
+                     log, proc)
+            assert stop(proc, log) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=STOP_WAIT)
+    assert not (tmp_path / "never.db").exists()
+    assert "state" in schema_tables(postgres_cluster, postgres_url)
+    schema = postgres_url.rpartition("%3D")[2]
+    assert postgres_cluster.sql(f"SELECT count(*) FROM {schema}.state")[0][0] > 0
+    assert "--storage.path" in log.read_text() and "is not used" in log.read_text()
