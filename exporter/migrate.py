@@ -20,7 +20,7 @@ schema version, which each backend keeps for itself) are not copied. In order:
    it was (empty), so it can simply be run again.
 
 Types are converted as ``postgres_repo`` stores them: SQLite's 0/1 flags become booleans, and text loses its
-NUL characters (replaced as ``postgres_repo._text`` does on every read and write, which PostgreSQL requires);
+NUL characters (replaced as ``postgres_repo.pg_text`` does on every read and write, which PostgreSQL requires);
 the report says how many values had one. The columns are read from both databases' catalogs, so a column
 that exists on one side only is an error, not silently dropped.
 
@@ -47,7 +47,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import postgres_repo, sqlite_repo
-from .postgres_repo import _CONNECT_DEFAULTS, _WRITE_LOCK_KEY, PostgresRepository, _text, mask_url
+from .postgres_repo import CONNECT_DEFAULTS, WRITE_LOCK_KEY, PostgresRepository, mask_url, pg_text
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def connection_params(url: str, password: str | None, **overrides: Any) -> dict[
     """The libpq parameters ``PostgresRepository`` connects with (its defaults, then the URL's own, then
     ``storage.password``), and ``overrides`` on top."""
     scheme, sep, rest = url.partition("://")
-    params = {**_CONNECT_DEFAULTS, **conninfo_to_dict(scheme.lower() + sep + rest)}
+    params = {**CONNECT_DEFAULTS, **conninfo_to_dict(scheme.lower() + sep + rest)}
     if password:
         params["password"] = password
     return {**params, **overrides}
@@ -205,7 +205,7 @@ def _converter(types: list[str], report: Report) -> Callable[[tuple[Any, ...]], 
         for i in texts:
             value = out[i]
             if isinstance(value, str) and "\x00" in value:
-                out[i] = _text(value)
+                out[i] = pg_text(value)
                 report.nul_replaced += 1
         return tuple(out)
 
@@ -268,7 +268,7 @@ def migrate_sqlite(source: str, url: str, password: str | None = None, *, batch:
             raise MigrationError(str(exc)) from exc
         report = Report(source=source, target=masked, schema_version=version)
         with psycopg.connect(make_conninfo("", **params), autocommit=True) as dst, dst.transaction():
-            dst.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
+            dst.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
             _refuse_unless_empty(dst)
             for table in TABLES:
                 report.rows[table] = _copy_table(src, dst, table, batch, report)

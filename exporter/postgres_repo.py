@@ -92,7 +92,7 @@ _SCHEMA_LOCK_KEY = 0x63646E78  # "cdnx"
 # Serialises write transactions between replicas, as SQLite's single writer does within one: a transaction
 # reads rows and writes what follows from them (a task's old status, a notification's dedup key), and the
 # change log's sequence numbers must follow commit order. Held from a transaction's first statement to its end.
-_WRITE_LOCK_KEY = 0x63646E77  # "cdnw"
+WRITE_LOCK_KEY = 0x63646E77  # "cdnw"
 _NOW = "extract(epoch from clock_timestamp())"  # the database's clock: replicas' clocks never compare
 
 # Conditions written exactly as in the partial indexes' definitions, so that the planner matches them.
@@ -103,7 +103,7 @@ _DUE_SQL = "(final_seen IS NULL OR NOT confirmed) AND NOT abandoned"
 # Connection settings used unless the URL says otherwise: a refused or unreachable server fails a connection
 # attempt in seconds, and a peer that vanished without closing is noticed within about a minute, idle (TCP
 # keepalives) or not (unacknowledged data).
-_CONNECT_DEFAULTS: dict[str, Any] = {
+CONNECT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 5,
     "tcp_user_timeout": 30000,
     "keepalives": 1,
@@ -128,13 +128,13 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _text(value: str) -> str:
+def pg_text(value: str) -> str:
     """Vendor text as PostgreSQL can store it (no NUL)."""
     return value.replace("\x00", "\ufffd")
 
 
 def _opt_text(value: str | None) -> str | None:
-    return None if value is None else _text(value)
+    return None if value is None else pg_text(value)
 
 
 class _Tx:
@@ -172,7 +172,7 @@ class _Tx:
         args: list[Any] = [ts, account, kind, start, end]
         if url is not None:
             sql += " AND url=%s"
-            args.append(_text(url))
+            args.append(pg_text(url))
         self._c.execute(sql, args)
 
     def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
@@ -181,7 +181,7 @@ class _Tx:
         self._c.execute(
             "UPDATE fmgr_tasks SET errors = errors + 1, last_error = %s, next_poll = %s, "
             "abandoned = abandoned OR %s, last_polled = %s WHERE id = %s",
-            (_text(error[:200]), next_poll, bool(give_up), ts, task_id))
+            (pg_text(error[:200]), next_poll, bool(give_up), ts, task_id))
         return give_up and row is not None and row[0] is None and not row[1]
 
     def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
@@ -196,13 +196,13 @@ class _Tx:
     def cdn_get(self, account: str, kind: str, url: str, create_ts: float) -> tuple[str, float | None] | None:
         row = self._c.execute(
             "SELECT status, rate FROM cdn_tasks WHERE account=%s AND kind=%s AND url=%s AND create_ts=%s",
-            (account, kind, _text(url), create_ts)).fetchone()
+            (account, kind, pg_text(url), create_ts)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def cdn_touch(self, account: str, kind: str, url: str, create_ts: float, ts: float) -> None:
         self._c.execute(
             "UPDATE cdn_tasks SET updated_ts=%s WHERE account=%s AND kind=%s AND url=%s AND create_ts=%s",
-            (ts, account, kind, _text(url), create_ts))
+            (ts, account, kind, pg_text(url), create_ts))
 
     def cdn_put(self, account: str, kind: str, task: CdnTask, ts: float) -> None:
         self._c.execute(
@@ -210,7 +210,7 @@ class _Tx:
             "ON CONFLICT (account, kind, url, create_ts) DO UPDATE SET status=excluded.status, "
             "begin_ts=excluded.begin_ts, finish_ts=excluded.finish_ts, rate=excluded.rate, "
             "updated_ts=excluded.updated_ts",
-            (account, kind, _text(task.url), task.create_ts, task.status, task.begin_ts, task.finish_ts,
+            (account, kind, pg_text(task.url), task.create_ts, task.status, task.begin_ts, task.finish_ts,
              task.rate, ts))
 
     def fmgr_register(self, task_id: str, ts: float, source: str) -> bool:
@@ -283,7 +283,7 @@ class PostgresRepository:
         self._lock = threading.RLock()  # the one writer of this process, as sqlite_repo's write connection
         self._closed = False
         self._write_error: str | None = None  # why the last write transaction failed; None after a commit
-        params = {**_CONNECT_DEFAULTS, **conninfo_to_dict(url), **({"password": password} if password else {})}
+        params = {**CONNECT_DEFAULTS, **conninfo_to_dict(url), **({"password": password} if password else {})}
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             make_conninfo("", **params), min_size=min_size, max_size=max_size, timeout=timeout,
             kwargs={"autocommit": True}, check=ConnectionPool.check_connection, open=False,
@@ -351,7 +351,7 @@ class PostgresRepository:
         with self._lock:
             try:
                 with self._pool.connection() as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
                     yield _Tx(conn)
             except psycopg.Error as exc:
                 self._write_error = str(exc)
