@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import base64
 import gc
+import importlib.util
 import json
+import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -24,6 +31,7 @@ from prometheus_client.registry import Collector
 from exporter import signing
 from exporter.simulator import ManualClock
 
+ROOT = Path(__file__).resolve().parent.parent
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary (as in the tests)
 DAY = 86400.0
 
@@ -154,3 +162,66 @@ def signed_notification(n: int, *, prefix: str, ops: Sequence[str], access_key: 
               "separate": 0, "items": items}
     body = base64.urlsafe_b64encode(json.dumps(status, separators=(",", ":")).encode())
     return body, signing.fmgr_notify_authorization(access_key, secret_key, notify_url, body)
+
+
+# ---------------------------------------------------------------------- PostgreSQL: a throwaway cluster
+def _test_support() -> ModuleType:
+    """tests/conftest.py, loaded once under a name of its own: its throwaway PostgreSQL cluster
+    (``PostgresCluster``, ``postgres_bindir``) is the one the test suite uses, not a copy."""
+    name = "cdnetworks_tests_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "conftest.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def postgres_missing() -> str | None:
+    """Why no throwaway PostgreSQL cluster can be started here (None when one can)."""
+    try:
+        support = _test_support()
+    except ImportError as exc:  # pytest: the cluster code lives with the tests
+        return f"cannot load tests/conftest.py ({exc}); install the test extras: pip install -e '.[test]'"
+    if support.postgres_bindir() is None:
+        return "the PostgreSQL server binaries (initdb, pg_ctl) are not installed: install Debian's 'postgresql'"
+    if os.geteuid() == 0:
+        import pwd  # POSIX only, as is running as root
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no 'postgres' user to run the PostgreSQL server as"
+    return None
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Any]:
+    """The test suite's throwaway cluster (tests/conftest.py ``PostgresCluster``): a temporary directory, a free
+    loopback port, trust authentication, fsync off; stopped and removed at the end. Check
+    ``postgres_missing()`` first."""
+    support = _test_support()
+    cluster = support.PostgresCluster(support.postgres_bindir())
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def cluster_cpu_seconds(cluster: Any) -> float:
+    """CPU time (user + system) used so far by a cluster's server processes still running: the postmaster
+    and its children (one backend per client connection)."""
+    try:
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(stat.parent.name) == postmaster or int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
