@@ -105,7 +105,7 @@ class ExporterCollector(Collector):
         }
         for account in config.accounts:
             name = account.name
-            sums = self.store.cdn_window_counts(name, kind, now, window_secs)
+            sums = self.store.cdn_window_counts(name, kind, now, window_secs, catch_up=False)
             for w, c in zip(kcfg.windows, sums, strict=True):
                 for status in CDN_STATUSES:
                     tasks.add_metric([name, w.name, status], c.get(("status", status), 0))
@@ -127,7 +127,7 @@ class ExporterCollector(Collector):
         fcfg = config.fmgr
         tasks, items, ratio = m.FMGR_TASKS.new(), m.FMGR_ITEMS.new(), m.FMGR_SUCCESS_RATIO.new()
         windows = [w.seconds for w in fcfg.windows]
-        groups = self.store.fmgr_window_counts(now, windows)
+        groups = self.store.fmgr_window_counts(now, windows, catch_up=False)
         # Every combination seen in the largest window is present in every window (0 where absent).
         widest = max(range(len(windows)), key=lambda i: windows[i])
         # The keys the store counts under (Store.fmgr_window_counts): task code (-1 other, None not polled yet),

@@ -233,10 +233,13 @@ class Store:
                                      max(0.0, t.finish_ts - t.create_ts), families.duration.buckets)
         return UpsertResult(new, changed, finished)
 
-    def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float]) -> list[Counts]:
+    def cdn_window_counts(self, account: str, kind: str, now: float, windows: Sequence[float], *,
+                          catch_up: bool = True) -> list[Counts]:
         """Per window ``w``, label -> sum over the tasks created in ``(now - w, now]``: ``("status", s)`` -> tasks,
-        ``("rate_sum",)`` / ``("rate_n",)`` over the finished ones that report a rate."""
-        self.sync()
+        ``("rate_sum",)`` / ``("rate_n",)`` over the finished ones that report a rate. ``catch_up=False``:
+        a scrape that caught up with the change log once (``snapshot``) reads every window at that point."""
+        if catch_up:
+            self.sync()
         return self.cdn_windows.windows((account, kind), now, windows)
 
     def _cdn_edge_counts(self, group: Any, after: float, until: float) -> Counts:
@@ -341,10 +344,12 @@ class Store:
         pending = self.repo.fmgr_count_pending() if self.shared else self.aggregates.pending
         return pending, self.repo.fmgr_oldest_pending()
 
-    def fmgr_window_counts(self, now: float, windows: Sequence[float]) -> dict[str, list[Counts]]:
+    def fmgr_window_counts(self, now: float, windows: Sequence[float], *,
+                           catch_up: bool = True) -> dict[str, list[Counts]]:
         """Per group, one Counter per window: "tasks" code -> n, "items" (op, code) -> n (code -1 = other,
         None = not polled yet), "outcomes" succeeded/failed -> n (final items)."""
-        self.sync()
+        if catch_up:
+            self.sync()
         return {g: self.fmgr_windows.windows(g, now, windows) for g in ("tasks", "items", "outcomes")}
 
     def _fmgr_edge_counts(self, group: Any, after: float, until: float) -> Counts:
