@@ -73,6 +73,13 @@ class ApiHealth:
             if ok:
                 self._last_ok[(account, api)] = now
 
+    def restore_last_ok(self, account: str, api: str, ts: float) -> None:
+        """The last success of a poller that another replica (or an earlier run) ran: its series goes on from
+        there rather than from this process's own, older or absent, memory of it."""
+        with self._lock:
+            if ts > self._last_ok.get((account, api), 0.0):
+                self._last_ok[(account, api)] = ts
+
     def set_lag(self, account: str, api: str, seconds: float) -> None:
         with self._lock:
             self._lag[(account, api)] = max(0.0, seconds)

@@ -66,9 +66,12 @@ class RateBudget:
         return wait
 
     def record(self, at: float | None = None) -> None:
-        self.sent.append(self.clock() if at is None else at)
-        if at is not None and self.sent and at < self.sent[-1]:
-            self.sent = deque(sorted(self.sent), maxlen=self.limit.requests)
+        """A request sent now, or (``at``) one known to have arrived no later than ``at``."""
+        ts = self.clock() if at is None else at
+        if self.sent and ts < self.sent[-1]:  # kept in time order: the oldest is the one that expires first
+            self.sent = deque(sorted([*self.sent, ts])[-self.limit.requests:], maxlen=self.limit.requests)
+        else:
+            self.sent.append(ts)
 
     def block_until(self, ts: float) -> None:
         self.blocked_until = max(self.blocked_until, ts)
@@ -190,7 +193,7 @@ class CdnPoller(Worker):
         self.budget = RateBudget(cfg.rate_limit, self.clock, saved)
         if isinstance(saved, dict) and saved.get("in_flight") is not None:
             # Sent, and never recorded as answered: it may have reached the vendor, no later than its timeout.
-            self.budget.record(min(float(saved["in_flight"]) + cfg.request_timeout, self.clock()))
+            self.budget.record(float(saved["in_flight"]) + cfg.request_timeout)
         st = self.store.get_state(self._key) or {}
         # The largest page size the vendor is known to serve (refused or silently capped sizes lower it).
         self.page_ceiling: int = min(int(st.get("page_ceiling") or cfg.max_page_size), cfg.max_page_size)
@@ -205,6 +208,9 @@ class CdnPoller(Worker):
             self.planner.head = int(st["synced_until"])
         self.failures = 0
         self.not_before = float(saved.get("not_before") or 0.0) if isinstance(saved, dict) else 0.0
+        self.last_ok = float(st.get("last_ok") or 0.0)
+        if self.last_ok:
+            self.health.restore_last_ok(self.account.name, self.kind, self.last_ok)
 
     # -------------------------------------------------------------- scheduling
     @property
@@ -234,6 +240,7 @@ class CdnPoller(Worker):
     def _save(self) -> None:
         self.store.set_state(self._key, {
             "plan": self.planner.state(), "page_size": self.page_size, "page_ceiling": self.page_ceiling,
+            "last_ok": self.last_ok,
         }, fence=self.lease.fence())
 
     def _report(self, now: float) -> None:
@@ -276,6 +283,7 @@ class CdnPoller(Worker):
         fence = self.lease.fence()
         self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks, fence=fence)  # a probe's row too
         self.health.poll_result(self.account.name, self.kind, True, done_at)
+        self.last_ok = done_at
         # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
         expected = min(size, page.count - (read.page_no - 1) * size)
         if 0 < page.rows < expected:
@@ -404,7 +412,7 @@ class FmgrPoller(Worker):
         self.budget = RateBudget(self.cfg.rate_limit, self.clock, saved)
         if isinstance(saved, dict) and saved.get("in_flight") is not None:
             # Sent, and never recorded as answered (see CdnPoller._restore).
-            self.budget.record(min(float(saved["in_flight"]) + self.cfg.request_timeout, self.clock()))
+            self.budget.record(float(saved["in_flight"]) + self.cfg.request_timeout)
         self.failures = 0
         self.not_before = 0.0
 

@@ -415,3 +415,36 @@ def test_at_the_published_budget_a_task_stuck_since_the_start_is_seen_finishing(
     run_for(poller, clock, RECHECK_MAX)  # re-read at least this often while unfinished
     assert store.cdn_counts_by_status("acme", "prefetch", T0 - 100, T0 - 100) == {"failure": 1}
     assert sim.rate_limit_violations == 0
+
+
+def test_whoever_runs_the_poller_next_counts_a_request_in_flight_and_goes_on_from_the_last_success(
+        sim_factory, clock, tmp_path):
+    """A restart after kill -9, or a replica taking the lease over: the request its predecessor had sent but not
+    seen answered may have reached the vendor, so it counts against the budget; and the last success is the
+    predecessor's, not an absent or older one of this process."""
+    sim = sim_factory(rate_limits={"prefetch": (1, 300.0)})
+    sim.add_cdn_stream("acme", "prefetch", per_hour=60, start_ts=T0 - DAY)
+    limit = {"rate_limit": {"requests": 1, "per": "5m"}, "request_timeout": "30s"}
+    poller, store, health = build(sim, clock, tmp_path, prefetch=limit)
+    poller.step()
+    assert health.last_ok()[("acme", "prefetch")] == T0
+    # Killed while the next request was in flight: what it stored just before sending.
+    clock.advance(300)
+    poller._save_budget(in_flight=clock())
+    store.close()
+    clock.advance(5)
+    poller2, store2, health2 = build(sim, clock, tmp_path, prefetch=limit)
+    assert health2.last_ok()[("acme", "prefetch")] == T0
+    # The request sent at T0 + 300 arrived by T0 + 330 at the latest: the next may go one slot after that.
+    assert poller2.next_run() >= T0 + 330 + 300
+    store2.close()
+
+
+def test_a_request_recorded_late_keeps_the_budget_in_time_order():
+    clock = [1000.0]
+    budget = RateBudget(RateLimit(requests=2, per=60.0), lambda: clock[0])
+    budget.record()  # 1000
+    budget.record(at=1030.0)  # an arrival no later than 1030, known of afterwards
+    budget.record(at=990.0)  # older than both: it expires first and makes no slot wait longer
+    assert budget.history() == [1000.0, 1030.0]
+    assert budget.wait_time() == 60.0  # the window holds 1000 and 1030: the next slot opens at 1060
