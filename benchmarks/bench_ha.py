@@ -55,6 +55,7 @@ import psycopg
 import requests
 import yaml
 from bench_metrics import TASKS, Churn, fill, task_rows
+from bench_metrics import make_config as metrics_config
 from bench_notify import Clients, HttpClientTransport, accepted, cpu_seconds, healthy
 from bench_notify import config_data as notify_config_data
 from bench_notify import notification as signed_notification
@@ -76,7 +77,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
-from exporter.config import Config, parse_config
 from exporter.repository import open_repository
 from exporter.simulator import Simulator
 
@@ -107,22 +107,6 @@ START_WAIT = 60.0
 
 
 # ----------------------------------------------------------------------------------------- part A
-def metrics_config(storage: dict[str, Any]) -> Config:
-    kind = {"enabled": True, "windows": ["15m", "1h", "24h"]}
-    return parse_config({
-        "accounts": [
-            # Never contacted: nothing polls in this part.
-            {"name": "acme", "username": "acme", "api_key": "k", "endpoint": "http://127.0.0.1:9"},
-            {"name": "globex", "auth": "aksk", "access_key": "ak", "secret_key": "sk",
-             "endpoint": "http://127.0.0.1:9"},
-        ],
-        "prefetch": kind,
-        "purge": kind,
-        "fmgr": {"enabled": False},
-        "storage": storage,
-    })
-
-
 def fill_postgres(url: str, clock: Clock) -> tuple[float, float, float]:
     """bench_metrics.py's rows (same seed) into PostgreSQL's cdn_tasks: (COPY, index rebuild, VACUUM ANALYZE)
     seconds. The schema is the exporter's own (created by opening the repository)."""

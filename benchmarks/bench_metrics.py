@@ -62,7 +62,8 @@ GOAL_RATIO = 2.0
 GOAL_MS = 50.0
 
 
-def make_config(storage: str) -> Config:
+def make_config(storage: str | dict[str, Any]) -> Config:
+    """Two accounts, prefetch and purge; ``storage``: an SQLite path, or a whole storage section."""
     kind = {"enabled": True, "windows": ["15m", "1h", "24h"]}
     return parse_config({
         "accounts": [
@@ -74,7 +75,7 @@ def make_config(storage: str) -> Config:
         "prefetch": kind,
         "purge": kind,
         "fmgr": {"enabled": False},
-        "storage": {"path": storage},
+        "storage": storage if isinstance(storage, dict) else {"path": storage},
     })
 
 
