@@ -256,6 +256,10 @@ def _int_field(obj: Mapping[str, Any], key: str, where: str) -> int | None:
     absent). Codes, sizes and flags are never negative, and a larger value is not one the vendor can mean:
     it would overflow the store (SQLite integers are 64-bit) or stay in a counter for good."""
     value = obj.get(key)
+    if type(value) is int:  # the usual case, first (a bool is not an int here)
+        if not 0 <= value <= MAX_JSON_INT:
+            raise FmgrParseError(f"{where}{key}: {_show(value)} is outside 0..2**53")
+        return value
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
@@ -320,6 +324,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every notification: json.loads with a keyword argument builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_notification_body(raw: bytes) -> dict[str, Any]:
     """The JSON object inside a notification body (urlsafe base64 of the status JSON).
 
@@ -340,7 +348,7 @@ def decode_notification_body(raw: bytes) -> dict[str, Any]:
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise FmgrParseError(f"body: base64 does not decode to UTF-8 text ({type(exc).__name__})") from exc
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise FmgrParseError(f"body: decoded text is not JSON ({type(exc).__name__})") from exc
     if not isinstance(data, dict):

@@ -4,7 +4,10 @@ Why not a thread per connection (cheroot, the stdlib): there a worker is taken a
 sends its first byte and is held while the client trickles the rest, so a handful of slow clients stops
 every scrape. Here connections cost a coroutine, not a worker. A request reaches the pool only once its
 head and body are complete, within limits and deadlines that hold for the whole head and the whole body
-(not per byte), so no client, slow or large, can hold a worker while it sends. HTTP parsing is h11's
+(not per byte), so no client, slow or large, can hold a worker while it sends. Each connection is an
+``asyncio.Protocol`` that feeds what it receives straight into its parser and wakes the connection's task;
+a request costs no timer (one per connection, moved only when a deadline comes earlier) and one hop to a
+worker and back (``_Workers``). HTTP parsing is h11's
 (python-hyper's sans-IO HTTP/1.1, the parser under uvicorn, hypercorn and httpx): it enforces the framing
 rules (Content-Length vs chunked, keep-alive) that a hand-written parser tends to get wrong.
 
@@ -22,14 +25,14 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
+import queue
 import socket
 import ssl
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -39,6 +42,7 @@ import h11
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "cdnetworks-exporter"
+_SERVER = SERVER_NAME.encode()
 
 # Why a request was refused before the app saw it: the label values of cdnetworks_web_rejected_requests_total.
 REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request", "too_many_connections")
@@ -57,6 +61,9 @@ Verdict = Finished | str | None
 
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 2.0
+# Bytes a connection may have received and not yet parsed (pipelined behind a request being served) before the
+# server stops reading from it until its handler catches up.
+READ_AHEAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,211 @@ _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too La
                 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
+class _Workers:
+    """Threads that run blocking calls for the event loop: a call goes in with a future of the loop and its
+    result comes back to that future. (``run_in_executor`` does the same through a second, thread-safe
+    future chained to the loop's; on the notification path that bookkeeping costs about as much as
+    verifying the signature.)"""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[Any], Any],
+                                             Any] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[Any], Any], arg: Any) -> asyncio.Future[Any]:
+        """Run ``fn(arg)`` on a worker; the future (of the running loop) gets its result or its exception."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((loop, future, fn, arg))
+        return future
+
+    def stop(self, timeout: float) -> None:
+        """No new work; wait up to ``timeout`` for calls in progress (each worker ends after its current one)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            loop, future, fn, arg = work
+            result: Any = None
+            error: Exception | None = None
+            try:
+                result = fn(arg)
+            except Exception as exc:  # handed to the awaiting coroutine, which decides
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: the server stopped and nobody waits for this answer
+                log.debug("an answer finished after the server stopped; dropped")
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: bytes go straight into its h11 parser, and its task (``Server._serve_connection``)
+    is woken when there is something new to parse. Deadlines are set per phase (head, body, idle, write),
+    not per read; reading stops while READ_AHEAD_BYTES are waiting unparsed, and writing waits while the
+    transport's buffer is full."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._loop = asyncio.get_running_loop()
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, str] = ("", "")
+        self.closed = False  # the transport is gone
+        self.eof = False  # the client sent its end of stream
+        self.expired = False  # the current deadline has passed
+        self.discarding = False  # lingering: received bytes are counted and dropped
+        self.discarded = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline_at = math.inf
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._eof_told = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (str(peer[0]), str(peer[1]) if len(peer) > 1 else "")
+        self.server._connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            self.discarded += len(data)
+        else:
+            self.h11.receive_data(data)
+            if len(self.h11.trailing_data[0]) > READ_AHEAD_BYTES and not self._reading_paused:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self._reading_paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if not self.discarding:
+            self.h11.receive_data(b"")
+        self._wake()
+        return True  # keep the transport open: an answer may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- for the connection's task
+
+    def set_deadline(self, seconds: float) -> None:
+        """From now on, a wait that lasts past ``seconds`` from now raises TimeoutError.
+
+        One timer per connection, moved only when a deadline comes earlier than the one it is set for; when it
+        fires early (the deadline moved later meanwhile) it is set again. A request thus costs no timer."""
+        self.expired = False
+        at = self._loop.time() + seconds
+        self._deadline_at = at
+        timer = self._timer
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(at, self._expire)
+
+    def clear_deadline(self) -> None:
+        self._deadline_at = math.inf
+        self.expired = False
+
+    def _expire(self) -> None:
+        self._timer = None
+        at = self._deadline_at
+        if at == math.inf:
+            return
+        if self._loop.time() < at:
+            self._timer = self._loop.call_at(at, self._expire)
+            return
+        self.expired = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def more(self) -> None:
+        """Wait until something was received (or the client closed its side, or the connection is gone).
+        TimeoutError once the deadline has passed; ConnectionError when the connection is gone."""
+        if self.expired:
+            raise TimeoutError
+        if self.closed:
+            raise ConnectionResetError("connection lost")
+        if self.eof:
+            if self._eof_told:
+                raise ConnectionResetError("the client closed its side")
+            self._eof_told = True
+            return  # nothing more will come: the parser has been told, let it say what that means
+        if self._reading_paused:
+            assert self.transport is not None
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        self._check()
+
+    def _check(self) -> None:
+        if self.expired:
+            raise TimeoutError
+        if self.closed and not self.discarding:
+            raise ConnectionResetError("connection lost")
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        if self.closed:
+            raise ConnectionResetError("connection lost")
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._writing_paused:
+            self._drained = self._loop.create_future()
+            try:
+                await asyncio.wait_for(self._drained, timeout)
+            finally:
+                self._drained = None
+            if self.closed:
+                raise ConnectionResetError("connection lost")
+
+    def close(self) -> None:
+        self.clear_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+
 def _nofile_limit() -> int:
     try:
         import resource  # not on Windows
@@ -149,9 +361,10 @@ class Server:
         self._max_connections = max(16, min(self.limits.max_connections, _nofile_limit() - 64))
         self._connections = 0
         self._sock: socket.socket | None = None
+        self._addr: tuple[str, int] = ("", 0)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._slow_pool = ThreadPoolExecutor(max_workers=1)  # replaced in start()
+        self._pool: _Workers | None = None
+        self._slow_pool: _Workers | None = None
         self._slow_pending = 0
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,8 +378,10 @@ class Server:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         # Bound here, on the caller's thread, so that an address in use fails start() itself.
         self._sock = socket.create_server((self._host, self._port), family=family, backlog=1024)
-        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="http-worker")
-        self._slow_pool = ThreadPoolExecutor(max_workers=self.limits.slow_workers, thread_name_prefix="http-slow")
+        addr = self._sock.getsockname()
+        self._addr = (str(addr[0]), int(addr[1]))
+        self._pool = _Workers(self._threads, "http-worker")
+        self._slow_pool = _Workers(self.limits.slow_workers, "http-slow")
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
         self._started.wait(10)
@@ -190,10 +405,11 @@ class Server:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        server = await asyncio.start_server(
-            self._accept, sock=self._sock, ssl=self._ssl,
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
+        server = await loop.create_server(
+            lambda: _Connection(self), sock=self._sock, ssl=self._ssl, backlog=1024,
             ssl_handshake_timeout=self.limits.header_timeout if self._ssl else None,
-            limit=self.limits.max_header_bytes,
         )
         self._started.set()
         async with server:
@@ -212,18 +428,17 @@ class Server:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._slow_pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._slow_pool):
+            if pool is not None:
+                pool.stop(timeout=5)
+        self._pool = self._slow_pool = None
         if self._sock is not None:
             self._sock.close()
 
     @property
     def bind_addr(self) -> tuple[str, int]:
         assert self._sock is not None, "not started"
-        addr = self._sock.getsockname()
-        return str(addr[0]), int(addr[1])
+        return self._addr
 
     @property
     def connections(self) -> int:
@@ -232,42 +447,44 @@ class Server:
     # ---------------------------------------------------------------------------------------------
     # One connection
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _connection_made(self, conn: _Connection) -> None:
+        """Called by a new connection's protocol, on the loop: refuse it past the limit, else start its task."""
         if self._connections >= self._max_connections:
             self.rejects.inc("too_many_connections")
-            writer.close()
+            conn.close()
             return
         self._connections += 1
+        task = asyncio.get_running_loop().create_task(self._serve_connection(conn))
         self._tasks.add(task)
+        task.add_done_callback(self._connection_done)
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections -= 1
+        self._tasks.discard(task)
+
+    async def _serve_connection(self, conn: _Connection) -> None:
         try:
-            await self._connection(reader, writer)
+            await self._requests(conn)
         except (ConnectionError, _Closed, asyncio.CancelledError, ssl.SSLError, TimeoutError):
-            pass
+            pass  # the client went away or was too slow: nothing to answer, nothing to report
         except Exception:
             log.exception("HTTP connection failed")
         finally:
-            self._connections -= 1
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+            conn.close()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _requests(self, conn: _Connection) -> None:
         lim = self.limits
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_header_bytes)
         first = True
         while True:
             try:
-                request, body, too_large = await self._read_request(conn, reader, writer, first)
+                request, body, too_large = await self._read_request(conn, first)
             except _Refuse as refuse:
                 self.rejects.inc(refuse.reason)
-                await self._send_error(conn, writer, refuse.status, refuse.message)
-                await self._linger(reader)
+                await self._send_error(conn, refuse.status, refuse.message)
+                await self._linger(conn)
                 return
             first = False
-            environ = self._environ(request, body, writer)
+            environ = self._environ(request, body, conn)
             if too_large:
                 # The app answers (and counts) it like any oversized body; the rest of it is never read.
                 self.rejects.inc("body_too_large")
@@ -275,48 +492,38 @@ class Server:
             status, headers, payload = await self._dispatch(environ)
             if status.startswith("401") and lim.unauthorized_delay > 0:
                 await asyncio.sleep(lim.unauthorized_delay)
-            keep = await self._send_response(conn, writer, request, status, headers, payload, close=too_large)
+            keep = await self._send_response(conn, request, status, headers, payload, close=too_large)
             if too_large:
-                await self._linger(reader)
+                await self._linger(conn)
                 return
-            if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            h = conn.h11
+            if not keep or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
                 return
-            conn.start_next_cycle()
+            h.start_next_cycle()
 
-    async def _recv(self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        data = await asyncio.wait_for(reader.read(65536), remaining)
-        conn.receive_data(data)  # b"" = end of stream, which h11 turns into an error mid-request
-
-    async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool
-    ) -> tuple[h11.Request, bytes, bool]:
+    async def _read_request(self, conn: _Connection, first: bool) -> tuple[h11.Request, bytes, bool]:
         lim = self.limits
+        h = conn.h11
         # Waiting for a request to begin: a new connection gets the head deadline, a kept-alive one the idle one.
-        head_deadline = time.monotonic() + (lim.header_timeout if first else lim.idle_timeout)
+        conn.set_deadline(lim.header_timeout if first else lim.idle_timeout)
         started = False  # a byte of this request has arrived
         try:
             while True:
-                event = conn.next_event()
+                event = h.next_event()
                 if event is h11.NEED_DATA:
                     # h11 keeps the head in its buffer until it is complete.
-                    buffered = conn.trailing_data[0]
-                    if not started and buffered:  # pipelined behind the previous request
+                    buffered = h.trailing_data[0]
+                    if not started and buffered:  # a byte arrived (or was pipelined behind the last request)
                         started = True
-                        head_deadline = time.monotonic() + lim.header_timeout
+                        conn.set_deadline(lim.header_timeout)
                     if len(buffered) > lim.max_request_line and b"\n" not in buffered[: lim.max_request_line + 2]:
                         raise _Refuse(414, "header_too_large", "request line too long")
                     try:
-                        await self._recv(conn, reader, head_deadline)
+                        await conn.more()
                     except TimeoutError:
-                        if started:
+                        if started or h.trailing_data[0]:
                             raise _Refuse(408, "timeout", "request head not complete in time") from None
                         raise _Closed from None
-                    if not started and conn.trailing_data[0]:
-                        started = True
-                        head_deadline = time.monotonic() + lim.header_timeout
                     continue
                 if isinstance(event, h11.ConnectionClosed):
                     raise _Closed
@@ -324,7 +531,7 @@ class Server:
                     break
                 raise _Closed  # nothing else can come first
         except h11.RemoteProtocolError as exc:
-            if not started and not conn.trailing_data[0]:
+            if not started and not h.trailing_data[0]:
                 raise _Closed from None  # closed before sending anything
             status = exc.error_status_hint
             raise _Refuse(status, "header_too_large" if status == 431 else "bad_request", str(exc)) from None
@@ -337,26 +544,30 @@ class Server:
         limit = self._body_limit(request)
         declared = _content_length(request)
         if declared is not None and declared > limit:
+            conn.clear_deadline()
             return request, b"", True  # refused unread; the connection closes after the 413
-        if conn.they_are_waiting_for_100_continue:
-            await self._write(writer, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        if h.they_are_waiting_for_100_continue:
+            await conn.write(h.send(h11.InformationalResponse(status_code=100, headers=[])) or b"",
+                             lim.write_timeout)
         body = bytearray()
-        body_deadline = time.monotonic() + lim.body_timeout
+        conn.set_deadline(lim.body_timeout)
         try:
             while True:
-                event = conn.next_event()
+                event = h.next_event()
                 if event is h11.NEED_DATA:
                     try:
-                        await self._recv(conn, reader, body_deadline)
+                        await conn.more()
                     except TimeoutError:
                         raise _Refuse(408, "timeout", "request body not complete in time") from None
                     continue
                 if isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > limit:
+                        conn.clear_deadline()
                         return request, b"", True
                     continue
                 if isinstance(event, h11.EndOfMessage):
+                    conn.clear_deadline()
                     return request, bytes(body), False
                 raise _Closed
         except h11.RemoteProtocolError as exc:
@@ -377,23 +588,22 @@ class Server:
     # ---------------------------------------------------------------------------------------------
     # The app, on a worker
 
-    def _environ(self, request: h11.Request, body: bytes, writer: asyncio.StreamWriter) -> dict[str, Any]:
+    def _environ(self, request: h11.Request, body: bytes, conn: _Connection) -> dict[str, Any]:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         if path.startswith(("http://", "https://")):  # absolute-form: keep the path
             path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
-        peer = writer.get_extra_info("peername") or ("", 0)
-        host, port = self.bind_addr
+        host, port = self._addr
         environ: dict[str, Any] = {
             "REQUEST_METHOD": request.method.decode("ascii", "replace"),
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1") if "%" in path else path,
             "QUERY_STRING": query,
             "SERVER_NAME": host,
             "SERVER_PORT": str(port),
             "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
-            "REMOTE_ADDR": str(peer[0]),
-            "REMOTE_PORT": str(peer[1]) if len(peer) > 1 else "",
+            "REMOTE_ADDR": conn.peer[0],
+            "REMOTE_PORT": conn.peer[1],
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "https" if self._ssl is not None else "http",
             "wsgi.input": io.BytesIO(body),
@@ -416,8 +626,7 @@ class Server:
         return environ
 
     async def _dispatch(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-        assert self._pool is not None
-        loop = asyncio.get_running_loop()
+        assert self._pool is not None and self._slow_pool is not None
         admit = getattr(self.app, "admit", None)
         verdict: Verdict = None
         if admit is not None and not environ.get(BODY_TOO_LARGE):
@@ -427,11 +636,11 @@ class Server:
                 log.exception("admission failed for %s", environ.get("PATH_INFO"))
                 return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
         if verdict is None:
-            return await loop.run_in_executor(self._pool, self._call_app, environ)
+            return await self._pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
         if isinstance(verdict, str):  # SLOW, the one str verdict
             self._slow_pending += 1
             try:
-                return await loop.run_in_executor(self._slow_pool, self._call_app, environ)
+                return await self._slow_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
             finally:
                 self._slow_pending -= 1
         return verdict  # answered without a worker
@@ -460,67 +669,68 @@ class Server:
     # ---------------------------------------------------------------------------------------------
     # Writing
 
-    async def _write(self, writer: asyncio.StreamWriter, data: bytes | None) -> None:
-        if data:
-            writer.write(data)
-            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
-
     async def _send_response(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
-        status: str, headers: list[tuple[str, str]], payload: bytes, *, close: bool = False,
+        self, conn: _Connection, request: h11.Request, status: str, headers: list[tuple[str, str]], payload: bytes,
+        *, close: bool = False,
     ) -> bool:
         code, _, reason_text = status.partition(" ")
         status_code, reason = int(code), reason_text.encode("latin-1")
-        names = {name.lower() for name, _ in headers}
-        out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers if n.lower() != "connection"]
-        if "content-length" not in names:
+        out = []
+        has_length = False
+        for n, v in headers:
+            low = n.lower()
+            if low == "connection":
+                continue
+            has_length = has_length or low == "content-length"
+            out.append((n.encode("latin-1"), v.encode("latin-1")))
+        if not has_length:
             out.append((b"Content-Length", str(len(payload)).encode()))
-        out.append((b"Server", SERVER_NAME.encode()))
+        out.append((b"Server", _SERVER))
         keep = not close and not self._stopping_soon()
         if not keep:
             out.append((b"Connection", b"close"))
         # One write for head and body: separate small segments meet the client's delayed ACK (40 ms each).
-        data = conn.send(h11.Response(status_code=status_code, headers=out, reason=reason)) or b""
+        h = conn.h11
+        data = h.send(h11.Response(status_code=status_code, headers=out, reason=reason)) or b""
         if payload and request.method != b"HEAD":
-            data += conn.send(h11.Data(data=payload)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        await self._write(writer, data)
+            data += h.send(h11.Data(data=payload)) or b""
+        data += h.send(h11.EndOfMessage()) or b""
+        await conn.write(data, self.limits.write_timeout)
         return keep
 
-    async def _linger(self, reader: asyncio.StreamReader) -> None:
+    async def _linger(self, conn: _Connection) -> None:
         """Before closing on a refused request, drop a little of what the client is still sending: closing
         with unread data makes the kernel send a reset, which can destroy the answer before it is read."""
-        deadline = time.monotonic() + LINGER_SECONDS
-        dropped = 0
-        with contextlib.suppress(Exception):
-            while dropped < LINGER_BYTES and (remaining := deadline - time.monotonic()) > 0:
-                chunk = await asyncio.wait_for(reader.read(65536), remaining)
-                if not chunk:
-                    break
-                dropped += len(chunk)
+        conn.discarding = True
+        conn.set_deadline(LINGER_SECONDS)
+        with contextlib.suppress(TimeoutError, ConnectionError):  # the deadline or the client ends the lingering
+            while conn.discarded < LINGER_BYTES and not conn.eof and not conn.closed:
+                await conn.more()
 
     def _stopping_soon(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
 
-    async def _send_error(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
+    async def _send_error(self, conn: _Connection, status: int, message: str) -> None:
         body = f"{_STATUS_TEXT.get(status, 'Error')}: {message}\n".encode()
         headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
-                   (b"Connection", b"close"), (b"Server", SERVER_NAME.encode())]
-        try:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                data = conn.send(h11.Response(
+                   (b"Connection", b"close"), (b"Server", _SERVER)]
+        h = conn.h11
+        if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                data = h.send(h11.Response(
                     status_code=status, headers=headers, reason=_STATUS_TEXT.get(status, "Error").encode())) or b""
-                data += conn.send(h11.Data(data=body)) or b""
-                data += conn.send(h11.EndOfMessage()) or b""
-                await self._write(writer, data)
-            else:
-                raise h11.LocalProtocolError("cannot answer in this state")
-        except h11.LocalProtocolError:
+                data += h.send(h11.Data(data=body)) or b""
+                data += h.send(h11.EndOfMessage()) or b""
+            except h11.LocalProtocolError:
+                data = b""
+        else:
+            data = b""
+        if not data:
             # h11 will not frame a response in this state (e.g. the request line never parsed): write it raw.
             head = f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}\r\n".encode()
-            raw = head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
-            with contextlib.suppress(Exception):
-                await self._write(writer, raw)
+            data = head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
+        with contextlib.suppress(TimeoutError, ConnectionError):  # the client is gone: nobody to tell
+            await conn.write(data, self.limits.write_timeout)
 
 
 def _content_length(request: h11.Request) -> int | None:

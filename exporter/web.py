@@ -45,6 +45,10 @@ STATE_PARAM = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 StartResponse = Callable[..., Any]
 
+# The two answers to a stored notification, encoded once (json_response's format).
+_ACCEPTED = json.dumps({"result": "accepted"}).encode() + b"\n"
+_DUPLICATE = json.dumps({"result": "duplicate"}).encode() + b"\n"
+
 
 class NotificationSink(Protocol):
     def record_notification(self, status: FmgrStatus, dedup_key: str, received_ts: float) -> bool:
@@ -360,7 +364,7 @@ class App:
             return json_response("503 Service Unavailable", {"result": "error", "error": "could not store"})
         result = "accepted" if new else "duplicate"
         log.debug("Fmgr notification %s: id=%s code=%s key=%s", result, status.id, status.code, access_key)
-        return json_response("200 OK", {"result": result})
+        return Response("200 OK", _ACCEPTED if new else _DUPLICATE, "application/json")
 
     def _reject(self, notify: NotifyEndpoint, status: str, reason: str, detail: str) -> Response:
         log.warning("Fmgr notification rejected (%s): %s", reason, detail)
