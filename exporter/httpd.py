@@ -82,6 +82,12 @@ class Limits:
     # the waiting costs the server a timer, not a worker.
     unauthorized_delay: float = 1.0
     default_body_bytes: int = 0  # routes that take no body
+    # Scrapes first: a request for one of these paths runs on workers of its own, and while one runs, other
+    # requests wait (up to priority_hold) before they take a worker, so that a burst of notifications does not
+    # share the interpreter with the render. The wait is bounded, so a flood of scrapes cannot stop the rest.
+    priority_paths: tuple[str, ...] = ("/metrics",)
+    priority_workers: int = 2
+    priority_hold: float = 0.25
 
 
 class RejectCounter:
@@ -365,7 +371,10 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: _Workers | None = None
         self._slow_pool: _Workers | None = None
+        self._priority_pool: _Workers | None = None
         self._slow_pending = 0
+        self._priority_running = 0
+        self._priority_done: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = threading.Event()
@@ -382,6 +391,7 @@ class Server:
         self._addr = (str(addr[0]), int(addr[1]))
         self._pool = _Workers(self._threads, "http-worker")
         self._slow_pool = _Workers(self.limits.slow_workers, "http-slow")
+        self._priority_pool = _Workers(self.limits.priority_workers, "http-priority")
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
         self._started.wait(10)
@@ -405,6 +415,7 @@ class Server:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
+        self._priority_done = asyncio.Event()
         loop = asyncio.get_running_loop()
         assert self._sock is not None
         server = await loop.create_server(
@@ -428,10 +439,10 @@ class Server:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        for pool in (self._pool, self._slow_pool):
+        for pool in (self._pool, self._slow_pool, self._priority_pool):
             if pool is not None:
                 pool.stop(timeout=5)
-        self._pool = self._slow_pool = None
+        self._pool = self._slow_pool = self._priority_pool = None
         if self._sock is not None:
             self._sock.close()
 
@@ -636,6 +647,10 @@ class Server:
                 log.exception("admission failed for %s", environ.get("PATH_INFO"))
                 return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
         if verdict is None:
+            if environ["PATH_INFO"] in self.limits.priority_paths:
+                return await self._run_first(environ)
+            if self._priority_running:
+                await self._after_priority()
             return await self._pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
         if isinstance(verdict, str):  # SLOW, the one str verdict
             self._slow_pending += 1
@@ -644,6 +659,24 @@ class Server:
             finally:
                 self._slow_pending -= 1
         return verdict  # answered without a worker
+
+    async def _run_first(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        """A priority request (a scrape), on its own workers, while other requests wait to start."""
+        assert self._priority_pool is not None and self._priority_done is not None
+        self._priority_running += 1
+        self._priority_done.clear()
+        try:
+            return await self._priority_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
+        finally:
+            self._priority_running -= 1
+            if not self._priority_running:
+                self._priority_done.set()
+
+    async def _after_priority(self) -> None:
+        """Wait until no priority request runs, or ``priority_hold`` has passed (then go ahead anyway)."""
+        assert self._priority_done is not None
+        with contextlib.suppress(asyncio.TimeoutError):  # held long enough: served now, next to the scrapes
+            await asyncio.wait_for(self._priority_done.wait(), self.limits.priority_hold)
 
     def _call_app(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: list[Any] = []

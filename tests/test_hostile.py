@@ -24,6 +24,7 @@ import requests
 import test_cli
 from test_cli import DEMO_WAIT, free_port, posix_signals, reload_state, run_cli, stop, tail, wait_for, write_config
 
+from exporter import httpd
 from exporter.demo import DEMO_TOKEN
 
 start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
@@ -195,6 +196,49 @@ def test_200_wrong_password_clients_do_not_starve_the_right_one(exporter) -> Non
     failures = sum(float(v) for v in re.findall(r'cdnetworks_web_auth_failures_total\{reason="\w+"\} (\S+)', text))
     assert failures >= sent  # every wrong password was counted
     assert PASSWORD not in running.log.read_text() and PASSWORD not in text
+
+
+# --------------------------------------------------------------------------------------- scrapes first
+
+
+def test_a_scrape_is_served_while_every_worker_is_busy_and_holds_other_requests_only_briefly() -> None:
+    """/metrics runs on workers of its own: requests that block every common worker do not delay it. While a
+    scrape runs, other requests wait to start, but never longer than ``priority_hold``."""
+    release = threading.Event()
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(20)
+        if environ["PATH_INFO"] == "/metrics" and environ["QUERY_STRING"] == "slow":
+            time.sleep(2.0)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = httpd.Server(app, "127.0.0.1", 0, threads=2, limits=httpd.Limits(priority_hold=0.5))
+    server.start()
+    url = f"http://127.0.0.1:{server.bind_addr[1]}"
+    busy = [threading.Thread(target=requests.get, args=(url + "/busy",), kwargs={"timeout": 30}) for _ in range(2)]
+    try:
+        for t in busy:
+            t.start()
+        time.sleep(0.5)  # both common workers now wait in /busy
+        t0 = time.monotonic()
+        assert requests.get(url + "/metrics", timeout=10).status_code == 200
+        assert time.monotonic() - t0 < 1.0, "the scrape waited for a common worker"
+        release.set()
+        for t in busy:
+            t.join(10)
+        scrape = threading.Thread(target=requests.get, args=(url + "/metrics?slow",), kwargs={"timeout": 30})
+        scrape.start()
+        time.sleep(0.3)  # the slow scrape runs
+        t0 = time.monotonic()
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        held = time.monotonic() - t0
+        scrape.join(10)
+        assert 0.35 < held < 1.5, f"held {held:.2f}s (priority_hold 0.5s, the scrape lasts 2s)"
+    finally:
+        release.set()
+        server.stop()
 
 
 # ------------------------------------------------------------------------------------ oversized requests
