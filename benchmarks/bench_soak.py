@@ -7,8 +7,12 @@ keep-alive ``http.client`` connections; ``/metrics`` is scraped once a second. T
 (``/proc/<pid>/status`` VmRSS) is read every 5 s.
 
 Checks: every notification answered 200 ``accepted`` and counted once; every scrape 200; the exporter's RSS
-at the end within 10% of its RSS after the first minute (the goal of issue 11). Exits non-zero when a check
-fails.
+at the end within 10% of its RSS after the first minute (the goal of issue 11, reported as measured); and the
+steady-state measure proposed in benchmarks/README.md: RSS at the end within 10% of RSS at the end of the
+warm-up, which lasts until the CDN poller has read its whole 24 h lookback (``cdnetworks_poll_backfill_
+remaining_seconds`` 0) and one more minute has passed (the SQLite page caches, the thread arenas and the minute
+buckets of the 24 h back-fill fill up meanwhile: data a deployment keeps, not growth). RSS is also split into
+anonymous memory and mapped files. Exits non-zero when a check fails.
 
     python benchmarks/bench_soak.py [--minutes 10] [--rate 200]
 """
@@ -56,9 +60,14 @@ def notification(n: int) -> tuple[bytes, str]:
 
 
 def rss_kb(pid: int) -> int:
+    return memory_kb(pid)["VmRSS"]
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and its parts (RssAnon, RssFile, RssShmem) of a process, in kB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+)", status)
-    return int(match.group(1)) if match else 0
+    return {key: int(m.group(1)) if (m := re.search(rf"{key}:\s+(\d+)", status)) else 0
+            for key in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
 def write_config(path: Path, sim_url: str) -> None:
@@ -177,6 +186,8 @@ def main() -> int:
     scrapes: list[float] = []
     scrape_failures: list[str] = []
     rss: list[tuple[float, int]] = []
+    parts: list[tuple[float, dict[str, int]]] = []
+    backfill_done: float | None = None  # when the CDN poller had read its whole lookback
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -197,7 +208,9 @@ def main() -> int:
             session.trust_env = False
             while (now := time.monotonic()) < started + seconds:
                 if now >= next_rss:
-                    rss.append((now - started, rss_kb(proc.pid)))
+                    mem = memory_kb(proc.pid)
+                    rss.append((now - started, mem["VmRSS"]))
+                    parts.append((now - started, mem))
                     next_rss += 5.0
                     if len(rss) % 12 == 1:
                         sent = sum(senders.sent)
@@ -208,6 +221,11 @@ def main() -> int:
                     r = session.get(url + "/metrics", timeout=5)
                     if r.status_code != 200:
                         scrape_failures.append(f"HTTP {r.status_code}")
+                    elif backfill_done is None:
+                        remaining = [v for (name, _), v in scrape_values(r.text).items()
+                                     if name == "cdnetworks_poll_backfill_remaining_seconds"]
+                        if remaining and not any(remaining):
+                            backfill_done = time.monotonic() - started
                 except requests.RequestException as exc:
                     scrape_failures.append(str(exc))
                 scrapes.append(time.monotonic() - t0)
@@ -255,9 +273,25 @@ def main() -> int:
     goals.check("Traceback" not in log_text, "no traceback in the exporter's log")
     goals.check(abs(growth) <= 0.10, f"RSS at the end {end_kb / 1024:.1f} MB within 10% of RSS after the first "
                 f"minute {after_first / 1024:.1f} MB ({growth:+.1%}); peak {peak_kb / 1024:.1f} MB")
+    warm = max(first_minute, backfill_done if backfill_done is not None else seconds) + 60.0
+    warm_kb = next((kb for t, kb in rss if t >= warm), end_kb)
+    warm_growth = (end_kb - warm_kb) / warm_kb
+    backfill_text = f"{backfill_done:.0f} s" if backfill_done is not None else "never"
+    goals.check(backfill_done is not None and warm < seconds and abs(warm_growth) <= 0.10,
+                f"steady state: RSS at the end {end_kb / 1024:.1f} MB within 10% of RSS at the end of the warm-up "
+                f"({warm:.0f} s: back-fill read after {backfill_text}, plus a minute) {warm_kb / 1024:.1f} MB "
+                f"({warm_growth:+.1%})")
     half_kb = next(kb for t, kb in rss if t >= seconds / 2)
     goals.note(f"RSS over the second half: {half_kb / 1024:.1f} MB -> {end_kb / 1024:.1f} MB "
-               f"({(end_kb - half_kb) / half_kb:+.1%})")
+               f"({(end_kb - half_kb) / half_kb:+.1%}; {(end_kb - half_kb) / 1024 / (seconds / 2 / 60):+.2f} MB "
+               f"a minute)")
+    first_parts = next(m for t, m in parts if t >= first_minute)
+    last_parts = parts[-1][1]
+    goals.note("RSS parts after the first minute -> at the end: " + ", ".join(
+        f"{key} {first_parts[key] / 1024:.1f} -> {last_parts[key] / 1024:.1f} MB"
+        for key in ("RssAnon", "RssFile", "RssShmem")))
+    print("RSS every minute (MB): " + ", ".join(f"{t:.0f}s {kb / 1024:.1f}" for t, kb in rss
+                                                 if round(t) % 60 < 5))
     goals.note(f"/metrics p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(scrapes)} scrapes")
     return goals.exit_code()
 
