@@ -31,6 +31,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -143,11 +144,13 @@ class _Workers:
         return future
 
     def stop(self, timeout: float) -> None:
-        """No new work; wait up to ``timeout`` for calls in progress (each worker ends after its current one)."""
+        """No new work; wait up to ``timeout`` in all for calls in progress (each worker ends after its current
+        one; a worker still busy then is a daemon thread and does not keep the process alive)."""
         for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while (work := self._queue.get()) is not None:
