@@ -473,9 +473,12 @@ class FmgrPoller(Worker):
             if exc.kind == "not_found":
                 # The vendor does not know the id (typo, or not indexed yet): not an outage, unless no id at all
                 # is found, which points at a wrong fmgr.endpoint rather than at the ids.
-                self.not_found_run.add(task_id)
+                # Only the first NOT_FOUND_OUTAGE ids matter: the set stays that small however long the run.
+                before = len(self.not_found_run)
+                if before < NOT_FOUND_OUTAGE:
+                    self.not_found_run.add(task_id)
                 wrong_endpoint = len(self.not_found_run) >= NOT_FOUND_OUTAGE
-                if wrong_endpoint and len(self.not_found_run) == NOT_FOUND_OUTAGE:
+                if wrong_endpoint and before < NOT_FOUND_OUTAGE:
                     log.error("fmgr: the last %d different ids all answered 'not found' and none succeeded: "
                               "check fmgr.endpoint", NOT_FOUND_OUTAGE)
                 self.health.poll_result("", "fmgr", not wrong_endpoint, now)

@@ -31,7 +31,7 @@ start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tes
 NOTIFY_URL = "https://exporter.example.com/notify/fmgr"
 AK, SK = "AK-KILL", "SK-KILL"
 SENDERS = 4
-BURST = 4000  # more than a burst can send before the kill
+BURST = 12000  # more than a burst can send before the kill (about 3,000 a second at most)
 ROUNDS = 3
 
 
