@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import requests
-from benchlib import Goals, print_table, signed_notification
+from benchlib import Goals, print_table, signed_notification, wait_ready
 
 from exporter.demo import DEMO_NOTIFY_KEY
 
@@ -165,16 +165,7 @@ def main() -> int:
     accepted = sent_failures = 0
     loaded_seconds = loaded_cpu = alone_cpu = 0.0
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/readyz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the exporter did not start; see {tmp / 'exporter.log'}")
-            time.sleep(0.2)
+        wait_ready(url, proc, tmp / "exporter.log")
         senders.start()
         print(f"exporter (--demo) pid {proc.pid} at {url}; {args.rounds} phases of {args.phase:g} s per side, "
               f"a scrape every {SCRAPE_EVERY * 1000:.0f} ms")

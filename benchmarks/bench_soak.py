@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import requests
-from benchlib import Goals, signed_notification
+from benchlib import Goals, signed_notification, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import Simulator
@@ -189,16 +189,7 @@ def main() -> int:
     parts: list[tuple[float, dict[str, int]]] = []
     backfill_done: float | None = None  # when the CDN poller had read its whole lookback
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/readyz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the exporter did not start; see {tmp / 'exporter.log'}")
-            time.sleep(0.2)
+        wait_ready(url, proc, tmp / "exporter.log")
         print(f"exporter pid {proc.pid} at {url}; simulator at {sim.url}; {args.minutes:g} min at "
               f"{args.rate:g} notifications/s, a scrape every second, polling prefetch and Fmgr")
         senders.start()

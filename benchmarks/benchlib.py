@@ -225,3 +225,19 @@ def cluster_cpu_seconds(cluster: Any) -> float:
         if int(stat.parent.name) == postmaster or int(fields[1]) == postmaster:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def wait_ready(url: str, proc: Any, log: Path, timeout: float = 60.0) -> None:
+    """Until the exporter process at ``url`` answers /readyz 200; RuntimeError when it exits or takes too long."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url + "/readyz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the exporter did not start; see {log}")
+        time.sleep(0.2)
