@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import requests
-from benchlib import Goals, print_table, signed_notification, wait_ready
+from benchlib import Goals, print_table, signed_notification, stop_process, wait_ready
 
 from exporter.demo import DEMO_NOTIFY_KEY
 
@@ -200,13 +199,7 @@ def main() -> int:
             senders.join(15)
             if senders.is_alive():
                 senders.kill()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         log.close()
     log_text = (tmp / "exporter.log").read_text(errors="replace")
     rows = []

@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import requests
-from benchlib import Goals, signed_notification, wait_ready
+from benchlib import Goals, signed_notification, stop_process, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import Simulator
@@ -228,13 +227,7 @@ def main() -> int:
         values = scrape_values(requests.get(url + "/metrics", timeout=10).text)
     finally:
         senders.stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         log.close()
         sim.stop()
 

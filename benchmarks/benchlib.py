@@ -241,3 +241,17 @@ def wait_ready(url: str, proc: Any, log: Path, timeout: float = 60.0) -> None:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the exporter did not start; see {log}")
         time.sleep(0.2)
+
+
+def stop_process(proc: Any) -> None:
+    """SIGTERM an exporter process and wait for it; SIGKILL when it does not stop within 15 s."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

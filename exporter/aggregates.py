@@ -180,7 +180,3 @@ class Aggregates:
     def set_pending(self, n: int) -> None:
         with self._lock:
             self._pending = n
-
-    def add_pending(self, delta: int) -> None:
-        with self._lock:
-            self._pending += delta

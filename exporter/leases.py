@@ -90,7 +90,6 @@ class Leases:
         self._held: dict[str, _Held] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_change: Callable[[str, bool], None] | None = None  # (lease, now held)
 
     # ------------------------------------------------------------------ the renewing thread
     def refresh(self) -> None:
@@ -117,8 +116,6 @@ class Leases:
                 log.info("lease %s: taken (generation %d)", name, grant.generation if grant else 0)
             if lost:
                 log.warning("lease %s: held by another replica now", name)
-            if (gained or lost) and self.on_change is not None:
-                self.on_change(name, gained)
 
     def start(self) -> None:
         self.refresh()

@@ -69,7 +69,35 @@ def failed(logged: dict) -> bool:
     return logged["fault"] is not None or logged["result"] != "ok"
 
 
-class Rig:
+class _Rig:
+    """What both rigs share: a simulator, an exporter serving /metrics, and what the vendor saw."""
+
+    sim: Simulator
+    exporter: Exporter
+
+    def close(self) -> None:
+        self.exporter.stop()
+        self.sim.stop()
+
+    def scrape(self) -> dict[tuple[str, frozenset], float]:
+        text = requests.get(self.exporter.server.url + "/metrics", timeout=10).text
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def wait_answered(self) -> None:
+        """Until the vendor has finished answering every request that arrived (a timed-out one is answered
+        late)."""
+        deadline = time.monotonic() + 10
+        while len(self.sim.request_log) < sum(self.sim.requests.values()):
+            assert time.monotonic() < deadline, "the vendor never answered"
+            time.sleep(0.02)
+
+    def faulted(self) -> int:
+        """Requests the vendor did not answer with data since its counters were reset."""
+        return sum(1 for r in self.sim.request_log if failed(r))
+
+
+class Rig(_Rig):
     """The simulator (its clock may run ahead of the exporter's: Date skew) and an exporter polling it."""
 
     def __init__(self, clock: Clock, tmp_path) -> None:
@@ -88,10 +116,6 @@ class Rig:
         self.exporter.server.start()  # the pollers are stepped by the test, not by their threads
         self.poller = self.exporter.pollers.cdn[0]
 
-    def close(self) -> None:
-        self.exporter.stop()
-        self.sim.stop()
-
     def step(self) -> None:
         nr = self.poller.next_run()
         if nr > self.clock():
@@ -104,23 +128,6 @@ class Rig:
                 return
             self.step()
         raise AssertionError("the poller never caught up")
-
-    def scrape(self) -> dict[tuple[str, frozenset], float]:
-        text = requests.get(self.exporter.server.url + "/metrics", timeout=10).text
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
-
-    def wait_answered(self) -> None:
-        """Until the vendor has finished answering every request that arrived (a timed-out one is answered
-        late)."""
-        deadline = time.monotonic() + 10
-        while len(self.sim.request_log) < sum(self.sim.requests.values()):
-            assert time.monotonic() < deadline, "the vendor never answered"
-            time.sleep(0.02)
-
-    def faulted(self) -> int:
-        """Requests the vendor did not answer with data since its counters were reset."""
-        return sum(1 for r in self.sim.request_log if failed(r))
 
 
 @pytest.fixture
@@ -271,7 +278,7 @@ FMGR_DATA = ("cdnetworks_fmgr_tasks", "cdnetworks_fmgr_items", "cdnetworks_fmgr_
              "cdnetworks_fmgr_pending_tasks", "cdnetworks_fmgr_processed_bytes_total")
 
 
-class FmgrRig:
+class FmgrRig(_Rig):
     """A simulator serving a stream of Fmgr tasks (two a minute, half a minute to two minutes of work each, no
     notifyURL: they end at code 3) and an exporter polling the ids registered through its API."""
 
@@ -291,10 +298,6 @@ class FmgrRig:
         self.exporter.server.start()  # the poller is stepped by the test, not by its thread
         self.poller = self.exporter.pollers.fmgr
         self.registered: list[str] = []
-
-    def close(self) -> None:
-        self.exporter.stop()
-        self.sim.stop()
 
     def register_new(self) -> list[str]:
         """Register every id the vendor has created since the last call, through the registration API."""
@@ -316,20 +319,6 @@ class FmgrRig:
                 return
             self.step()
         raise AssertionError("the poller keeps asking to run: hot loop")
-
-    def scrape(self) -> dict[tuple[str, frozenset], float]:
-        text = requests.get(self.exporter.server.url + "/metrics", timeout=10).text
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
-
-    def wait_answered(self) -> None:
-        deadline = time.monotonic() + 10
-        while len(self.sim.request_log) < sum(self.sim.requests.values()):
-            assert time.monotonic() < deadline, "the vendor never answered"
-            time.sleep(0.02)
-
-    def faulted(self) -> int:
-        return sum(1 for r in self.sim.request_log if failed(r))
 
 
 @pytest.fixture
