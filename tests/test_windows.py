@@ -111,11 +111,13 @@ def test_cache_follows_writes_to_its_group_and_the_clock(wc, entries):
     assert wc.windows("g", T0, [900])[0]["a"] == 2  # a write to the group invalidates its cached sum
     assert wc.windows("g", T0 + 899, [900])[0]["a"] == 2
     assert wc.windows("g", T0 + 900, [900])[0]["a"] == 0  # and time moving past it, to the second
-    entries.add(wc, [("g", T0 - 30, "b", 1)])
+    entries.add(wc, [("g", T0 - 30, "b", 1), ("g", T0 - 2740, "c", 1), ("g", T0 - 2720, "c", 1)])
     calls = len(entries.calls)
-    assert wc.windows("g", T0 + 870.5, [900, 3600])[0] == Counter({"a": 2})
+    assert wc.windows("g", T0 + 870.5, [900, 3600]) == [Counter({"a": 2}), Counter({"a": 2, "b": 1, "c": 1})]
     wc.windows("g", T0 + 870.5, [900, 3600])  # the same scrape again: served from the cache
-    assert len(entries.calls) == calls + 1  # one edge query: the 15m edge splits the minute ending at T0
+    # One edge query: the 1h edge splits the old minute ending at T0 - 2700; the 15m edge splits the newest
+    # minute, which keeps per-second counts and needs none.
+    assert entries.calls[calls:] == [("g", T0 + 870.5 - 3600, T0 - 2700)]
 
 
 def test_moves_between_labels_and_zero_entries_disappear(wc, entries):
@@ -147,3 +149,45 @@ def test_sums_slide_with_the_clock_and_stay_exact(wc, entries):
         ws = [900, 3600, 86400]
         for w, got in zip(ws, wc.windows("g", now, ws), strict=True):
             assert got == entries.exact("g", now - w, now), (now - T0, w)
+
+
+def test_a_burst_newer_than_now_costs_a_second_of_rows_not_a_minute(wc, entries):
+    """Notifications stored while a scrape renders are later than its ``now``: the bucket of now is then summed
+    from its whole seconds, and only the second holding ``now`` is counted from the rows."""
+    ts = T0 - 0.013
+    for step in range(1500):  # 150 s at 10 entries a second (float timestamps, as notification receipt times)
+        ts += 0.1
+        entries.add(wc, [("g", ts, "ok" if step % 7 else "failed", 1)])
+        if step % 23 == 0:
+            now = ts - 0.25  # the scrape started a little before the last write
+            before = len(entries.calls)
+            got = wc.windows("g", now, [60, 900])
+            assert got == [entries.exact("g", now - w, now) for w in (60, 900)], step
+            for _, after, until in entries.calls[before:]:
+                if until > bucket_end(now) - BUCKET_SECONDS:  # a query inside the bucket of now
+                    assert until - after <= 1, (step, after - T0, until - T0)
+
+
+def test_per_second_counts_stay_exact_under_late_old_and_future_writes(entries):
+    """A live stream with scrapes just behind it, writes for old timestamps (status changes of old tasks, moving
+    between labels), and now and then a timestamp far ahead (clock skew) that makes another minute the newest:
+    every window equals the exact count."""
+    rng = random.Random(11)
+    wc = WindowCounter(entries.edge)
+    live = T0
+    for step in range(2500):
+        live += rng.random() * 0.5
+        roll = rng.random()
+        if roll < 0.05:
+            old = live - rng.random() * 3000
+            entries.add(wc, [("g", old, "a", 1)])
+            entries.add(wc, [("g", old, "a", -1), ("g", old, "b", 1)])
+        elif roll < 0.06:
+            entries.add(wc, [("g", live + rng.choice((61, 200, 3600)), "skew", 1)])
+        else:
+            entries.add(wc, [("g", live, rng.choice("ab"), rng.choice((1, 2)))])
+        if step % 17 == 0:
+            now = live - rng.choice((0, 0.3, 1.5, 59, 75))
+            ws = [rng.choice((30, 60, 61, 300)), 3600]
+            for w, got in zip(ws, wc.windows("g", now, ws), strict=True):
+                assert got == entries.exact("g", now - w, now), (step, now - T0, w)
