@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .allocator import limit_arenas
 from .config import Config, ConfigError, load_config, parse_config
 from .kinds import NAMES
 from .webconfig import WebConfig, load_web_config
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args)
     if args.migrate_from is not None:
         return migrate(args)
+    limit_arenas()  # before any thread allocates: see exporter/allocator.py
 
     # Handlers first, before the configuration is even read: from the moment the HTTP server answers, a SIGHUP
     # must reload (its default action would kill the process) and a SIGTERM stop cleanly, also as PID 1 in a
