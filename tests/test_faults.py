@@ -272,6 +272,12 @@ FMGR_FAULTS = [
     # {"code": 0, "message": ...} at HTTP 200: not the seed's failure body (its code is an HTTP status) and not a
     # status either (no id).
     (vendor.CODE0_FAULT_PREFIX + "system busy", "malformed"),
+    # Seed 000's failure body {"code": "<httpCode>", "message": ...}: at its own HTTP status, and inside an
+    # HTTP 200, where the body's code is the statement that counts.
+    ("failure:401", "auth"),
+    ("failure:403", "auth"),
+    ("failure:502", "server_error"),
+    ("failure:500@200", "server_error"),
 ]
 # What /metrics says about the tracked tasks: the last-good data a fault must leave alone.
 FMGR_DATA = ("cdnetworks_fmgr_tasks", "cdnetworks_fmgr_items", "cdnetworks_fmgr_success_ratio",

@@ -457,6 +457,30 @@ def test_injected_faults(sim: Simulator, cdn: CdnClient, fault: str, status: int
     assert [e["fault"] for e in sim.request_log] == [fault, None]
 
 
+@pytest.mark.parametrize(
+    ("fault", "status", "body"),
+    [("failure:401", 401, {"code": "401", "message": "authentication failed"}),
+     ("failure:403", 403, {"code": "403", "message": "authentication failed"}),
+     ("failure:502", 502, {"code": "502", "message": "Bad Gateway"}),
+     ("failure:500@200", 200, {"code": "500", "message": "Internal Server Error"})],
+)
+def test_the_fmgr_failure_body_of_seed_000_as_a_fault(sim: Simulator, fault: str, status: int,
+                                                      body: dict) -> None:
+    sim.inject("fmgr", fault)
+    response = requests.get(sim.url + "/fmgr/status", params={"persistentId": "x"}, timeout=5)
+    assert (response.status_code, response.json()) == (status, body)
+    assert [e["fault"] for e in sim.request_log] == [fault]
+
+
+def test_the_cdn_failure_body_at_an_http_status(sim: Simulator, cdn: CdnClient) -> None:
+    sim.inject("prefetch", "failure:401")
+    response = cdn.post(cdn.body(NOW - 60, NOW))
+    assert (response.status_code, response.json()) == (401, {"Code": 0, "Message": "authentication failed"})
+    for bad in ("failure:", "failure:99", "failure:600", "failure:401@", "failure:401@2000"):
+        with pytest.raises(ValueError):
+            sim.inject("fmgr", bad)
+
+
 def test_fault_count_and_other_apis(sim: Simulator, cdn: CdnClient) -> None:
     sim.inject("prefetch", "http500", count=2)
     assert [cdn.post(cdn.body(NOW - 60, NOW)).status_code for _ in range(3)] == [500, 500, 200]

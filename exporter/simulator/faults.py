@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import http
+import re
 import threading
 from typing import Any
 
@@ -10,6 +12,7 @@ from .wire import (
     APIS,
     CDN_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
+    MSG_AUTH_FAILED,
     Response,
     cdn_error,
     json_response,
@@ -18,6 +21,10 @@ from .wire import (
 
 FAULTS = ("http500", "http503", "http429", "timeout", "malformed", "wrong_types", "empty_page")
 CODE0_FAULT_PREFIX = "code0:"
+# "failure:<code>[@<http status>]": the API's own failure body saying ``code``, at HTTP ``code`` or at the
+# status given (seed 000's Fmgr body {"code": "<httpCode>", "message": ...}, which can also arrive at 200;
+# for the CDN APIs, seed 002's {"Code": 0, "Message": ...}). 401 and 403 carry the auth failure message.
+FAILURE_FAULT = re.compile(r"failure:([1-5][0-9][0-9])(?:@([1-5][0-9][0-9]))?")
 MALFORMED_CDN_BODY = b'{"count": 1, "Code": 1,'
 MALFORMED_FMGR_BODY = b'{"id": "x", "code": 3,'
 
@@ -32,8 +39,9 @@ class Faults:
     def inject(self, api: str, fault: str, count: int) -> None:
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, not {api!r}")
-        if fault not in FAULTS and not fault.startswith(CODE0_FAULT_PREFIX):
-            raise ValueError(f"fault must be one of {FAULTS} or 'code0:<message>', not {fault!r}")
+        if fault not in FAULTS and not fault.startswith(CODE0_FAULT_PREFIX) and not FAILURE_FAULT.fullmatch(fault):
+            raise ValueError(f"fault must be one of {FAULTS}, 'code0:<message>' or 'failure:<code>[@<status>]',"
+                             f" not {fault!r}")
         if count < 1:
             raise ValueError("count must be >= 1")
         with self._lock:
@@ -71,7 +79,22 @@ def fault_response(api: str, fault: str) -> Response:
         payload = {"count": 10**6, "Code": 1, "message": "success", "pageNo": 1, "pageSize": 20,
                    "resultDetail": []}
         return json_response(200, payload, result, CDN_CONTENT_TYPE)
+    failure = FAILURE_FAULT.fullmatch(fault)
+    if failure is not None:
+        code = int(failure.group(1))
+        status = int(failure.group(2) or code)
+        text = MSG_AUTH_FAILED if code in (401, 403) else _phrase(code)
+        if cdn:
+            return cdn_error(text, result, status)
+        return json_response(status, {"code": str(code), "message": text}, result)
     message = fault[len(CODE0_FAULT_PREFIX):]
     if cdn:
         return cdn_error(message, result)
     return json_response(200, {"code": 0, "message": message}, result)
+
+
+def _phrase(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return f"error {code}"
