@@ -4,7 +4,8 @@ glibc gives each thread that allocates while another holds an arena a new one, u
 keeps the pages it once held. The exporter's HTTP workers, pollers, lease keeper and group commit all allocate
 (Python objects, SQLite pages), so its RSS crept up for minutes after start-up: +12.9% over a 10-minute soak
 (``benchmarks/bench_soak.py``), all of it anonymous memory, against +0.0% from the second minute on with two
-arenas. Python's own objects live in its arenas, not malloc's, so two malloc arenas cost no measurable speed.
+arenas. Python's small objects come from its own allocator (pymalloc), so the cap concerns only larger
+allocations and SQLite's; the notification and scrape benchmarks showed no difference beyond their noise.
 
 Applied at start-up, before the threads exist, with ``mallopt(M_ARENA_MAX)``; an operator's own
 ``MALLOC_ARENA_MAX`` (which glibc reads itself) wins. Elsewhere (musl, macOS) nothing is done.

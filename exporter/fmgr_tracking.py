@@ -128,7 +128,7 @@ class _Note:
     error: BaseException | None = None
     # Held until the notification is committed (or failed): its sender blocks on it, so the writer wakes each
     # sender whose notification a batch committed and no other (a Condition's notify_all also woke those
-    # queued for the next batch, who went back to sleep: about 8% of the CPU per notification).
+    # queued for the next batch, who went back to sleep; benchmarks/README.md, "Notifications").
     pending: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
