@@ -59,11 +59,12 @@ def test_the_store_lives_in_the_schema_the_url_names(postgres_cluster, postgres_
 def test_the_password_is_masked_in_the_path(postgres_url):
     url = postgres_url.replace("postgres@", "postgres:s3cret@", 1)  # trust authentication ignores it
     repo = open_repository(url)
+    store = Store(repo.path, repository=repo)
     try:
         assert "s3cret" not in repo.path and repo.path == postgres_url.replace("postgres@", "postgres:***@", 1)
-        assert Store(repo.path, repository=repo).path == repo.path
+        assert store.path == repo.path
     finally:
-        repo.close()
+        store.close()  # its change-log thread first, then the repository
 
 
 @pytest.mark.parametrize(("url", "masked"), [
