@@ -114,9 +114,8 @@ class WindowCounter:
         self._edge = edge
         self._size = bucket_seconds
         self._data: dict[Hashable, dict[int, _Bucket]] = defaultdict(dict)
-        # Per group, the end of its newest bucket and the ends of the buckets that keep per-second counts.
+        # Per group, the end of its newest bucket: that bucket and the one before it keep per-second counts.
         self._newest: dict[Hashable, int] = {}
-        self._fine: dict[Hashable, set[int]] = defaultdict(set)
         self._lock = threading.Lock()
         # Per group, so that a write to one (account, kind) does not invalidate the others' cached sums.
         self._versions: dict[Hashable, int] = defaultdict(int)
@@ -143,18 +142,14 @@ class WindowCounter:
 
     def _new_bucket_locked(self, group: Hashable, buckets: dict[int, _Bucket], end: int) -> _Bucket:
         """A bucket for ``end``, with per-second counts when it is among the group's two newest minutes."""
-        newest = self._newest.get(group, end)
-        if end >= newest:
+        size = self._size
+        newest = self._newest.setdefault(group, end)
+        if end > newest:
+            for old in (newest - size, newest):  # the buckets that kept per-second counts until now
+                if old < end - size and old in buckets:
+                    buckets[old].fine = None  # no longer the bucket of a scrape's now
             self._newest[group] = newest = end
-            fine = self._fine[group]
-            for old in [e for e in fine if e < newest - self._size]:
-                fine.discard(old)  # older than the minute before the newest: not the bucket of a scrape's now
-                if old in buckets:
-                    buckets[old].fine = None
-        if end < newest - self._size:
-            return _Bucket()
-        self._fine[group].add(end)
-        return _Bucket(fine=True)
+        return _Bucket(fine=end >= newest - size)
 
     def windows(self, group: Hashable, now: float, windows: Sequence[float]) -> list[Counts]:
         """Counter of label -> sum over ``(now - w, now]`` for each ``w`` in ``windows`` (same order)."""
@@ -258,5 +253,4 @@ class WindowCounter:
             for group, buckets in self._data.items():
                 for end in [end for end in buckets if end < before]:
                     del buckets[end]
-                    self._fine[group].discard(end)
                 self._versions[group] += 1

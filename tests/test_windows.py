@@ -166,6 +166,8 @@ def test_a_burst_newer_than_now_costs_a_second_of_rows_not_a_minute(wc, entries)
             for _, after, until in entries.calls[before:]:
                 if until > bucket_end(now) - BUCKET_SECONDS:  # a query inside the bucket of now
                     assert until - after <= 1, (step, after - T0, until - T0)
+    # Per-second counts are kept by the two newest minutes only, not by every minute the stream went through.
+    assert sorted(end for end, b in wc._data["g"].items() if b.fine is not None) == [T0 + 120, T0 + 180]
 
 
 def test_per_second_counts_stay_exact_under_late_old_and_future_writes(entries):
