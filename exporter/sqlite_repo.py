@@ -355,6 +355,11 @@ class SqliteRepository:
             f"SELECT create_ts, url, updated_ts, status FROM cdn_tasks WHERE account=? AND kind=? AND "
             f"{_UNFINISHED_SQL} AND create_ts BETWEEN ? AND ? ORDER BY create_ts", (account, kind, start, end))]
 
+    def cdn_rows(self, account: str, kind: str, start: float, end: float) -> list[tuple[float, str, str]]:
+        return [(c, u, st) for c, u, st in self._query(
+            "SELECT create_ts, url, status FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
+            "AND status IS NOT NULL", (account, kind, start, end))]
+
     def cdn_task_count(self, account: str | None, kind: str | None) -> int:
         sql, args = "SELECT count(*) FROM cdn_tasks WHERE 1=1", []
         if account is not None:

@@ -268,6 +268,10 @@ class Store:
         with self._transaction(fence) as work:
             work.tx.cdn_mark_checked(account, kind, start, end, ts, url)
 
+    def cdn_rows(self, account: str, kind: str, start: float, end: float) -> list[tuple[float, str, str]]:
+        """(create_ts, url, status) of the tasks created in [start, end] (tests, benchmarks, diagnostics)."""
+        return self.repo.cdn_rows(account, kind, start, end)
+
     def cdn_task_count(self, account: str | None = None, kind: str | None = None) -> int:
         return self.repo.cdn_task_count(account, kind)
 

@@ -280,6 +280,32 @@ class CdnModel:
         counts["succeeded_since"] = succeeded_since
         return counts
 
+    def changes(self, username: str, kind: str, start_ts: float, end_ts: float, after: float,
+                until: float) -> list[tuple[str, int, int, str, float]]:
+        """Every change the API showed in ``(after, until]`` of the tasks created in ``[start_ts, end_ts]``, as
+        ``(url, create, phase, status, at)``: phase 0 the task appears waiting, 1 it runs, 2 it ends in
+        ``status``. A task served late appears in the phase it has by then (the earlier phases are not seen).
+
+        What a client could have learnt and when: the real truth that staleness is measured against."""
+        lo, hi = math.ceil(start_ts), min(math.floor(end_ts), math.floor(until))
+        out: list[tuple[str, int, int, str, float]] = []
+        with self._lock:
+            for slot_no, summary, _ in self._slots_desc(username, kind, lo, hi):
+                if max(summary.settled_at, summary.visible_at) <= after:
+                    continue  # every task of the slot settled and was served before ``after``: nothing new
+                for task in self._slot_tasks(username, kind, slot_no):
+                    if not lo <= task.create <= hi:
+                        continue
+                    times = (max(task.create, task.visible), max(task.create + task.wait, task.visible),
+                             max(task.finish, task.visible))
+                    for phase, at in enumerate(times):
+                        if phase < 2 and times[phase + 1] <= at:
+                            continue  # skipped: the task is already further on when it is first served
+                        if after < at <= until:
+                            status = ("wait", "run", task.final)[phase]
+                            out.append((task.url, task.create, phase, status, at))
+        return out
+
     def tasks_at(self, username: str, kind: str, start_ts: float, end_ts: float,
                  at: float | None) -> list[dict[str, Any]]:
         now = self._clock() if at is None else at

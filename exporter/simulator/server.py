@@ -248,6 +248,12 @@ class Simulator:
         asks by state can learn it without the task being served again)."""
         return self._cdn.known_truth(username, kind, start_ts, end_ts)
 
+    def cdn_changes(self, username: str, kind: str, start_ts: float, end_ts: float, after: float,
+                    until: float) -> list[tuple[str, int, int, str, float]]:
+        """(url, create, phase, status, at) of each change the API showed in ``(after, until]``
+        (``CdnModel.changes``): the real truth staleness is measured against."""
+        return self._cdn.changes(username, kind, start_ts, end_ts, after, until)
+
     def cdn_tasks_at(self, username: str, kind: str, start_ts: float, end_ts: float,
                      at: float | None = None) -> list[dict[str, Any]]:
         """The wire's ``resultDetail`` entries for the range, in wire order, each plus ``create_ts``."""
