@@ -51,6 +51,13 @@ SWEEP_STATES = ("wait", "run", "failure")
 SWEEP_EVERY = 900.0  # a task old enough to be swept is due at most this often (a sweep costs three requests)
 SWEEP_SPAN = 4 * 3600  # failures are ~5% of tasks: at 100k a day, 4 hours of them fill about two pages
 DAY = 86400
+# When the budget gives at least this many requests per poll interval, the newest tasks are read the moment
+# they are due and re-reads are spaced to fit the budget (``_reread_plan``); below it (the published budget of
+# 1 request per 5 minutes) every request is weighed against the head as before.
+SPACED_MIN_CAPACITY = 2.0
+HISTORY_SHARE = 0.3  # of the requests while history is unread: the longest window fills at a known pace
+REREAD_SHARE = 0.9  # of what is left after the head and history: a margin for probes and page-size probes
+MAX_SPACING = 0.25  # the most stretched re-read interval is a quarter of a task's age (today's published spacing)
 
 
 class StoreView(Protocol):
@@ -72,6 +79,7 @@ class Read:
     stored: int | None = None  # probes: what the store held for the range when the probe was sent
     diff: int = 0  # suspects: how many tasks the vendor has there that the store lacks
     parent_start: int | None = None  # suspects: where the range being narrowed down starts
+    truncated: bool = False  # heads: stopped a page short of now, so the next head read is due at once
 
     @property
     def count_only(self) -> bool:
@@ -81,6 +89,44 @@ class Read:
 def recheck_interval(age: float, poll_interval: float) -> float:
     """How long an unfinished task may go unread: young tasks change fast, old stuck ones rarely."""
     return min(RECHECK_MAX, max(poll_interval, age / 4))
+
+
+def spaced_interval(age: float, poll_interval: float, spacing: float) -> float:
+    """How long an unfinished task of ``age`` may go unread when the budget allows re-reads ``spacing``
+    (0: every poll interval; up to ``MAX_SPACING``, a quarter of its age)."""
+    return max(poll_interval, min(RECHECK_MAX, spacing * age))
+
+
+@dataclass(frozen=True)
+class Part:
+    """A page-sized createTime range holding unfinished tasks, re-read as a whole (every task in it, due or
+    not: a request costs the same with 1 row or a full page); ``url`` when one second alone fills a page."""
+
+    start: int
+    end: int
+    youngest: float  # createTime of its newest unfinished task: the one most likely to change
+    due: float  # when its most overdue task is due
+    url: str | None = None
+
+
+def fit_spacing(ages: list[float], poll_interval: float, capacity: float) -> float | None:
+    """The smallest spacing (0..MAX_SPACING) at which re-reading parts of these ages costs at most
+    ``capacity`` requests per poll interval; None when even the widest spacing does not fit."""
+    def demand(spacing: float) -> float:
+        return sum(poll_interval / spaced_interval(a, poll_interval, spacing) for a in ages)
+
+    if demand(0.0) <= capacity:
+        return 0.0
+    if demand(MAX_SPACING) > capacity:
+        return None
+    lo, hi = 0.0, MAX_SPACING
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        if demand(mid) <= capacity:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def subtract(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
@@ -133,6 +179,10 @@ class Planner:
     current: Read | None = None
     sweep: list[int] | None = None  # [start, end, started, states done] of a status sweep in progress
     paused: Read | None = None  # a maintenance read between pages, set aside while the newest tasks are due
+    slot: float = 0.0  # seconds per request at the budget's pace (the poller sets it; 0: unlimited)
+    history_credit: float = 0.0  # history's share of the requests, owed while it is unread
+    spacing: float | None = None  # the last re-read spacing that fitted the budget (None: it did not)
+    _plan: tuple[float, list[Part] | None] | None = field(default=None, repr=False)  # (now, parts) this step
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -224,8 +274,13 @@ class Planner:
         since = now - self.last_head_at + 1e-6
         return unread > 0 and (since >= self.poll_interval or unread >= self.page_seconds())
 
+    def capacity(self, slot: float) -> float:
+        """Requests the budget gives per poll interval."""
+        return self.poll_interval / slot if slot > 0 else math.inf
+
     def next_read(self, now: float, store: StoreView, slot: float) -> Read | None:
         """The next request to send, or None when nothing is due (see ``next_due``)."""
+        self.slot = slot
         if self.head is None:
             self.begin(now)
         if self.current is not None and self.current.purpose == "head" and self.current.page_no == 1:
@@ -245,7 +300,9 @@ class Planner:
             lag_after = max(self.lag(now), now - self.head) + slot
             # The newest tasks can wait a slot when they will still fit one page then (low volume): the slot
             # goes to maintenance. Otherwise maintenance gets its share of the requests.
-            can_wait = not self.recent and (now + slot - self.head) * self.rate <= FILL * self.page_size
+            # With room for more than the head in every poll interval, the newest tasks never wait.
+            can_wait = not self.recent and (now + slot - self.head) * self.rate <= FILL * self.page_size and \
+                self.capacity(slot) < SPACED_MIN_CAPACITY
             if (self.credit >= 1 or can_wait) and lag_after <= LAG_LIMIT_INTERVALS * self.poll_interval:
                 read = self._maintenance(now, store)
                 if read is not None:
@@ -275,6 +332,7 @@ class Planner:
             # A little behind (a slot went to maintenance, a page more than planned): one full page from the
             # oldest unread second. Pages stay full and no hole is left; the rest is read at the next slot.
             end = start + int(room) - 1
+            return Read(start, end, "head", truncated=True)
         else:
             # Room left in the page: re-read the newest tasks (statuses, late arrivals) for free.
             back = start - int(self.overlap)
@@ -308,6 +366,15 @@ class Planner:
         def recheck() -> Read | None:
             return self._recheck(now, store)
 
+        if self.capacity(self.slot) >= SPACED_MIN_CAPACITY:
+            # Re-reads are spaced to fit what the head and history leave (``_reread_plan``): one that is due
+            # goes first, except when history is owed its share; then late tasks, then history.
+            if self.history:
+                self.history_credit = min(1.0, self.history_credit + HISTORY_SHARE)
+            if self.history and self.history_credit >= 1.0:
+                self.history_credit -= 1.0
+                return self._history()
+            return recheck() or late() or self._history()
         # Re-checks take two turns in four: statuses of tasks already counted are what the windows show.
         options: list[Callable[[], Read | None]] = [recheck, late, recheck, self._history]
         for i in range(len(options)):
@@ -360,12 +427,85 @@ class Planner:
         self.last_deep_probe_at = now
         return None
 
+    def _reread_plan(self, now: float, store: StoreView) -> list[Part] | None:
+        """The unfinished tasks as page-sized parts, each due by a spacing that fits the budget, or None when
+        the budget is too tight for re-reads by range (then ``_recheck`` weighs each task by its age and
+        sweeps old ones by state, as at the published budget). Cached for one instant: the poller's answer
+        (``on_answer``, ``abandon``) clears it."""
+        if self._plan is not None and self._plan[0] == now:
+            return self._plan[1]
+        parts = self._build_plan(now, store)
+        self._plan = (now, parts)
+        return parts
+
+    def _build_plan(self, now: float, store: StoreView) -> list[Part] | None:
+        assert self.head is not None
+        capacity = self.capacity(self.slot)
+        if capacity < SPACED_MIN_CAPACITY:
+            self.spacing = None
+            return None
+        reach = self.reach(now)
+        if self.head < reach:
+            return []
+        unfinished = store.unfinished(reach, self.head)
+        if not unfinished:
+            self.spacing = 0.0
+            return []
+        # Greedy from the oldest: each part reaches as far as one page holds (every stored task of the range
+        # comes back, finished or not), within the API's one-day span.
+        limit = FILL * self.page_size
+        bounds: list[tuple[int, int, int, str | None]] = []  # (first index, last index, start, url)
+        i = 0
+        while i < len(unfinished):
+            c0 = math.floor(unfinished[i][0])
+            j = i
+            # Most parts are either isolated tasks or a dense run: try the neighbour first, then bisect.
+            if i + 1 < len(unfinished) and math.floor(unfinished[i + 1][0]) - c0 < DAY and \
+                    store.range_count(c0, math.floor(unfinished[i + 1][0])) <= limit:
+                lo, hi = i + 1, len(unfinished) - 1
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    c = math.floor(unfinished[mid][0])
+                    if c - c0 < DAY and store.range_count(c0, c) <= limit:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                j = lo
+            if j == i and store.range_count(c0, c0) > self.page_size:
+                bounds.append((i, i, c0, unfinished[i][1]))  # one second fills a page: this task by its url
+            else:
+                bounds.append((i, j, c0, None))
+            i = j + 1
+        # Requests per poll interval left for re-reads: the head's, and history's share while it is unread,
+        # come first.
+        head = max(1.0, self.rate * self.poll_interval / limit)
+        left = capacity * (1 - (HISTORY_SHARE if self.history or self.recent else 0.0)) - head
+        ages = [now - unfinished[j][0] for _, j, _, _ in bounds]
+        spacing = fit_spacing(ages, self.poll_interval, REREAD_SHARE * left)
+        self.spacing = spacing
+        if spacing is None:
+            return None
+        parts = []
+        for (i, j, c0, url), age in zip(bounds, ages, strict=True):
+            interval = spaced_interval(age, self.poll_interval, spacing)
+            due = min(seen for _, _, seen, _ in unfinished[i:j + 1]) + interval
+            parts.append(Part(c0, math.floor(unfinished[j][0]), unfinished[j][0], due, url))
+        return parts
+
     def _recheck(self, now: float, store: StoreView) -> Read | None:
-        """Unfinished tasks: a sweep in progress first, then whatever is most due."""
+        """Unfinished tasks: a sweep in progress first, then the most overdue part (or, on a budget too tight
+        for parts, whatever task is most due)."""
         assert self.head is not None
         if self.sweep is not None:
             a, b, _, done = self.sweep
             return Read(a, b, "sweep", status=SWEEP_STATES[done])
+        parts = self._reread_plan(now, store)
+        if parts is not None:
+            overdue = [p for p in parts if p.due <= now + 1e-6]
+            if not overdue:
+                return None
+            part = min(overdue, key=lambda p: p.due)
+            return Read(part.start, part.end, "recheck", url=part.url)
         end = self.head - int(self.overlap)
         reach = self.reach(now)
         if end < reach:
@@ -423,6 +563,7 @@ class Planner:
     def on_answer(self, now: float, read: Read, count: int) -> str:
         """Account for one page of ``read``: "done" (all of it read), "split" (more than a page: the range
         went back to its list in page-sized pieces) or "more" (page on)."""
+        self._plan = None  # the store changes with this answer
         if read.count_only:
             self._on_count(read, count)
             self.current = None
@@ -465,7 +606,8 @@ class Planner:
             if read.start > self.head + 1:
                 unread = [*unread, [self.head + 1, read.start - 1]]  # did not fit the page: read next
             self.head = max(self.head, read.end)
-            self.last_head_at = now
+            if not read.truncated or self.capacity(self.slot) < SPACED_MIN_CAPACITY:
+                self.last_head_at = now  # (at the published budget the next slot comes a poll interval on)
         self.recent = subtract(self.recent, read.start, read.end)
         self.history = subtract(self.history, read.start, read.end)
         if not unread:
@@ -504,6 +646,7 @@ class Planner:
     def abandon(self) -> None:
         """The vendor refused the read as it stands: drop it (its range stays in its list, if any)."""
         self.current = None
+        self._plan = None
 
     def next_due(self, now: float, store: StoreView) -> float:
         """When there will be something to read, if nothing is due now."""
@@ -512,6 +655,9 @@ class Planner:
         if self.suspects or self.history or self.recent or self.sweep is not None or self.paused is not None:
             return now
         due = min(due, self.last_probe_at + PROBE_INTERVAL, self.last_deep_probe_at + DEEP_PROBE_INTERVAL)
+        parts = self._reread_plan(now, store)
+        if parts is not None:
+            return min([due, *(p.due for p in parts)])
         end = self.head - int(self.overlap)
         reach = self.reach(now)
         if end >= reach:

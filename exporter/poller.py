@@ -32,6 +32,7 @@ from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
 from .fmgr import FmgrApiError, FmgrClient, Lifecycle
 from .health import ApiHealth
 from .leases import FMGR_LEASE, MARGIN, LeaseLost, Leases, LeaseView, cdn_lease, poller_of
+from .pagesize import PageSize
 from .planner import FILL, Planner
 from .store import CHANGES_KEPT, CdnTask, Store
 
@@ -217,14 +218,15 @@ class CdnPoller(Worker):
             # Sent, and never recorded as answered: it may have reached the vendor, no later than its timeout.
             self.budget.record(float(saved["in_flight"]) + cfg.request_timeout)
         st = self.store.get_state(self._key) or {}
-        # The largest page size the vendor is known to serve (refused or silently capped sizes lower it).
-        self.page_ceiling: int = min(int(st.get("page_ceiling") or cfg.max_page_size), cfg.max_page_size)
-        self.page_size: int = min(int(st.get("page_size") or cfg.page_size), self.page_ceiling)
+        # The vendor's largest page size is undocumented: found by ``PageSize`` and remembered.
+        self.pages = PageSize.restore(st, cfg.page_size, cfg.max_page_size)
+        self.page_size = self.pages.size
         self.planner = Planner(
             poll_interval=cfg.poll_interval, overlap=cfg.overlap, lookback=cfg.lookback,
             shortest_window=self._windows[0], longest_window=self._windows[1],
-            max_query_age=cfg.max_query_age, page_size=self.page_size)
+            max_query_age=cfg.max_query_age, page_size=self.pages.size)
         self.planner.restore(st.get("plan"))
+        self.planner.slot = self.slot
         if self.planner.head is None and st.get("synced_until") is not None:
             # A store written before range planning: everything up to its watermark was read.
             self.planner.head = int(st["synced_until"])
@@ -261,8 +263,7 @@ class CdnPoller(Worker):
 
     def _save(self) -> None:
         self.store.set_state(self._key, {
-            "plan": self.planner.state(), "page_size": self.page_size, "page_ceiling": self.page_ceiling,
-            "last_ok": self.last_ok,
+            "plan": self.planner.state(), "page": self.pages.state(), "last_ok": self.last_ok,
         }, fence=self.lease.fence())
 
     def _report(self, now: float) -> None:
@@ -278,7 +279,7 @@ class CdnPoller(Worker):
             if self.next_run() > self.clock():
                 return
         now = self.clock()
-        self.planner.page_size = self.page_size
+        self.planner.page_size = self.page_size = self.pages.size
         read = self.planner.next_read(now, self.view, self.slot)
         self._report(now)
         if read is None:
@@ -308,12 +309,11 @@ class CdnPoller(Worker):
         self.last_ok = done_at
         # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
         expected = min(size, page.count - (read.page_no - 1) * size)
-        if 0 < page.rows < expected:
+        if not read.count_only and not self.pages.on_served(size, page.rows, expected, done_at):
             # A short page: the vendor caps the page size without saying so. Paging on with our size would
             # skip rows, so adopt its size and read the range again from the first page.
             log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, page.rows,
                         size, page.rows)
-            self.page_size = self.page_ceiling = page.rows
             read.page_no, read.count = 1, None
             self._save()
             return
@@ -348,14 +348,11 @@ class CdnPoller(Worker):
     def _grow_page_size(self) -> None:
         """When the new tasks of one poll interval no longer fit a page, every read of them would need two:
         fewer, larger pages are the only way to keep up within the vendor's limits. Only then: the largest
-        size is undocumented, and a refused one costs a whole slot of the budget (it halves back and stays
-        the ceiling)."""
+        size is undocumented, and a refused one costs a whole slot of the budget."""
         per_interval = self.planner.rate * self.cfg.poll_interval
-        if per_interval > FILL * self.page_size and self.page_size < self.page_ceiling:
-            grown = min(self.page_size * 2, self.page_ceiling)
-            log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; page size -> %d",
-                     self.name, per_interval, self.cfg.poll_interval, self.page_size, grown)
-            self.page_size = grown
+        if per_interval > FILL * self.pages.want and self.pages.grow():
+            log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; asking for pages of %d",
+                     self.name, per_interval, self.cfg.poll_interval, self.page_size, self.pages.want)
 
     def _on_error(self, exc: ApiError) -> None:
         now = self.clock()
@@ -363,11 +360,11 @@ class CdnPoller(Worker):
         self.failures += 1
         read = self.planner.current
         if exc.kind == "bad_request" and exc.page_size_error and self.page_size > 1:
-            # The maximum page size is undocumented: halve, restart the range (page borders moved), remember.
-            # Growth stops at the halved size: probing sizes between it and the refused one would spend the
-            # tight budget on refusals.
-            self.page_size = self.page_ceiling = max(1, self.page_size // 2)
-            log.warning("%s: vendor refused page size; trying %d", self.name, self.page_size)
+            # The maximum page size is undocumented: search for it (``PageSize``), restart the range (page
+            # borders moved), remember.
+            self.pages.on_refused(self.page_size, now)
+            log.info("%s: vendor refused page size %d (its maximum is undocumented); trying %d", self.name,
+                     self.page_size, self.pages.size)
             if read is not None:
                 read.page_no, read.count = 1, None
             return

@@ -284,17 +284,22 @@ def test_page_size_grows_until_the_published_budget_keeps_up(sim_factory, clock,
         sim.cdn_truth("acme", "prefetch", start, end)["total"]
 
 
-def test_page_size_never_grows_past_a_size_the_vendor_refused(sim_factory, clock, tmp_path):
-    # 250 new tasks per 5 minutes do not fit pages of 100 or 200: the page size grows, 400 is refused.
+def test_page_size_finds_the_vendors_cap_and_stays_there(sim_factory, clock, tmp_path):
+    # 250 new tasks per 5 minutes do not fit pages of 100 or 200: the page size grows, 400 is refused, and the
+    # search between 200 (served) and 400 (refused) finds the vendor's real cap, 300, then stays there.
     sim = sim_factory(rate_limits={"prefetch": (1, 300.0)}, max_page_size=300)
     sim.add_cdn_stream("acme", "prefetch", per_hour=3000, start_ts=T0 - DAY)
     poller, store, health = build(sim, clock, tmp_path, prefetch={**PUBLISHED, "page_size": 100})
     run_for(poller, clock, 2 * 3600)
-    assert poller.page_size <= 300
-    assert health.requests()[("prefetch", "bad_request")] == 1  # refused once, remembered after that
+    assert poller.page_size == 300
+    refused = health.requests()[("prefetch", "bad_request")]
+    assert refused == 2  # 400, then 350 (a gap of 50 could grow a page by no more than a quarter: stop)
+    run_for(poller, clock, 3600)
+    assert health.requests()[("prefetch", "bad_request")] == refused  # remembered: no new refusal within hours
     store.close()
     restarted, _, _ = build(sim, clock, tmp_path, prefetch={**PUBLISHED, "page_size": 100})
-    assert restarted.page_ceiling == poller.page_ceiling <= 300
+    assert (restarted.pages.served, restarted.pages.refused) == (300, 350)
+    assert restarted.page_size == poller.page_size == 300
 
 
 def test_a_failing_worker_keeps_running_without_a_hot_loop(caplog):
