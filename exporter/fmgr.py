@@ -182,7 +182,12 @@ class Lifecycle:
     * 4 (notifying): poll every ``poll_interval`` until the vendor says 5 or 6.
     * 5/6: final, no more polls.
     * A received notification asks for a confirming poll ``confirm_delay`` later, long enough for the
-      vendor to have recorded the delivery (our 200 answer) as 6; a task already at 6 needs none.
+      vendor to have recorded the delivery (our 200 answer) as 6, but never more than ``poll_interval``
+      later: the vendor records the delivery within seconds, and a longer wait would show the task at 3 or
+      4 that long after the vendor moved it to 6. The confirming poll takes the place of the next regular
+      one (a poll in the instant of the notification would still see 4), but a task still being polled is
+      polled again no later than two poll intervals after its last poll, however many notifications come
+      in between: every change at the vendor is then seen within two poll intervals.
     """
 
     poll_interval: float = 60.0
@@ -201,9 +206,15 @@ class Lifecycle:
             return min(now + self.poll_interval, deadline)
         return now + self.poll_interval
 
-    def after_notification(self, code: int | None, now: float) -> float | None:
-        """The time of the confirming poll after a notification received at ``now`` for a task at ``code``."""
-        return None if code == 6 else now + self.confirm_delay
+    def after_notification(self, code: int | None, now: float, *, last_polled: float | None = None) -> float | None:
+        """The time of the confirming poll after a notification received at ``now`` for a task at ``code``;
+        ``last_polled``: the last poll of a task still being polled (None: not polled yet, or taken as final)."""
+        if code == 6:
+            return None
+        due = now + min(self.confirm_delay, self.poll_interval)
+        if last_polled is not None:
+            due = min(due, max(now, last_polled + 2 * self.poll_interval))
+        return due
 
 
 # --------------------------------------------------------------------------------------------------

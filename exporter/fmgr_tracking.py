@@ -57,9 +57,10 @@ def apply_status(work: Work, status: fmgrwire.FmgrStatus, *, source: str, polled
     row = tx.fmgr_get(status.id)
     new_task = row is None
     if row is None:
-        first_seen, final_seen, old_code, confirmed, abandoned, next_poll = now, None, None, False, False, now
+        first_seen, final_seen, old_code, confirmed, abandoned, next_poll, last_polled = (
+            now, None, None, False, False, now, None)
     else:
-        first_seen, final_seen, old_code, confirmed, abandoned, next_poll = row
+        first_seen, final_seen, old_code, confirmed, abandoned, next_poll, last_polled = row
     new_code = old_code
     if polled:
         new_code = status.code
@@ -85,10 +86,12 @@ def apply_status(work: Work, status: fmgrwire.FmgrStatus, *, source: str, polled
                                    notified=tx.fmgr_was_notified(status.id))
         confirmed, next_poll = (True, now) if due is None else (False, due)
     else:
-        due = lifecycle.after_notification(new_code, now)
+        # Of a task still being polled: its last poll bounds how long the confirming poll may put polling off.
+        due = lifecycle.after_notification(new_code, now,
+                                           last_polled=None if confirmed or abandoned else last_polled)
         if due is not None:
             confirmed, next_poll = False, due
-    last_polled = now if polled else None
+    last_polled = now if polled else None  # a notification is no poll: the last poll stays as it was
     if new_task:
         tx.fmgr_insert(status.id, now, source, new_code, new_final_seen, confirmed, now, last_polled, next_poll)
         old_items: dict[int, FmgrItemRow] = {}

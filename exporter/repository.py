@@ -61,6 +61,7 @@ class FmgrTaskRow(NamedTuple):
     confirmed: bool
     abandoned: bool
     next_poll: float
+    last_polled: float | None
 
 
 class FmgrItemRow(NamedTuple):

@@ -147,9 +147,11 @@ class _Tx:
 
     def fmgr_get(self, task_id: str) -> FmgrTaskRow | None:
         row = self._c.execute(
-            "SELECT first_seen, final_seen, code, confirmed, abandoned, next_poll FROM fmgr_tasks WHERE id = ?",
+            "SELECT first_seen, final_seen, code, confirmed, abandoned, next_poll, last_polled FROM fmgr_tasks "
+            "WHERE id = ?",
             (task_id,)).fetchone()
-        return None if row is None else FmgrTaskRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5])
+        return None if row is None else FmgrTaskRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5],
+                                                    row[6])
 
     def fmgr_was_notified(self, task_id: str) -> bool:
         return self._c.execute("SELECT 1 FROM fmgr_notifications WHERE task_id = ? LIMIT 1",

@@ -289,6 +289,26 @@ def test_a_notification_asks_for_a_confirming_poll_unless_already_notified():
     assert LIFE.after_notification(6, 1000.0) is None
 
 
+def test_the_confirming_poll_comes_within_a_poll_interval():
+    # The vendor records the delivery as 6 within seconds: with polls every 5 s, a confirming poll 30 s
+    # after the notification would show the task at 3 or 4 for 25 s after the vendor moved it to 6.
+    fast = fmgr.Lifecycle(poll_interval=5.0, notify_grace=300.0, confirm_delay=30.0)
+    for code in (None, 0, 1, 3, 4, 5):
+        assert fast.after_notification(code, 1000.0) == 1005.0
+    assert fast.after_notification(6, 1000.0) is None
+
+
+def test_notifications_put_the_polls_of_a_task_off_by_at_most_one_interval():
+    # A task still polled (last at 996) is polled again by 1006, two intervals after its last poll, however
+    # many notifications come in (separate notifications, one per item); one overdue stays due.
+    fast = fmgr.Lifecycle(poll_interval=5.0, notify_grace=300.0, confirm_delay=30.0)
+    assert fast.after_notification(4, 1000.0, last_polled=999.0) == 1005.0
+    assert fast.after_notification(4, 1000.0, last_polled=996.0) == 1005.0
+    assert fast.after_notification(1, 1003.0, last_polled=996.0) == 1006.0
+    assert fast.after_notification(1, 1020.0, last_polled=996.0) == 1020.0
+    assert fast.after_notification(6, 1000.0, last_polled=996.0) is None
+
+
 @pytest.mark.parametrize("code", [7, 99, -1, 2**70, None, "x", "", True, 3.5])
 def test_unknown_codes_are_other(code):
     assert task_state(code) == "other"

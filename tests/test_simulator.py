@@ -685,6 +685,30 @@ def test_a_retry_that_succeeds_marks_the_task_notified(sim: Simulator, clock: Fa
     assert receiver.posts[0]["body"] == receiver.posts[1]["body"]
 
 
+def test_fmgr_changes_date_every_code_the_status_query_shows(sim: Simulator, clock: FakeClock,
+                                                             receiver: Receiver) -> None:
+    receiver.codes.extend([503])
+    sim.add_fmgr_task("n-5", ["fetch"], pending=2, processing=5, notify_url=receiver.url,
+                      notify_key=("AK1", "SK1"), notify_delay=3)
+    sim.add_fmgr_task("plain", ["copy"], pending=0, processing=5)
+    clock.advance(10)
+    sim.deliver_due_notifications()  # 503: the task stays at 4
+    assert sim.fmgr_changes("n-5") == [(NOW, 0), (NOW + 2, 1), (NOW + 7, 3), (NOW + 10, 4)]
+    clock.advance(0.5)
+    sim.deliver_due_notifications()  # delivered; recorded as 6 notify_record_delay later
+    assert sim.fmgr_changes("n-5")[-1] == (NOW + 10, 4)
+    clock.advance(60)
+    changes = sim.fmgr_changes("n-5")
+    assert changes[-1] == (NOW + 10.5 + sim.notify_record_delay, 6)
+    for ts, code in changes:  # each change is what the status query answers from then on
+        assert sim.fmgr_status("n-5", at=ts)["code"] == code
+        before = sim.fmgr_status("n-5", at=ts - 0.01)
+        assert before is None or before["code"] != code  # None: not created yet
+    assert sim.fmgr_changes("n-5", until=NOW + 7) == changes[:3]
+    assert sim.fmgr_changes("plain") == [(NOW, 1), (NOW + 5, 3)]  # never at 0: no pending time
+    assert sim.fmgr_changes("nope") == []
+
+
 def test_duplicates_and_forgeries_when_asked(sim: Simulator, clock: FakeClock, receiver: Receiver) -> None:
     sim.configure_notifier(duplicate_ratio=1.0, forged_ratio=1.0)
     sim.add_fmgr_task("n-4", ["fetch"], pending=0, processing=1, notify_url=receiver.url,

@@ -300,6 +300,25 @@ def test_a_notification_after_3_was_taken_as_final_asks_for_a_confirming_poll(st
     assert store.fmgr_task("late")["confirmed"] is True and store.fmgr_task("late")["code"] == 6
 
 
+def test_a_notification_never_puts_a_poll_off_by_more_than_a_poll_interval(store, clock):
+    fast = Lifecycle(poll_interval=5.0, notify_grace=300.0, confirm_delay=30.0)
+    # Polled at 4 (next poll at T0 + 5), notified at T0 + 3: polled again at T0 + 8, not at T0 + 33.
+    store.apply_fmgr_status(status("hook", 4, [("fetch", 4, 10)]), source="poll", polled=True, lifecycle=fast)
+    clock.t = T0 + 3
+    assert store.record_notification(status("hook", 3, [("fetch", 3, 10)]), "k-hook", clock(), lifecycle=fast)
+    # Known from its notification only: confirmed a poll interval later too.
+    assert store.record_notification(status("only", 3, [("fetch", 3, 10)]), "k-only", clock(), lifecycle=fast)
+    assert store.fmgr_due(T0 + 7.9, 10) == []
+    assert sorted(store.fmgr_due(T0 + 8, 10)) == ["hook", "only"]
+    # Notification after notification (separate notifications, one per item): polled again no later than
+    # two poll intervals after the last poll, not one interval after the latest notification.
+    for n, ts in enumerate((T0 + 6, T0 + 9)):
+        clock.t = ts
+        assert store.record_notification(status("hook", 3, [("fetch", 3, 10 + n)]), f"k-hook-{n}", clock(),
+                                         lifecycle=fast)
+    assert "hook" not in store.fmgr_due(T0 + 9.9, 10) and "hook" in store.fmgr_due(T0 + 10, 10)
+
+
 def test_a_notified_task_at_3_is_polled_past_the_grace_period(store, clock):
     store.record_notification(status("n", 3, [("fetch", 3, 10)]), "kn", T0)
     clock.t = T0 + 3600

@@ -198,6 +198,36 @@ class FmgrModel:
                 return None
             return self.render(task, self._code(task, now))
 
+    def changes(self, persistent_id: str, until: float | None) -> list[tuple[float, int]]:
+        """When the task's code changed, as ``(ts, code)`` from its creation up to ``until`` (default: now).
+
+        Its items change with it (their codes follow the task's), so this also dates every item change. The
+        end of the notification phase is known once it has happened: a delivery or a give-up is recorded as
+        6 or 5 ``notify_record_delay`` seconds later."""
+        now = self._clock() if until is None else until
+        with self._lock:
+            task = self._find(persistent_id)
+            if task is None:
+                return []
+            steps: list[tuple[float, int]] = [(task.created_ts, 0), (task.created_ts + task.pending, 1),
+                                              (task.completed_at, 3)]
+            if task.notify_url is not None:
+                steps.append((task.notify_at, 4))
+                state = self._notify_state.get(task.id)
+                record = self._settings.notify_record_delay
+                if state is not None and state.delivered_at is not None:
+                    steps.append((max(task.notify_at, state.delivered_at + record), 6))
+                elif state is not None and state.failed_at is not None:
+                    steps.append((max(task.notify_at, state.failed_at + record), 5))
+        out: list[tuple[float, int]] = []
+        for ts, code in steps:
+            if ts > now:
+                break
+            if out and out[-1][0] >= ts:
+                out.pop()  # a phase of no length is never seen
+            out.append((ts, code))
+        return out
+
     def respond(self, query: str) -> Response:
         """The answer to ``GET /fmgr/status?<query>`` once method and rate limit have passed."""
         values = parse_qs(query, keep_blank_values=True).get("persistentId") or [""]

@@ -294,6 +294,11 @@ class Simulator:
         """The exact JSON body ``GET /fmgr/status`` answers at ``at``; None if the id does not exist."""
         return self._fmgr.status(persistent_id, at)
 
+    def fmgr_changes(self, persistent_id: str, until: float | None = None) -> list[tuple[float, int]]:
+        """``(ts, code)`` of every change of the task's code (and so of its items') up to ``until``, oldest
+        first: what a client polling without delay would have seen, to measure how stale it is."""
+        return self._fmgr.changes(persistent_id, until)
+
     # ------------------------------------------------------------------------------ notifications
 
     def configure_notifier(self, *, duplicate_ratio: float = 0.1, forged_ratio: float = 0.02,
