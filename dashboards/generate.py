@@ -697,6 +697,14 @@ def exporter_health() -> dict[str, Any]:
         unit="s", thresholds=steps("green", (ALERTS.poll_lag_seconds, "red")),
     ), 12, 8)
     lay.add(timeseries(
+        "Staleness of unfinished tasks", "How long ago the least recently read of the tasks shown unfinished was "
+        "read: a status change at the vendor can take this long to show. Re-reads are spaced to fit the rate "
+        "budget (every poll interval when it allows); above the dashed line (the alert threshold) they no longer "
+        "keep up.",
+        [target(f"max by (account, api) ({held(M.POLL_STALENESS, sel(fmgr_account=True))})", "{{api}} {{account}}")],
+        unit="s", thresholds=steps("green", (ALERTS.poll_staleness_seconds, "red")),
+    ), 12, 8)
+    lay.add(timeseries(
         "Back-fill remaining", "Seconds of history within the lookback not read yet (after a first start or "
         "a long outage): the longer windows lack those tasks until it reaches 0. It falls on a share of the "
         "budget; a line that does not fall means the newest tasks take the whole budget.",

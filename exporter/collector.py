@@ -86,7 +86,7 @@ class ExporterCollector(Collector):
             yield from self._cdn(config, snap, kind, settings, now)
         if config.fmgr.enabled:
             yield from self._fmgr(config, snap, now)
-        yield from self._health()
+        yield from self._health(now)
         yield self._leases(config)
         info = m.BUILD_INFO.new()
         info.add_metric([__version__, platform.python_version()], 1)
@@ -169,7 +169,7 @@ class ExporterCollector(Collector):
             leases.add_metric([account, api], 1 if (account, api) in held else 0)
         return leases
 
-    def _health(self) -> Iterator[Metric]:
+    def _health(self, now: float) -> Iterator[Metric]:
         up = m.UP.new()
         for (account, api), is_up in sorted(self.health.up().items()):
             up.add_metric([account, api], is_up)
@@ -188,7 +188,10 @@ class ExporterCollector(Collector):
         backfill = m.POLL_BACKFILL_REMAINING.new()
         for (account, api), v in sorted(self.health.backfill().items()):
             backfill.add_metric([account, api], v)
-        yield from (up, reqs, dur, last, lag, backfill)
+        staleness = m.POLL_STALENESS.new()
+        for (account, api), v in sorted(self.health.staleness(now).items()):
+            staleness.add_metric([account, api], v)
+        yield from (up, reqs, dur, last, lag, backfill, staleness)
 
 
 class ReloadStatus(Collector):

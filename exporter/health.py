@@ -34,6 +34,7 @@ class ApiHealth:
         self._last_ok: dict[tuple[str, str], float] = {}
         self._lag: dict[tuple[str, str], float] = {}
         self._backfill: dict[tuple[str, str], float] = {}
+        self._oldest_read: dict[tuple[str, str], float | None] = {}
         self.apis: set[str] = set()
 
     def declare(self, account: str, api: str, *, up: bool = True) -> None:
@@ -49,7 +50,7 @@ class ApiHealth:
         """After a reload: forget up/last-poll/lag of (account, api) pairs no longer configured, so a
         removed account's frozen timestamp does not look like a poller that stopped."""
         with self._lock:
-            for table in (self._up, self._last_ok, self._lag, self._backfill):
+            for table in (self._up, self._last_ok, self._lag, self._backfill, self._oldest_read):
                 for key in [k for k in table if k not in pairs]:
                     del table[key]
 
@@ -83,6 +84,16 @@ class ApiHealth:
     def set_lag(self, account: str, api: str, seconds: float) -> None:
         with self._lock:
             self._lag[(account, api)] = max(0.0, seconds)
+
+    def set_oldest_read(self, account: str, api: str, ts: float | None) -> None:
+        """When the least recently read of the tasks shown unfinished was last read (None: none unfinished)."""
+        with self._lock:
+            self._oldest_read[(account, api)] = ts
+
+    def staleness(self, now: float) -> dict[tuple[str, str], float]:
+        """Per (account, api): how long ago the least recently read unfinished task was read, at ``now``."""
+        with self._lock:
+            return {k: 0.0 if ts is None else max(0.0, now - ts) for k, ts in self._oldest_read.items()}
 
     def set_backfill(self, account: str, api: str, seconds: float) -> None:
         with self._lock:

@@ -213,12 +213,17 @@ POLL_BACKFILL_REMAINING = Gauge(
     "cdnetworks_poll_backfill_remaining_seconds", "Seconds of older history (within the lookback) not yet read once; "
     "the back-fill after a first start or a long outage reads it newest first on a share of the budget.",
     ("account", "api"))
+POLL_STALENESS = Gauge(
+    "cdnetworks_poll_staleness_seconds", "How long ago the least recently read of the tasks shown as unfinished "
+    "(within the API's reach) was last read, 0 when none is: a status change at the vendor can take this long to "
+    "show. Re-reads are spaced to fit the rate budget: every poll interval when it allows, by task age when not.",
+    ("account", "api"))
 REPLICA_LEASES = Gauge(
     "cdnetworks_replica_leases", "1 while this replica runs the poller of (account, api), else 0: replicas sharing "
     "one store run each poller on one replica at a time (it holds the poller's lease); a single exporter runs "
     "them all.", ("account", "api"))
 HEALTH: tuple[Family, ...] = (UP, API_REQUESTS, API_REQUEST_DURATION, LAST_SUCCESSFUL_POLL, POLL_LAG,
-                              POLL_BACKFILL_REMAINING, REPLICA_LEASES)
+                              POLL_BACKFILL_REMAINING, POLL_STALENESS, REPLICA_LEASES)
 
 BUILD_INFO = Gauge("cdnetworks_exporter_build_info", "Version of the exporter and of the Python running it; always 1.",
                    ("version", "python"))

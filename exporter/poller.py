@@ -268,6 +268,9 @@ class CdnPoller(Worker):
 
     def _report(self, now: float) -> None:
         self.health.set_lag(self.account.name, self.kind, self.planner.lag(now))
+        if self.planner.head is not None:
+            seen = [s for _, _, s, _ in self.view.unfinished(self.planner.reach(now), self.planner.head)]
+            self.health.set_oldest_read(self.account.name, self.kind, min(seen, default=None))
         self.health.set_backfill(self.account.name, self.kind, self.planner.backfill_remaining())
 
     # -------------------------------------------------------------- one request

@@ -104,6 +104,10 @@ class Settings:
         "1h", "Range over which an Fmgr notification failure (a task ending at code 5) keeps "
         "CDNetworksFmgrNotificationsFailing firing.")
     poll_lag_seconds: int = setting(1800, "Poll lag (seconds) that means the poller cannot keep up.")
+    poll_staleness_seconds: int = setting(
+        10800, "Staleness (seconds since the least recently read unfinished task was read) that means the budget "
+        "no longer re-reads unfinished tasks: at the published budget of 1 request per 5 minutes an old stuck task "
+        "is re-read every 2 hours, so the default leaves room for that.")
     exporter_down_for: str = setting("5m", "How long the scrape must fail before CDNetworksExporterDown fires.")
     poller_not_running_for: str = setting(
         "10m", "How long no replica may run a configured poller before CDNetworksPollerNotRunning fires: longer "
@@ -127,7 +131,8 @@ SHARED: tuple[M.Family, ...] = (*(f for kind in KINDS for f in M.CDN[kind.name])
 # Reported for an (account, api) by the replica running that poller; another replica may show a stale value
 # or 0 for it. Read only where cdnetworks_replica_leases does not say that the replica leaves the poller to
 # another one (a single exporter runs all of its pollers).
-PER_POLLER: tuple[M.Family, ...] = (M.UP, M.LAST_SUCCESSFUL_POLL, M.POLL_LAG, M.POLL_BACKFILL_REMAINING)
+PER_POLLER: tuple[M.Family, ...] = (M.UP, M.LAST_SUCCESSFUL_POLL, M.POLL_LAG, M.POLL_BACKFILL_REMAINING,
+                                     M.POLL_STALENESS)
 # Each replica counts what it did itself (its own vendor requests, its own refused HTTP requests): summed over
 # replicas they give the deployment's total, which is what the vendor's rate budget limits.
 ADDITIVE: tuple[M.Family, ...] = (M.API_REQUESTS, M.API_REQUEST_DURATION, *M.WEB)
@@ -343,6 +348,15 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
             'The {{ $labels.api }} data of account "{{ $labels.account }}" is complete only up to '
             "{{ $value | humanizeDuration }} ago (threshold "
             f"{duration(s.poll_lag_seconds)}): the poller falls behind its rate budget.",
+        ),
+        alert(
+            s, "CDNetworksPollStale",
+            on_poller_holder(f"{M.POLL_STALENESS.name}{selector(s)} > {s.poll_staleness_seconds}", selector(s)),
+            "15m", "warning",
+            "The CDNetworks poller no longer re-reads unfinished tasks in time.",
+            'An unfinished {{ $labels.api }} task of account "{{ $labels.account }}" was last read '
+            "{{ $value | humanizeDuration }} ago (threshold "
+            f"{duration(s.poll_staleness_seconds)}): a change at the vendor can take that long to show.",
         ),
         *replica_alerts(s),
     ]

@@ -187,6 +187,12 @@ def check(sim: Simulator, exporter: Exporter, trackers: dict[tuple[str, str], St
             ratio = gauge(metrics, f"cdnetworks_{kind}_success_ratio", account=user, window=label)
             if finished and (ratio is None or abs(ratio - truth["success"] / finished) > 2 * slack / finished):
                 wrong.append(f"{where}: success ratio {ratio}, vendor {truth['success'] / finished:.4f}")
+        # What the exporter says of its own staleness bounds the real one: a change to a task it shows unfinished
+        # happened after the task's last read, and no unfinished task was read longer ago than the gauge says.
+        staleness = gauge(metrics, "cdnetworks_poll_staleness_seconds", account=user, api=kind)
+        late = [now - c[4] for c in tracker.unshown(now) if c[2] > 0 and c[1] >= now - 86400 + 1]
+        if staleness is None or (late and max(late) > staleness + 1):
+            wrong.append(f"{user}/{kind} staleness gauge {staleness} below a real staleness of {max(late or [0])}")
         if (user, kind) not in complete_at:
             continue  # the oldest unfinished tasks are in the history still being read
         age = gauge(metrics, f"cdnetworks_{kind}_oldest_unfinished_age_seconds", account=user)

@@ -22,7 +22,7 @@ def find(cap: int, want: int = 500, maximum: int = 1000, requests: int = 30) -> 
 
 
 def test_a_cap_of_100_is_found_in_three_requests_and_kept():
-    page, asked = find(100)
+    _page, asked = find(100)
     # 500 and 200 refused, 100 served; the gap 100..200 is searched (150, 125 refused) while it could grow a
     # page by more than a quarter, then the size stays at the cap.
     assert asked[:3] == [500, 200, 100]
@@ -33,7 +33,7 @@ def test_a_cap_of_100_is_found_in_three_requests_and_kept():
 
 @pytest.mark.parametrize("cap", [62, 100, 333, 1000])
 def test_the_size_settles_within_a_quarter_of_any_cap(cap):
-    page, asked = find(cap, want=1000)
+    _page, asked = find(cap, want=1000)
     settled = asked[-1]
     assert settled <= cap and settled >= 0.75 * cap, asked
     refusals = sum(1 for a in asked if a > cap)
@@ -43,7 +43,7 @@ def test_the_size_settles_within_a_quarter_of_any_cap(cap):
 
 def test_halving_would_have_kept_pages_a_third_empty():
     # The rule this replaces: 500 -> 250 -> 125 -> 62 for a cap of 100.
-    page, asked = find(100)
+    _page, asked = find(100)
     assert asked[-1] == 100 and 62 not in asked
 
 

@@ -302,7 +302,7 @@ POLLER_NAMES = {name for family in GEN.PER_POLLER for name in family.sample_name
 ADDITIVE_NAMES = {name for family in GEN.ADDITIVE for name in family.sample_names}
 # What a replica that does not run a poller may show for it: values that would fire the alerts if read.
 STALE = {GEN.M.UP.name: "0", GEN.M.LAST_SUCCESSFUL_POLL.name: "0", GEN.M.POLL_LAG.name: "1e6",
-         GEN.M.POLL_BACKFILL_REMAINING.name: "1e6"}
+         GEN.M.POLL_BACKFILL_REMAINING.name: "1e6", GEN.M.POLL_STALENESS.name: "1e6"}
 _NUMBER = r"[-+]?(?:[0-9]*\.)?[0-9]+(?:e[-+]?[0-9]+)?"
 _EXPANDING = re.compile(rf"(?P<a>{_NUMBER})(?:(?P<op>[-+])(?P<b>{_NUMBER}))?x(?P<n>[0-9]+)")
 
