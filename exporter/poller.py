@@ -290,6 +290,13 @@ class CdnPoller(Worker):
             self.not_before = now + 1.0  # nothing due: next_run() says when, never a hot loop
             return
         size = 1 if read.count_only else self.page_size
+        if log.isEnabledFor(logging.DEBUG):
+            plan = self.planner
+            log.debug("%s: plan %s %s..%s page %d size %d%s%s (lag %.0fs, back-fill %.0fs, re-read spacing %s)",
+                      self.name, read.purpose, read.start, read.end, read.page_no, size,
+                      f" url={read.url}" if read.url else "", f" status={read.status}" if read.status else "",
+                      plan.lag(now), plan.backfill_remaining(),
+                      "by age" if plan.spacing is None else f"{plan.spacing:.3f} of age")
         self._save_budget(in_flight=now)
         try:
             try:

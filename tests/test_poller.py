@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -453,3 +454,17 @@ def test_a_request_recorded_late_keeps_the_budget_in_time_order():
     budget.record(at=990.0)  # older than both: it expires first and makes no slot wait longer
     assert budget.history() == [1000.0, 1030.0]
     assert budget.wait_time() == 60.0  # the window holds 1000 and 1030: the next slot opens at 1060
+
+
+def test_each_plan_decision_is_logged_at_debug(sim_factory, clock, tmp_path, caplog):
+    sim = sim_factory()
+    sim.add_cdn_stream("acme", "prefetch", per_hour=200, start_ts=T0 - DAY)
+    poller, store, _ = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 25, "per": "1m"},
+                                                             "poll_interval": "10s"})
+    with caplog.at_level(logging.DEBUG, logger="exporter.poller"):
+        run_for(poller, clock, 60)
+    plans = [r.getMessage() for r in caplog.records if ": plan " in r.getMessage()]
+    assert len(plans) == poller.requests_sent >= 10
+    assert any(" plan recent " in p for p in plans) and any(" plan history " in p for p in plans)
+    assert all("re-read spacing" in p and "lag" in p for p in plans)
+    store.close()
