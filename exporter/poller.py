@@ -61,10 +61,12 @@ class RateBudget:
     """
 
     def __init__(self, limit: RateLimit, clock: Callable[[], float],
-                 saved: list[float] | dict[str, Any] | None = None) -> None:
-        """``saved`` is what ``state()`` returned before a restart (a bare list of send times is accepted too)."""
+                 saved: list[float] | dict[str, Any] | None = None, *, burst: int | None = None) -> None:
+        """``saved`` is what ``state()`` returned before a restart (a bare list of send times is accepted too);
+        ``burst`` overrides ``pace_burst`` (the whole budget: no pacing within ``per``)."""
         self.limit = limit
         self.clock = clock
+        self.burst = pace_burst(limit) if burst is None else max(1, min(burst, limit.requests))
         if isinstance(saved, dict):
             history, self.blocked_until = saved.get("sent") or [], float(saved.get("blocked_until") or 0.0)
         else:
@@ -86,7 +88,7 @@ class RateBudget:
         tat = -math.inf
         for sent in self.sent:
             tat = max(tat, sent) + self.spacing
-        return max(wait, tat - (pace_burst(self.limit) - 1) * self.spacing - now)
+        return max(wait, tat - (self.burst - 1) * self.spacing - now)
 
     def record(self, at: float | None = None) -> None:
         """A request sent now, or (``at``) one known to have arrived no later than ``at``."""
@@ -438,7 +440,9 @@ class FmgrPoller(Worker):
 
     def _restore(self) -> None:
         saved = self.store.get_state("fmgr:budget")
-        self.budget = RateBudget(self.cfg.rate_limit, self.clock, saved)
+        # Not paced within its period: Fmgr polls are spread by their own due times, and its budget is per
+        # second (10 per 1s by default), far shorter than any poll interval.
+        self.budget = RateBudget(self.cfg.rate_limit, self.clock, saved, burst=self.cfg.rate_limit.requests)
         if isinstance(saved, dict) and saved.get("in_flight") is not None:
             # Sent, and never recorded as answered (see CdnPoller._restore).
             self.budget.record(float(saved["in_flight"]) + self.cfg.request_timeout)

@@ -190,6 +190,7 @@ def poller_series(health: dict[str, float], account: str, api: str, t_ref: float
     if "lag" in health:
         out.append((M.POLL_LAG.name, labels, const(health["lag"])))
         out.append((M.POLL_BACKFILL_REMAINING.name, labels, const(health["backfill"])))
+        out.append((M.POLL_STALENESS.name, labels, const(health["lag"] / 2)))
     return out
 
 
