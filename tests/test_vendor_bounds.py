@@ -27,10 +27,12 @@ from collections.abc import Iterator
 import pytest
 import requests
 from conftest import ROOT, T0, make_config
+from test_web import make_self_signed
 
 from exporter.cdn import CdnClient
 from exporter.fmgr import FmgrClient
 from exporter.health import ApiHealth
+from exporter.simulator import Simulator
 from exporter.vendor_http import DEFAULT_MAX_RESPONSE_BYTES, VendorError
 
 TIMEOUT = 0.6  # request_timeout of both clients
@@ -147,6 +149,34 @@ def test_the_deadline_runs_on_the_real_clock_not_the_clients(rig, clock):
     assert info.value.kind == "timeout"
     assert time.monotonic() - started <= TIMEOUT + MARGIN
     assert clock() == T0
+
+
+@pytest.mark.parametrize("fault", ["trickle_headers", "trickle"])
+def test_the_deadline_holds_over_tls(tmp_path, clock, fault):
+    """The vendor's endpoints are HTTPS: the deadline cuts a TLS connection the same way."""
+    cert, key = make_self_signed(tmp_path)
+    sim = Simulator(clock=clock)
+    sim.pace_fault_interval = PACE
+    sim.add_fmgr_task("job-1", ["fetch"], created_ts=T0 - 60)
+    sim.start(tls=(str(cert), str(key)))
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(cert)
+    try:
+        assert sim.url.startswith("https://")
+        client = FmgrClient(sim.url, session=session, timeout=TIMEOUT, max_response_bytes=CAP)
+        assert client.status("job-1").id == "job-1"
+        sim.inject("fmgr", fault)
+        started = time.monotonic()
+        with pytest.raises(VendorError) as info:
+            client.status("job-1")
+        assert info.value.kind == "timeout"
+        assert time.monotonic() - started <= TIMEOUT + MARGIN
+        assert sim.wait_answers_closed(2.0)
+        assert client.status("job-1").id == "job-1"
+    finally:
+        session.close()
+        sim.stop()
 
 
 def test_stopping_the_simulator_ends_its_paced_answers(sim_factory):

@@ -10,6 +10,7 @@ import collections
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -122,7 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return False
             if poller.poll(min(left, 0.05) * 1000):
                 try:
-                    if not self.connection.recv(1, socket.MSG_PEEK):
+                    # The socket's own recv (an SSLSocket's takes no flags): a TLS record counts as data.
+                    if not socket.socket.recv(self.connection, 1, socket.MSG_PEEK):
                         return True  # the client closed or shut its end down
                 except OSError:
                     return True
@@ -249,12 +251,19 @@ class Simulator:
 
     # ----------------------------------------------------------------------------------- lifecycle
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    def start(self, host: str = "127.0.0.1", port: int = 0, *, tls: tuple[str, str] | None = None) -> str:
+        """Serve on ``host:port`` (0: a free port); with ``tls`` (certificate and key files), over HTTPS."""
         if self._server is not None:
             raise RuntimeError("simulator already started")
         self._stopping.clear()
         self._server = _Server((host, port), self)
-        self.url = f"http://{host}:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://{host}:{self._server.server_address[1]}"
         # A short poll interval keeps stop() fast: tests start and stop a simulator each.
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="vendor-simulator", daemon=True)
