@@ -199,12 +199,14 @@ def classify_http(status: int) -> str:
 class CdnClient:
     def __init__(self, account: Account, *, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time, timeout: float = 30.0,
-                 health: ApiHealth | None = None) -> None:
+                 health: ApiHealth | None = None,
+                 max_response_bytes: int = vendor_http.DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.account = account
         self.session = session or requests.Session()
-        self.clock = clock
+        self.clock = clock  # signs requests; the request's deadline runs on the real monotonic clock
         self.timeout = timeout
         self.health = health or ApiHealth()
+        self.max_response_bytes = max_response_bytes
 
     def _headers(self, path: str, body: bytes) -> dict[str, str]:
         acct = self.account
@@ -241,7 +243,7 @@ class CdnClient:
         body = json.dumps(payload, separators=(",", ":")).encode()
         with observed(self.health, kind):
             resp = send(self.session, "POST", self.account.endpoint + path, timeout=self.timeout, what="CDN",
-                        data=body, headers=self._headers(path, body))
+                        max_bytes=self.max_response_bytes, data=body, headers=self._headers(path, body))
             if resp.status_code != 200:
                 detail = resp.text[:200].strip()
                 raise ApiError(classify_http(resp.status_code), f"HTTP {resp.status_code}: {detail}",

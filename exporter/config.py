@@ -39,11 +39,13 @@ from .configschema import (
     yaml_error,
 )
 from .kinds import KINDS, NAMES, TaskKind
+from .vendor_http import DEFAULT_MAX_RESPONSE_BYTES
 
 DEFAULT_CDN_ENDPOINT = "https://api.cdnetworks.com"
 DEFAULT_TIMEZONE = "+08:00"
 
 SECRET_MASK = "<secret>"
+MAX_RESPONSE_BYTES = 1 << 30  # the largest cap on a vendor answer the config accepts
 # Field metadata that marks a secret: hidden from repr (with repr=False) and masked by redacted().
 _SECRET = {"secret": True}
 
@@ -99,6 +101,8 @@ class TaskKindConfig:
     max_query_age: float = 3 * DAY  # the API refuses older start times
     overlap: float = 300.0  # re-read this much before the watermark (late-created tasks)
     request_timeout: float = 30.0
+    # The largest answer read from the API (a declared Content-Length, then the bytes as they come).
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class FmgrConfig:
     notify: NotifyConfig
     rate_limit: RateLimit
     request_timeout: float = 10.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_register_ids: int = 1000
     notify_grace: float = 300.0
     confirm_delay: float = 30.0
@@ -178,7 +183,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _TASK_KIND_KEYS = frozenset(
     {
         "enabled", "windows", "poll_interval", "lookback", "page_size", "max_page_size", "rate_limit",
-        "max_query_age", "overlap", "request_timeout",
+        "max_query_age", "overlap", "request_timeout", "max_response_bytes",
     }
 )  # fmt: skip
 
@@ -195,8 +200,8 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "fmgr": frozenset(
         {
             "enabled", "endpoint", "windows", "poll_interval", "max_task_age", "persistent_ids",
-            "register_token", "register_token_file", "rate_limit", "request_timeout", "max_register_ids",
-            "notify", "notify_grace", "confirm_delay",
+            "register_token", "register_token_file", "rate_limit", "request_timeout", "max_response_bytes",
+            "max_register_ids", "notify", "notify_grace", "confirm_delay",
         }
     ),
     "fmgr.notify": frozenset({"path", "url", "max_body_bytes", "keys"}),
@@ -359,7 +364,14 @@ def _task_kind(ctx: Context, root: Section, kind: TaskKind) -> TaskKindConfig:
         max_query_age=max_query_age,
         overlap=s.duration("overlap", "5m", positive=False),
         request_timeout=s.duration("request_timeout", "30s"),
+        max_response_bytes=_max_response_bytes(s),
     )
+
+
+def _max_response_bytes(s: Section) -> int:
+    """The cap on one vendor answer, in bytes: from 1 KiB (no answer of the API is smaller than that is useful)
+    to 1 GiB."""
+    return s.integer("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, lo=1024, hi=MAX_RESPONSE_BYTES)
 
 
 def _notify(ctx: Context, s: Section) -> NotifyConfig:
@@ -440,6 +452,7 @@ def _fmgr(ctx: Context, root: Section) -> FmgrConfig:
         notify=notify,
         rate_limit=_rate_limit(s, "rate_limit", RateLimit(requests=10, per=1.0)),
         request_timeout=s.duration("request_timeout", "10s"),
+        max_response_bytes=_max_response_bytes(s),
         max_register_ids=s.integer("max_register_ids", 1000, lo=1),
         # 0 = code 3 is final at once (no job ever has a notifyURL); at most a day, bounded like any poll.
         notify_grace=s.duration("notify_grace", "5m", positive=False, maximum=86400.0),

@@ -450,11 +450,13 @@ class FmgrClient:
     """
 
     def __init__(self, endpoint: str, *, session: requests.Session | None = None, timeout: float = 10.0,
-                 health: ApiHealth | None = None) -> None:
+                 health: ApiHealth | None = None,
+                 max_response_bytes: int = vendor_http.DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.session = session if session is not None else requests.Session()
         self.timeout = timeout
         self.health = health
+        self.max_response_bytes = max_response_bytes
 
     def status(self, persistent_id: str) -> FmgrStatus:
         """The current status of one task, or FmgrApiError saying why there is none."""
@@ -467,6 +469,7 @@ class FmgrClient:
                 f"{self.endpoint}/fmgr/status",
                 timeout=self.timeout,
                 what="Fmgr",
+                max_bytes=self.max_response_bytes,
                 params={"persistentId": persistent_id},
                 headers={"Accept": "application/json", "User-Agent": f"cdnetworks-exporter/{__version__}"},
             )

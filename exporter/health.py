@@ -14,7 +14,7 @@ from .metrics import API_REQUEST_DURATION
 
 # Results of one vendor call; a bounded label set.
 RESULTS = ("ok", "bad_request", "auth", "rate_limited", "server_error", "timeout", "malformed", "not_found",
-           "connection", "unknown")
+           "connection", "too_large", "unknown")
 DURATION_BUCKETS = API_REQUEST_DURATION.buckets
 
 

@@ -9,7 +9,9 @@ taking it over bumps its generation.
 Safety does not rest on timing alone:
 
 * a holder sends a vendor request only while its lease has at least the request's timeout left (measured
-  from when the renewal was *sent*, on the local monotonic clock), so a request never outlives the lease;
+  from when the renewal was *sent*, on the local monotonic clock), so a request never outlives the lease:
+  the timeout bounds the whole request, body included (``vendor_http``'s deadline cuts a vendor that
+  trickles its answer), not just each read of it;
 * every write a poller makes carries its lease (``Fence``); the database refuses it once another replica holds
   a newer generation (``LeaseLost``), so a replica that stalled past its expiry cannot overwrite its
   successor's plan, budget or tasks.

@@ -551,7 +551,7 @@ class PollerGroup:
         for account in config.accounts:
             for kind, kcfg in config.task_kinds():
                 client = CdnClient(account, session=make_session(), clock=clock, timeout=kcfg.request_timeout,
-                                   health=health)
+                                   health=health, max_response_bytes=kcfg.max_response_bytes)
                 poller = CdnPoller(account, kind, kcfg, store, client, health, clock=clock,
                                    lease=LeaseView(self.leases, cdn_lease(account.name, kind)))
                 self.cdn.append(poller)
@@ -560,7 +560,7 @@ class PollerGroup:
         fclient = None
         if fcfg.enabled and fcfg.endpoint:
             fclient = FmgrClient(fcfg.endpoint, session=make_session(), timeout=fcfg.request_timeout,
-                                 health=health)
+                                 health=health, max_response_bytes=fcfg.max_response_bytes)
         if fcfg.enabled and fcfg.persistent_ids:
             store.register_fmgr_ids(list(fcfg.persistent_ids), "config")
         self.fmgr = FmgrPoller(fcfg, store, fclient, health, clock=clock,

@@ -64,6 +64,7 @@ def test_defaults_of_a_minimal_config():
     assert (p.poll_interval, p.lookback, p.page_size) == (300, 86400, 500)
     assert p.rate_limit == RateLimit(requests=1, per=300)
     assert (p.max_query_age, p.overlap, p.request_timeout) == (3 * 86400, 300, 30)
+    assert p.max_response_bytes == 8 * 1024 * 1024
 
     # purge: the same defaults except enabled and the rate budget.
     assert config.kinds["purge"].enabled is False
@@ -80,6 +81,7 @@ def test_defaults_of_a_minimal_config():
     assert f.register_token is None
     assert f.rate_limit == RateLimit(requests=10, per=1)
     assert (f.request_timeout, f.max_register_ids) == (10, 1000)
+    assert f.max_response_bytes == 8 * 1024 * 1024
     assert (f.notify_grace, f.confirm_delay) == (300, 30)
     assert (f.notify.path, f.notify.url, f.notify.max_body_bytes, f.notify.keys) == (
         "/notify/fmgr", None, 1048576, ())
@@ -159,7 +161,7 @@ def test_windows_keep_their_spelling_and_numbers_mean_seconds():
 KIND_SECTION = {
     "enabled": True, "windows": ["5m", "2h"], "poll_interval": "1m", "lookback": "12h", "page_size": 100,
     "max_page_size": 200, "rate_limit": {"requests": 2, "per": "1m"}, "max_query_age": "2d", "overlap": "1m",
-    "request_timeout": "10s",
+    "request_timeout": "10s", "max_response_bytes": 1048576,
 }
 
 
@@ -173,7 +175,7 @@ def test_an_absent_task_kind_section_has_the_tables_defaults(kind):
     assert {**vars(kcfg), "enabled": None, "rate_limit": None} == {
         "enabled": None, "windows": (Window("15m", 900), Window("1h", 3600), Window("24h", 86400)),
         "poll_interval": 300, "lookback": 86400, "page_size": 500, "rate_limit": None, "max_page_size": 1000,
-        "max_query_age": 3 * 86400, "overlap": 300, "request_timeout": 30}
+        "max_query_age": 3 * 86400, "overlap": 300, "request_timeout": 30, "max_response_bytes": 8 * 1024 * 1024}
 
 
 def test_config_holds_every_task_kind_in_table_order_and_task_kinds_the_enabled_ones():
@@ -194,6 +196,7 @@ def test_every_key_of_a_task_kind_section_is_read(kind):
         True, (Window("5m", 300), Window("2h", 7200)), 60, 12 * 3600)
     assert (kcfg.page_size, kcfg.max_page_size, kcfg.rate_limit) == (100, 200, RateLimit(requests=2, per=60))
     assert (kcfg.max_query_age, kcfg.overlap, kcfg.request_timeout) == (2 * 86400, 60, 10)
+    assert kcfg.max_response_bytes == 1048576
 
 
 @pytest.mark.parametrize("kind", NAMES)
@@ -265,8 +268,9 @@ def test_every_problem_is_reported_at_once_with_its_key_path():
             "max_query_age": "3d",
             "overlap": True,
             "request_timeout": "0s",
+            "max_response_bytes": 10,
         },
-        "purge": {"pagesize": 10, "enabled": "yes", "windows": []},
+        "purge": {"pagesize": 10, "enabled": "yes", "windows": [], "max_response_bytes": "8MiB"},
         "fmgr": {
             "endpoint": "mgr.example.com",
             "windows": "1h",
@@ -275,6 +279,7 @@ def test_every_problem_is_reported_at_once_with_its_key_path():
             "register_token": "t",
             "register_token_file": "token.txt",
             "max_register_ids": 0,
+            "max_response_bytes": 2**31,
             "notify": {
                 "path": "/metrics",
                 "max_body_bytes": 10,
@@ -310,6 +315,8 @@ def test_every_problem_is_reported_at_once_with_its_key_path():
         'prefetch.rate_limit.per: "soon" is not a duration',
         "prefetch.overlap: expected a duration such as 5m, got boolean",
         "prefetch.request_timeout: must be greater than 0",
+        "prefetch.max_response_bytes: must be from 1024 to 1073741824, got 10",
+        "purge.max_response_bytes: expected an integer, got string",
         "purge.pagesize: unknown key (did you mean page_size?)",
         "purge.enabled: expected a boolean (true or false), got string",
         "purge.windows: at least one window is required",
@@ -328,6 +335,7 @@ def test_every_problem_is_reported_at_once_with_its_key_path():
         "fmgr.max_task_age: must be greater than 0",
         "fmgr.register_token_file: conflicts with register_token; set only one of them",
         "fmgr.max_register_ids: must be at least 1, got 0",
+        "fmgr.max_response_bytes: must be from 1024 to 1073741824, got 2147483648",
         "storage.path: must not be empty",
     ]
     assert sorted(errors) == sorted(expected)
@@ -842,7 +850,7 @@ def test_example_documents_the_real_defaults(tmp_path):
     assert example.kinds["purge"] == defaults.kinds["purge"]
     assert example.storage == defaults.storage
     for name in ("windows", "poll_interval", "max_task_age", "persistent_ids", "rate_limit",
-                 "request_timeout", "max_register_ids"):
+                 "request_timeout", "max_response_bytes", "max_register_ids"):
         assert getattr(example.fmgr, name) == getattr(defaults.fmgr, name), name
     assert (example.fmgr.notify.path, example.fmgr.notify.max_body_bytes) == (
         defaults.fmgr.notify.path, defaults.fmgr.notify.max_body_bytes)

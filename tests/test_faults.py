@@ -39,6 +39,11 @@ from exporter.windows import window_start
 WINDOWS = {"15m": 900, "1h": 3600}
 BUDGET = (10, 60.0)  # requests per seconds, at the vendor and in the config alike
 SUSTAIN = 4  # faulted requests in a row
+# The paced faults send a byte this often (real seconds): faster than any request timeout here, so only the
+# request's own deadline can end them. A step that meets any fault must end within its request timeout and
+# this much more (the store's writes included).
+PACE = 0.1
+STEP_MARGIN = 0.5
 
 # Seed 002's Code-0 messages (HTTP 200, "Code": 0) and the result class each must be counted as.
 SEED_MESSAGES = [
@@ -60,6 +65,13 @@ FAULTS = [
     ("malformed", "malformed"),  # truncated JSON
     ("wrong_types", "malformed"),
     ("empty_page", "malformed"),
+    # Paced answers (headers then a byte at a time, headers then nothing, headers a byte at a time) and a
+    # 400 MB answer, with its Content-Length and chunked.
+    ("trickle", "timeout"),
+    ("stall", "timeout"),
+    ("trickle_headers", "timeout"),
+    ("huge", "too_large"),
+    ("huge_chunked", "too_large"),
     *[(vendor.CODE0_FAULT_PREFIX + m, kind) for m, kind in SEED_MESSAGES],
 ]
 
@@ -107,6 +119,7 @@ class Rig(_Rig):
         self.sim.add_account("acme", "acme-key")
         self.sim.add_cdn_stream("acme", "prefetch", per_hour=240, failure_ratio=0.1, start_ts=T0 - 3 * 3600)
         self.sim.timeout_fault_seconds = 1.0
+        self.sim.pace_fault_interval = PACE
         self.sim.start()
         cfg = make_config(self.sim.url, str(tmp_path / "faults.db"), accounts=[
             {"name": "acme", "username": "acme", "api_key": "acme-key", "endpoint": self.sim.url}],
@@ -198,7 +211,10 @@ def sustain(rig: Rig, start_fault, stop_fault, expected: str) -> None:
         if rig.faulted() >= SUSTAIN:
             break
         page_size = rig.poller.page_size
+        started = time.monotonic()
         rig.step()
+        took = time.monotonic() - started
+        assert took <= rig.poller.cfg.request_timeout + STEP_MARGIN, f"a step took {took:.2f}s"
         rig.wait_answered()
         during = rig.scrape()
         assert up(during) == (0 if rig.sim.request_log else 1)
@@ -278,6 +294,11 @@ FMGR_FAULTS = [
     ("failure:403", "auth"),
     ("failure:502", "server_error"),
     ("failure:500@200", "server_error"),
+    ("trickle", "timeout"),
+    ("stall", "timeout"),
+    ("trickle_headers", "timeout"),
+    ("huge", "too_large"),
+    ("huge_chunked", "too_large"),
 ]
 # What /metrics says about the tracked tasks: the last-good data a fault must leave alone.
 FMGR_DATA = ("cdnetworks_fmgr_tasks", "cdnetworks_fmgr_items", "cdnetworks_fmgr_success_ratio",
@@ -295,6 +316,7 @@ class FmgrRig(_Rig):
         self.sim.add_account("acme", "acme-key")
         self.sim.add_fmgr_stream(per_minute=2.0, start_ts=T0 - 1800, failure_ratio=0.25)
         self.sim.timeout_fault_seconds = 0.6
+        self.sim.pace_fault_interval = PACE
         self.sim.start()
         cfg = make_config(self.sim.url, str(tmp_path / "fmgr-faults.db"), prefetch={"enabled": False}, fmgr={
             "enabled": True, "endpoint": self.sim.url, "windows": list(FMGR_WINDOWS), "poll_interval": "30s",
@@ -410,7 +432,10 @@ def fmgr_sustain(rig: FmgrRig, start_fault: Callable[[], None], stop_fault: Call
     for _ in range(100):
         if rig.faulted() >= SUSTAIN:
             break
+        started = time.monotonic()
         rig.step()
+        took = time.monotonic() - started
+        assert took <= rig.poller.cfg.request_timeout + STEP_MARGIN, f"a step took {took:.2f}s"
         rig.wait_answered()
         during = rig.scrape()
         if rig.sim.request_log:

@@ -8,7 +8,9 @@ real, so the budget, the poll interval and the lease are seconds long:
   period (plus its next attempt), the simulator never saw more requests than the budget allows, polling never
   paused longer than a lease period plus one interval, and what the store holds is what the vendor served;
 * every replica's /metrics shows the same task metrics (read from the shared store), each its own leases;
-* a burst of signed notifications spread over two replicas while one is killed: every 200 counted once.
+* a burst of signed notifications spread over two replicas while one is killed: every 200 counted once;
+* a vendor that trickles its answers while the holder hands its poller over (a reload): no two requests of the
+  poller are ever open at the vendor at once (each ends at its deadline, so the lease outlasts it).
 """
 
 from __future__ import annotations
@@ -182,6 +184,60 @@ def test_the_holder_dies_and_another_replica_polls_on_within_budget(replicas, ha
         assert_counts_match_what_was_served(sim, shown, USER, "prefetch", start, end, "replicas")
     finally:
         store.close()
+
+
+def assert_no_overlap(sim: Simulator, api: str) -> list[dict[str, Any]]:
+    """No two requests to ``api`` were open at the vendor at once: each arrived after the one before had ended
+    (an answer still being written has not). The entries, in arrival order."""
+    entries = sorted((r for r in sim.request_log if r["api"] == api), key=lambda r: r["ts"])
+    for before, after in itertools.pairwise(entries):
+        assert "ended" in before and after["ts"] >= before["ended"], ("overlap at the vendor", before, after)
+    return entries
+
+
+def test_a_trickling_vendor_never_sees_two_requests_of_one_poller_at_once(ha_sim, postgres_url,
+                                                                          start_exporter, tmp_path):
+    """The vendor answers a byte every 0.2 s (faster than the socket's read timeout, 1 s, so only the request's
+    deadline ends it) while the holder is reloaded, which hands the poller over (the leases are released and
+    taken again, by either replica): the old poller's request ends within request_timeout, before the stop
+    that waits for it gives up, so the next holder's requests never overlap it at the vendor; the budget holds
+    and polling goes on once the vendor answers normally."""
+    fault = "trickle"
+    sim = ha_sim
+    sim.pace_fault_interval = 0.2
+    group = Replicas(start_exporter, tmp_path, config(sim.url, postgres_url))
+    ports = [group.start(), group.start()]
+    holder, _ = wait_holder(ports, "prefetch", LEASE_TTL * 2)
+    time.sleep(2 * POLL)
+    sim.inject("prefetch", fault, 2)
+    deadline = time.monotonic() + 20
+    while sim.open_answers == 0:  # the holder's request is being trickled to now
+        assert time.monotonic() < deadline, "the trickle was never served"
+        time.sleep(0.02)
+    reloaded_at = time.time()
+    proc, log = group.procs[holder]
+    proc.send_signal(signal.SIGHUP)
+    wait_for("the reload", lambda: "configuration reloaded" in log.read_text(), 30, log, proc)
+    faulted_at: list[float] = []
+
+    def recovered() -> bool:
+        faulted = [r for r in sim.request_log if r["fault"] == fault]
+        faulted_at[:] = [r["ts"] for r in faulted]
+        return len(faulted) == 2 and any(r["ts"] > max(faulted_at) and r["fault"] is None and r["result"] == "ok"
+                                         for r in sim.request_log if r["api"] == "prefetch")
+
+    wait_for("polling to resume after the trickles", recovered, 60, log, proc)
+    entries = assert_no_overlap(sim, "prefetch")
+    for r in entries:
+        if r["fault"] == fault:  # each ended at its deadline (the vendor sees the client hang up)
+            assert r["ended"] - r["ts"] <= 1.0 + 0.5, r
+    assert min(faulted_at) < reloaded_at < max(r["ended"] for r in entries if r["fault"] == fault)
+    assert_within_budget(sim)
+    assert sim.wait_answers_closed(2.0)
+    for port in group.alive():
+        results = {labels: v for (name, labels), v in scrape(port).items()
+                   if name == "cdnetworks_api_requests_total" and ("api", "prefetch") in labels}
+        assert results[(("api", "prefetch"), ("result", "too_large"))] == 0
 
 
 def notification(n: int) -> tuple[bytes, str]:

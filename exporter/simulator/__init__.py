@@ -18,7 +18,8 @@ One module per concern, composed by ``Simulator`` (server.py):
 * ``fmgr``: Fmgr tasks, streams, status codes and the ``/fmgr/status`` answer.
 * ``notifier``: signed notification delivery (retries, give-ups, duplicates, forgeries).
 * ``auth``: the accounts, Basic and AK/SK verification.
-* ``faults``: injected faults; ``limits``: rate limits and the request log.
+* ``faults``: injected faults (some paced or streamed: a trickle, a stall, a huge answer);
+  ``limits``: rate limits and the request log.
 * ``server``: the HTTP server, the router and the ``Simulator`` facade.
 """
 
@@ -35,7 +36,7 @@ from .cdn import (
     parse_offset,
 )
 from .clock import ManualClock
-from .faults import CODE0_FAULT_PREFIX, FAULTS, MALFORMED_CDN_BODY, MALFORMED_FMGR_BODY
+from .faults import CODE0_FAULT_PREFIX, FAULTS, HUGE, MALFORMED_CDN_BODY, MALFORMED_FMGR_BODY, PACED
 from .fmgr import FMGR_ITEM_DESC, FMGR_OPS, FMGR_TASK_DESC
 from .server import Simulator
 from .wire import (
@@ -68,6 +69,7 @@ __all__ = [
     "FMGR_OPS",
     "FMGR_PATH",
     "FMGR_TASK_DESC",
+    "HUGE",
     "JSON_CONTENT_TYPE",
     "MALFORMED_CDN_BODY",
     "MALFORMED_FMGR_BODY",
@@ -83,6 +85,7 @@ __all__ = [
     "MSG_TIME_ERROR",
     "MSG_TOO_OLD",
     "MSG_USERNAME_INVALID",
+    "PACED",
     "QUERY_STATUSES",
     "SLOT_SECONDS",
     "SUMMARY_CACHE_SIZE",

@@ -6,7 +6,9 @@ import collections
 import http
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs
 
 from .wire import (
     APIS,
@@ -15,11 +17,20 @@ from .wire import (
     MSG_AUTH_FAILED,
     Response,
     cdn_error,
+    compact_json,
     json_response,
     rate_limited,
 )
 
-FAULTS = ("http500", "http503", "http429", "timeout", "malformed", "wrong_types", "empty_page")
+# The normal answer, paced: "trickle" sends the status line and headers, then the body a byte a second;
+# "stall" sends the status line and headers, then nothing; "trickle_headers" sends the status line and the
+# headers a byte a second (then the body the same way). Each goes on until the client hangs up or the
+# simulator stops (a trickle also ends with its last byte: a long, bounded time).
+PACED = ("trickle", "stall", "trickle_headers")
+# A valid-looking 200 answer of ``huge_fault_bytes`` (a CDN page or an Fmgr status with that many bytes of
+# rows or items), made while it is written: "huge" declares its Content-Length, "huge_chunked" is chunked.
+HUGE = ("huge", "huge_chunked")
+FAULTS = ("http500", "http503", "http429", "timeout", "malformed", "wrong_types", "empty_page", *PACED, *HUGE)
 CODE0_FAULT_PREFIX = "code0:"
 # "failure:<code>[@<http status>]": the API's own failure body saying ``code``, at HTTP ``code`` or at the
 # status given (seed 000's Fmgr body {"code": "<httpCode>", "message": ...}, which can also arrive at 200;
@@ -54,10 +65,13 @@ class Faults:
             return queued.popleft() if queued else None
 
 
-def fault_response(api: str, fault: str) -> Response:
-    """What ``fault`` answers on ``api`` (all but "timeout", which only delays the normal answer)."""
+def fault_response(api: str, fault: str, *, query: str = "", huge_bytes: int = 400 * 2**20) -> Response:
+    """What ``fault`` answers on ``api`` (all but "timeout" and the PACED ones, which delay or pace the normal
+    answer). ``query`` is the request's query string (an Fmgr answer names the id asked for)."""
     result = f"fault:{fault}"
     cdn = api != "fmgr"
+    if fault in HUGE:
+        return huge_response(api, fault == "huge_chunked", huge_bytes, query, result)
     if fault == "http500":
         return Response(500, b"Internal Server Error", {"Content-Type": "text/plain"}, result)
     if fault == "http503":
@@ -98,3 +112,43 @@ def _phrase(code: int) -> str:
         return http.HTTPStatus(code).phrase
     except ValueError:
         return f"error {code}"
+
+
+# One row or item of a huge answer, and the JSON around them.
+_HUGE_CDN_ROW = (b'{"url":"https://dl.example.com/huge/0123456789abcdef.jpg","status":"success","rate":"100",'
+                 b'"createTime":"2026-11-22 16:00:00","beginTime":"2026-11-22 16:00:05",'
+                 b'"finishTime":"2026-11-22 16:01:00"}')
+_HUGE_FMGR_ITEM = (b'{"cmd":"fetch/aHR0cDovL29yaWdpbi5leGFtcGxlLmNvbS9odWdl/bucket/c2ltLWJ1Y2tldA==","code":3,'
+                   b'"desc":"fileOperateSucceed","error":null,"hash":"","fsize":1048576,"key":"huge/0.mp4",'
+                   b'"url":"http://sim-bucket.example.com/huge/0.mp4"}')
+_HUGE_PIECE = 64 * 1024  # about this much is written at a time
+
+
+def huge_response(api: str, chunked: bool, size: int, query: str, result: str) -> Response:
+    """A 200 answer of at least ``size`` bytes in the API's own shape, generated piece by piece."""
+    if api == "fmgr":
+        pid = (parse_qs(query).get("persistentId") or ["huge"])[0]
+        head = b'{"id":' + compact_json(pid) + b',"code":3,"desc":"fileOperateSucceed","separate":0,"items":['
+        row, content_type = _HUGE_FMGR_ITEM, JSON_CONTENT_TYPE
+    else:
+        head = b'{"Code":1,"Message":"success","count":1000,"pageNo":1,"pageSize":1000,"resultDetail":['
+        row, content_type = _HUGE_CDN_ROW, CDN_CONTENT_TYPE
+    tail = b"]}"
+    block = b",".join([row] * max(1, _HUGE_PIECE // (len(row) + 1)))
+    blocks = max(1, -(-(size - len(head) - len(tail)) // (len(block) + 1)))
+    length = len(head) + blocks * len(block) + (blocks - 1) + len(tail)
+
+    def pieces() -> Iterator[bytes]:
+        yield head + block
+        for _ in range(blocks - 1):
+            yield b"," + block
+        yield tail
+
+    def framed() -> Iterator[bytes]:
+        for piece in pieces():
+            yield b"%x\r\n%s\r\n" % (len(piece), piece)
+        yield b"0\r\n\r\n"
+
+    headers = {"Content-Type": content_type}
+    headers.update({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(length)})
+    return Response(200, b"", headers, result, stream=framed if chunked else pieces)

@@ -58,10 +58,14 @@ class RequestLog:
             return self._seq
 
     def record(self, arrived: float, api: str, user: str | None, query: str, body: bytes, result: str,
-               fault: str | None) -> None:
+               fault: str | None) -> dict[str, Any]:
+        """The entry of one request; the server adds ``ended`` (on the same clock as ``ts``) once its answer is
+        out or the client has left."""
+        entry = {"ts": arrived, "api": api, "user": user, "body": _loggable_body(api, query, body),
+                 "result": result, "fault": fault}
         with self._lock:
-            self.entries.append({"ts": arrived, "api": api, "user": user, "body": _loggable_body(api, query, body),
-                                 "result": result, "fault": fault})
+            self.entries.append(entry)
+        return entry
 
     def reset(self) -> None:
         with self._lock:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .auth import Accounts
 from .cdn import CdnModel, parse_offset
-from .faults import Faults, fault_response
+from .faults import PACED, Faults, fault_response
 from .fmgr import FMGR_OPS, FmgrModel
 from .limits import RateLimiter, RequestLog
 from .notifier import Notifier
@@ -54,17 +57,79 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body = self.rfile.read(length) if length else b""
             response = self.server.simulator._handle(self.command, self.path, self.headers, body)
+        simulator = self.server.simulator
+        paced = response.pace is not None or response.stream is not None
+        if paced:
+            simulator._answering(+1)
+            self.close_connection = True  # the client leaves mid-answer, or the answer was cut short
         try:
-            self.send_response(response.status)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            self.wfile.write(response.body)
+            self._answer(response)
         except (BrokenPipeError, ConnectionResetError) as exc:
             # Expected after the "timeout" fault: the client gave up before we answered.
             logger.debug("client left before the answer to %s %s: %s", self.command, self.path, exc)
             self.close_connection = True
+        finally:
+            simulator._answered(response)
+            if paced:
+                simulator._answering(-1)
+
+    def _head(self, response: Response) -> bytes:
+        phrase = self.responses.get(response.status, ("",))[0]
+        lines = [f"{self.protocol_version} {response.status} {phrase}", f"Server: {self.version_string()}",
+                 f"Date: {self.date_time_string()}"]
+        lines += [f"{name}: {value}" for name, value in response.headers.items()]
+        if response.stream is None:
+            lines.append(f"Content-Length: {len(response.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _answer(self, response: Response) -> None:
+        settings = self.server.simulator._settings
+        head = self._head(response)
+        if response.pace == "trickle_headers":
+            self._trickle(head + response.body, settings.pace_fault_interval, settings.pace_fault_limit)
+            return
+        self.wfile.write(head)
+        if response.pace == "stall":
+            self._client_left_within(settings.pace_fault_limit)
+        elif response.pace == "trickle":
+            self._trickle(response.body, settings.pace_fault_interval, settings.pace_fault_limit)
+        elif response.stream is not None:
+            stopping = self.server.simulator._stopping
+            for piece in response.stream():
+                if stopping.is_set():
+                    return
+                self.wfile.write(piece)
+        else:
+            self.wfile.write(response.body)
+
+    def _trickle(self, data: bytes, interval: float, limit: float) -> None:
+        """``data`` a byte every ``interval`` seconds, until it is all out, ``limit`` has passed, the client has
+        hung up or the simulator stops."""
+        ends = time.monotonic() + limit
+        for i in range(len(data)):
+            self.wfile.write(data[i:i + 1])
+            if self._client_left_within(min(interval, ends - time.monotonic())):
+                return
+
+    def _client_left_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True as soon as the client has hung up or the simulator stops."""
+        ends = time.monotonic() + seconds
+        stopping = self.server.simulator._stopping
+        poller = select.poll()  # not select(): a busy test process may hold descriptors past FD_SETSIZE
+        poller.register(self.connection, select.POLLIN)
+        while not stopping.is_set():
+            left = ends - time.monotonic()
+            if left <= 0:
+                return False
+            if poller.poll(min(left, 0.05) * 1000):
+                try:
+                    # The socket's own recv (an SSLSocket's takes no flags): a TLS record counts as data.
+                    if not socket.socket.recv(self.connection, 1, socket.MSG_PEEK):
+                        return True  # the client closed or shut its end down
+                except OSError:
+                    return True
+                time.sleep(min(left, 0.05))  # it sent something (nothing is read mid-answer)
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: a test double that prints every request drowns the test output."""
@@ -117,7 +182,9 @@ class Simulator:
     * Fmgr: ``GET /fmgr/status?persistentId=ID`` (``fmgr``), no auth, and notifications POSTed to the
       task's notify URL by ``deliver_due_notifications`` or the ``start_notifier`` thread.
     * Order of checks per request: injected fault, auth, rate limit, request validation.
-    * Everything time-dependent reads ``clock``, except the "timeout" fault's real sleep.
+    * Everything time-dependent reads ``clock``, except the real time of the "timeout" fault's sleep and of
+      the paced faults ("trickle", "stall", "trickle_headers"), which end early when the client hangs up or
+      the simulator stops (``open_answers`` says how many are still being written).
     """
 
     # Tunables (see Settings), read by the parts at request time.
@@ -131,6 +198,9 @@ class Simulator:
     silent_page_cap: _Kept[int | None] = _Kept("_settings")
     order: _Kept[str] = _Kept("_settings")
     timeout_fault_seconds: _Kept[float] = _Kept("_settings")
+    pace_fault_interval: _Kept[float] = _Kept("_settings")
+    pace_fault_limit: _Kept[float] = _Kept("_settings")
+    huge_fault_bytes: _Kept[int] = _Kept("_settings")
     notify_timeout: _Kept[float] = _Kept("_settings")
     notify_record_delay: _Kept[float] = _Kept("_settings")
     # What was observed.
@@ -174,14 +244,26 @@ class Simulator:
         self._faults = Faults(self._lock)
         self._limits = RateLimiter(self._settings, self._lock)
         self._log = RequestLog(self._lock)
+        # Set while stopping: paced and streamed answers end at once. How many are being written now.
+        self._stopping = threading.Event()
+        self._open = 0
+        self._open_changed = threading.Condition()
 
     # ----------------------------------------------------------------------------------- lifecycle
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    def start(self, host: str = "127.0.0.1", port: int = 0, *, tls: tuple[str, str] | None = None) -> str:
+        """Serve on ``host:port`` (0: a free port); with ``tls`` (certificate and key files), over HTTPS."""
         if self._server is not None:
             raise RuntimeError("simulator already started")
+        self._stopping.clear()
         self._server = _Server((host, port), self)
-        self.url = f"http://{host}:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://{host}:{self._server.server_address[1]}"
         # A short poll interval keeps stop() fast: tests start and stop a simulator each.
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="vendor-simulator", daemon=True)
@@ -190,6 +272,7 @@ class Simulator:
 
     def stop(self) -> None:
         self._notifier.stop()
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -197,6 +280,7 @@ class Simulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.wait_answers_closed(5.0)
 
     def __enter__(self) -> Simulator:
         if self._server is None:
@@ -323,6 +407,28 @@ class Simulator:
         """The next ``count`` requests to ``api`` get ``fault`` before anything else is checked."""
         self._faults.inject(api, fault, count)
 
+    @property
+    def open_answers(self) -> int:
+        """Paced or streamed answers being written now (each holds a server thread until it ends)."""
+        with self._open_changed:
+            return self._open
+
+    def wait_answers_closed(self, timeout: float) -> bool:
+        """Wait until no paced or streamed answer is being written; False if one still is after ``timeout``."""
+        with self._open_changed:
+            return self._open_changed.wait_for(lambda: self._open == 0, timeout)
+
+    def _answering(self, delta: int) -> None:
+        with self._open_changed:
+            self._open += delta
+            self._open_changed.notify_all()
+
+    def _answered(self, response: Response) -> None:
+        """The answer is out (or the client left): its log entry gets the time, on the simulator's clock."""
+        if response.logged is not None:
+            with self._lock:
+                response.logged["ended"] = self._clock()
+
     def reset_counters(self) -> None:
         """Forget what was observed (requests, logs, violations); tasks, faults and windows stay."""
         with self._lock:
@@ -351,15 +457,17 @@ class Simulator:
             fault = self._faults.take(api)
         if fault == "timeout":
             time.sleep(self._settings.timeout_fault_seconds)  # no lock held: other requests keep flowing
-        if fault is not None and fault != "timeout":
-            response = fault_response(api, fault)
+        if fault is not None and fault != "timeout" and fault not in PACED:
+            response = fault_response(api, fault, query=parts.query, huge_bytes=self._settings.huge_fault_bytes)
         elif api == "fmgr":
             response = self._fmgr_response(method, parts.query)
         else:
             response = self._cdn_response(api, method, parts.path, parts.query, headers, body)
+        if fault in PACED:
+            response.pace = fault  # the normal answer (counted by the rate limit as usual), paced
         if api != "fmgr":
             response.headers.setdefault("x-cnc-request-id", f"sim-{self._settings.seed}-{request_id}")
-        self._log.record(arrived, api, user, parts.query, body, response.result, fault)
+        response.logged = self._log.record(arrived, api, user, parts.query, body, response.result, fault)
         return response
 
     def _fmgr_response(self, method: str, query: str) -> Response:

@@ -25,6 +25,12 @@ class Settings:
     order: str
     # The "timeout" fault sleeps this long (real time) before answering normally.
     timeout_fault_seconds: float = 3.0
+    # The paced faults ("trickle", "trickle_headers") send a byte every this many seconds (real time); none
+    # of them, "stall" included, lasts longer than pace_fault_limit unless the client hangs up first.
+    pace_fault_interval: float = 1.0
+    pace_fault_limit: float = 600.0
+    # The "huge" faults answer at least this many bytes.
+    huge_fault_bytes: int = 400 * 2**20
     notify_timeout: float = 5.0
     # The vendor records a delivery (code 4 -> 6) or a give-up (4 -> 5) this long after it happened, so a
     # poll right after a notification still sees 4.

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Any
 
 CDN_PATHS = {"/ccm/fetch/ItemIdQuery": "prefetch", "/ccm/purge/ItemIdQuery": "purge"}
 FMGR_PATH = "/fmgr/status"
@@ -38,6 +39,14 @@ class Response:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     result: str = "ok"
+    # How the answer goes out when a fault paces it (faults.PACED: "trickle", "stall", "trickle_headers");
+    # None: at once.
+    pace: str | None = None
+    # A body made while it is written (never held whole), instead of ``body``; its headers say how long it is
+    # (Content-Length) or that it is chunked.
+    stream: Callable[[], Iterator[bytes]] | None = None
+    # The request log's entry of this request: the server adds when the answer ended ("ended").
+    logged: dict[str, Any] | None = None
 
 
 def compact_json(value: object) -> bytes:
