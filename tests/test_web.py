@@ -547,7 +547,7 @@ def test_notify_accepts_the_vendor_example_once(serve, session):
     ],
     ids=["forged", "unknown-key", "missing-header", "malformed-header", "wrong-url"],
 )
-def test_notify_rejects_bad_signatures(serve, session, authorization, url, reason):
+def test_notify_rejects_bad_signatures(serve, session, caplog, authorization, url, reason):
     sink = FakeSink()
     server = serve(make_app(notify=notify_endpoint(sink, url=url)))
     r = post_notify(session, server, EXAMPLE_BODY, authorization)
@@ -556,6 +556,12 @@ def test_notify_rejects_bad_signatures(serve, session, authorization, url, reaso
     assert sink.rejected == Counter({reason: 1})
     assert sink.calls == 0 and not sink.stored
     assert SECRET_KEY not in r.text
+    (warning,) = [rec.getMessage() for rec in caplog.records if "notification rejected" in rec.getMessage()]
+    assert warning.startswith(f"Fmgr notification rejected ({reason}): ")
+    if authorization and ":" in authorization:
+        # bad_signature names the access key as unknown_key does: which key's secret (or notifyURL) to check.
+        assert repr(authorization.split(":", 1)[0]) in warning, warning
+    assert SECRET_KEY not in warning
 
 
 @pytest.mark.parametrize(
