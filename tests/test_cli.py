@@ -531,6 +531,14 @@ def test_readme_quick_start_is_what_ci_runs() -> None:
     assert re.search(r"^exec \./scripts/test\b", ci, flags=re.M)
 
 
+def test_readme_says_what_the_demo_shows_and_keeps() -> None:
+    quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    text = " ".join(quick.split())
+    assert "`demo-register-token`" in text and "landing page" in text
+    assert "temporary directory that it removes at exit, unless `--storage.path` names one" in text
+    assert "installs the Python test dependencies, Debian's `prometheus`" in text and "`postgresql`" in text
+
+
 def test_readme_documents_every_environment_variable() -> None:
     source = (ROOT / "exporter" / "cli.py").read_text()
     names = set(re.findall(r'env\("(CDNETWORKS_EXPORTER_[A-Z_]+)"', source))
