@@ -12,8 +12,9 @@ ARG BASE_IMAGE=docker.io/library/python:3.12-slim-bookworm
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS build
 # A CA bundle for pip when PyPI is reached through an intercepting proxy (mounted for the build only; this
-# stage is not part of the image). Unset by default.
-ARG PIP_CERT
+# stage is not part of the image). Empty by default, which pip reads as "the default bundle"; declared with that
+# default so that a build without it does not warn about a missing build argument.
+ARG PIP_CERT=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/cdnetworks-exporter
 WORKDIR /src
@@ -24,7 +25,8 @@ RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.tom
         > /tmp/requirements.txt \
     && /opt/cdnetworks-exporter/bin/pip install --requirement /tmp/requirements.txt
 # Then the wheel of the project itself, installed without touching the dependencies again.
-COPY README.md ./
+# The licence goes into the wheel's metadata (license-files), and so into the image.
+COPY README.md LICENSE ./
 COPY exporter ./exporter
 RUN /opt/cdnetworks-exporter/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/cdnetworks-exporter/bin/pip install --no-deps /wheels/*.whl \

@@ -58,8 +58,8 @@ class FmgrIngest:
             self.wake()
         return added
 
-    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.store.list_fmgr_tasks(state, limit)
+    def list_tasks(self, state: str | None, limit: int, pending: bool | None = None) -> list[dict[str, Any]]:
+        return self.store.list_fmgr_tasks(state, limit, pending=pending)
 
 
 class _Swappable:
@@ -106,13 +106,15 @@ class Exporter:
     """The running exporter: the HTTP server (kept for the life of the process) and the current Runtime.
 
     ``config_loader`` re-reads the configuration for a reload (SIGHUP or ``POST /-/reload``); without it a
-    reload needs the new Config passed in.
+    reload needs the new Config passed in. ``demo`` (``--demo``) shows the demo's register token on the
+    landing page, with examples.
     """
 
     def __init__(self, config: Config, *, storage_path: str | None = None, web_config: WebConfig | None = None,
                  listen_address: str = ":9891", clock: Callable[[], float] = time.time,
-                 config_loader: Callable[[], Config] | None = None) -> None:
+                 config_loader: Callable[[], Config] | None = None, demo: bool = False) -> None:
         self.clock = clock
+        self.demo = demo  # --demo: the landing page says so and shows how to use the registration API
         self.web_config = web_config
         self._storage_flag = storage_path
         self._config_loader = config_loader
@@ -199,6 +201,7 @@ class Exporter:
             notify=self._notify_endpoint(config, ingest), api=self._registration_api(config, ingest),
             basic_auth=self.basic_auth,
             headers=wc.headers if wc else None, clock=self.clock, reload=self.reload,
+            demo_token=config.fmgr.register_token if self.demo else None,
         )
 
     @staticmethod

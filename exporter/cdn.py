@@ -25,6 +25,7 @@ from .health import ApiHealth
 from .kinds import BY_NAME
 from .store import CdnTask
 from .vendor_http import VendorError, classify_status, observed, parse_retry_after, send
+from .vendor_log import logged
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,11 @@ class CdnClient:
         if url:
             payload["url"] = url  # one URL per query (seed 002): a re-check of one task costs one row
         body = json.dumps(payload, separators=(",", ":")).encode()
-        with observed(self.health, kind):
+        with (
+            logged(log, kind, account=self.account.name, range=f"{payload['startTime']}..{payload['endTime']}",
+                   page=page_no, page_size=page_size, **({"url": url} if url else {})) as answer,
+            observed(self.health, kind),
+        ):
             resp = send(self.session, "POST", self.account.endpoint + path, timeout=self.timeout, what="CDN",
                         max_bytes=self.max_response_bytes, data=body, headers=self._headers(path, body))
             if resp.status_code != 200:
@@ -254,6 +259,7 @@ class CdnClient:
             except (ValueError, RecursionError) as exc:
                 raise ApiError("malformed", f"response is not JSON: {resp.text[:100]!r}") from exc
             page = parse_response(data, self.account.tz)
+            answer.update(count=page.count, rows=page.rows)
             if page.rows == 0 and page.count > (page_no - 1) * page_size:
                 # Success with the rows missing is never "no tasks": paging on would skip them for good.
                 raise ApiError("malformed", f"page {page_no} is empty but count says {page.count} tasks")

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -13,11 +14,14 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .allocator import limit_arenas
 from .config import Config, ConfigError, load_config, parse_config
 from .kinds import NAMES
+from .sqlite_repo import path_problem
+from .web import parse_listen_address
 from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -36,42 +40,99 @@ def _give_up_stopping(signum: int) -> None:
     os._exit(128 + signum)
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("logfmt", "json")
+
+# The settings that have an environment variable: dest -> (flag, variable).
+ENV_VARS = {
+    "config_file": ("--config.file", "CDNETWORKS_EXPORTER_CONFIG_FILE"),
+    "listen_address": ("--web.listen-address", "CDNETWORKS_EXPORTER_LISTEN_ADDRESS"),
+    "web_config_file": ("--web.config.file", "CDNETWORKS_EXPORTER_WEB_CONFIG_FILE"),
+    "storage_path": ("--storage.path", "CDNETWORKS_EXPORTER_STORAGE_PATH"),
+    "log_level": ("--log.level", "CDNETWORKS_EXPORTER_LOG_LEVEL"),
+    "log_format": ("--log.format", "CDNETWORKS_EXPORTER_LOG_FORMAT"),
+}
+
+
+class _FromFlag(argparse.Action):
+    """Stores the value and remembers that it came from the command line, not from the environment variable
+    that gave the default: a problem with it is reported under the name the user typed."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.from_flag = {*getattr(namespace, "from_flag", ()), self.dest}
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
         prog="cdnetworks-exporter",
         description=f"Prometheus exporter for CDNetworks asynchronous task APIs ({', '.join(NAMES)}, Fmgr).",
     )
-    p.add_argument("--config.file", dest="config_file",
+    p.add_argument("--config.file", dest="config_file", action=_FromFlag,
                    default=env("CDNETWORKS_EXPORTER_CONFIG_FILE", "config.yml"),
                    help="path to the YAML configuration (env CDNETWORKS_EXPORTER_CONFIG_FILE; default: %(default)s)")
-    p.add_argument("--web.listen-address", dest="listen_address",
+    p.add_argument("--web.listen-address", dest="listen_address", action=_FromFlag,
                    default=env("CDNETWORKS_EXPORTER_LISTEN_ADDRESS", ":9891"),
-                   help="address to serve HTTP on (env CDNETWORKS_EXPORTER_LISTEN_ADDRESS; default: %(default)s)")
-    p.add_argument("--web.config.file", dest="web_config_file", default=env("CDNETWORKS_EXPORTER_WEB_CONFIG_FILE"),
+                   help="address to serve HTTP on: :port (every interface, IPv4 and IPv6), host:port or "
+                        "[IPv6]:port (env CDNETWORKS_EXPORTER_LISTEN_ADDRESS; default: %(default)s)")
+    p.add_argument("--web.config.file", dest="web_config_file", action=_FromFlag,
+                   default=env("CDNETWORKS_EXPORTER_WEB_CONFIG_FILE"),
                    help="exporter-toolkit web config for TLS and basic auth (env CDNETWORKS_EXPORTER_WEB_CONFIG_FILE; "
                         "default: none)")
-    p.add_argument("--storage.path", dest="storage_path", default=env("CDNETWORKS_EXPORTER_STORAGE_PATH"),
+    p.add_argument("--storage.path", dest="storage_path", action=_FromFlag,
+                   default=env("CDNETWORKS_EXPORTER_STORAGE_PATH"),
                    help="SQLite database path, overriding storage.path in the config "
                         "(env CDNETWORKS_EXPORTER_STORAGE_PATH)")
-    p.add_argument("--log.level", dest="log_level", default=env("CDNETWORKS_EXPORTER_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warn", "error"],
+    p.add_argument("--log.level", dest="log_level", action=_FromFlag,
+                   default=env("CDNETWORKS_EXPORTER_LOG_LEVEL", "info"), choices=LOG_LEVELS,
                    help="log level (env CDNETWORKS_EXPORTER_LOG_LEVEL; default: %(default)s)")
-    p.add_argument("--log.format", dest="log_format", default=env("CDNETWORKS_EXPORTER_LOG_FORMAT", "logfmt"),
-                   choices=["logfmt", "json"],
+    p.add_argument("--log.format", dest="log_format", action=_FromFlag,
+                   default=env("CDNETWORKS_EXPORTER_LOG_FORMAT", "logfmt"), choices=LOG_FORMATS,
                    help="log format (env CDNETWORKS_EXPORTER_LOG_FORMAT; default: %(default)s)")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration (and web config), print every problem, exit 0 or 2; with "
-                        "storage.url, also check that the database answers and its schema fits (exit 3 if not)")
+                   help="validate the flags, environment variables, configuration and web config, print every "
+                        "problem, exit 0 or 2; then check that the store can be used (the SQLite path can be "
+                        "created and written, or the storage.url database answers and its schema fits; exit 3 if "
+                        "not)")
     # No environment variable: a one-shot operation must not run again at every start of a container.
     p.add_argument("--storage.migrate-from", dest="migrate_from", metavar="SQLITE_PATH",
                    help="copy the SQLite store at this path into the empty PostgreSQL store of storage.url, "
                         "verify the row counts, print what was copied and exit (0, 1 if it failed, 2 for a "
                         "configuration problem)")
     p.add_argument("--demo", action="store_true",
-                   help="run against the built-in simulator with a generated configuration (no config needed)")
+                   help="run against the built-in simulator with a generated configuration (no config needed); "
+                        "its temporary storage is removed at exit unless --storage.path is given")
     p.add_argument("--version", action="version", version=f"cdnetworks-exporter {__version__}")
     return p
+
+
+def setting_name(args: argparse.Namespace, dest: str) -> str:
+    """Where a setting's value came from: its flag, or else its environment variable when that is set."""
+    flag, variable = ENV_VARS[dest]
+    if dest in getattr(args, "from_flag", ()) or variable not in os.environ:
+        return flag
+    return variable
+
+
+def _one_of(values: Sequence[str]) -> str:
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def setting_problems(args: argparse.Namespace) -> list[str]:
+    """The flags and environment variables that cannot work, one line each naming the flag or the variable
+    and the expected form. argparse already refused a bad flag with choices; its variable is checked here."""
+    problems = []
+    try:
+        parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        problems.append(f"{setting_name(args, 'listen_address')}: {exc}")
+    for dest, allowed in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        value = getattr(args, dest)
+        if value not in allowed:
+            problems.append(f"{setting_name(args, dest)}: {value!r}: expected {_one_of(allowed)}")
+    return problems
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -108,10 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.migrate_from is not None and (args.check_config or args.demo):
         parser.error("--storage.migrate-from cannot be combined with --check-config or --demo")
-    setup_logging(args.log_level, args.log_format)
+    settings = setting_problems(args)
+    setup_logging(args.log_level if args.log_level in LOG_LEVELS else "info",
+                  args.log_format if args.log_format in LOG_FORMATS else "logfmt")
 
     if args.check_config:
-        return check_config(args)
+        return check_config(args, settings)
+    if settings:  # before anything is read, opened or created
+        for p in settings:
+            print(p, file=sys.stderr)
+        return EXIT_CONFIG
     if args.migrate_from is not None:
         return migrate(args)
     limit_arenas()  # before any thread allocates: see exporter/allocator.py
@@ -153,32 +220,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .app import Exporter, ReloadError
 
     sim = runner = None
+    demo_dir: Path | None = None  # the demo's temporary storage, removed at exit
     loader = lambda: load_config(args.config_file)  # noqa: E731
+    storage = storage_path_flag(args, config) if config is not None else args.storage_path
     if args.demo:
-        from .demo import JobRunner, demo_config, local_base_url, start_simulator
+        from .demo import DEMO_TOKEN, JobRunner, demo_config, local_base_url, start_simulator
 
         exporter_url = local_base_url(args.listen_address)
         if web_config is not None and web_config.tls_enabled:
             exporter_url = exporter_url.replace("http://", "https://", 1)
-        storage = args.storage_path or str(Path(tempfile.mkdtemp(prefix="cdnetworks-demo-")) / "demo.db")
+        if args.storage_path:
+            storage = args.storage_path
+        else:
+            demo_dir = Path(tempfile.mkdtemp(prefix="cdnetworks-demo-"))
+            storage = str(demo_dir / "demo.db")
         sim = start_simulator(exporter_url)
         demo = demo_config(sim.url, exporter_url, storage)
         config = parse_config(demo)
         loader = lambda: parse_config(demo)  # noqa: E731  (a reload rebuilds the same demo configuration)
-        log.info("demo mode: simulator at %s, storage %s", sim.url, storage)
+        log.info("demo mode: simulator at %s, storage %s (%s), register token %r", sim.url, storage,
+                 "removed at exit" if demo_dir is not None else "kept", DEMO_TOKEN)
     assert config is not None
 
     try:
-        exporter = Exporter(config, storage_path=storage_path_flag(args, config), web_config=web_config,
-                            listen_address=args.listen_address, config_loader=loader)
+        if config.storage.url is None:
+            problem = path_problem(storage or config.storage.path)
+            if problem is not None:
+                raise RuntimeError(f"storage path {storage or config.storage.path}: {problem}")
+        exporter = Exporter(config, storage_path=storage, web_config=web_config, listen_address=args.listen_address,
+                            config_loader=loader, demo=args.demo)
         exporter.start()
     except (OSError, RuntimeError, sqlite3.Error) as exc:
         log.error("cannot start: %s", exc)
         if sim is not None:
             sim.stop()
+        _remove_demo_storage(demo_dir)
         return 1
     if sim is not None:
-        runner = JobRunner(sim, exporter.server.url.replace("0.0.0.0", "127.0.0.1"))
+        runner = JobRunner(sim, exporter.server.local_url)
         runner.start()
     log.info("cdnetworks-exporter %s serving on %s", __version__, exporter.server.url)
 
@@ -199,8 +278,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     exporter.stop()
     if sim is not None:
         sim.stop()
+    _remove_demo_storage(demo_dir)
     log.info("stopped")
     return 0
+
+
+def _remove_demo_storage(directory: Path | None) -> None:
+    """The demo's temporary storage goes at exit; a demo given --storage.path keeps its database."""
+    if directory is None:
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    if directory.exists():
+        log.warning("could not remove the demo's temporary storage %s", directory)
+    else:
+        log.info("removed the demo's temporary storage %s", directory)
 
 
 def _in_file(path: str, error: str) -> str:
@@ -245,10 +336,12 @@ def _report(problems: list[str], code: int) -> int:
     return code
 
 
-def check_config(args: argparse.Namespace) -> int:
-    """The configuration's problems (exit 2); then, when it chooses PostgreSQL, whether that database can be
-    used (exit 3): it is asked with a short timeout and only read (no table is created)."""
+def check_config(args: argparse.Namespace, settings: Sequence[str] = ()) -> int:
+    """The problems of the flags, environment variables and configuration (exit 2); then whether the store
+    can be used (exit 3): the SQLite path can be created and written (nothing is created), or the PostgreSQL
+    database of storage.url answers, asked with a short timeout and only read (no table is created)."""
     config, _, problems = load_configs(args)
+    problems = [*settings, *problems]
     if problems:
         return _report(problems, EXIT_CONFIG)
     if config is not None and config.storage.url is not None:
@@ -258,6 +351,13 @@ def check_config(args: argparse.Namespace) -> int:
         if storage_problems:
             return _report([f"{args.config_file}: storage.url: {p}" for p in storage_problems], EXIT_STORAGE)
         print(f"storage.url: {summary}")
+    elif config is not None or args.storage_path:
+        path = args.storage_path or (config.storage.path if config is not None else "")
+        where = setting_name(args, "storage_path") if args.storage_path else f"{args.config_file}: storage.path"
+        problem = path_problem(path)
+        if problem is not None:
+            return _report([f"{where}: {path}: {problem}"], EXIT_STORAGE)
+        print(f"storage path: {path}: can be written")
     print("configuration is valid")
     return 0
 

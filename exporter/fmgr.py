@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -23,6 +24,9 @@ import requests
 from exporter import __version__, signing, vendor_http
 from exporter.health import ApiHealth
 from exporter.vendor_http import VendorError, classify_status, observed, send
+from exporter.vendor_log import logged
+
+log = logging.getLogger(__name__)
 
 # Task `code` of a status query. 2 does not exist for tasks: a failed item does not fail the task.
 TASK_STATES: dict[int, str] = {
@@ -403,10 +407,11 @@ def verify_notification(authorization: str | None, raw_body: bytes, url: str, ke
         raise NotifyError("unknown_key", f"unknown access key {_show(access_key)}")
     # The expected signature is ASCII; a non-ASCII one cannot match and would not encode for the compare.
     if not signature.isascii():
-        raise NotifyError("bad_signature", "signature does not match")
+        raise NotifyError("bad_signature", f"signature does not match (access key {_show(access_key)})")
     expected = signing.fmgr_notify_signature(secret_key, url, raw_body)
     if not signing.constant_time_equals(_unpadded(signature), _unpadded(expected)):
-        raise NotifyError("bad_signature", "signature does not match")
+        # Named like unknown_key: it tells the operator which key's secret (or which notifyURL) to check.
+        raise NotifyError("bad_signature", f"signature does not match (access key {_show(access_key)})")
     return access_key
 
 
@@ -462,7 +467,7 @@ class FmgrClient:
         """The current status of one task, or FmgrApiError saying why there is none."""
         if not persistent_id:
             raise ValueError("persistent_id must be a non-empty string")
-        with observed(self.health, "fmgr"):
+        with logged(log, "fmgr", id=persistent_id) as answer, observed(self.health, "fmgr"):
             response = send(
                 self.session,
                 "GET",
@@ -473,7 +478,9 @@ class FmgrClient:
                 params={"persistentId": persistent_id},
                 headers={"Accept": "application/json", "User-Agent": f"cdnetworks-exporter/{__version__}"},
             )
-            return self._read(response, persistent_id)
+            status = self._read(response, persistent_id)
+            answer.update(code=status.code, items=len(status.items))
+            return status
 
     def _read(self, response: requests.Response, persistent_id: str) -> FmgrStatus:
         http = response.status_code

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import fmgr as fmgrwire
@@ -217,8 +217,17 @@ class NotificationWriter:
 
 
 # ---------------------------------------------------------------------- the registration API's view
-def state_filter(state: str | None) -> StateFilter:
-    """Which tasks are in a state name, the inverse of the state ``api_view`` shows."""
+# Every state ``api_view`` shows, in lifecycle order: ``unknown`` (tracked, no status seen yet: registered, not
+# polled or notified), the vendor's task states, ``other`` (a code outside the vendor's table) and ``abandoned``
+# (given up after fmgr.max_task_age). The same names as the ``state`` label of cdnetworks_fmgr_tasks.
+API_STATES = ("unknown", *fmgrwire.TASK_STATES.values(), "other", "abandoned")
+
+
+def state_filter(state: str | None, pending: bool | None = None) -> StateFilter:
+    """Which tasks are in a state name, the inverse of the state ``api_view`` shows; ``pending`` as the
+    ``pending`` field of ``api_view`` (None: either)."""
+    if pending is not None:
+        return replace(state_filter(state), pending=pending)
     if state is None:
         return StateFilter()
     if state == "abandoned":
@@ -234,14 +243,20 @@ def state_filter(state: str | None) -> StateFilter:
 
 
 def api_view(row: FmgrApiRow) -> dict[str, Any]:
+    """A tracked task as the registration API shows it. ``pending`` is what cdnetworks_fmgr_pending_tasks
+    counts: processing not known to be over (no code 3 or later seen yet) and not abandoned, so the states
+    ``unknown``, ``pending`` and ``processing`` (and ``other`` before any 3)."""
     return {
         "persistentId": row.id, "code": row.code, "firstSeen": row.first_seen, "finalSeen": row.final_seen,
         "source": row.source,
         "state": "abandoned" if row.abandoned else ("unknown" if row.code is None else fmgrwire.task_state(row.code)),
+        "pending": row.final_seen is None and not row.abandoned,
         "lastPolled": row.last_polled, "confirmed": row.confirmed, "errors": row.errors, "lastError": row.last_error,
     }
 
 
-def list_tasks(repo: Repository, state: str | None, limit: int, task_id: str | None = None) -> list[dict[str, Any]]:
-    """Tracked tasks, newest first, optionally only those in ``state`` (filtered and limited by the database)."""
-    return [api_view(r) for r in repo.fmgr_task_rows_for_api(state_filter(state), limit, task_id)]
+def list_tasks(repo: Repository, state: str | None, limit: int, task_id: str | None = None,
+               pending: bool | None = None) -> list[dict[str, Any]]:
+    """Tracked tasks, newest first, optionally only those in ``state`` and only those ``pending`` (or not),
+    filtered and limited by the database."""
+    return [api_view(r) for r in repo.fmgr_task_rows_for_api(state_filter(state, pending), limit, task_id)]

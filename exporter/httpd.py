@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import math
@@ -340,6 +341,23 @@ def _nofile_limit() -> int:
         return 1 << 16
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket. An empty host or ``::`` is every interface, IPv4 and IPv6 on one dual-stack socket,
+    as Go exporters listen on ``:port``; a kernel without IPv6 gets the IPv4 wildcard. ``0.0.0.0`` is IPv4 only,
+    any other address that address alone."""
+    if host in ("", "::"):
+        if socket.has_dualstack_ipv6():
+            try:
+                return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=1024)
+            except OSError as exc:
+                if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+                    raise
+        if host == "":
+            host = "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
 class Server:
     """Serves a WSGI app on ``host:port`` from a background thread (the event loop) and ``threads`` workers.
 
@@ -387,9 +405,8 @@ class Server:
     # Life cycle
 
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         # Bound here, on the caller's thread, so that an address in use fails start() itself.
-        self._sock = socket.create_server((self._host, self._port), family=family, backlog=1024)
+        self._sock = _listen(self._host, self._port)
         addr = self._sock.getsockname()
         self._addr = (str(addr[0]), int(addr[1]))
         self._pool = _Workers(self._threads, "http-worker")

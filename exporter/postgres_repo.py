@@ -545,4 +545,6 @@ def _conditions(where: StateFilter) -> tuple[list[str], list[Any]]:
     if where.codes_not_in is not None:
         conds.extend(["code IS NOT NULL", "code <> ALL(%s::bigint[])"])
         args.append(list(where.codes_not_in))
+    if where.pending is not None:
+        conds.append(_PENDING_SQL if where.pending else f"NOT ({_PENDING_SQL})")  # as fmgr_count_pending
     return conds, args

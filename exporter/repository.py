@@ -88,13 +88,16 @@ class FmgrApiRow(NamedTuple):
 @dataclass(frozen=True)
 class StateFilter:
     """Which tracked Fmgr tasks the registration API lists: ``abandoned`` ones, or not abandoned ones whose
-    code is ``None`` (``codes_in == ()`` and ``unknown``), in ``codes_in``, or not in ``codes_not_in``."""
+    code is ``None`` (``codes_in == ()`` and ``unknown``), in ``codes_in``, or not in ``codes_not_in``; and
+    ``pending`` ones (or not)."""
 
     abandoned: bool | None = None
     unknown: bool = False
     codes_in: tuple[int, ...] | None = None
     codes_not_in: tuple[int, ...] | None = None
     nothing: bool = False  # a state no task can be in
+    # Pending as cdnetworks_fmgr_pending_tasks counts it (processing not known to be over, not abandoned), or not.
+    pending: bool | None = None
 
 
 class Transaction(Protocol):

@@ -74,6 +74,41 @@ _PENDING_SQL = "final_seen IS NULL AND abandoned = 0"
 _DUE_SQL = "(final_seen IS NULL OR confirmed = 0) AND abandoned = 0"
 
 
+def path_problem(path: str) -> str | None:
+    """Why an SQLite database at ``path`` could not be created or written, in words naming the directory or file
+    at fault; None when it can. Creates nothing. The database's directory must be writable too: SQLite keeps
+    its write-ahead log and shared-memory files next to it."""
+    if path == ":memory:":
+        return None
+    if not path.strip():
+        return "empty; expected a file path"
+    target = Path(path)
+    if target.is_dir():
+        return "is a directory; expected the path of the database file"
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        return f"{_access_reason(target)}: the database file cannot be read and written"
+    directory = target.absolute().parent
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    if not directory.is_dir():
+        return f"{directory} is not a directory, so {missing[-1] if missing else target} cannot be created"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        what = f"cannot create directory {missing[-1]}" if missing else "cannot create files next to the database"
+        return f"{what}: {directory}: {_access_reason(directory)}"
+    return None
+
+
+def _access_reason(path: Path) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "permission denied"
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -192,11 +227,20 @@ class SqliteRepository:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
+        conn = None
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(self.path)
+            conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()
+            # sqlite3 says "unable to open database file" whatever the reason: name the path and the reason.
+            reason = path_problem(self.path) or (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            raise RuntimeError(f"storage path {self.path}: {reason}") from exc
+        self._conn = conn
         self._lock = threading.RLock()
-        self._conn.executescript(SCHEMA)
         self._migrate()
         # An in-memory database exists once per connection: it has to read through the writer's.
         self._rconn = self._conn if self.path == ":memory:" else _connect(self.path)
@@ -460,4 +504,6 @@ def _conditions(where: StateFilter) -> tuple[list[str], list[Any]]:
     if where.codes_not_in is not None:
         conds.extend(["code IS NOT NULL", f"code NOT IN ({','.join('?' * len(where.codes_not_in))})"])
         args.extend(where.codes_not_in)
+    if where.pending is not None:
+        conds.append(_PENDING_SQL if where.pending else f"NOT ({_PENDING_SQL})")  # as fmgr_count_pending
     return conds, args

@@ -364,9 +364,11 @@ class Store:
         return sum_deltas((d for first_seen, op, code in self.repo.fmgr_edge_item_rows(after, until)
                            for d in fmgr_item_deltas(first_seen, op, code, +1)), group)
 
-    def list_fmgr_tasks(self, state: str | None, limit: int, task_id: str | None = None) -> list[dict[str, Any]]:
-        """Tracked tasks, newest first, optionally only those in ``state`` (filtered and limited in SQL)."""
-        return fmgr_tracking.list_tasks(self.repo, state, limit, task_id)
+    def list_fmgr_tasks(self, state: str | None, limit: int, task_id: str | None = None,
+                        pending: bool | None = None) -> list[dict[str, Any]]:
+        """Tracked tasks, newest first, optionally only those in ``state`` and those ``pending`` or not
+        (filtered and limited in SQL)."""
+        return fmgr_tracking.list_tasks(self.repo, state, limit, task_id, pending)
 
     def fmgr_task(self, task_id: str) -> dict[str, Any] | None:
         rows = self.list_fmgr_tasks(None, 1, task_id=task_id)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import gzip
 import hmac
 import html
+import ipaddress
 import json
 import logging
 import re
+import shlex
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from exporter import fmgr, httpd, metrics
 from exporter.fmgr import FmgrStatus
+from exporter.fmgr_tracking import API_STATES
 from exporter.webconfig import AUTH_FAILURE_REASONS, AuthFailures, BasicAuth
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,9 @@ class TaskRegistry(Protocol):
         """Track these Fmgr persistentIds; return how many were not tracked before."""
         ...
 
-    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
-        """JSON-able descriptions of tracked tasks, optionally only those in ``state``."""
+    def list_tasks(self, state: str | None, limit: int, pending: bool | None = None) -> list[dict[str, Any]]:
+        """JSON-able descriptions of tracked tasks, optionally only those in ``state`` (one of
+        ``fmgr_tracking.API_STATES``) and only those ``pending`` or not."""
         ...
 
 
@@ -143,22 +147,35 @@ def parse_int_param(text: str, lo: int, hi: int) -> int | None:
     return value if lo <= value <= hi else None
 
 
+LISTEN_FORMS = "expected host:port, :port or [IPv6]:port, e.g. :9891, 127.0.0.1:9891 or [::1]:9891"
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
 def parse_listen_address(value: str) -> tuple[str, int]:
-    """``:9891`` -> ("0.0.0.0", 9891); ``127.0.0.1:0``; ``[::1]:9891``; ``localhost:9891``."""
-    value = value.strip()
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
+    """``:9891`` -> ("", 9891), every interface (IPv4 and IPv6, see ``httpd.Server``); ``127.0.0.1:0``;
+    ``[::1]:9891``; ``localhost:9891``. A ValueError says what is wrong and the expected form."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise ValueError(f"listen address {value!r}: expected [IPv6]:port")
+            raise ValueError(f"{value!r}: {LISTEN_FORMS}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} in brackets is not an IPv6 address; {LISTEN_FORMS}") from None
     else:
-        host, sep, port = value.rpartition(":")
+        host, sep, port = text.rpartition(":")
         if not sep:
-            raise ValueError(f"listen address {value!r}: expected host:port or :port")
+            raise ValueError(f"{value!r} has no port (the colon is missing); {LISTEN_FORMS}")
         if ":" in host:
-            raise ValueError(f"listen address {value!r}: put an IPv6 address in brackets, e.g. [::1]:9891")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {value!r}: port must be a number from 0 to 65535")
-    return host or "0.0.0.0", int(port)
+            raise ValueError(f"{value!r}: put an IPv6 address in brackets, e.g. [::1]:9891")
+        if host and not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{value!r}: {host!r} is not a host name or IPv4 address; {LISTEN_FORMS}")
+    number = parse_int_param(port, 0, 65535)
+    if number is None:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535; {LISTEN_FORMS}")
+    return host, number
 
 
 class App:
@@ -176,8 +193,10 @@ class App:
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         reload: Callable[[], None] | None = None,
+        demo_token: str | None = None,
     ) -> None:
         self._registry = registry
+        self._demo_token = demo_token  # --demo: a public token, shown on the landing page
         self._version = version
         self._ready = ready
         self._notify = notify
@@ -305,9 +324,31 @@ class App:
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>{NAME}</title></head><body>"
             f"<h1>{NAME}</h1><p>Version {html.escape(self._version)}</p>"
-            f"<ul>{links}</ul>{extra}</body></html>\n"
+            f"{self._demo_section(environ)}<ul>{links}</ul>{extra}</body></html>\n"
         )
         return Response("200 OK", page.encode(), "text/html; charset=utf-8")
+
+    def _demo_section(self, environ: dict[str, Any]) -> str:
+        """In ``--demo`` mode: what this is, and the demo's register token with ready-to-run examples."""
+        if self._demo_token is None:
+            return ""
+        host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
+        url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{TASKS_PATH}"
+        auth = shlex.quote(f"Authorization: Bearer {self._demo_token}")
+        examples = [
+            f"curl -H {auth} {shlex.quote(url + '?state=unknown&limit=5')}",
+            f"curl -H {auth} -H 'Content-Type: application/json' "
+            f"-d '{{\"persistentIds\": [\"my-job-1\"]}}' {shlex.quote(url)}",
+        ]
+        code = "".join(f"<pre>{html.escape(e)}</pre>" for e in examples)
+        return (
+            "<h2>Demo mode</h2><p>This is <code>cdnetworks-exporter --demo</code>: it polls the built-in vendor "
+            "simulator (two CDN accounts, Fmgr jobs that notify this exporter) with a generated configuration, "
+            "and a job runner registers Fmgr ids through the registration API. Nothing here is a real account.</p>"
+            f"<p>The demo's register token is <code>{html.escape(self._demo_token)}</code>. List the tasks "
+            "registered but not polled yet, then register one of your own:</p>"
+            f"{code}"
+        )
 
     def _metrics(self, environ: dict[str, Any]) -> Response:
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
@@ -411,7 +452,9 @@ class App:
             log.exception("could not register %d Fmgr ids", len(ids))
             return json_response("503 Service Unavailable", {"error": "could not store the ids"})
         log.debug("registered %d Fmgr ids through the API (%d new)", len(ids), new)
-        return json_response("200 OK", {"registered": new, "tracked": len(ids)})
+        # received: the distinct ids of this request; registered: those of them tracked from now on;
+        # already_tracked: those of them that were tracked before (left as they were).
+        return json_response("200 OK", {"received": len(ids), "registered": new, "already_tracked": len(ids) - new})
 
     def _list_tasks(self, environ: dict[str, Any]) -> Response:
         denied = self._api_auth(environ)
@@ -421,14 +464,20 @@ class App:
         assert api is not None
         params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         state = params.get("state", [None])[0] or None
-        if state is not None and not STATE_PARAM.fullmatch(state):
-            return json_response("400 Bad Request", {"error": "state: expected a state name"})
+        if state is not None and state not in API_STATES:
+            shown = f"{state!r} is not a state" if STATE_PARAM.fullmatch(state) else "not a state name"
+            return json_response("400 Bad Request",
+                                 {"error": f"state: {shown}; expected one of: {', '.join(API_STATES)}"})
         limit = parse_int_param(params.get("limit", [str(LIST_LIMIT_DEFAULT)])[0], 1, LIST_LIMIT_MAX)
         if limit is None:
             return json_response(
                 "400 Bad Request", {"error": f"limit: expected an integer from 1 to {LIST_LIMIT_MAX}"}
             )
-        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, limit)})
+        pending_param = params.get("pending", [None])[0]
+        if pending_param not in (None, "true", "false"):
+            return json_response("400 Bad Request", {"error": "pending: expected true or false"})
+        pending = None if pending_param is None else pending_param == "true"
+        return json_response("200 OK", {"tasks": api.registry.list_tasks(state, limit, pending=pending)})
 
 
 class _NameFilter:
@@ -541,4 +590,11 @@ class Server:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self._scheme}://{host}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """The URL a client on this machine uses: a wildcard address is reached through the loopback."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{self._scheme}://{host}:{self.port}"

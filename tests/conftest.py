@@ -96,13 +96,13 @@ def simulator() -> Iterator[Simulator]:
     sim.stop()
 
 
-def require_tool(binary: str) -> str:
-    """A binary a test needs (promtool, prometheus): missing, it fails the test under CI=true, where the test
-    command installs it, and skips it elsewhere."""
+def require_tool(binary: str, package: str = "prometheus") -> str:
+    """A binary a test needs (promtool, prometheus, podman-compose): missing, it fails the test under CI=true,
+    where the test command installs it (from the Debian ``package``), and skips it elsewhere."""
     path = shutil.which(binary)
     if path is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{binary} is not installed (CI=true): install the Debian 'prometheus' package")
+            pytest.fail(f"{binary} is not installed (CI=true): install the Debian '{package}' package")
         pytest.skip(f"{binary} is not installed")
     return path
 

@@ -7,6 +7,7 @@ Every wait is bounded; every started process is stopped (killed if it will not s
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shlex
@@ -95,10 +96,11 @@ def total(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str)
 def start_exporter(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, Path]]]:
     started: list[tuple[subprocess.Popen, IO[bytes]]] = []
 
-    def start(*args: str) -> tuple[subprocess.Popen, Path]:
+    def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"exporter-{len(started)}.log"
         out = log.open("wb")
-        proc = subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=tmp_path)
+        proc = subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, env=env or clean_env(),
+                                cwd=tmp_path)
         started.append((proc, out))
         return proc, log
 
@@ -253,6 +255,113 @@ def test_broken_web_config(tmp_path: Path, check_only: bool) -> None:
     assert "Traceback" not in result.stderr
 
 
+# ------------------------------------------------------------------------- flags and environment variables
+
+@pytest.mark.parametrize("check_only", [True, False], ids=["check-config", "start"])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("--web.listen-address", "9891", "has no port (the colon is missing)"),
+        ("--web.listen-address", "localhost:99999", "the port must be a number from 0 to 65535"),
+        ("CDNETWORKS_EXPORTER_LISTEN_ADDRESS", "abc", "has no port"),
+        ("CDNETWORKS_EXPORTER_LOG_LEVEL", "verbose", "expected debug, info, warn or error"),
+        ("CDNETWORKS_EXPORTER_LOG_FORMAT", "text", "expected logfmt or json"),
+    ],
+)
+def test_a_bad_flag_or_variable_is_one_line_naming_it_and_nothing_is_created(
+        tmp_path: Path, check_only: bool, name: str, value: str, message: str) -> None:
+    config = example_config_dir(tmp_path)
+    db = tmp_path / "never" / "exporter.db"
+    args = ["--config.file", str(config), "--storage.path", str(db), *(["--check-config"] if check_only else [])]
+    if name.startswith("--"):
+        result = run_cli(*args, name, value, env=clean_env(**EXAMPLE_ENV))
+    else:
+        result = run_cli(*args, env=clean_env(**EXAMPLE_ENV, **{name: value}))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "configuration is valid" not in result.stdout
+    problems = [line for line in result.stderr.splitlines() if line.startswith(f"{name}: ")]
+    assert len(problems) == 1, result.stderr
+    assert repr(value) in problems[0] and message in problems[0], problems[0]
+    if not check_only:
+        assert result.stderr.splitlines() == problems  # one line, nothing logged before it
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_check_config_reports_the_settings_and_the_file_together(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(BROKEN)
+    result = run_cli("--config.file", str(config), "--check-config", "--web.listen-address", "9891",
+                     env=clean_env(CDNETWORKS_EXPORTER_LOG_FORMAT="text"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("--web.listen-address: '9891'")
+    assert "CDNETWORKS_EXPORTER_LOG_FORMAT: 'text'" in result.stderr
+    assert f"{config}: prefetch.windows[1]: " in result.stderr
+    assert f"{len(BROKEN_PATHS) + 2} problem(s) found" in result.stderr
+
+
+def test_a_flag_wins_over_a_bad_variable(tmp_path: Path) -> None:
+    config = example_config_dir(tmp_path)
+    env = clean_env(**EXAMPLE_ENV, CDNETWORKS_EXPORTER_LOG_LEVEL="verbose",
+                    CDNETWORKS_EXPORTER_LISTEN_ADDRESS="abc")
+    result = run_cli("--config.file", str(config), "--check-config", "--log.level", "debug",
+                     "--web.listen-address", "127.0.0.1:9891", "--storage.path", str(tmp_path / "s.db"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+
+
+def test_a_bad_log_level_flag_is_refused_by_the_parser() -> None:
+    result = run_cli("--log.level", "verbose", "--check-config")
+    assert result.returncode == 2
+    assert "--log.level: invalid choice: 'verbose'" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- storage path
+
+
+def unusable_paths(tmp_path: Path) -> list[tuple[Path, str]]:
+    """Storage paths that cannot work even for root, with the reason the exporter must give."""
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    return [(tmp_path / "a-directory", "is a directory"),
+            (tmp_path / "a-file" / "sub" / "exporter.db", f"{tmp_path / 'a-file'} is not a directory")]
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["directory", "under-a-file"])
+def test_an_unusable_storage_path_is_named_with_its_reason(tmp_path: Path, case: int) -> None:
+    config = example_config_dir(tmp_path)
+    path, reason = unusable_paths(tmp_path)[case]
+    env = clean_env(**EXAMPLE_ENV)
+    args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{free_port()}"]
+
+    check = run_cli(*args, "--storage.path", str(path), "--check-config", env=env)
+    assert check.returncode == 3, check.stdout + check.stderr
+    assert "configuration is valid" not in check.stdout
+    assert f"--storage.path: {path}: " in check.stderr and reason in check.stderr, check.stderr
+
+    via_env = run_cli(*args, "--check-config", env={**env, "CDNETWORKS_EXPORTER_STORAGE_PATH": str(path)})
+    assert via_env.returncode == 3 and f"CDNETWORKS_EXPORTER_STORAGE_PATH: {path}: {reason}" in via_env.stderr
+
+    start = run_cli(*args, "--storage.path", str(path), env=env)
+    assert start.returncode == 1
+    assert f"cannot start: storage path {path}: " in start.stderr and reason in start.stderr, start.stderr
+    assert "unable to open database file" not in start.stderr and "Traceback" not in start.stderr
+
+
+def test_check_config_names_the_configs_storage_path(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"accounts": [{"name": "acme", "username": "acme", "api_key": "k"}],
+                                      "storage": {"path": str(tmp_path / "a-file" / "exporter.db")}}))
+    result = run_cli("--config.file", str(config), "--check-config")
+    assert result.returncode == 3
+    assert f"{config}: storage.path: {tmp_path / 'a-file' / 'exporter.db'}: " in result.stderr
+    fine = run_cli("--config.file", str(config), "--check-config", "--storage.path", str(tmp_path / "new" / "x.db"))
+    assert fine.returncode == 0, fine.stderr
+    assert f"storage path: {tmp_path / 'new' / 'x.db'}: can be written" in fine.stdout
+    assert not (tmp_path / "new").exists()  # checked, not created
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 
@@ -272,6 +381,39 @@ def test_demo_serves_metrics_and_stops_on_sigterm(tmp_path: Path, start_exporter
     assert requests.get(url + "/readyz", timeout=5).status_code == 200
     assert stop(proc, log) == 0, tail(log)
     assert "stopped" in log.read_text()
+    assert (tmp_path / "demo.db").is_file()  # given with --storage.path: kept
+
+
+@posix_signals
+def test_demo_explains_itself_and_removes_its_temporary_storage(tmp_path: Path, start_exporter) -> None:
+    curl = require_tool("curl")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # `:port`, as a newcomer types it: the demo's own job runner must reach it too.
+    proc, log = start_exporter("--demo", "--web.listen-address", f":{port}", env=clean_env(TMPDIR=str(temp)))
+    wait_for("ready", lambda: requests.get(url + "/readyz", timeout=5).status_code == 200, DEMO_WAIT, log, proc)
+    (storage,) = temp.glob("cdnetworks-demo-*")
+    assert (storage / "demo.db").is_file()
+
+    page = requests.get(url + "/", timeout=5).text
+    assert "Demo mode" in page and "<code>demo-register-token</code>" in page
+    examples = [html.unescape(e) for e in re.findall(r"<pre>(.*?)</pre>", page, flags=re.S)]
+    assert len(examples) == 2
+    for example in examples:  # run as printed, with curl
+        argv = shlex.split(example)
+        assert argv[0] == "curl"
+        result = subprocess.run([curl, "-sS", "--fail", *argv[1:]], capture_output=True, text=True, timeout=30,
+                                check=False)
+        assert result.returncode == 0, (example, result.stderr)
+        assert result.stdout.startswith("{"), result.stdout
+    assert "demo-register-token" in log.read_text()  # the start-up log names it too
+
+    assert stop(proc, log) == 0, tail(log)
+    assert not storage.exists(), "the demo left its temporary storage behind"
+    assert f"removed the demo's temporary storage {storage}" in log.read_text()
+    assert list(temp.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- reload
@@ -387,6 +529,14 @@ def test_readme_quick_start_is_what_ci_runs() -> None:
     assert commands == ["pip install . && cdnetworks-exporter --demo", "./scripts/test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^exec \./scripts/test\b", ci, flags=re.M)
+
+
+def test_readme_says_what_the_demo_shows_and_keeps() -> None:
+    quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    text = " ".join(quick.split())
+    assert "`demo-register-token`" in text and "landing page" in text
+    assert "temporary directory that it removes at exit, unless `--storage.path` names one" in text
+    assert "installs the Python test dependencies, Debian's `prometheus`" in text and "`postgresql`" in text
 
 
 def test_readme_documents_every_environment_variable() -> None:

@@ -526,23 +526,39 @@ def test_registered_ids_are_tracked_polled_and_listed_by_state(sim_factory, cloc
     exporter = exporters.start(sim)
 
     response = api(exporter, "POST", json={"persistentIds": ["job-fast", "job-slow", "job-fast", "ghost"]})
-    assert (response.status_code, response.json()) == (200, {"registered": 3, "tracked": 3})
-    again = api(exporter, "POST", json={"persistentIds": ["job-slow"]})
-    assert (again.status_code, again.json()) == (200, {"registered": 0, "tracked": 1})
-    assert listed(exporter, "unknown") == {"job-fast": "api", "job-slow": "api", "ghost": "api"}
-    assert metric(exporter, "cdnetworks_fmgr_pending_tasks") == 3
+    assert (response.status_code, response.json()) == (200, {"received": 3, "registered": 3, "already_tracked": 0})
+    again = api(exporter, "POST", json={"persistentIds": ["job-slow", "job-new"]})
+    assert (again.status_code, again.json()) == (200, {"received": 2, "registered": 1, "already_tracked": 1})
+    assert listed(exporter, "unknown") == {"job-fast": "api", "job-slow": "api", "ghost": "api", "job-new": "api"}
+    assert pending_in_api(exporter) == {"job-fast", "job-slow", "ghost", "job-new"}
+    assert metric(exporter, "cdnetworks_fmgr_pending_tasks") == 4
 
     run_poller(exporter, clock, T0 + 120)
 
     assert listed(exporter, "completed") == {"job-fast": "api"}
     assert listed(exporter, "processing") == {"job-slow": "api"}
-    assert listed(exporter, "unknown") == {"ghost": "api"}  # the vendor does not know it
+    assert listed(exporter, "unknown") == {"ghost": "api", "job-new": "api"}  # the vendor does not know them
     assert listed(exporter, "notified") == {}
-    assert set(listed(exporter)) == {"job-fast", "job-slow", "ghost"}
+    assert set(listed(exporter)) == {"job-fast", "job-slow", "ghost", "job-new"}
     one = api(exporter, "GET", "?limit=1")
     assert one.status_code == 200 and len(one.json()["tasks"]) == 1
     assert api(exporter, "GET", "?state=no%20such").status_code == 400
-    assert metric(exporter, "cdnetworks_fmgr_pending_tasks") == 2
+    bogus = api(exporter, "GET", "?state=bogus")
+    assert bogus.status_code == 400 and "unknown, pending, processing" in bogus.json()["error"]
+    # The API's "pending" is exactly what cdnetworks_fmgr_pending_tasks counts.
+    assert pending_in_api(exporter) == {"job-slow", "ghost", "job-new"}
+    assert metric(exporter, "cdnetworks_fmgr_pending_tasks") == 3
+    not_pending = api(exporter, "GET", "?pending=false").json()["tasks"]
+    assert {t["persistentId"] for t in not_pending} == {"job-fast"}
+    assert all(t["pending"] is False for t in not_pending)
+
+
+def pending_in_api(exporter: Exporter) -> set[str]:
+    """The ids the registration API calls pending: by the field of every task, and by the filter (the same)."""
+    by_field = {t["persistentId"] for t in api(exporter, "GET", "?limit=1000").json()["tasks"] if t["pending"]}
+    by_filter = {t["persistentId"] for t in api(exporter, "GET", "?pending=true&limit=1000").json()["tasks"]}
+    assert by_field == by_filter
+    return by_field
 
 
 def test_config_persistent_ids_are_tracked(sim_factory, clock, exporters):

@@ -76,6 +76,71 @@ def test_images_are_pinned() -> None:
             assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image}: pin an exact version"
 
 
+def registry_of(image: str) -> str | None:
+    """The registry an image name names, as docker and podman read it: the first component, when it has a dot
+    or a port or is ``localhost``; None for a short name (``prom/prometheus``), which podman refuses to pull
+    unless its registries.conf resolves it ("short-name ... did not resolve to an alias")."""
+    first, sep, _ = image.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else None
+
+
+def test_every_image_name_is_fully_qualified() -> None:
+    for name, service in compose()["services"].items():
+        image = service["image"]
+        assert registry_of(image), f"{name}: {image} is a short name; name its registry (docker.io/...)"
+        if "build" in service:
+            assert registry_of(image) == "localhost", f"{name}: a locally built image is localhost/..."
+    # The Dockerfile's default base image too (a compose build uses it).
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    assert base is not None and registry_of(base.group(1)) == "docker.io", base
+
+
+def test_the_qualification_check_can_fail() -> None:
+    assert registry_of("prom/prometheus:v2.53.0") is None
+    assert registry_of("grafana:11") is None
+    assert registry_of("quay.io/prometheus/prometheus:v2.53.0") == "quay.io"
+    assert registry_of("localhost:5000/x:1") == "localhost:5000"
+
+
+def test_every_build_argument_has_a_default() -> None:
+    # A compose build passes no --build-arg; podman warns about each ARG without a value ("missing PIP_CERT
+    # build argument").
+    args = re.findall(r"^ARG\s+(\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    assert args
+    assert [a for a in args if "=" not in a] == []
+
+
+def podman_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = require_tool("podman-compose", package="podman-compose")
+    require_tool("podman", package="podman")  # podman-compose asks it for its version first
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+
+
+def test_podman_compose_accepts_the_file(tmp_path: Path) -> None:
+    help_text = podman_compose("--help").stdout
+    if re.search(r"\bconfig\b", help_text.split("command", 1)[-1]):
+        # podman-compose >= 1.1: `config` reads, validates and prints the file.
+        result = podman_compose("-f", str(COMPOSE_FILE), "config")
+        assert result.returncode == 0, result.stdout + result.stderr
+        for service in compose()["services"].values():
+            assert service["image"] in result.stdout
+        broken_command = "config"
+    else:
+        # Debian 12's podman-compose 1.0.3 has no `config`: every command reads and normalises the file first,
+        # and `--dry-run ps` then only prints the podman command it would run (nothing is created).
+        result = podman_compose("--dry-run", "-f", str(COMPOSE_FILE), "ps")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "podman ps" in result.stdout, result.stdout
+        broken_command = "ps"
+    # And it is a check that can fail: the same file with its services as a list is refused.
+    broken = compose()
+    broken["services"] = list(broken["services"])
+    path = tmp_path / "compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    refused = podman_compose(*(["--dry-run"] if broken_command == "ps" else []), "-f", str(path), broken_command)
+    assert refused.returncode != 0, refused.stdout
+
+
 def test_the_stack_is_wired_together() -> None:
     services = compose()["services"]
     assert services["exporter"]["command"] == ["--demo"]
@@ -122,5 +187,7 @@ def test_readme_walks_through_the_stack() -> None:
         pytest.fail("README.md has no 'Try the full stack' section")
     text = section[1].split("\n## ", 1)[0]
     assert "docker compose -f examples/quickstart/compose.yml up" in text
+    assert "podman-compose -f examples/quickstart/compose.yml up" in text
+    assert "podman compose -f" not in text  # no such command in Debian 12's podman
     for url in ("http://localhost:3000", "http://localhost:9090", "http://localhost:9891/metrics"):
         assert url in text, url

@@ -182,6 +182,11 @@ def test_list_fmgr_tasks_filters_by_state_and_limits(store, clock):
     assert [t["persistentId"] for t in store.list_fmgr_tasks("other", 10)] == ["x1"]
     assert store.list_fmgr_tasks("no-such-state", 10) == []
     assert len(store.list_fmgr_tasks(None, 3)) == 3
+    # Pending as cdnetworks_fmgr_pending_tasks counts it: no code 3 or later seen yet (unknown, processing, other).
+    assert {t["persistentId"] for t in store.list_fmgr_tasks(None, 10, pending=True)} == {"u1", "u2", "p1", "x1"}
+    assert {t["persistentId"] for t in store.list_fmgr_tasks(None, 10, pending=False)} == {"d1"}
+    assert [t["persistentId"] for t in store.list_fmgr_tasks("unknown", 10, pending=False)] == []
+    assert store.fmgr_pending()[0] == 4
     for t in store.list_fmgr_tasks(None, 10):  # the state shown is the state filtered on
         assert t["persistentId"] in {x["persistentId"] for x in store.list_fmgr_tasks(t["state"], 10)}
 

@@ -6,9 +6,12 @@ import base64
 import datetime as dt
 import gzip
 import hashlib
+import html
 import ipaddress
 import json
+import re
 import select
+import shlex
 import socket
 import ssl
 import time
@@ -76,9 +79,9 @@ class FakeRegistry:
         self.ids.update(dict.fromkeys(new, source))
         return len(new)
 
-    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
-        tasks = [{"persistentId": i, "state": "pending", "source": s} for i, s in self.ids.items()]
-        return [t for t in tasks if state in (None, t["state"])][:limit]
+    def list_tasks(self, state: str | None, limit: int, pending: bool | None = None) -> list[dict[str, Any]]:
+        tasks = [{"persistentId": i, "state": "pending", "pending": True, "source": s} for i, s in self.ids.items()]
+        return [t for t in tasks if state in (None, t["state"]) and pending in (None, t["pending"])][:limit]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +180,8 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (":9891", ("0.0.0.0", 9891)),
+        (":9891", ("", 9891)),
+        ("0.0.0.0:9891", ("0.0.0.0", 9891)),
         ("127.0.0.1:0", ("127.0.0.1", 0)),
         ("[::1]:9891", ("::1", 9891)),
         ("[::]:80", ("::", 80)),
@@ -188,9 +192,25 @@ def test_parse_listen_address(value, expected):
     assert parse_listen_address(value) == expected
 
 
-@pytest.mark.parametrize("value", ["9891", "::1:9891", "host:65536", "host:abc", "host:", "[::1]9891", ""])
-def test_parse_listen_address_rejects(value):
-    with pytest.raises(ValueError, match="listen address"):
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9891", "has no port (the colon is missing)"),
+        ("abc", "has no port"),
+        ("", "has no port"),
+        ("::1:9891", "put an IPv6 address in brackets"),
+        ("host:65536", "the port must be a number from 0 to 65535"),
+        ("localhost:99999", "the port must be a number from 0 to 65535"),
+        ("host:abc", "the port must be a number"),
+        ("host:", "the port must be a number"),
+        ("host:-1", "the port must be a number"),
+        ("[::1]9891", "expected host:port, :port or [IPv6]:port"),
+        ("[nope]:9891", "'nope' in brackets is not an IPv6 address"),
+        ("bad host:9891", "'bad host' is not a host name or IPv4 address"),
+    ],
+)
+def test_parse_listen_address_rejects(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_listen_address(value)
 
 
@@ -205,6 +225,47 @@ def test_server_binds_an_ephemeral_port_and_stops(session):
         server.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=2):
         pass
+
+
+def kernel_has_ipv6() -> bool:
+    """Whether this kernel can bind the IPv6 loopback; the dual-stack tests need it and skip only without it."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not kernel_has_ipv6(), reason="the kernel has no IPv6 (cannot bind ::1)")
+
+
+@needs_ipv6
+@pytest.mark.parametrize("address", [":0", "[::]:0"])
+def test_every_interface_means_ipv4_and_ipv6(session, address):
+    # `:9891` (and `[::]:9891`) listen dual-stack, as Go exporters do: IPv4 and IPv6 clients on one port.
+    server = Server(make_app(), address)
+    server.start()
+    try:
+        for host in ("127.0.0.1", "[::1]"):
+            assert session.get(f"http://{host}:{server.port}/healthz", timeout=5).status_code == 200, host
+        assert server.local_url == f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+@needs_ipv6
+def test_an_ipv4_wildcard_is_ipv4_only(session):
+    server = Server(make_app(), "0.0.0.0:0")
+    server.start()
+    try:
+        assert session.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5).status_code == 200
+        with pytest.raises(OSError), socket.create_connection(("::1", server.port), timeout=2):
+            pass
+    finally:
+        server.stop()
 
 
 def test_server_start_fails_loudly_when_the_port_is_taken(serve):
@@ -228,11 +289,34 @@ def test_landing_page(serve, session):
     assert SECRET_KEY not in r.text and TOKEN not in r.text
 
 
+def test_landing_page_in_demo_mode_shows_the_token_and_examples_that_work(serve, session):
+    registry = FakeRegistry()
+    server = serve(make_app(api=RegistrationApi(TOKEN, 10, registry), demo_token=TOKEN))
+    page = session.get(server.url + "/", headers={"Host": f"demo.test:{server.port}"}, timeout=5).text
+    assert "Demo mode" in page and "--demo" in page
+    assert f"<code>{TOKEN}</code>" in page
+    examples = [html.unescape(e) for e in re.findall(r"<pre>(.*?)</pre>", page, flags=re.S)]
+    assert len(examples) == 2 and all(e.startswith("curl ") for e in examples)
+    # The examples name the address the page was asked under, and run as they are.
+    assert all(f"http://demo.test:{server.port}/api/v1/fmgr/tasks" in e for e in examples)
+    for example in examples:
+        argv = shlex.split(example.replace("demo.test", "127.0.0.1"))
+        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+        data = next((argv[i + 1] for i, a in enumerate(argv) if a == "-d"), None)
+        r = session.request("POST" if data else "GET", argv[-1], data=data, headers=headers, timeout=5)
+        assert r.status_code == 200, (example, r.text)
+    assert list(registry.ids) == ["my-job-1"]
+    # A Host header cannot inject markup into the page.
+    hostile = session.get(server.url + "/", headers={"Host": "<script>x</script>"}, timeout=5).text
+    assert "<script>" not in hostile
+
+
 def test_landing_page_without_optional_routes_escapes_version(serve, session):
     server = serve(make_app(version="<b>dev</b>"))
     r = session.get(server.url + "/", timeout=5)
     assert "&lt;b&gt;dev&lt;/b&gt;" in r.text
     assert "notify" not in r.text and "/api/v1" not in r.text
+    assert "Demo" not in r.text
 
 
 def test_healthz_and_head(serve, session):
@@ -463,7 +547,7 @@ def test_notify_accepts_the_vendor_example_once(serve, session):
     ],
     ids=["forged", "unknown-key", "missing-header", "malformed-header", "wrong-url"],
 )
-def test_notify_rejects_bad_signatures(serve, session, authorization, url, reason):
+def test_notify_rejects_bad_signatures(serve, session, caplog, authorization, url, reason):
     sink = FakeSink()
     server = serve(make_app(notify=notify_endpoint(sink, url=url)))
     r = post_notify(session, server, EXAMPLE_BODY, authorization)
@@ -472,6 +556,12 @@ def test_notify_rejects_bad_signatures(serve, session, authorization, url, reaso
     assert sink.rejected == Counter({reason: 1})
     assert sink.calls == 0 and not sink.stored
     assert SECRET_KEY not in r.text
+    (warning,) = [rec.getMessage() for rec in caplog.records if "notification rejected" in rec.getMessage()]
+    assert warning.startswith(f"Fmgr notification rejected ({reason}): ")
+    if authorization and ":" in authorization:
+        # bad_signature names the access key as unknown_key does: which key's secret (or notifyURL) to check.
+        assert repr(authorization.split(":", 1)[0]) in warning, warning
+    assert SECRET_KEY not in warning
 
 
 @pytest.mark.parametrize(
@@ -622,16 +712,18 @@ def test_registration_registers_and_lists(api_server, session):
     server, registry = api_server
     url = server.url + "/api/v1/fmgr/tasks"
     r = session.post(url, json={"persistentIds": ["z0.abc", "b:1", "z0.abc"]}, headers=bearer(), timeout=5)
-    assert (r.status_code, r.json()) == (200, {"registered": 2, "tracked": 2})
+    assert (r.status_code, r.json()) == (200, {"received": 2, "registered": 2, "already_tracked": 0})
     assert registry.calls == [(["z0.abc", "b:1"], "api")]  # deduplicated, order kept
     r = session.post(url, json={"persistentIds": ["b:1", "c_2-x"]}, headers=bearer(), timeout=5)
-    assert r.json() == {"registered": 1, "tracked": 2}
+    assert r.json() == {"received": 2, "registered": 1, "already_tracked": 1}
     r = session.get(url, headers=bearer(), timeout=5)
     assert r.status_code == 200
     assert [t["persistentId"] for t in r.json()["tasks"]] == ["z0.abc", "b:1", "c_2-x"]
     r = session.get(url, params={"state": "pending", "limit": "2"}, headers=bearer(), timeout=5)
     assert [t["persistentId"] for t in r.json()["tasks"]] == ["z0.abc", "b:1"]
-    assert session.get(url, params={"state": "done"}, headers=bearer(), timeout=5).json() == {"tasks": []}
+    assert session.get(url, params={"state": "notified"}, headers=bearer(), timeout=5).json() == {"tasks": []}
+    r = session.get(url, params={"pending": "false"}, headers=bearer(), timeout=5)
+    assert r.json() == {"tasks": []}
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "abc", "1001", "", "\u00b2", "\u0661", " 5", "1e3", "9" * 40])
@@ -641,10 +733,24 @@ def test_registration_list_bad_limit(api_server, session, limit):
     assert r.status_code == 400 and "limit" in r.json()["error"]
 
 
-def test_registration_list_bad_state(api_server, session):
+@pytest.mark.parametrize("state", ["a b", "bogus", "done", "Pending", "x" * 40])
+def test_registration_list_bad_state_names_the_valid_ones(api_server, session, state):
+    # A typo must not look like "no such tasks": 400, naming every state the API shows.
     server, _ = api_server
-    r = session.get(server.url + "/api/v1/fmgr/tasks", params={"state": "a b"}, headers=bearer(), timeout=5)
-    assert r.status_code == 400 and "state" in r.json()["error"]
+    r = session.get(server.url + "/api/v1/fmgr/tasks", params={"state": state}, headers=bearer(), timeout=5)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error.startswith("state: ")
+    for name in ("unknown", "pending", "processing", "completed", "notifying", "notify_failed", "notified", "other",
+                 "abandoned"):
+        assert name in error
+
+
+@pytest.mark.parametrize("pending", ["yes", "1", "", "TRUE"])
+def test_registration_list_bad_pending(api_server, session, pending):
+    server, _ = api_server
+    r = session.get(server.url + "/api/v1/fmgr/tasks", params={"pending": pending}, headers=bearer(), timeout=5)
+    assert r.status_code == 400 and "pending: expected true or false" in r.json()["error"]
 
 
 def test_registration_body_limit(api_server, session):
