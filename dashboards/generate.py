@@ -83,6 +83,7 @@ def sel(*matchers: str, account: bool = False, window: bool = False, fmgr_accoun
 # panel shows the same for one exporter as for several replicas sharing its store.
 PER_REPLICA_PANELS = frozenset({
     "Exporter scrape", "Version", "Config reload", "Scrape size", "Scrape duration", "Pollers per replica",
+    "Scrape sections served",
 })
 
 
@@ -695,6 +696,13 @@ def exporter_health() -> dict[str, Any]:
         "alert threshold) the poller cannot keep up within the vendor's rate budget.",
         [target(f"max by (account, api) ({held(M.POLL_LAG, sel(fmgr_account=True))})", "{{api}} {{account}}")],
         unit="s", thresholds=steps("green", (ALERTS.poll_lag_seconds, "red")),
+    ), 12, 8)
+    lay.add(timeseries(
+        "Scrape sections served", "Per replica: 1 when the last scrape served every section of /metrics (each CDN "
+        "task kind, fmgr, health, leases), 0 when one failed and was left out while the rest was served (usually "
+        "a store that cannot be read; CDNetworksScrapeSectionFailing names the section after 5m).",
+        [target(f"min by (instance) ({M.SCRAPE_COLLECTOR_SUCCESS.name}{sel()})", "{{instance}}")],
+        thresholds=steps("red", (1, "green")),
     ), 12, 8)
     lay.add(timeseries(
         "Staleness of unfinished tasks", "How long ago the least recently read of the tasks shown unfinished was "

@@ -7,6 +7,7 @@ from index seeks, counters from memory.
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 import time
@@ -22,6 +23,8 @@ from . import metrics as m
 from .config import Config, TaskKindConfig
 from .health import ApiHealth
 from .store import CDN_STATUSES, Snapshot, Store
+
+log = logging.getLogger(__name__)
 
 NOTIFY_RESULTS = ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large")
 NOTIFY_FAILURE_SCOPES = ("task", "item")
@@ -57,6 +60,7 @@ class ExporterCollector(Collector):
         self.clock = clock
         # (account, api) of the pollers this replica runs; without replicas to share with, all of them.
         self.leases = leases
+        self._failing: set[str] = set()  # sections whose last scrape failed (logged once per outage)
 
     @staticmethod
     def families(config: Config) -> list[m.Family]:
@@ -67,7 +71,7 @@ class ExporterCollector(Collector):
         if config.fmgr.enabled:
             out.extend(m.FMGR)
         out.extend(m.HEALTH)
-        out.append(m.BUILD_INFO)
+        out.extend((m.SCRAPE_COLLECTOR_SUCCESS, m.BUILD_INFO))
         return out
 
     def describe(self) -> Iterator[Metric]:
@@ -76,21 +80,69 @@ class ExporterCollector(Collector):
         # collector in a new registry (exporter/app.py).
         return (f.new() for f in self.families(self.config))
 
+    def sections(self, config: Config) -> list[str]:
+        """The parts of a scrape that succeed or fail on their own (``cdnetworks_scrape_collector_success``)."""
+        return [kind for kind, _ in config.task_kinds()] + (["fmgr"] if config.fmgr.enabled else []) + \
+            ["health", "leases"]
+
     def collect(self) -> Iterator[Metric]:
         # One configuration per scrape: every part below sees the same one, even if it is replaced meanwhile.
         config = self.config
         now = self.clock()
-        # One snapshot of the counters and histograms too: each committed write is in it whole or not at all.
-        snap = self.store.snapshot()
-        for kind, settings in config.task_kinds():
-            yield from self._cdn(config, snap, kind, settings, now)
-        if config.fmgr.enabled:
-            yield from self._fmgr(config, snap, now)
-        yield from self._health(now)
-        yield self._leases(config)
+        # Each section is built whole before any of it is served, and a section that fails (a store that cannot
+        # be read) is left out and says so in its own success gauge while the rest is still served: a store
+        # blip must not take ``cdnetworks_up`` and the request counters with it (node_exporter's model).
+        success = m.SCRAPE_COLLECTOR_SUCCESS.new()
+        snap: Snapshot | None = None
+        snap_error: Exception | None = None
+        try:
+            # One snapshot of the counters and histograms: each committed write is in it whole or not at all.
+            snap = self.store.snapshot()
+        except Exception as exc:
+            snap_error = exc
+
+        def build(section: str) -> list[Metric]:
+            if section == "health":
+                return list(self._health(now))
+            if section == "leases":
+                return [self._leases(config)]
+            if snap is None:
+                assert snap_error is not None
+                raise snap_error
+            if section == "fmgr":
+                return list(self._fmgr(config, snap, now))
+            return list(self._cdn(config, snap, section, config.kinds[section], now))
+
+        for section in self.sections(config):
+            try:
+                families = build(section)
+            except Exception as exc:
+                self._failed(section, exc)
+                families, ok = [], 0
+            else:
+                self._recovered(section)
+                ok = 1
+            success.add_metric([section], ok)
+            yield from families
+        yield success
         info = m.BUILD_INFO.new()
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
+
+    def _failed(self, section: str, exc: Exception) -> None:
+        # Once per outage with its traceback, then one line per scrape at debug: a scrape every 15 s must not
+        # fill the log while the store is down.
+        if section not in self._failing:
+            self._failing.add(section)
+            log.error("scrape: the %s section failed and is left out until the store answers (%s: %s)",
+                      section, type(exc).__name__, exc, exc_info=exc)
+        else:
+            log.debug("scrape: the %s section failed again (%s: %s)", section, type(exc).__name__, exc)
+
+    def _recovered(self, section: str) -> None:
+        if section in self._failing:
+            self._failing.discard(section)
+            log.warning("scrape: the %s section is served again", section)
 
     # ------------------------------------------------------------------ CDN
     def _cdn(self, config: Config, snap: Snapshot, kind: str, kcfg: TaskKindConfig, now: float) -> Iterator[Metric]:

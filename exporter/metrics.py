@@ -225,6 +225,10 @@ REPLICA_LEASES = Gauge(
 HEALTH: tuple[Family, ...] = (UP, API_REQUESTS, API_REQUEST_DURATION, LAST_SUCCESSFUL_POLL, POLL_LAG,
                               POLL_BACKFILL_REMAINING, POLL_STALENESS, REPLICA_LEASES)
 
+SCRAPE_COLLECTOR_SUCCESS = Gauge(
+    "cdnetworks_scrape_collector_success", "1 when this section of the scrape (a CDN task kind, fmgr, health, "
+    "leases) was served, 0 when it failed (a store that cannot be read) and was left out while the rest was "
+    "served.", ("collector",))
 BUILD_INFO = Gauge("cdnetworks_exporter_build_info", "Version of the exporter and of the Python running it; always 1.",
                    ("version", "python"))
 
@@ -250,7 +254,8 @@ WEB: tuple[Family, ...] = (WEB_AUTH_FAILURES, WEB_REJECTED_REQUESTS)
 # The whole catalogue
 
 ALL: tuple[Family, ...] = (
-    *(f for kind in KINDS for f in CDN[kind.name]), *FMGR, *HEALTH, BUILD_INFO, *RELOAD, *WEB,
+    *(f for kind in KINDS for f in CDN[kind.name]), *FMGR, *HEALTH, SCRAPE_COLLECTOR_SUCCESS, BUILD_INFO,
+    *RELOAD, *WEB,
 )
 BY_NAME: dict[str, Family] = {f.name: f for f in ALL}
 

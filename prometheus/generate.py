@@ -137,7 +137,7 @@ PER_POLLER: tuple[M.Family, ...] = (M.UP, M.LAST_SUCCESSFUL_POLL, M.POLL_LAG, M.
 # replicas they give the deployment's total, which is what the vendor's rate budget limits.
 ADDITIVE: tuple[M.Family, ...] = (M.API_REQUESTS, M.API_REQUEST_DURATION, *M.WEB)
 # Each replica's own state: read per replica (instance).
-PER_REPLICA: tuple[M.Family, ...] = (M.REPLICA_LEASES, M.BUILD_INFO, *M.RELOAD)
+PER_REPLICA: tuple[M.Family, ...] = (M.REPLICA_LEASES, M.SCRAPE_COLLECTOR_SUCCESS, M.BUILD_INFO, *M.RELOAD)
 # The labels that say which replica (target) a series comes from, and which poller a lease is about.
 POLLER_JOIN = "job, instance, account, api"
 
@@ -339,6 +339,13 @@ def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
             "The CDNetworks exporter could not load its new configuration.",
             "The last configuration reload of {{ $labels.instance }} failed: it still runs the configuration "
             "it loaded before, and will load the file again only on the next SIGHUP, POST /-/reload or restart.",
+        ),
+        alert(
+            s, "CDNetworksScrapeSectionFailing", f"{M.SCRAPE_COLLECTOR_SUCCESS.name}{selector(s)} == 0",
+            "5m", "warning",
+            "A section of the CDNetworks exporter's scrape fails and is left out.",
+            "The {{ $labels.collector }} section of {{ $labels.instance }}'s /metrics has failed for 5 minutes (its "
+            "store cannot be read): those series are missing while the rest is still served.",
         ),
         alert(
             s, "CDNetworksPollLagHigh",

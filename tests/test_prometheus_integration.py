@@ -45,6 +45,7 @@ EMPTY_WHEN_HEALTHY: dict[str, str] = {
     "alert:CDNetworksNotPolling": f"{_ALERT}: no successful poll for 30m",
     "alert:CDNetworksPollLagHigh": f"{_ALERT}: the poller is 30m behind",
     "alert:CDNetworksPollStale": f"{_ALERT}: an unfinished task went unread for 3h",
+    "alert:CDNetworksScrapeSectionFailing": f"{_ALERT}: a section of /metrics failed for 5m",
     "alert:CDNetworksConfigReloadFailed": f"{_ALERT}: the last configuration reload failed",
     "alert:CDNetworksPollerNotRunning": f"{_ALERT}: no replica runs a configured poller",
     "alert:CDNetworksPollerSplitBrain": f"{_ALERT}: two replicas run one poller",

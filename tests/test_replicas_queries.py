@@ -199,6 +199,8 @@ def own_series(runs: set[tuple[str, str]]) -> list[Series]:
     out: list[Series] = [(M.BUILD_INFO.name, {"version": "1.4.0", "python": "3.11.2"}, const(1)),
                          (M.CONFIG_LAST_RELOAD_SUCCESSFUL.name, {}, const(1)),
                          (M.CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.name, {}, const(1.7e9))]
+    for section in ("prefetch", "fmgr", "health", "leases"):
+        out.append((M.SCRAPE_COLLECTOR_SUCCESS.name, {"collector": section}, const(1)))
     for account, api in POLLERS:
         out.append((M.REPLICA_LEASES.name, {"account": account, "api": api}, const(int((account, api) in runs))))
     return out
