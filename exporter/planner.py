@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from .pagesize import PageSize
+
 FILL = 0.85  # plan a range to 85% of a page: counts vary (Poisson, bursts, late tasks); an overflow costs a slot
 MAINTENANCE_SHARE = 0.25  # of the requests while the head is busy, for re-checks, probes and back-fill
 LAG_LIMIT_INTERVALS = 2  # maintenance never pushes the head further behind than this many poll intervals
@@ -165,6 +167,7 @@ class Planner:
     longest_window: float
     max_query_age: float
     page_size: int = 100
+    pages: PageSize | None = None  # the search for the vendor's page-size cap (None: page_size is fixed)
     head: int | None = None  # every task created up to here was read once, except inside the holes
     recent: list[list[int]] = field(default_factory=list)  # unread, newest first; counts as lag
     history: list[list[int]] = field(default_factory=list)  # unread back-fill, newest first
@@ -273,6 +276,39 @@ class Planner:
         # A slot's timing is float arithmetic: a hair under the poll interval is the poll interval.
         since = now - self.last_head_at + 1e-6
         return unread > 0 and (since >= self.poll_interval or unread >= self.page_seconds())
+
+    # ------------------------------------------------------------------ page size
+    def sync_page_size(self) -> int:
+        """The page size of the next request, as the page-size search has it."""
+        if self.pages is not None:
+            self.page_size = self.pages.size
+        return self.page_size
+
+    def page_refused(self, now: float) -> None:
+        """The vendor said ``page size error``: search on, and start the read in progress over (its page
+        borders move with the size)."""
+        if self.pages is not None:
+            self.pages.on_refused(self.page_size, now)
+        if self.current is not None:
+            self.current.page_no, self.current.count = 1, None
+        self.sync_page_size()
+
+    def page_served(self, size: int, rows: int, expected: int, now: float) -> bool:
+        """A page of ``size`` answered with ``rows`` of ``expected``; False when the vendor capped it silently
+        (the read in progress starts over with the vendor's size: paging on with ours would skip rows)."""
+        if self.pages is None or self.pages.on_served(size, rows, expected, now):
+            return True
+        if self.current is not None:
+            self.current.page_no, self.current.count = 1, None
+        self.sync_page_size()
+        return False
+
+    def grow_pages(self) -> bool:
+        """When the new tasks of one poll interval no longer fit a page, every read of them would need two:
+        fewer, larger pages are the only way to keep up within the vendor's limits. Only then: the largest
+        size is undocumented, and a refused one costs a whole slot of the budget. True when it grew."""
+        per_interval = self.rate * self.poll_interval
+        return self.pages is not None and per_interval > FILL * self.pages.want and self.pages.grow()
 
     def capacity(self, slot: float) -> float:
         """Requests the budget gives per poll interval."""

@@ -17,102 +17,28 @@ as sent: the vendor may have received it.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import requests
 
+from .budget import RateBudget, backoff_delay
 from .cdn import ApiError, CdnClient
-from .config import Account, Config, FmgrConfig, RateLimit, TaskKindConfig
+from .config import Account, Config, FmgrConfig, TaskKindConfig
 from .fmgr import FmgrApiError, FmgrClient, Lifecycle
 from .health import ApiHealth
 from .leases import FMGR_LEASE, MARGIN, LeaseLost, Leases, LeaseView, cdn_lease, poller_of
 from .pagesize import PageSize
-from .planner import FILL, Planner
+from .planner import Planner
 from .store import CHANGES_KEPT, CdnTask, Store
 
 log = logging.getLogger(__name__)
 
 AUTH_BACKOFF = 600.0  # a wrong key will not fix itself: wait long, say so
-MAX_BACKOFF = 900.0
-BASE_BACKOFF = 5.0
 # This many different Fmgr ids answering "not found" in a row, with no success between, is an outage.
 NOT_FOUND_OUTAGE = 10
-
-
-def pace_burst(limit: RateLimit) -> int:
-    """How many requests may go back to back after a quiet spell: a tenth of the budget, 1 to 5.
-
-    Small on purpose: a burst spends the next poll intervals' share now (25 a minute sent in one second left
-    a 10 s poll interval with nothing for 59 s), while a few at once let back-fill use time the newest
-    tasks did not need."""
-    return max(1, min(5, limit.requests // 10))
-
-
-class RateBudget:
-    """At most ``requests`` calls in any sliding ``per`` seconds, paced: one every ``per / requests`` seconds
-    on average with a burst of ``pace_burst`` (a token bucket, kept as GCRA's theoretical arrival time and
-    derived from the same send history, so nothing more is persisted). ``block_until`` honours Retry-After.
-    """
-
-    def __init__(self, limit: RateLimit, clock: Callable[[], float],
-                 saved: list[float] | dict[str, Any] | None = None, *, burst: int | None = None) -> None:
-        """``saved`` is what ``state()`` returned before a restart (a bare list of send times is accepted too);
-        ``burst`` overrides ``pace_burst`` (the whole budget: no pacing within ``per``)."""
-        self.limit = limit
-        self.clock = clock
-        self.burst = pace_burst(limit) if burst is None else max(1, min(burst, limit.requests))
-        if isinstance(saved, dict):
-            history, self.blocked_until = saved.get("sent") or [], float(saved.get("blocked_until") or 0.0)
-        else:
-            history, self.blocked_until = saved or [], 0.0
-        self.sent: deque[float] = deque(sorted(history)[-limit.requests:], maxlen=limit.requests)
-
-    @property
-    def spacing(self) -> float:
-        """Seconds between two requests at the steady pace."""
-        return self.limit.per / max(1, self.limit.requests)
-
-    def wait_time(self) -> float:
-        now = self.clock()
-        wait = max(0.0, self.blocked_until - now)
-        if len(self.sent) >= self.limit.requests:
-            wait = max(wait, self.sent[0] + self.limit.per - now)
-        # The token bucket: the next request conforms once the theoretical arrival time, less the burst's
-        # allowance, has come. The sliding window above is the vendor's hard limit; this only spreads it.
-        tat = -math.inf
-        for sent in self.sent:
-            tat = max(tat, sent) + self.spacing
-        return max(wait, tat - (self.burst - 1) * self.spacing - now)
-
-    def record(self, at: float | None = None) -> None:
-        """A request sent now, or (``at``) one known to have arrived no later than ``at``."""
-        ts = self.clock() if at is None else at
-        if self.sent and ts < self.sent[-1]:  # kept in time order: the oldest is the one that expires first
-            self.sent = deque(sorted([*self.sent, ts])[-self.limit.requests:], maxlen=self.limit.requests)
-        else:
-            self.sent.append(ts)
-
-    def block_until(self, ts: float) -> None:
-        self.blocked_until = max(self.blocked_until, ts)
-
-    def history(self) -> list[float]:
-        return list(self.sent)
-
-    def state(self) -> dict[str, object]:
-        """What must survive a restart or reload so that neither can burst past the vendor's limits."""
-        return {"sent": list(self.sent), "blocked_until": self.blocked_until}
-
-
-def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF, cap: float = MAX_BACKOFF) -> float:
-    """Exponential backoff with full jitter in its upper half: never a hot loop, no thundering herd."""
-    ceiling = min(cap, math.ldexp(base, min(max(0, failures - 1), 64)))  # base * 2**(failures-1), capped
-    return ceiling / 2 + rng.random() * ceiling / 2
 
 
 class Worker:
@@ -221,12 +147,12 @@ class CdnPoller(Worker):
             self.budget.record(float(saved["in_flight"]) + cfg.request_timeout)
         st = self.store.get_state(self._key) or {}
         # The vendor's largest page size is undocumented: found by ``PageSize`` and remembered.
-        self.pages = PageSize.restore(st, cfg.page_size, cfg.max_page_size)
-        self.page_size = self.pages.size
+        pages = PageSize.restore(st, cfg.page_size, cfg.max_page_size)
+        self.page_size = pages.size
         self.planner = Planner(
             poll_interval=cfg.poll_interval, overlap=cfg.overlap, lookback=cfg.lookback,
             shortest_window=self._windows[0], longest_window=self._windows[1],
-            max_query_age=cfg.max_query_age, page_size=self.pages.size)
+            max_query_age=cfg.max_query_age, page_size=pages.size, pages=pages)
         self.planner.restore(st.get("plan"))
         self.planner.slot = self.slot
         if self.planner.head is None and st.get("synced_until") is not None:
@@ -263,6 +189,12 @@ class CdnPoller(Worker):
         self.failures += 1
         self.not_before = self.clock() + backoff_delay(self.failures, self.rng)
 
+    @property
+    def pages(self) -> PageSize:
+        """The page-size search, owned by the planner."""
+        assert self.planner.pages is not None
+        return self.planner.pages
+
     def _save(self) -> None:
         self.store.set_state(self._key, {
             "plan": self.planner.state(), "page": self.pages.state(), "last_ok": self.last_ok,
@@ -284,7 +216,7 @@ class CdnPoller(Worker):
             if self.next_run() > self.clock():
                 return
         now = self.clock()
-        self.planner.page_size = self.page_size = self.pages.size
+        self.page_size = self.planner.sync_page_size()
         read = self.planner.next_read(now, self.view, self.slot)
         self._report(now)
         if read is None:
@@ -321,12 +253,11 @@ class CdnPoller(Worker):
         self.last_ok = done_at
         # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
         expected = min(size, page.count - (read.page_no - 1) * size)
-        if not read.count_only and not self.pages.on_served(size, page.rows, expected, done_at):
-            # A short page: the vendor caps the page size without saying so. Paging on with our size would
-            # skip rows, so adopt its size and read the range again from the first page.
+        if not read.count_only and not self.planner.page_served(size, page.rows, expected, done_at):
+            # A short page: the vendor caps the page size without saying so; the range is read again from its
+            # first page with the vendor's size.
             log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, page.rows,
                         size, page.rows)
-            read.page_no, read.count = 1, None
             self._save()
             return
         outcome = self.planner.on_answer(done_at, read, page.count)
@@ -341,8 +272,10 @@ class CdnPoller(Worker):
                 # read of the task itself gives (the duration histogram and rate_ratio leave them out).
                 self.store.upsert_cdn_tasks(self.account.name, self.kind, [
                     CdnTask(url=url, create_ts=create, status="success") for create, url in succeeded], fence=fence)
-        if read.purpose == "head":
-            self._grow_page_size()
+        if read.purpose == "head" and self.planner.grow_pages():
+            log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; asking for pages of %d",
+                     self.name, self.planner.rate * self.cfg.poll_interval, self.cfg.poll_interval, self.page_size,
+                     self.pages.want)
         self._report(done_at)
         self._save()
 
@@ -357,28 +290,17 @@ class CdnPoller(Worker):
             **self.budget.state(), "not_before": self.not_before, "in_flight": in_flight,
         }, fence=self.lease.fence())
 
-    def _grow_page_size(self) -> None:
-        """When the new tasks of one poll interval no longer fit a page, every read of them would need two:
-        fewer, larger pages are the only way to keep up within the vendor's limits. Only then: the largest
-        size is undocumented, and a refused one costs a whole slot of the budget."""
-        per_interval = self.planner.rate * self.cfg.poll_interval
-        if per_interval > FILL * self.pages.want and self.pages.grow():
-            log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; asking for pages of %d",
-                     self.name, per_interval, self.cfg.poll_interval, self.page_size, self.pages.want)
-
     def _on_error(self, exc: ApiError) -> None:
         now = self.clock()
         self.health.poll_result(self.account.name, self.kind, False, now)
         self.failures += 1
-        read = self.planner.current
         if exc.kind == "bad_request" and exc.page_size_error and self.page_size > 1:
-            # The maximum page size is undocumented: search for it (``PageSize``), restart the range (page
-            # borders moved), remember.
-            self.pages.on_refused(self.page_size, now)
+            # The maximum page size is undocumented: the planner searches for it and restarts the range.
+            refused = self.page_size
+            self.planner.page_refused(now)
+            self.page_size = self.planner.page_size
             log.info("%s: vendor refused page size %d (its maximum is undocumented); trying %d", self.name,
-                     self.page_size, self.pages.size)
-            if read is not None:
-                read.page_no, read.count = 1, None
+                     refused, self.page_size)
             return
         if exc.kind == "bad_request" and exc.too_old:
             log.warning("%s: vendor says the range is too old (%s); re-planning", self.name, exc.message)

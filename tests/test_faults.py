@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import simulator as vendor
 from exporter.app import Exporter
-from exporter.poller import BASE_BACKOFF, MAX_BACKOFF
+from exporter.budget import BASE_BACKOFF, MAX_BACKOFF
 from exporter.simulator import Simulator
 from exporter.windows import window_start
 

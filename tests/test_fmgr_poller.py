@@ -17,11 +17,12 @@ import pytest
 from conftest import T0, Clock, make_config
 from prometheus_client import CollectorRegistry
 
+from exporter.budget import BASE_BACKOFF, MAX_BACKOFF
 from exporter.collector import ExporterCollector
 from exporter.config import Config
 from exporter.fmgr import FmgrClient
 from exporter.health import ApiHealth
-from exporter.poller import BASE_BACKOFF, MAX_BACKOFF, FmgrPoller
+from exporter.poller import FmgrPoller
 from exporter.simulator import Simulator
 from exporter.store import Store
 

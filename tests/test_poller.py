@@ -8,11 +8,12 @@ import random
 import pytest
 from conftest import T0, assert_counts_match_what_was_served, make_config
 
+from exporter.budget import RateBudget, backoff_delay
 from exporter.cdn import CdnClient
 from exporter.config import RateLimit
 from exporter.health import ApiHealth
 from exporter.planner import RECHECK_MAX, SWEEP_STATES
-from exporter.poller import CdnPoller, RateBudget, backoff_delay
+from exporter.poller import CdnPoller
 from exporter.store import Store
 from exporter.windows import window_start
 
