@@ -33,7 +33,6 @@ from exporter.config import ConfigError
 log = logging.getLogger(__name__)
 
 CLIENT_AUTH_TYPES = ("NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
-_VERIFYING_CLIENT_AUTH = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
 # Accepted by the Go toolkit but without a Python ssl equivalent: OpenSSL verifies whatever
 # certificate it asks for, so "ask but do not verify" cannot be expressed.
 _UNSUPPORTED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
@@ -387,7 +386,7 @@ def parse_web_config(
 
 
 def _header_texts(root: yaml.Node | None) -> dict[str, str]:
-    """The values of ``http_server_config.headers`` as written in the file, for the plain scalars."""
+    """The scalar values of ``http_server_config.headers`` as written in the file (before YAML typing)."""
     node = root
     for key in ("http_server_config", "headers"):
         if not isinstance(node, yaml.MappingNode):
@@ -523,7 +522,7 @@ def _set_groups(ctx: ssl.SSLContext, groups: str) -> str | None:
         libssl = ctypes.CDLL(getattr(importlib.import_module("_ssl"), "__file__", None))
         get_options = libssl.SSL_CTX_get_options
         ctrl = libssl.SSL_CTX_ctrl
-    except (OSError, AttributeError, ImportError) as exc:
+    except (OSError, AttributeError, ImportError, TypeError) as exc:
         return f"OpenSSL is not reachable from Python here: {exc}"
     get_options.argtypes = [ctypes.c_void_p]
     get_options.restype = ctypes.c_uint64 if ssl.OPENSSL_VERSION_INFO[0] >= 3 else ctypes.c_ulong
