@@ -11,7 +11,14 @@ import bcrypt
 import pytest
 
 from exporter.config import ConfigError
-from exporter.webconfig import BasicAuth, WebConfig, build_ssl_context, load_web_config, parse_web_config
+from exporter.webconfig import (
+    BasicAuth,
+    WebConfig,
+    _set_groups,
+    build_ssl_context,
+    load_web_config,
+    parse_web_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # exporter-toolkit's test certificates and web configs (see its README there).
@@ -295,6 +302,13 @@ def test_several_curves_are_the_only_curves(tmp_path):
     handshake(ctx, client(curve="X25519"))
     with pytest.raises(ssl.SSLError):
         handshake(ctx, client(curve="prime256v1"))
+
+
+def test_a_curve_list_openssl_refuses_is_reported_not_applied():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert _set_groups(ctx, "secp384r1:X25519") is None
+    problem = _set_groups(ctx, "secp384r1:no-such-curve")
+    assert problem is not None and "does not accept secp384r1:no-such-curve" in problem
 
 
 @pytest.mark.parametrize(
