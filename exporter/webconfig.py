@@ -1,8 +1,9 @@
 """The exporter-toolkit web configuration file (``--web.config.file``): TLS and basic auth.
 
 Same format as every Go exporter built on prometheus/exporter-toolkit, so an operator can reuse
-the file they already have. Keys that would change security behaviour but that this server cannot
-honour (inline PEM, SAN pinning, rate limiting, non-verifying client-cert modes) are refused with a
+the file they already have, checked the way the toolkit checks it (cipher suite and curve names against
+Go's, the certificate and key loaded). Keys that would change security behaviour but that this server
+cannot honour (inline PEM, SAN pinning, rate limiting, non-verifying client-cert modes) are refused with a
 clear error instead of being ignored: silently dropping a security setting is worse than failing.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import hashlib
 import hmac
+import importlib
 import logging
 import re
 import ssl
@@ -43,6 +46,35 @@ TLS_VERSIONS: Mapping[str, ssl.TLSVersion] = MappingProxyType(
     }
 )
 
+# The names of Go's tls.CipherSuites(), the only ones the toolkit accepts, with OpenSSL's name for each
+# TLS 1.0-1.2 suite. Go does not let a configuration choose the TLS 1.3 suites (it ignores them in the
+# list), and neither does this server: they map to None.
+CIPHER_SUITES: Mapping[str, str | None] = MappingProxyType(
+    {
+        "TLS_AES_128_GCM_SHA256": None,
+        "TLS_AES_256_GCM_SHA384": None,
+        "TLS_CHACHA20_POLY1305_SHA256": None,
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    }
+)
+# With HTTP/2 on (the toolkit's default) and a cipher list that allows TLS 1.2, Go's HTTP server refuses to
+# serve unless the list has one of these. This server does not speak HTTP/2, but it refuses the same files.
+_HTTP2_REQUIRED_SUITES = ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
+
+# The toolkit's curve names, with OpenSSL's.
+CURVES: Mapping[str, str] = MappingProxyType(
+    {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1", "X25519": "X25519"}
+)
+
 # The toolkit allows only these response headers, some with enumerated values; we keep the same
 # rule so a file that works there works here and vice versa.
 ALLOWED_HEADERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -68,6 +100,7 @@ _TLS_KEYS = frozenset(
         "prefer_server_cipher_suites",
     }
 )
+# Refused when set to anything but an empty value (empty is the same as absent, in the toolkit too).
 _TLS_REFUSED = MappingProxyType(
     {
         "cert": "inline certificates are not supported; use cert_file",
@@ -77,8 +110,10 @@ _TLS_REFUSED = MappingProxyType(
     }
 )
 _HTTP_KEYS = frozenset({"http2", "headers"})
-_TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
-_TOP_REFUSED = MappingProxyType({"rate_limit": "rate limiting is not supported by this exporter"})
+_TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"})
+_RATE_LIMIT_KEYS = frozenset({"interval", "burst"})
+# A Go duration (time.ParseDuration): "0", or numbers with units, such as "1m30s".
+_GO_DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)")
 
 # $2a$/$2b$/$2y$, two-digit cost, 22 characters of salt and 31 of hash in bcrypt's base64 alphabet.
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
@@ -92,6 +127,8 @@ class WebConfig:
     client_auth_type: str = "NoClientCert"
     min_version: str | None = None  # None = the toolkit's default, TLS12
     max_version: str | None = None  # None = the newest the ssl module offers
+    cipher_suites: tuple[str, ...] = ()  # Go's names, in the file's order
+    curve_preferences: tuple[str, ...] = ()  # the toolkit's names, in the file's order
     prefer_server_cipher_suites: bool = True
     basic_auth_users: Mapping[str, str] = field(default_factory=dict, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -153,17 +190,27 @@ def _existing_file(
     return str(path)
 
 
-def _string_list(section: Mapping[Any, Any], key: str, where: str, errors: list[str]) -> None:
+def _names(
+    section: Mapping[Any, Any], key: str, where: str, known: Mapping[str, Any], what: str, errors: list[str]
+) -> tuple[str, ...]:
+    """A list of names from ``known`` (Go's cipher suite or curve names), as the toolkit checks it."""
     value = section.get(key)
     if value is None:
-        return
+        return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         errors.append(f"{where}{key}: expected a list of strings")
+        return ()
+    unknown = [v for v in value if v not in known]
+    for name in unknown:
+        errors.append(f"{where}{key}: unknown {what} {name!r} (known: {', '.join(known)})")
+    return () if unknown else tuple(dict.fromkeys(value))
 
 
 def _parse_tls(section: Mapping[Any, Any], base: Path, errors: list[str]) -> dict[str, Any]:
     where = "tls_server_config."
-    _check_keys(section, where, _TLS_KEYS, _TLS_REFUSED, errors)
+    # An empty inline certificate or key is no certificate or key, as in the toolkit.
+    set_keys = {k: v for k, v in section.items() if not (k in ("cert", "key", "client_ca") and v in (None, ""))}
+    _check_keys(set_keys, where, _TLS_KEYS, _TLS_REFUSED, errors)
     out: dict[str, Any] = {
         "cert_file": _existing_file(section, "cert_file", where, base, errors),
         "key_file": _existing_file(section, "key_file", where, base, errors),
@@ -183,10 +230,9 @@ def _parse_tls(section: Mapping[Any, Any], base: Path, errors: list[str]) -> dic
     elif auth not in CLIENT_AUTH_TYPES:
         errors.append(f"{where}client_auth_type: {auth!r} is not one of {', '.join(CLIENT_AUTH_TYPES)}")
     out["client_auth_type"] = auth
+    # Without client_ca_file, client certificates are verified against the system's CAs, as in Go.
     if section.get("client_ca_file") and auth == "NoClientCert":
         errors.append(f"{where}client_ca_file: set without a client_auth_type that verifies certificates")
-    if auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert") and not section.get("client_ca_file"):
-        errors.append(f"{where}client_ca_file: required when client_auth_type is {auth}")
     if section and not section.get("cert_file") and (auth != "NoClientCert" or section.get("client_ca_file")):
         errors.append(f"{where}cert_file: required for TLS")
 
@@ -203,13 +249,8 @@ def _parse_tls(section: Mapping[Any, Any], base: Path, errors: list[str]) -> dic
     ):
         errors.append(f"{where}min_version: {out['min_version']} is above max_version {out['max_version']}")
 
-    # Go names the cipher suites and curves differently from OpenSSL and Python offers no portable
-    # per-suite or multi-curve control, so these are checked for shape and otherwise left to
-    # OpenSSL's defaults (which are the modern AEAD suites and X25519/P-256 anyway).
-    for key in ("cipher_suites", "curve_preferences"):
-        _string_list(section, key, where, errors)
-        if section.get(key):
-            log.warning("web config: %s%s is accepted but not applied; OpenSSL defaults are used", where, key)
+    out["cipher_suites"] = _names(section, "cipher_suites", where, CIPHER_SUITES, "cipher", errors)
+    out["curve_preferences"] = _names(section, "curve_preferences", where, CURVES, "curve", errors)
     prefer = section.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
         errors.append(f"{where}prefer_server_cipher_suites: expected true or false")
@@ -218,18 +259,38 @@ def _parse_tls(section: Mapping[Any, Any], base: Path, errors: list[str]) -> dic
     return out
 
 
-def _parse_http(section: Mapping[Any, Any], errors: list[str]) -> dict[str, str]:
+def _header_value(value: Any, text: str | None) -> Any:
+    """A header value as Go's YAML decoder reads it into a string: a number or a boolean is taken as written
+    (``X-XSS-Protection: 1`` is "1"). ``text`` is the value as written in the file, when it is known."""
+    if isinstance(value, str) or value is None:
+        return value
+    if text is not None:
+        return text
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _parse_http(
+    section: Mapping[Any, Any], texts: Mapping[str, str], errors: list[str]
+) -> tuple[dict[str, str], bool]:
     where = "http_server_config."
     _check_keys(section, where, _HTTP_KEYS, {}, errors)
-    # HTTP/2 is not spoken by this server; the key is accepted so toolkit files load unchanged.
-    if "http2" in section and not isinstance(section["http2"], bool):
+    # HTTP/2 is not spoken by this server; the key is accepted so toolkit files load unchanged (and its
+    # default, true, makes the same cipher lists refused as in the toolkit).
+    http2 = section.get("http2", True)
+    if not isinstance(http2, bool):
         errors.append(f"{where}http2: expected true or false")
+        http2 = False
     headers: dict[str, str] = {}
     for name, value in _mapping(section.get("headers"), f"{where}headers", errors).items():
         path = f"{where}headers.{name}"
         if name not in ALLOWED_HEADERS:
             errors.append(f"{path}: this header cannot be configured (allowed: {', '.join(ALLOWED_HEADERS)})")
             continue
+        value = _header_value(value, texts.get(name) if isinstance(name, str) else None)
         if value is None or value == "":
             continue  # blank means unset, as in the toolkit
         if not isinstance(value, str):
@@ -243,7 +304,39 @@ def _parse_http(section: Mapping[Any, Any], errors: list[str]) -> dict[str, str]
             errors.append(f"{path}: {value!r} is not one of {', '.join(allowed)}")
             continue
         headers[name] = value
-    return headers
+    return headers, http2
+
+
+def _zero_duration(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value == 0
+    return isinstance(value, str) and bool(_GO_DURATION.fullmatch(value)) and not re.search(r"[1-9]", value)
+
+
+def _parse_rate_limit(section: Mapping[Any, Any], errors: list[str]) -> None:
+    """The toolkit rate-limits only when ``interval`` is not zero; a zero interval (or none) is accepted."""
+    where = "rate_limit."
+    _check_keys(section, where, _RATE_LIMIT_KEYS, {}, errors)
+    burst = section.get("burst", 0)
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)):
+        errors.append(f"{where}burst: expected an integer")
+    if not _zero_duration(section.get("interval")):
+        errors.append("rate_limit: rate limiting is not supported by this exporter (only interval: 0, which "
+                      "turns it off, is accepted)")
+
+
+def _http2_problem(tls: Mapping[str, Any]) -> str | None:
+    suites = tls["cipher_suites"]
+    min_version = TLS_VERSIONS[tls["min_version"] or "TLS12"]
+    if not suites or min_version >= ssl.TLSVersion.TLSv1_3 or set(suites) & set(_HTTP2_REQUIRED_SUITES):
+        return None
+    return (f"tls_server_config.cipher_suites: no HTTP/2-required suite ({' or '.join(_HTTP2_REQUIRED_SUITES)}) "
+            "while http_server_config.http2 is true, which exporter-toolkit refuses to serve; add one, or set "
+            "http2: false (this server does not speak HTTP/2)")
 
 
 def _parse_users(section: Mapping[Any, Any], errors: list[str]) -> dict[str, str]:
@@ -261,21 +354,49 @@ def _parse_users(section: Mapping[Any, Any], errors: list[str]) -> dict[str, str
     return users
 
 
-def parse_web_config(data: Any, base_dir: str | Path = ".") -> WebConfig:
-    """The validated form of an already-decoded web config document; raises ConfigError."""
+def parse_web_config(
+    data: Any, base_dir: str | Path = ".", header_texts: Mapping[str, str] | None = None
+) -> WebConfig:
+    """The validated form of an already-decoded web config document; raises ConfigError.
+
+    As the toolkit's Validate does, the certificate, key and CA files are loaded and the TLS settings applied
+    to a context, so that a file that cannot be served is refused here. ``header_texts`` are the header values
+    as written in the file (see ``_header_value``).
+    """
     errors: list[str] = []
     top = _mapping(data, "(top level)", errors)
-    _check_keys(top, "", _TOP_KEYS, _TOP_REFUSED, errors)
+    _check_keys(top, "", _TOP_KEYS, {}, errors)
     tls = _parse_tls(_mapping(top.get("tls_server_config"), "tls_server_config", errors), Path(base_dir), errors)
-    headers = _parse_http(_mapping(top.get("http_server_config"), "http_server_config", errors), errors)
+    headers, http2 = _parse_http(
+        _mapping(top.get("http_server_config"), "http_server_config", errors), header_texts or {}, errors
+    )
+    _parse_rate_limit(_mapping(top.get("rate_limit"), "rate_limit", errors), errors)
     users = _parse_users(_mapping(top.get("basic_auth_users"), "basic_auth_users", errors), errors)
+    if http2 and (problem := _http2_problem(tls)):
+        errors.append(problem)
     if errors:
         raise ConfigError(errors)
-    return WebConfig(
+    cfg = WebConfig(
         **tls,
         basic_auth_users=MappingProxyType(users),
         headers=MappingProxyType(headers),
     )
+    build_ssl_context(cfg)  # raises ConfigError when it cannot be served
+    return cfg
+
+
+def _header_texts(root: yaml.Node | None) -> dict[str, str]:
+    """The scalar values of ``http_server_config.headers`` as written in the file (before YAML typing)."""
+    node = root
+    for key in ("http_server_config", "headers"):
+        if not isinstance(node, yaml.MappingNode):
+            return {}
+        node = next((v for k, v in reversed(node.value) if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {
+        k.value: v.value for k, v in node.value if isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode)
+    }
 
 
 def load_web_config(path: str | Path) -> WebConfig:
@@ -288,13 +409,17 @@ def load_web_config(path: str | Path) -> WebConfig:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read web config: {exc}"]) from exc
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
-        return parse_web_config(data, path.parent)
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+        return parse_web_config(data, path.parent, _header_texts(root))
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from exc
     except RecursionError:
         raise ConfigError(["nested too deeply"]) from None
+    finally:
+        loader.dispose()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +429,8 @@ def load_web_config(path: str | Path) -> WebConfig:
 def build_ssl_context(cfg: WebConfig) -> ssl.SSLContext | None:
     """The server-side TLS context the config describes, or None when TLS is off.
 
-    Raises ConfigError when the certificate, key or CA file cannot be loaded.
+    Raises ConfigError when the certificate, key or CA file cannot be loaded, or when a setting cannot be
+    applied as the file says.
     """
     if not cfg.tls_enabled:
         return None
@@ -312,21 +438,102 @@ def build_ssl_context(cfg: WebConfig) -> ssl.SSLContext | None:
     ctx.minimum_version = TLS_VERSIONS[cfg.min_version or "TLS12"]
     if cfg.max_version:
         ctx.maximum_version = TLS_VERSIONS[cfg.max_version]
+    # Python turns server preference on for every context; the file decides (true unless it says false).
     if cfg.prefer_server_cipher_suites:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    errors: list[str] = []
+    _apply_cipher_suites(ctx, cfg, errors)
+    _apply_curves(ctx, cfg.curve_preferences, errors)
     try:
         ctx.load_cert_chain(cfg.cert_file, cfg.key_file)  # type: ignore[arg-type]
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError([f"tls_server_config.cert_file: cannot load certificate and key: {exc}"]) from exc
+        errors.append(f"tls_server_config.cert_file: cannot load certificate and key: {exc}")
     if cfg.client_auth_type != "NoClientCert":
         try:
-            ctx.load_verify_locations(cafile=cfg.client_ca_file)
+            if cfg.client_ca_file:
+                ctx.load_verify_locations(cafile=cfg.client_ca_file)
+            else:  # as Go does without ClientCAs: the system's CAs
+                ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError([f"tls_server_config.client_ca_file: cannot load CA certificates: {exc}"]) from exc
+            errors.append(f"tls_server_config.client_ca_file: cannot load CA certificates: {exc}")
         ctx.verify_mode = (
             ssl.CERT_REQUIRED if cfg.client_auth_type == "RequireAndVerifyClientCert" else ssl.CERT_OPTIONAL
         )
+    if errors:
+        raise ConfigError(errors)
     return ctx
+
+
+def _apply_cipher_suites(ctx: ssl.SSLContext, cfg: WebConfig, errors: list[str]) -> None:
+    """Only the listed TLS 1.0-1.2 suites, in the file's order (which decides with server preference on);
+    TLS 1.3 suites are left to OpenSSL, as Go leaves them to itself."""
+    if not cfg.cipher_suites:
+        return
+    where = "tls_server_config.cipher_suites"
+    wanted = [name for name in (CIPHER_SUITES[s] for s in cfg.cipher_suites) if name is not None]
+    if not wanted:
+        # Only TLS 1.3 suites listed: Go has no TLS 1.2 suite left, so only TLS 1.3 can be negotiated.
+        if cfg.max_version and TLS_VERSIONS[cfg.max_version] < ssl.TLSVersion.TLSv1_3:
+            errors.append(f"{where}: lists only TLS 1.3 suites, but max_version is {cfg.max_version}")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return
+    try:
+        # Keep the security level Python chose: replacing the cipher string would reset it to OpenSSL's.
+        ctx.set_ciphers(f"@SECLEVEL={ctx.security_level}:" + ":".join(wanted))
+    except ssl.SSLError as exc:
+        errors.append(f"{where}: cannot be applied: {exc}")
+        return
+    have = {c["name"] for c in ctx.get_ciphers()}
+    missing = [go for go in cfg.cipher_suites if CIPHER_SUITES[go] not in have | {None}]
+    if missing:
+        errors.append(f"{where}: {', '.join(missing)} not available in {ssl.OPENSSL_VERSION}")
+
+
+def _apply_curves(ctx: ssl.SSLContext, curves: tuple[str, ...], errors: list[str]) -> None:
+    """Only the listed curves (key exchange groups, TLS 1.2 and 1.3), in the file's order."""
+    if not curves:
+        return
+    names = [CURVES[c] for c in curves]
+    try:
+        if len(names) == 1:
+            ctx.set_ecdh_curve(names[0])
+            return
+        problem = _set_groups(ctx, ":".join(names))
+    except (ValueError, ssl.SSLError) as exc:
+        problem = str(exc)
+    if problem:
+        errors.append(f"tls_server_config.curve_preferences: {', '.join(curves)} cannot be applied ({problem})"
+                      + ("; list one curve" if len(names) > 1 else ""))
+
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL's SSL_CTX_set1_groups_list(), a macro over SSL_CTX_ctrl()
+
+
+def _set_groups(ctx: ssl.SSLContext, groups: str) -> str | None:
+    """SSL_CTX_set1_groups_list() on the context: the ssl module sets one curve only (set_ecdh_curve).
+
+    The call goes to the libssl the ssl module uses, with the SSL_CTX pointer that CPython keeps right after
+    the object header; the pointer is first checked by reading the context's options through it. None when
+    applied, otherwise why not (then nothing was changed).
+    """
+    try:
+        libssl = ctypes.CDLL(getattr(importlib.import_module("_ssl"), "__file__", None))
+        get_options = libssl.SSL_CTX_get_options
+        ctrl = libssl.SSL_CTX_ctrl
+    except (OSError, AttributeError, ImportError, TypeError) as exc:
+        return f"OpenSSL is not reachable from Python here: {exc}"
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64 if ssl.OPENSSL_VERSION_INFO[0] >= 3 else ctypes.c_ulong
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    ctrl.restype = ctypes.c_long
+    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not pointer or get_options(pointer) != int(ctx.options):
+        return "this Python's SSL context layout is not the one expected"
+    if ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+        return f"{ssl.OPENSSL_VERSION} does not accept {groups}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

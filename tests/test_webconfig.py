@@ -1,4 +1,9 @@
 import base64
+import os
+import shutil
+import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -6,7 +11,18 @@ import bcrypt
 import pytest
 
 from exporter.config import ConfigError
-from exporter.webconfig import BasicAuth, WebConfig, build_ssl_context, load_web_config, parse_web_config
+from exporter.webconfig import (
+    BasicAuth,
+    WebConfig,
+    _set_groups,
+    build_ssl_context,
+    load_web_config,
+    parse_web_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+# exporter-toolkit's test certificates and web configs (see its README there).
+TOOLKIT = ROOT / "tests" / "fixtures" / "exporter-toolkit" / "testdata"
 
 # Cost 4 keeps the tests fast; the format is what production hashes look like.
 ALICE_HASH = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode()
@@ -41,8 +57,9 @@ def test_empty_file_means_defaults(tmp_path):
 
 def test_full_toolkit_file_loads(tmp_path):
     (tmp_path / "certs").mkdir()
-    for name in ("server.crt", "server.key", "ca.crt"):
-        (tmp_path / "certs" / name).write_text("placeholder")
+    shutil.copy(TOOLKIT / "server.crt", tmp_path / "certs" / "server.crt")
+    shutil.copy(TOOLKIT / "server.key", tmp_path / "certs" / "server.key")
+    shutil.copy(TOOLKIT / "client_selfsigned.pem", tmp_path / "certs" / "ca.crt")
     cfg = load_web_config(
         write(
             tmp_path,
@@ -54,8 +71,8 @@ tls_server_config:
   client_ca_file: certs/ca.crt
   min_version: TLS13
   max_version: TLS13
-  cipher_suites: [TLS_AES_128_GCM_SHA256]
-  curve_preferences: [X25519]
+  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]
+  curve_preferences: [X25519, CurveP256]
   prefer_server_cipher_suites: false
 http_server_config:
   http2: true
@@ -75,6 +92,8 @@ basic_auth_users:
     assert cfg.client_auth_type == "RequireAndVerifyClientCert"
     assert (cfg.min_version, cfg.max_version) == ("TLS13", "TLS13")
     assert cfg.prefer_server_cipher_suites is False
+    assert cfg.cipher_suites == ("TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")
+    assert cfg.curve_preferences == ("X25519", "CurveP256")
     # A blank header value means "unset".
     assert dict(cfg.headers) == {"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"}
     assert dict(cfg.basic_auth_users) == {"alice": ALICE_HASH}
@@ -148,14 +167,9 @@ def test_single_problems(tmp_path, text, fragment):
     assert any(fragment in e for e in errors_of(tmp_path, text)), errors_of(tmp_path, text)
 
 
-def test_client_auth_needs_a_ca_and_a_ca_needs_client_auth(tmp_path):
+def test_a_ca_needs_client_auth(tmp_path):
     for name in ("s.crt", "s.key", "ca.crt"):
         (tmp_path / name).write_text("x")
-    errors = errors_of(
-        tmp_path,
-        "tls_server_config: {cert_file: s.crt, key_file: s.key, client_auth_type: VerifyClientCertIfGiven}\n",
-    )
-    assert errors == ["tls_server_config.client_ca_file: required when client_auth_type is VerifyClientCertIfGiven"]
     errors = errors_of(tmp_path, "tls_server_config: {cert_file: s.crt, key_file: s.key, client_ca_file: ca.crt}\n")
     assert errors == [
         "tls_server_config.client_ca_file: set without a client_auth_type that verifies certificates"
@@ -176,13 +190,263 @@ def test_bcrypt_variants_are_accepted():
         parse_web_config({"basic_auth_users": {"u": f"$2x${h}"}})
 
 
-def test_garbage_certificate_fails_when_building_the_context(tmp_path):
-    (tmp_path / "c.pem").write_text("not a certificate")
-    (tmp_path / "k.pem").write_text("not a key")
-    cfg = load_web_config(write(tmp_path, "tls_server_config: {cert_file: c.pem, key_file: k.pem}\n"))
+# --------------------------------------------------------------------------------------------------
+# TLS settings, as exporter-toolkit applies them (handshakes in memory: no network)
+
+AES128 = "ECDHE-RSA-AES128-GCM-SHA256"
+AES256 = "ECDHE-RSA-AES256-GCM-SHA384"
+
+
+def toolkit_file(tmp_path: Path, text: str) -> Path:
+    """A web config next to copies of the toolkit's server certificate and key."""
+    for name in ("server.crt", "server.key", "client_selfsigned.pem", "client_selfsigned.key"):
+        shutil.copy(TOOLKIT / name, tmp_path / name)
+    return write(tmp_path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n" + text)
+
+
+def server_context(path: Path) -> ssl.SSLContext:
+    ctx = build_ssl_context(load_web_config(path))
+    assert ctx is not None
+    return ctx
+
+
+def client(*, ciphers: str | None = None, curve: str | None = None, tls12: bool = False,
+           cert: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(TOOLKIT / "server.crt"))
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # trust the server certificate itself
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    if curve:
+        ctx.set_ecdh_curve(curve)
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(TOOLKIT / f"{cert}.pem", TOOLKIT / f"{cert}.key")
+    return ctx
+
+
+def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[str, str]:
+    """(cipher, version) of a completed handshake; ssl.SSLError when either side refuses."""
+    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    peer = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    done = {"client": False, "server": False}
+    for _ in range(20):
+        for side, obj, out, other in (("client", peer, c_out, s_in), ("server", server, s_out, c_in)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+            other.write(out.read())
+        if all(done.values()):
+            # TLS 1.3: the server checks the client's certificate after the client is done; exchange once more.
+            try:
+                peer.write(b"x")
+                s_in.write(c_out.read())
+                server.read(1)
+            except ssl.SSLWantReadError:
+                pass
+            cipher = peer.cipher()
+            assert cipher is not None
+            return cipher[0], cipher[1]
+    raise AssertionError("handshake did not finish")
+
+
+def test_cipher_suites_are_the_only_tls12_suites_and_the_files_order_wins(tmp_path):
+    ctx = server_context(TOOLKIT / "web_config_noAuth_someCiphers.good.yml")  # AES128 then AES256, TLS 1.2
+    assert ctx.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert handshake(ctx, client(ciphers=AES128)) == (AES128, "TLSv1.2")
+    assert handshake(ctx, client(ciphers=f"{AES256}:{AES128}")) == (AES128, "TLSv1.2")  # the server's order
+    for unlisted in ("ECDHE-RSA-CHACHA20-POLY1305", "ECDHE-RSA-AES256-SHA", "ECDHE-RSA-AES128-SHA"):
+        with pytest.raises(ssl.SSLError):
+            handshake(ctx, client(ciphers=unlisted))
+
+
+def test_prefer_server_cipher_suites_false_lets_the_client_choose():
+    ctx = server_context(TOOLKIT / "web_config_noAuth_someCiphers_noOrder.good.yml")  # AES256 then AES128
+    assert not ctx.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert handshake(ctx, client(ciphers=f"{AES128}:{AES256}"))[0] == AES128
+    assert handshake(ctx, client(ciphers=f"{AES256}:{AES128}"))[0] == AES256
+
+
+def test_only_tls13_suites_listed_means_tls13_only(tmp_path):
+    ctx = server_context(toolkit_file(tmp_path, "  cipher_suites: [TLS_AES_256_GCM_SHA384]\n"
+                                                "http_server_config: {http2: false}\n"))
+    assert handshake(ctx, client())[1] == "TLSv1.3"
+    with pytest.raises(ssl.SSLError):
+        handshake(ctx, client(tls12=True))
+    errors = errors_of(tmp_path, "tls_server_config: {cert_file: server.crt, key_file: server.key, "
+                                 "cipher_suites: [TLS_AES_256_GCM_SHA384], max_version: TLS12}\n"
+                                 "http_server_config: {http2: false}\n")
+    assert errors == ["tls_server_config.cipher_suites: lists only TLS 1.3 suites, but max_version is TLS12"]
+
+
+def test_one_curve_is_the_only_curve():
+    ctx = server_context(TOOLKIT / "web_config_noAuth_someCurves.good.yml")  # CurveP521, TLS 1.3
+    assert handshake(ctx, client(curve="secp521r1"))[1] == "TLSv1.3"
+    for other in ("secp384r1", "prime256v1", "X25519"):
+        with pytest.raises(ssl.SSLError):
+            handshake(ctx, client(curve=other))
+
+
+def test_several_curves_are_the_only_curves(tmp_path):
+    ctx = server_context(TOOLKIT / "web_config_noAuth_allCurves.good.yml")  # the toolkit's four
+    for curve in ("prime256v1", "secp384r1", "secp521r1", "X25519"):
+        handshake(ctx, client(curve=curve))
+        handshake(ctx, client(curve=curve, tls12=True))
+    with pytest.raises(ssl.SSLError):
+        handshake(ctx, client(curve="X448"))  # in OpenSSL's default list, not in the file
+    ctx = server_context(toolkit_file(tmp_path, "  curve_preferences: [CurveP384, X25519]\n"))
+    handshake(ctx, client(curve="X25519"))
+    with pytest.raises(ssl.SSLError):
+        handshake(ctx, client(curve="prime256v1"))
+
+
+def test_a_curve_list_openssl_refuses_is_reported_not_applied():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert _set_groups(ctx, "secp384r1:X25519") is None
+    problem = _set_groups(ctx, "secp384r1:no-such-curve")
+    assert problem is not None and "does not accept secp384r1:no-such-curve" in problem
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA2048]\n",
+         "tls_server_config.cipher_suites: unknown cipher 'TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA2048' (known: "),
+        # In Go's tls.InsecureCipherSuites(), not in CipherSuites(): the toolkit does not know it either.
+        ("  cipher_suites: [TLS_ECDHE_RSA_WITH_RC4_128_SHA]\n", "unknown cipher 'TLS_ECDHE_RSA_WITH_RC4_128_SHA'"),
+        ("  cipher_suites: [ECDHE-RSA-AES128-GCM-SHA256]\n", "unknown cipher 'ECDHE-RSA-AES128-GCM-SHA256'"),
+        ("  curve_preferences: [CurveP257]\n", "tls_server_config.curve_preferences: unknown curve 'CurveP257'"),
+        ("  curve_preferences: [secp384r1]\n", "unknown curve 'secp384r1'"),
+    ],
+)
+def test_unknown_cipher_suites_and_curves_are_refused_with_a_client_ca_too(tmp_path, text, error):
+    ca = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client_selfsigned.pem\n"
+    path = toolkit_file(tmp_path, ca + text)
     with pytest.raises(ConfigError) as info:
-        build_ssl_context(cfg)
-    assert info.value.errors[0].startswith("tls_server_config.cert_file: cannot load certificate and key")
+        load_web_config(path)
+    assert len(info.value.errors) == 1 and error in info.value.errors[0], info.value.errors
+
+
+def test_http2_needs_its_cipher_as_in_the_toolkit(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_web_config(TOOLKIT / "web_config_noAuth_noHTTP2Cipher.bad.yml")
+    assert "no HTTP/2-required suite" in str(info.value)
+    load_web_config(TOOLKIT / "web_config_noAuth_noHTTP2.good.yml")  # the same with http2: false
+    # Go only checks when TLS 1.2 is allowed.
+    load_web_config(toolkit_file(tmp_path, "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n"
+                                           "  min_version: TLS13\n"))
+
+
+def test_verifying_client_auth_without_a_ca_uses_the_system_cas(tmp_path):
+    ctx = server_context(TOOLKIT / "web_config_noAuth.good.yml")  # VerifyClientCertIfGiven, no client_ca_file
+    assert ctx.verify_mode == ssl.CERT_OPTIONAL
+    handshake(ctx, client())  # no certificate: fine
+    with pytest.raises(ssl.SSLError):
+        handshake(ctx, client(cert="client_selfsigned"))  # a certificate no system CA signed
+    ctx = server_context(TOOLKIT / "web_config_noAuth.good.blocking.yml")  # RequireAndVerifyClientCert
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(ssl.SSLError):
+        handshake(ctx, client())
+    # The client's own CA: accepted.
+    ctx = server_context(TOOLKIT / "tls_config_noAuth.requireandverifyclientcert.good.yml")
+    handshake(ctx, client(cert="client_selfsigned"))
+
+
+def test_header_numbers_and_booleans_are_strings_as_written(tmp_path):
+    cfg = load_web_config(write(tmp_path, "http_server_config:\n  headers:\n    X-XSS-Protection: 1\n"
+                                          "    Strict-Transport-Security: 0x10\n"
+                                          "    Content-Security-Policy: yes\n"))
+    assert dict(cfg.headers) == {"X-XSS-Protection": "1", "Strict-Transport-Security": "0x10",
+                                 "Content-Security-Policy": "yes"}
+    cfg = load_web_config(TOOLKIT / "web_config_headers.good.yml")
+    assert cfg.headers["X-XSS-Protection"] == "1"
+    # Already decoded (no file text): Go's spelling.
+    cfg = parse_web_config({"http_server_config": {"headers": {"X-XSS-Protection": 1,
+                                                               "Content-Security-Policy": False}}})
+    assert dict(cfg.headers) == {"X-XSS-Protection": "1", "Content-Security-Policy": "false"}
+    assert errors_of(tmp_path, "http_server_config:\n  headers:\n    X-XSS-Protection: [1]\n") == [
+        "http_server_config.headers.X-XSS-Protection: expected a string, got list"]
+
+
+def other_rsa_key(path: Path) -> None:
+    pytest.importorskip("cryptography", reason="the cryptography package is needed to make a test key")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "fragment"),
+    [
+        ("server.crt", "other.key", "KEY_VALUES_MISMATCH"),  # an RSA key of another certificate
+        ("server.crt", "client_selfsigned.key", ""),  # an EC key for an RSA certificate
+        ("server.key", "server.key", ""),  # not a certificate
+        ("server.crt", "server.crt", ""),  # not a key
+    ],
+)
+def test_certificate_and_key_are_loaded_when_the_file_is(tmp_path, cert, key, fragment):
+    toolkit_file(tmp_path, "")
+    other_rsa_key(tmp_path / "other.key")
+    errors = errors_of(tmp_path, f"tls_server_config: {{cert_file: {cert}, key_file: {key}}}\n")
+    assert len(errors) == 1 and errors[0].startswith("tls_server_config.cert_file: cannot load certificate and key")
+    assert fragment in errors[0]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDNETWORKS_EXPORTER_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True,
+                          timeout=60, check=False, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("check_only", [True, False], ids=["check-config", "start"])
+def test_a_key_that_does_not_match_is_exit_2_before_starting(tmp_path, check_only):
+    web = toolkit_file(tmp_path, "")
+    other_rsa_key(tmp_path / "other.key")
+    web.write_text("tls_server_config: {cert_file: server.crt, key_file: other.key}\n")
+    result = run_cli("--demo", "--web.listen-address", "127.0.0.1:0", "--web.config.file", str(web),
+                     *(["--check-config"] if check_only else []))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"{web}: tls_server_config.cert_file: cannot load certificate and key" in result.stderr
+    assert "Traceback" not in result.stderr and "configuration is valid" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("rate_limit: {interval: 0, burst: 0}\n", None),
+        ("rate_limit: {interval: 0s}\n", None),
+        ("rate_limit: {interval: '0m0.000s', burst: 10}\n", None),
+        ("rate_limit: {burst: 3}\n", None),
+        ("rate_limit:\n", None),
+        ("rate_limit: {interval: 1s, burst: 0}\n", "rate_limit: rate limiting is not supported"),
+        ("rate_limit: {interval: 1}\n", "rate_limit: rate limiting is not supported"),  # 1ns, in Go
+        ("rate_limit: {interval: 0, burst: many}\n", "rate_limit.burst: expected an integer"),
+        ("rate_limit: {interval: 0, every: 1s}\n", "rate_limit.every: unknown key"),
+    ],
+)
+def test_a_rate_limit_that_is_off_is_accepted(tmp_path, text, error):
+    if error is None:
+        load_web_config(write(tmp_path, text))
+    else:
+        assert any(e.startswith(error) for e in errors_of(tmp_path, text)), errors_of(tmp_path, text)
+
+
+def test_empty_inline_certificate_or_key_is_absent_not_refused(tmp_path):
+    toolkit_file(tmp_path, "")
+    assert errors_of(tmp_path, "tls_server_config: {cert: '', key_file: server.key}\n") == [
+        "tls_server_config.cert_file: required when key_file is set"]
+    assert errors_of(tmp_path, "tls_server_config: {cert_file: server.crt, key: ''}\n") == [
+        "tls_server_config.key_file: required when cert_file is set"]
+    assert "inline keys are not supported" in "\n".join(
+        errors_of(tmp_path, "tls_server_config: {cert_file: server.crt, key: 'PEM'}\n"))
 
 
 # --------------------------------------------------------------------------------------------------
