@@ -115,6 +115,21 @@ def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF,
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
+# While the store keeps failing, a worker says so again at most this often (seconds).
+STORE_REMINDER = 600.0
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """``exc`` as one line when it is the database failing (SQLite's or PostgreSQL's errors, a file that is
+    gone), else None: an outage to report, not a bug to show a traceback for."""
+    for cls in type(exc).__mro__:
+        module = cls.__module__
+        if module == "sqlite3" or module == "psycopg" or module.startswith("psycopg."):
+            text = " ".join(str(exc).split())[:300]
+            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return None
+
+
 class Worker:
     """Base: a thread that calls ``step()`` when ``next_run()`` allows, until stopped."""
 
@@ -125,6 +140,9 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._store_failing_since: float | None = None  # monotonic time of the first of the current failures
+        self._store_reminded = 0.0
+        self._store_failures = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -158,12 +176,42 @@ class Worker:
                 # Another replica runs this worker now; nothing was written. Wait for the lease to come back.
                 log.warning("%s: %s; another replica polls now", self.name, exc)
                 self._stop.wait(1.0)
-            except Exception:
-                # A bug or a store failure must not kill polling for good: logged with its traceback, retried
-                # after a backoff, and never in a hot loop even if next_run() itself keeps failing.
-                log.exception("%s: unexpected error", self.name)
+            except Exception as exc:
+                # A bug or a store failure must not kill polling for good: retried after a backoff, and never
+                # in a hot loop even if next_run() itself keeps failing. A store that cannot be read or
+                # written is an outage, not a bug: one line when it starts, a reminder now and then, and one
+                # when it is over (below); anything else is logged with its traceback.
+                self._failed(exc)
                 self.on_unexpected()
                 self._stop.wait(1.0)
+            else:
+                self._store_recovered()
+
+    def _failed(self, exc: Exception) -> None:
+        what = store_failure(exc)
+        if what is None:
+            log.exception("%s: unexpected error", self.name)
+            return
+        now = time.monotonic()
+        self._store_failures += 1
+        if self._store_failing_since is None:
+            self._store_failing_since = self._store_reminded = now
+            log.error("%s: the store failed (%s); polling is retried, and this is logged again when it "
+                      "recovers", self.name, what)
+        elif now - self._store_reminded >= STORE_REMINDER:
+            self._store_reminded = now
+            log.error("%s: the store is still failing after %.0fs and %d attempts (%s)", self.name,
+                      now - self._store_failing_since, self._store_failures, what)
+        else:
+            log.debug("%s: the store failed again (%s)", self.name, what)
+
+    def _store_recovered(self) -> None:
+        if self._store_failing_since is None:
+            return
+        log.warning("%s: the store works again, after %.0fs and %d failed attempts", self.name,
+                    time.monotonic() - self._store_failing_since, self._store_failures)
+        self._store_failing_since = None
+        self._store_failures = 0
 
     def next_run(self) -> float:
         raise NotImplementedError

@@ -374,3 +374,64 @@ def test_a_poll_that_lands_at_3_keeps_polling_until_the_notification_failure_at_
     polled = len(rig.polls("hook-1"))
     run_with_notifier(rig, T0 + 2 * HOUR, step=60.0)
     assert len(rig.polls("hook-1")) == polled  # 5 is final: never asked about again
+
+
+# ------------------------------------------------------------------------------------------ the store fails
+
+
+def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(rig_factory, caplog):
+    """The poller's own thread while the database file is gone (writes refused, as with a read-only or full
+    disk): one classified line without a traceback however many polls fail, then one saying it recovered."""
+    import logging
+    import threading
+    import time
+    from pathlib import Path
+
+    rig = rig_factory(notify_grace="0s")
+    rig.sim.add_fmgr_task("job-1", ["fetch"], pending=1, processing=HOUR)  # processing: polled every interval
+    rig.store.register_fmgr_ids(["job-1"], "api")
+    db = Path(rig.config.storage.path)
+    away = db.with_name(db.name + ".away")
+    running = threading.Event()
+    running.set()
+
+    def tick() -> None:  # the fake clock runs a second per 10 ms, and the poller is woken to look at it
+        while running.is_set():
+            rig.clock.t += 1.0
+            rig.poller.wake()
+            time.sleep(0.01)
+
+    def wait_until(what: str, cond, seconds: float = 30.0) -> None:
+        end = time.monotonic() + seconds
+        while not cond():
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def messages(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "exporter.poller" and text in r.getMessage()]
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        rig.poller.start()
+        ticker.start()
+        try:
+            wait_until("the first poll", lambda: len(rig.polls("job-1")) >= 1)
+            db.rename(away)
+            failed_before = rig.poller.failures
+            wait_until("three failed writes", lambda: rig.poller.failures >= failed_before + 3)
+            db_back = away.rename(db)
+            assert db_back == db
+            polls = len(rig.polls("job-1"))
+            wait_until("the recovery", lambda: messages("works again"))
+            wait_until("a poll after it", lambda: len(rig.polls("job-1")) > polls and rig.poller.failures == 0)
+        finally:
+            running.clear()
+            ticker.join(5)
+            rig.poller.stop()
+    assert not [r for r in caplog.records if r.name == "exporter.poller" and r.exc_info], "a traceback was logged"
+    assert len(messages("the store failed (")) == 1
+    assert "removed or replaced" in messages("the store failed (")[0].getMessage()
+    assert not messages("unexpected error")
+    assert len(messages("works again")) == 1
+    task = rig.store.fmgr_task("job-1")
+    assert task is not None and task["state"] == "processing" and task["lastError"] is None
