@@ -170,21 +170,77 @@ def test_an_unknown_id_is_not_an_outage_and_is_retried_later(rig_factory):
     assert task is not None and task["lastError"] is None
 
 
-def test_every_id_not_found_means_a_wrong_endpoint_not_unknown_ids(rig_factory):
-    from exporter.poller import NOT_FOUND_OUTAGE
+def test_a_thousand_unknown_ids_never_take_fmgr_down_and_are_counted(rig_factory, caplog):
+    """Issue 23, item 8: a register-token holder registers 1,000 ids the vendor does not know, next to 20 real
+    jobs being polled. The vendor's "not found" is an answer about each id: up stays 1 in every sample, nothing
+    is logged about the endpoint, and cdnetworks_fmgr_unknown_ids counts them."""
+    import logging
 
     rig = rig_factory()
-    ids = [f"typo-{i}" for i in range(NOT_FOUND_OUTAGE)]
-    rig.store.register_fmgr_ids(ids[:-1], "api")
+    known = [f"real-{i}" for i in range(20)]
+    for pid in known:
+        rig.sim.add_fmgr_task(pid, ["fetch"], pending=5, processing=HOUR)
+    rig.store.register_fmgr_ids(known, "api")
     rig.run_until(T0 + 1)
-    assert rig.requests("not_found") == NOT_FOUND_OUTAGE - 1 and rig.up() == 1  # a few unknown ids: no outage
-    rig.store.register_fmgr_ids(ids[-1:], "api")
-    rig.run_until(T0 + 2)
-    assert rig.up() == 0  # nothing at all is found: the endpoint is wrong, and the dashboards should say so
-    rig.sim.add_fmgr_task("real-1", ["fetch"], pending=1, processing=1)
-    rig.store.register_fmgr_ids(["real-1"], "api")
-    rig.run_until(T0 + 60)
-    assert rig.up() == 1  # one success ends it
+    assert rig.up() == 1
+    rig.store.register_fmgr_ids([f"bogus-{i:04d}" for i in range(1000)], "api")
+    samples = []
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        for i in range(30):  # a sample every 2 s for a minute, as Prometheus would
+            rig.run_until(T0 + 3 + 2 * i)
+            samples.append(rig.up())
+    print(f"\nup samples with 1,000 unknown ids: {samples.count(0)} of {len(samples)} at 0; "
+          f"{len(caplog.records)} lines logged")
+    assert samples == [1] * 30
+    assert rig.requests("not_found") == 1000
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 1000
+    assert all(rig.state(pid) == "processing" for pid in known)
+
+
+def test_an_id_never_known_is_given_up_after_an_hour_and_leaves_the_unknown_count(rig_factory, caplog):
+    import logging
+
+    from exporter.poller import UNKNOWN_ID_EXPIRY, UNKNOWN_RETRY
+
+    rig = rig_factory()
+    rig.store.register_fmgr_ids(["typo-1", "typo-2"], "api")
+    rig.sim.add_fmgr_task("late", ["fetch"], created_ts=T0 + 2000, pending=1, processing=1)
+    rig.store.register_fmgr_ids(["late"], "api")  # unknown for a while, then created
+    rig.run_until(T0 + 1)
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 3 and rig.up() == 1
+    rig.run_until(T0 + 2100 + UNKNOWN_RETRY * POLL_INTERVAL)
+    assert rig.state("late") == "completed"
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 2
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        rig.run_until(T0 + UNKNOWN_ID_EXPIRY + UNKNOWN_RETRY * POLL_INTERVAL + 300)
+    assert rig.state("typo-1") == rig.state("typo-2") == "abandoned"
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 0
+    assert rig.metric("cdnetworks_fmgr_pending_tasks") == 0
+    polls = rig.polls("typo-1")
+    assert polls[-1] >= T0 + UNKNOWN_ID_EXPIRY  # tried until the hour was over, not given up before
+    assert len(polls) == math.ceil(UNKNOWN_ID_EXPIRY / (UNKNOWN_RETRY * POLL_INTERVAL)) + 1
+    given_up = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert given_up == ["fmgr: gave up 2 id(s) the vendor did not know 60 minutes after they were registered"]
+    before = rig.fmgr_requests()
+    rig.run_until(T0 + 4 * HOUR)
+    assert rig.fmgr_requests() == before  # never asked about again
+    assert rig.up() == 1
+
+
+def test_a_bare_404_is_a_wrong_endpoint_and_takes_fmgr_down(rig_factory):
+    """A 404 without the vendor's failure body is not about the id: the endpoint or path is wrong."""
+    rig = rig_factory(notify_grace="0s")
+    rig.sim.add_fmgr_task("job-1", ["fetch"], pending=1, processing=5)
+    rig.store.register_fmgr_ids(["job-1"], "api")
+    rig.sim.inject("fmgr", "http404", 3)
+    rig.poller.step()
+    assert rig.requests("malformed") == 1 and not rig.requests("not_found")
+    assert rig.up() == 0
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 0
+    rig.run_until(T0 + HOUR)
+    assert rig.requests("malformed") == 3
+    assert rig.up() == 1 and rig.state("job-1") == "completed"
 
 
 @pytest.mark.parametrize(
