@@ -198,6 +198,119 @@ def test_200_wrong_password_clients_do_not_starve_the_right_one(exporter) -> Non
     assert PASSWORD not in running.log.read_text() and PASSWORD not in text
 
 
+# ------------------------------------------------------------------------------------------ connection hog
+
+
+def connection_hog(port: int, connections: int, seconds: float) -> tuple[int, int]:
+    """Hold ``connections`` idle connections for ``seconds``, opening a new one whenever one is closed;
+    (connections opened, connections the server closed). Run in a child process (see hog_in_child)."""
+    import selectors
+
+    end = time.monotonic() + seconds
+    sel = selectors.DefaultSelector()
+    opened = closed = 0
+
+    def connect() -> None:
+        nonlocal opened
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            time.sleep(0.01)
+            return
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        opened += 1
+
+    while time.monotonic() < end and len(sel.get_map()) < connections:
+        connect()
+    while time.monotonic() < end:
+        for key, _ in sel.select(timeout=0.1):
+            s = key.fileobj
+            try:
+                data = s.recv(4096)  # type: ignore[union-attr]
+            except OSError:
+                data = b""
+            if not data:  # closed by the server: come back at once, as a hog would
+                sel.unregister(s)
+                s.close()  # type: ignore[union-attr]
+                closed += 1
+        while len(sel.get_map()) < connections and time.monotonic() < end:
+            connect()
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    return opened, closed
+
+
+def hog_in_child(port: int, connections: int, seconds: float) -> subprocess.Popen:
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_hostile; "
+            f"print(*test_hostile.connection_hog({port}, {connections}, {seconds}))")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_one_client_holding_more_connections_than_the_limit_does_not_stop_scrapes(exporter) -> None:
+    """Issue 23, item 7: one local client keeps about 1,100 idle connections open (the limit is 1,000), re-opening
+    each as it is closed. A new connection takes the place of the one idle longest, so the scrapes get in."""
+    running = exporter()
+    hog = hog_in_child(running.port, 1100, 12.0)
+    try:
+        latencies = scrape_while(running.url, lambda done: done.wait(), 8.0, warmup=3.0)
+    finally:
+        out, _ = hog.communicate(timeout=60)
+    opened, closed = (int(v) for v in out.split())
+    text = requests.get(running.url + "/metrics", timeout=5).text
+    found = re.search(r'cdnetworks_web_rejected_requests_total\{reason="too_many_connections"\} (\S+)', text)
+    refused = float(found.group(1)) if found else 0.0
+    _, p99 = report(f"/metrics while one client holds 1,100 connections ({opened} opened, {closed} closed by the "
+                    f"server, too_many_connections {refused:.0f})", latencies)
+    assert opened >= 1100 and closed > 0 and refused > 0  # the hog did reach the limit
+    assert p99 < SCRAPE_BOUND
+
+
+def test_at_the_limit_the_connection_idle_longest_makes_room_never_one_with_a_request_in_progress() -> None:
+    release = threading.Event()
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(20)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = httpd.Server(app, "127.0.0.1", 0, threads=4, limits=httpd.Limits(max_connections=16))
+    server.start()
+    port = server.bind_addr[1]
+    url = f"http://127.0.0.1:{port}"
+    busy: list[int] = []
+    busy_thread = threading.Thread(target=lambda: busy.append(requests.get(url + "/busy", timeout=30).status_code))
+    idle: list[socket.socket] = []
+    try:
+        busy_thread.start()
+        time.sleep(0.3)  # a request in progress, on the first connection
+        for _ in range(15):  # the limit is reached with 15 idle connections
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(0.02)
+        for i in range(5):  # each new one pushes out the oldest idle one, in order, and stays open (keep-alive)
+            newcomer = socket.create_connection(("127.0.0.1", port), timeout=5)
+            idle.append(newcomer)
+            newcomer.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert newcomer.recv(65536).startswith(b"HTTP/1.1 200")
+            idle[i].settimeout(5)
+            assert idle[i].recv(1) == b"", f"idle connection {i} was not the one closed"
+        assert server.connections == 16
+        for s in idle[5:]:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)  # still open
+        release.set()
+        busy_thread.join(10)
+        assert busy == [200]  # never closed for a newcomer
+        assert server.rejects.snapshot()["too_many_connections"] == 5
+    finally:
+        release.set()
+        for s in idle:
+            s.close()
+        server.stop()
+
+
 # --------------------------------------------------------------------------------------- scrapes first
 
 
