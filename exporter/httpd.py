@@ -57,12 +57,15 @@ REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request"
 # Set in the environ of a request whose body was over its route's limit and was not read: answer 413.
 BODY_TOO_LARGE = "exporter.body_too_large"
 
-# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served.
+# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served,
+# and for one whose slow work goes first (a password refused unchecked before), on a lane of its own.
 SLOW = "slow"
+SLOW_FIRST = "slow-first"
 
 # A finished WSGI answer: status line, headers, body.
 Finished = tuple[str, list[tuple[str, str]], bytes]
-# What admit() returns: None (run on the common workers), SLOW (run on the slow lane), or a finished answer.
+# What admit() returns: None (run on the common workers), SLOW or SLOW_FIRST (run on that lane), or a finished
+# answer.
 Verdict = Finished | str | None
 
 LINGER_BYTES = 1024 * 1024
@@ -84,6 +87,8 @@ class Limits:
     max_connections: int = 1000
     slow_workers: int = 2  # for requests the app calls slow (bcrypt); most of them wait for one lock anyway
     slow_lane: int = 8  # slow requests running or queued at once; past it the app refuses them (admit)
+    first_workers: int = 1  # for the slow requests the app puts first (SLOW_FIRST)
+    first_lane: int = 4  # those running or queued at once; past it the app refuses them (admit)
     # A 401 is sent this late: a client guessing passwords on one connection gets one guess a second, and
     # the waiting costs the server a timer, not a worker.
     unauthorized_delay: float = 1.0
@@ -401,6 +406,8 @@ class Server:
         self._slow_pool: _Workers | None = None
         self._priority_pool: _Workers | None = None
         self._slow_pending = 0
+        self._first_pool: _Workers | None = None
+        self._first_pending = 0
         self._priority_running = 0
         self._priority_done: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -418,6 +425,7 @@ class Server:
         self._addr = (str(addr[0]), int(addr[1]))
         self._pool = _Workers(self._threads, "http-worker")
         self._slow_pool = _Workers(self.limits.slow_workers, "http-slow")
+        self._first_pool = _Workers(self.limits.first_workers, "http-slow-first")
         self._priority_pool = _Workers(self.limits.priority_workers, "http-priority")
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
@@ -466,10 +474,10 @@ class Server:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        for pool in (self._pool, self._slow_pool, self._priority_pool):
+        for pool in (self._pool, self._slow_pool, self._first_pool, self._priority_pool):
             if pool is not None:
                 pool.stop(timeout=5)
-        self._pool = self._slow_pool = self._priority_pool = None
+        self._pool = self._slow_pool = self._first_pool = self._priority_pool = None
         if self._sock is not None:
             self._sock.close()
 
@@ -688,12 +696,13 @@ class Server:
         return environ
 
     async def _dispatch(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-        assert self._pool is not None and self._slow_pool is not None
+        assert self._pool is not None and self._slow_pool is not None and self._first_pool is not None
         admit = getattr(self.app, "admit", None)
         verdict: Verdict = None
         if admit is not None and not environ.get(BODY_TOO_LARGE):
             try:
-                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane)
+                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane,
+                                self._first_pending >= self.limits.first_lane)
             except Exception:
                 log.exception("admission failed for %s", environ.get("PATH_INFO"))
                 return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
@@ -703,7 +712,13 @@ class Server:
             if self._priority_running:
                 await self._after_priority()
             return await self._pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
-        if isinstance(verdict, str):  # SLOW, the one str verdict
+        if verdict == SLOW_FIRST:
+            self._first_pending += 1
+            try:
+                return await self._first_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
+            finally:
+                self._first_pending -= 1
+        if isinstance(verdict, str):  # SLOW, the other str verdict
             self._slow_pending += 1
             try:
                 return await self._slow_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
