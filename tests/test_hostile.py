@@ -47,8 +47,10 @@ class Running:
 
 @pytest.fixture
 def exporter(tmp_path: Path, start_exporter) -> Iterator[Callable[..., Running]]:
-    def start(*, basic_auth: bool = False) -> Running:
-        port = free_port()
+    def start(*, basic_auth: bool = False, verify: bool = True, port: int | None = None) -> Running:
+        """``verify=False``: wait until it serves without sending the password, so that it has never verified it
+        (on a new store); ``port``: the port of an exporter stopped before (a restart)."""
+        port = port or free_port()
         args = ["--demo", "--web.listen-address", f"127.0.0.1:{port}", "--storage.path", str(tmp_path / "d.db")]
         if basic_auth:
             web = tmp_path / "web.yml"
@@ -56,6 +58,10 @@ def exporter(tmp_path: Path, start_exporter) -> Iterator[Callable[..., Running]]
             args += ["--web.config.file", str(web)]
         proc, log = start_exporter(*args)
         url = f"http://127.0.0.1:{port}"
+        if basic_auth and not verify:
+            wait_for("the exporter to serve", lambda: requests.get(url + "/healthz", timeout=5).status_code == 401,
+                     DEMO_WAIT, log, proc)
+            return Running(proc, log, url)
         auth = (USER, PASSWORD) if basic_auth else None
         wait_for("the exporter to serve", lambda: requests.get(url + "/readyz", auth=auth, timeout=2).ok,
                  DEMO_WAIT, log, proc)
@@ -196,6 +202,49 @@ def test_200_wrong_password_clients_do_not_starve_the_right_one(exporter) -> Non
     failures = sum(float(v) for v in re.findall(r'cdnetworks_web_auth_failures_total\{reason="\w+"\} (\S+)', text))
     assert failures >= sent  # every wrong password was counted
     assert PASSWORD not in running.log.read_text() and PASSWORD not in text
+
+
+def scrape_attempts(url: str, attempts: int, every: float) -> list[tuple[float, int | str]]:
+    """Prometheus with the right password: a scrape every ``every`` seconds, each with a fresh connection and its
+    default 10 s timeout; (seconds since the first, status or error) of each."""
+    results: list[tuple[float, int | str]] = []
+    t0 = time.monotonic()
+    for i in range(attempts):
+        time.sleep(max(0.0, t0 + i * every - time.monotonic()))
+        try:
+            r = requests.get(url + "/metrics", auth=(USER, PASSWORD), timeout=10)
+            results.append((time.monotonic() - t0, r.status_code))
+        except requests.RequestException as exc:
+            results.append((time.monotonic() - t0, type(exc).__name__))
+    return results
+
+
+def test_a_password_never_verified_gets_in_under_the_flood_and_after_a_restart(exporter) -> None:
+    """Issue 23, item 6: 200 wrong-password clients from the start, on a new store, so the right password was never
+    verified: it is in within two scrapes (throttled at most once, then checked ahead of the flood). Then a restart
+    during the attack: the password verified before is remembered in the store, so the first scrape gets in."""
+    running = exporter(basic_auth=True, verify=False)
+    flood = flood_in_child(running.url, 200, 40.0)
+    try:
+        time.sleep(3.0)  # the flood is at full strength
+        cold = scrape_attempts(running.url, 8, 2.0)
+        stop(running.proc, running.log)
+        restarted = exporter(basic_auth=True, verify=False, port=running.port)
+        after_restart = scrape_attempts(restarted.url, 8, 2.0)
+        text = requests.get(restarted.url + "/metrics", auth=(USER, PASSWORD), timeout=10).text
+    finally:
+        out, _ = flood.communicate(timeout=90)
+    sent = int(out.strip().splitlines()[-1])
+    throttled = re.search(r'cdnetworks_web_auth_failures_total\{reason="throttled"\} (\S+)', text)
+    print(f"\nright-password scrapes every 2 s under 200 wrong-password clients ({sent} sent); cold start: "
+          f"{cold}; after a restart: {after_restart}; throttled after the restart: "
+          f"{throttled.group(1) if throttled else None}")
+    assert sent > 200
+    assert 200 in (cold[0][1], cold[1][1]), cold  # within two scrape attempts
+    first = next(i for i, (_, status) in enumerate(cold) if status == 200)
+    assert all(status == 200 for _, status in cold[first:]), cold
+    assert all(status == 200 for _, status in after_restart), after_restart
+    assert PASSWORD not in running.log.read_text() + restarted.log.read_text()
 
 
 # ------------------------------------------------------------------------------------------ connection hog

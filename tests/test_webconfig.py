@@ -289,13 +289,15 @@ def test_a_password_throttled_once_goes_ahead_of_the_flood_the_next_time():
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def state_store(request, tmp_path):
+    from exporter.repository import open_repository
     from exporter.store import Store
 
     target = str(tmp_path / "auth.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     opened = []
 
     def open_store():
-        opened.append(Store(target))
+        opened.append(Store(target, repository=open_repository(target)))
+        assert opened[-1].shared == (request.param == "postgres")
         return opened[-1]
 
     yield open_store
