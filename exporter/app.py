@@ -74,8 +74,8 @@ class _Swappable:
     def body_limit(self, path: str) -> int:
         return self.exporter.app.body_limit(path)
 
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> Any:
-        return self.exporter.app.admit(environ, slow_lane_full)
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool = False) -> Any:
+        return self.exporter.app.admit(environ, slow_lane_full, first_lane_full)
 
 
 class ReloadError(Exception):
@@ -130,6 +130,10 @@ class Exporter:
         self.http_rejects = RejectCounter()
         self.web_collector = WebCollector(self.auth_failures, self.http_rejects)
         self.runtime = self._build(config, None)
+        if self.basic_auth is not None:
+            # Verified passwords are remembered in the store too (as salted, keyed digests), so that a restart
+            # does not make the scrapes' password wait for bcrypt again, perhaps behind a flood of wrong ones.
+            self.basic_auth.attach(self.runtime.store)
         try:
             self.server = Server(_Swappable(self), listen_address,
                                  ssl_context=build_ssl_context(web_config) if web_config else None,
@@ -260,6 +264,8 @@ class Exporter:
             # share a budget slot; the old app keeps serving meanwhile.
             old.pollers.stop()
             self.runtime = new
+            if self.basic_auth is not None and new.store is not old.store:
+                self.basic_auth.attach(new.store)
             self.health.retain(set(config.pollers()))
             if self._started:
                 new.pollers.start()

@@ -200,6 +200,8 @@ class ExporterCollector(Collector):
         pending.add_metric([], pending_n)
         age = m.FMGR_OLDEST_PENDING_AGE.new()
         age.add_metric([], max(0.0, now - oldest) if oldest is not None else 0.0)
+        unknown = m.FMGR_UNKNOWN_IDS.new()
+        unknown.add_metric([], self.store.fmgr_unknown())
         processed = m.FMGR_PROCESSED_BYTES.new()
         for lab, v in sorted(snap.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
             processed.add_metric([lab["op"]], v)
@@ -211,7 +213,7 @@ class ExporterCollector(Collector):
         failed = {lab["scope"]: v for lab, v in snap.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
         for scope in NOTIFY_FAILURE_SCOPES:
             failures.add_metric([scope], failed.get(scope, 0.0))
-        yield from (tasks, items, ratio, pending, age, processed, notes, failures)
+        yield from (tasks, items, ratio, pending, age, unknown, processed, notes, failures)
 
     # ------------------------------------------------------------------ exporter health
     def _leases(self, config: Config) -> Metric:

@@ -16,7 +16,10 @@ more than ``max_headers`` fields, 414 for a request line over ``max_request_line
 route's limit (decided from Content-Length before anything is read, or cut off at the first byte over it),
 408 when the head or the body is not complete within its deadline (an unended chunked body included),
 400 for anything h11 cannot parse. Those answers close the connection. A connection with no request in
-flight is closed after ``idle_timeout``; past ``max_connections`` a new connection is closed at once.
+flight is closed after ``idle_timeout``. At ``max_connections``, a new connection takes the place of the oldest one
+with no request in progress (idle between requests, or still sending its head): one client holding more
+connections than the limit, re-opening them as they close, cannot keep a scrape out. Only when every connection
+has a request in progress is the new one closed at once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import io
 import logging
 import math
@@ -33,7 +37,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,12 +57,15 @@ REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request"
 # Set in the environ of a request whose body was over its route's limit and was not read: answer 413.
 BODY_TOO_LARGE = "exporter.body_too_large"
 
-# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served.
+# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served,
+# and for one whose slow work goes first (a password refused unchecked before), on a lane of its own.
 SLOW = "slow"
+SLOW_FIRST = "slow-first"
 
 # A finished WSGI answer: status line, headers, body.
 Finished = tuple[str, list[tuple[str, str]], bytes]
-# What admit() returns: None (run on the common workers), SLOW (run on the slow lane), or a finished answer.
+# What admit() returns: None (run on the common workers), SLOW or SLOW_FIRST (run on that lane), or a finished
+# answer.
 Verdict = Finished | str | None
 
 LINGER_BYTES = 1024 * 1024
@@ -80,6 +87,8 @@ class Limits:
     max_connections: int = 1000
     slow_workers: int = 2  # for requests the app calls slow (bcrypt); most of them wait for one lock anyway
     slow_lane: int = 8  # slow requests running or queued at once; past it the app refuses them (admit)
+    first_workers: int = 1  # for the slow requests the app puts first (SLOW_FIRST)
+    first_lane: int = 4  # those running or queued at once; past it the app refuses them (admit)
     # A 401 is sent this late: a client guessing passwords on one connection gets one guess a second, and
     # the waiting costs the server a timer, not a worker.
     unauthorized_delay: float = 1.0
@@ -201,6 +210,7 @@ class _Connection(asyncio.Protocol):
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._eof_told = False
+        self.evicted = False  # closed by the server to make room for a new connection
 
     # -- asyncio.Protocol
 
@@ -387,6 +397,8 @@ class Server:
         # Keep some descriptors for the store, the vendor clients and the listening socket itself.
         self._max_connections = max(16, min(self.limits.max_connections, _nofile_limit() - 64))
         self._connections = 0
+        # Open connections with no request in progress, the one idle longest first: the ones to close at the limit.
+        self._idle: OrderedDict[_Connection, None] = OrderedDict()
         self._sock: socket.socket | None = None
         self._addr: tuple[str, int] = ("", 0)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -394,6 +406,8 @@ class Server:
         self._slow_pool: _Workers | None = None
         self._priority_pool: _Workers | None = None
         self._slow_pending = 0
+        self._first_pool: _Workers | None = None
+        self._first_pending = 0
         self._priority_running = 0
         self._priority_done: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -411,6 +425,7 @@ class Server:
         self._addr = (str(addr[0]), int(addr[1]))
         self._pool = _Workers(self._threads, "http-worker")
         self._slow_pool = _Workers(self.limits.slow_workers, "http-slow")
+        self._first_pool = _Workers(self.limits.first_workers, "http-slow-first")
         self._priority_pool = _Workers(self.limits.priority_workers, "http-priority")
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
@@ -459,10 +474,10 @@ class Server:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        for pool in (self._pool, self._slow_pool, self._priority_pool):
+        for pool in (self._pool, self._slow_pool, self._first_pool, self._priority_pool):
             if pool is not None:
                 pool.stop(timeout=5)
-        self._pool = self._slow_pool = self._priority_pool = None
+        self._pool = self._slow_pool = self._first_pool = self._priority_pool = None
         if self._sock is not None:
             self._sock.close()
 
@@ -479,19 +494,37 @@ class Server:
     # One connection
 
     def _connection_made(self, conn: _Connection) -> None:
-        """Called by a new connection's protocol, on the loop: refuse it past the limit, else start its task."""
+        """Called by a new connection's protocol, on the loop: past the limit it takes the place of the connection
+        idle longest (or is refused when every one has a request in progress); then its task starts."""
         if self._connections >= self._max_connections:
             self.rejects.inc("too_many_connections")
-            conn.close()
-            return
+            if not self._idle:
+                conn.close()
+                return
+            oldest, _ = self._idle.popitem(last=False)
+            oldest.evicted = True  # counted out now: its task ends at the next turn of the loop
+            self._connections -= 1
+            oldest.close()
         self._connections += 1
+        self._idle[conn] = None
         task = asyncio.get_running_loop().create_task(self._serve_connection(conn))
         self._tasks.add(task)
-        task.add_done_callback(self._connection_done)
+        task.add_done_callback(functools.partial(self._connection_done, conn))
 
-    def _connection_done(self, task: asyncio.Task[None]) -> None:
-        self._connections -= 1
+    def _connection_done(self, conn: _Connection, task: asyncio.Task[None]) -> None:
+        self._idle.pop(conn, None)
+        if not conn.evicted:
+            self._connections -= 1
         self._tasks.discard(task)
+
+    def _set_busy(self, conn: _Connection, busy: bool) -> None:
+        """A request is in progress on ``conn`` (its head is in), or not (answered; or its 401 is only waiting to be
+        sent): only connections without one may be closed to make room for a new connection."""
+        if busy:
+            self._idle.pop(conn, None)
+        elif not conn.evicted and not conn.closed:
+            self._idle[conn] = None
+            self._idle.move_to_end(conn)
 
     async def _serve_connection(self, conn: _Connection) -> None:
         try:
@@ -522,7 +555,11 @@ class Server:
                 environ[BODY_TOO_LARGE] = True
             status, headers, payload = await self._dispatch(environ)
             if status.startswith("401") and lim.unauthorized_delay > 0:
+                self._set_busy(conn, False)  # a refusal waiting to be sent may make room for another connection
                 await asyncio.sleep(lim.unauthorized_delay)
+                if conn.evicted:
+                    return
+                self._set_busy(conn, True)
             keep = await self._send_response(conn, request, status, headers, payload, close=too_large)
             if too_large:
                 await self._linger(conn)
@@ -531,6 +568,7 @@ class Server:
             if not keep or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
                 return
             h.start_next_cycle()
+            self._set_busy(conn, False)
 
     async def _read_request(self, conn: _Connection, first: bool) -> tuple[h11.Request, bytes, bool]:
         lim = self.limits
@@ -567,6 +605,7 @@ class Server:
             status = exc.error_status_hint
             raise _Refuse(status, "header_too_large" if status == 431 else "bad_request", str(exc)) from None
         request = event
+        self._set_busy(conn, True)
         if len(request.target) > lim.max_request_line:
             raise _Refuse(414, "header_too_large", "request line too long")
         if len(request.headers) > lim.max_headers:
@@ -657,12 +696,13 @@ class Server:
         return environ
 
     async def _dispatch(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-        assert self._pool is not None and self._slow_pool is not None
+        assert self._pool is not None and self._slow_pool is not None and self._first_pool is not None
         admit = getattr(self.app, "admit", None)
         verdict: Verdict = None
         if admit is not None and not environ.get(BODY_TOO_LARGE):
             try:
-                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane)
+                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane,
+                                self._first_pending >= self.limits.first_lane)
             except Exception:
                 log.exception("admission failed for %s", environ.get("PATH_INFO"))
                 return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"
@@ -672,7 +712,13 @@ class Server:
             if self._priority_running:
                 await self._after_priority()
             return await self._pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
-        if isinstance(verdict, str):  # SLOW, the one str verdict
+        if verdict == SLOW_FIRST:
+            self._first_pending += 1
+            try:
+                return await self._first_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
+            finally:
+                self._first_pending -= 1
+        if isinstance(verdict, str):  # SLOW, the other str verdict
             self._slow_pending += 1
             try:
                 return await self._slow_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]

@@ -181,6 +181,9 @@ FMGR_PENDING_TASKS = Gauge(
 FMGR_OLDEST_PENDING_AGE = Gauge(
     "cdnetworks_fmgr_oldest_pending_age_seconds", "Time since the oldest pending Fmgr task was first seen (0 when "
     "none).")
+FMGR_UNKNOWN_IDS = Gauge(
+    "cdnetworks_fmgr_unknown_ids", "Tracked Fmgr ids the vendor answered 'not found' at their last poll (retried "
+    "every 5 poll intervals; an id never found is given up an hour after it was registered).")
 FMGR_PROCESSED_BYTES = Counter(
     "cdnetworks_fmgr_processed_bytes_total", "Bytes (fsize) of Fmgr items seen succeeding, each item counted once.",
     ("op",))
@@ -192,7 +195,7 @@ FMGR_NOTIFY_FAILURES = Counter(
     "notification failure: the vendor could not deliver the job's notifyURL callback. Each counted once.",
     ("scope",))
 FMGR: tuple[Family, ...] = (FMGR_TASKS, FMGR_ITEMS, FMGR_SUCCESS_RATIO, FMGR_PENDING_TASKS, FMGR_OLDEST_PENDING_AGE,
-                            FMGR_PROCESSED_BYTES, FMGR_NOTIFICATIONS, FMGR_NOTIFY_FAILURES)
+                            FMGR_UNKNOWN_IDS, FMGR_PROCESSED_BYTES, FMGR_NOTIFICATIONS, FMGR_NOTIFY_FAILURES)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,8 +37,26 @@ from .store import CHANGES_KEPT, CdnTask, Store
 log = logging.getLogger(__name__)
 
 AUTH_BACKOFF = 600.0  # a wrong key will not fix itself: wait long, say so
-# This many different Fmgr ids answering "not found" in a row, with no success between, is an outage.
-NOT_FOUND_OUTAGE = 10
+# An Fmgr id the vendor answers "not found" (its failure body, about that id: a typo, or not created yet) is
+# retried every UNKNOWN_RETRY poll intervals, and given up once it has been tracked for UNKNOWN_ID_EXPIRY (or
+# UNKNOWN_RETRY * 3 poll intervals, if longer) without the vendor ever knowing it.
+UNKNOWN_RETRY = 5
+UNKNOWN_ID_EXPIRY = 3600.0
+
+
+# While the store keeps failing, a worker says so again at most this often (seconds).
+STORE_REMINDER = 600.0
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """``exc`` as one line when it is the database failing (SQLite's or PostgreSQL's errors, a file that is
+    gone), else None: an outage to report, not a bug to show a traceback for."""
+    for cls in type(exc).__mro__:
+        module = cls.__module__
+        if module == "sqlite3" or module == "psycopg" or module.startswith("psycopg."):
+            text = " ".join(str(exc).split())[:300]
+            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return None
 
 
 class Worker:
@@ -51,6 +69,9 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._store_failing_since: float | None = None  # monotonic time of the first of the current failures
+        self._store_reminded = 0.0
+        self._store_failures = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -84,12 +105,42 @@ class Worker:
                 # Another replica runs this worker now; nothing was written. Wait for the lease to come back.
                 log.warning("%s: %s; another replica polls now", self.name, exc)
                 self._stop.wait(1.0)
-            except Exception:
-                # A bug or a store failure must not kill polling for good: logged with its traceback, retried
-                # after a backoff, and never in a hot loop even if next_run() itself keeps failing.
-                log.exception("%s: unexpected error", self.name)
+            except Exception as exc:
+                # A bug or a store failure must not kill polling for good: retried after a backoff, and never
+                # in a hot loop even if next_run() itself keeps failing. A store that cannot be read or
+                # written is an outage, not a bug: one line when it starts, a reminder now and then, and one
+                # when it is over (below); anything else is logged with its traceback.
+                self._failed(exc)
                 self.on_unexpected()
                 self._stop.wait(1.0)
+            else:
+                self._store_recovered()
+
+    def _failed(self, exc: Exception) -> None:
+        what = store_failure(exc)
+        if what is None:
+            log.exception("%s: unexpected error", self.name)
+            return
+        now = time.monotonic()
+        self._store_failures += 1
+        if self._store_failing_since is None:
+            self._store_failing_since = self._store_reminded = now
+            log.error("%s: the store failed (%s); polling is retried, and this is logged again when it "
+                      "recovers", self.name, what)
+        elif now - self._store_reminded >= STORE_REMINDER:
+            self._store_reminded = now
+            log.error("%s: the store is still failing after %.0fs and %d attempts (%s)", self.name,
+                      now - self._store_failing_since, self._store_failures, what)
+        else:
+            log.debug("%s: the store failed again (%s)", self.name, what)
+
+    def _store_recovered(self) -> None:
+        if self._store_failing_since is None:
+            return
+        log.warning("%s: the store works again, after %.0fs and %d failed attempts", self.name,
+                    time.monotonic() - self._store_failing_since, self._store_failures)
+        self._store_failing_since = None
+        self._store_failures = 0
 
     def next_run(self) -> float:
         raise NotImplementedError
@@ -348,7 +399,7 @@ class FmgrPoller(Worker):
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
         self.lifecycle = fmgr_lifecycle(cfg)
         self.rng = rng or random.Random()
-        self.not_found_run: set[str] = set()  # distinct ids answered "not found" since the last success
+        self.given_up_unknown = 0  # ids given up as never known to the vendor, not yet logged
         self.lease = lease or LeaseView(None, FMGR_LEASE)
         self.stop_timeout = cfg.request_timeout + 5.0
         self._restore()
@@ -359,6 +410,11 @@ class FmgrPoller(Worker):
             if client.health is None:
                 client.health = health  # its requests are counted with the rest of this poller's health
             health.declare("", "fmgr", up=False)
+
+    @property
+    def unknown_id_expiry(self) -> float:
+        """How long an id the vendor never knew is tracked before it is given up."""
+        return max(UNKNOWN_ID_EXPIRY, UNKNOWN_RETRY * 3 * self.cfg.poll_interval)
 
     def _restore(self) -> None:
         saved = self.store.get_state("fmgr:budget")
@@ -403,6 +459,10 @@ class FmgrPoller(Worker):
                 log.warning("fmgr: stopped polling %d task(s) older than max_task_age", n)
             if self.maintenance is not None:
                 self.maintenance()
+            if self.given_up_unknown:
+                log.warning("fmgr: gave up %d id(s) the vendor did not know %.0f minutes after they were registered",
+                            self.given_up_unknown, self.unknown_id_expiry / 60)
+                self.given_up_unknown = 0
         if self.client is None or now < self.not_before:
             return
         for task_id in self.store.fmgr_due(now, limit=self.cfg.rate_limit.requests):
@@ -426,19 +486,18 @@ class FmgrPoller(Worker):
         except FmgrApiError as exc:
             now = self.clock()
             if exc.kind == "not_found":
-                # The vendor does not know the id (typo, or not indexed yet): not an outage, unless no id at all
-                # is found, which points at a wrong fmgr.endpoint rather than at the ids.
-                # Only the first NOT_FOUND_OUTAGE ids matter: the set stays that small however long the run.
-                before = len(self.not_found_run)
-                if before < NOT_FOUND_OUTAGE:
-                    self.not_found_run.add(task_id)
-                wrong_endpoint = len(self.not_found_run) >= NOT_FOUND_OUTAGE
-                if wrong_endpoint and before < NOT_FOUND_OUTAGE:
-                    log.error("fmgr: the last %d different ids all answered 'not found' and none succeeded: "
-                              "check fmgr.endpoint", NOT_FOUND_OUTAGE)
-                self.health.poll_result("", "fmgr", not wrong_endpoint, now)
-                self.store.fmgr_poll_failed(task_id, f"not_found: {exc}", now + self.cfg.poll_interval * 5,
-                                            fence=self.lease.fence())
+                # The vendor's failure body says it does not know this id: an answer about the id, not an outage
+                # (a wrong endpoint answers a bare 404, which the client calls malformed). Counted in
+                # cdnetworks_fmgr_unknown_ids; an id never known is given up after unknown_id_expiry.
+                self.health.poll_result("", "fmgr", True, now)
+                task = self.store.fmgr_task(task_id)
+                give_up = (task is not None and task["code"] is None
+                           and now - task["firstSeen"] >= self.unknown_id_expiry)
+                self.store.fmgr_poll_failed(task_id, f"not_found: {exc}", now + self.cfg.poll_interval * UNKNOWN_RETRY,
+                                            give_up=give_up, fence=self.lease.fence())
+                if give_up:
+                    self.given_up_unknown += 1
+                    log.debug("fmgr: %s is still unknown to the vendor; given up", task_id)
                 return True
             self.failures += 1
             self.health.poll_result("", "fmgr", False, now)
@@ -451,7 +510,6 @@ class FmgrPoller(Worker):
             return False
         now = self.clock()
         self.failures = 0
-        self.not_found_run.clear()
         self.health.poll_result("", "fmgr", True, now)
         self.store.apply_fmgr_status(status, source="poll", polled=True, lifecycle=self.lifecycle,
                                      fence=self.lease.fence())

@@ -453,6 +453,11 @@ class SqliteRepository:
         rows = self._read(f"SELECT min(first_seen) FROM fmgr_tasks WHERE {_PENDING_SQL}", ())
         return rows[0][0] if rows else None
 
+    def fmgr_count_unknown(self) -> int:
+        # Among the tasks still polled (the due index), those whose last poll was answered "not found".
+        rows = self._read(f"SELECT count(*) FROM fmgr_tasks WHERE {_DUE_SQL} AND last_error LIKE ?", ("not_found%",))
+        return int(rows[0][0]) if rows else 0
+
     def abandon_old_fmgr(self, before: float) -> int:
         with self._lock:
             cur = self._conn.execute(

@@ -348,6 +348,10 @@ class Store:
         pending = self.repo.fmgr_count_pending() if self.shared else self.aggregates.pending
         return pending, self.repo.fmgr_oldest_pending()
 
+    def fmgr_unknown(self) -> int:
+        """Tracked ids still polled whose last poll the vendor answered "not found" (cdnetworks_fmgr_unknown_ids)."""
+        return self.repo.fmgr_count_unknown()
+
     def fmgr_window_counts(self, now: float, windows: Sequence[float], *,
                            catch_up: bool = True) -> dict[str, list[Counts]]:
         """Per group, one Counter per window: "tasks" code -> n, "items" (op, code) -> n (code -1 = other,

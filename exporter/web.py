@@ -29,7 +29,15 @@ from prometheus_client.registry import Collector
 from exporter import fmgr, httpd, metrics
 from exporter.fmgr import FmgrStatus
 from exporter.fmgr_tracking import API_STATES
-from exporter.webconfig import AUTH_FAILURE_REASONS, AuthFailures, BasicAuth
+from exporter.webconfig import (
+    AUTH_FAILURE_REASONS,
+    MISSING,
+    NEW,
+    REPEATED,
+    VERIFIED,
+    AuthFailures,
+    BasicAuth,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,24 +258,32 @@ class App:
         ]
         return response.status, headers, b"" if method == "HEAD" else response.body
 
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool) -> httpd.Verdict:
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool = False) -> httpd.Verdict:
         """Called by the server on its event loop, before a worker is taken, so it must not block.
 
         None: run the request on the common workers (no basic auth needed, or a remembered password).
         ``httpd.SLOW``: it needs a bcrypt check, which runs on the server's few slow-lane workers, so that
-        a flood of wrong passwords queues there and not in front of Prometheus' scrapes. A finished
-        response (401) when there are no usable credentials, or when the slow lane is full.
+        a flood of wrong passwords queues there and not in front of Prometheus' scrapes. ``httpd.SLOW_FIRST``:
+        a password refused unchecked before (throttled), on a lane of its own, checked ahead of new ones: the
+        next scrape with a password the flood kept out. A finished response (401) when there are no usable
+        credentials, for a password already found wrong, or when the candidate's lane is full.
         """
         path = environ.get("PATH_INFO") or "/"
         if self._basic_auth is None or self._auth_exempt(path):
             return None
-        remembered = self._basic_auth.remembered(environ.get("HTTP_AUTHORIZATION"))
-        if remembered:
+        header = environ.get("HTTP_AUTHORIZATION")
+        verdict = self._basic_auth.assess(header)
+        if verdict == VERIFIED:
             environ[_AUTHORIZED] = True
             return None
-        if remembered is None and not slow_lane_full:
+        if verdict == REPEATED and not first_lane_full:
+            return httpd.SLOW_FIRST
+        if verdict in (NEW, REPEATED) and not slow_lane_full:
             return httpd.SLOW
-        self._basic_auth.failures.inc("missing" if remembered is False else "throttled")
+        if verdict in (NEW, REPEATED):
+            self._basic_auth.throttled(header)
+        else:
+            self._basic_auth.failures.inc("missing" if verdict == MISSING else "wrong")
         return self._render(self._unauthorized(), environ.get("REQUEST_METHOD", "GET"))
 
     @staticmethod

@@ -17,13 +17,16 @@ import hmac
 import importlib
 import logging
 import re
+import secrets
 import ssl
 import threading
+import time
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import bcrypt
 import yaml
@@ -561,9 +564,33 @@ def _parse_basic(header: str | None) -> tuple[str, str] | None:
 
 # Why a basic-auth check failed: the label values of cdnetworks_web_auth_failures_total.
 AUTH_FAILURE_REASONS = ("missing", "wrong", "throttled")
-# bcrypt checks running or waiting at once; past that a check that needs bcrypt fails at once.
+# bcrypt checks of new candidates running or waiting at once; past that such a check fails at once.
 BCRYPT_RUNNING = 1
 BCRYPT_WAITING = 3
+# Checks of repeated candidates (a password refused unchecked before) running or waiting at once. They go to
+# bcrypt ahead of new candidates.
+REPEATED_WAITING = 2
+# The fingerprints of candidates refused unchecked or found wrong: a fixed table of 64-bit entries (1 MiB), each
+# candidate in one slot, so a flood overwrites entries at random rather than growing it.
+SEEN_SLOTS = 1 << 17
+# Where verified passwords are remembered across restarts (Store.get_state/set_state), and how many at most.
+VERIFIED_STATE_KEY = "web:verified_passwords"
+VERIFIED_KEPT = 64
+
+# What assess() says about a candidate without running bcrypt.
+VERIFIED = "verified"  # a remembered password: let it in
+MISSING = "missing"  # no usable credentials
+KNOWN_WRONG = "wrong"  # checked before and wrong: refuse without bcrypt
+REPEATED = "repeated"  # refused unchecked before: bcrypt, ahead of new candidates
+NEW = "new"  # never seen: bcrypt, if there is room
+
+
+class StateStore(Protocol):
+    """Where verified passwords are remembered across restarts: the exporter's store (exporter/store.py)."""
+
+    def get_state(self, key: str) -> Any: ...
+
+    def set_state(self, key: str, value: Any) -> None: ...
 
 
 class AuthFailures:
@@ -582,40 +609,135 @@ class AuthFailures:
             return dict(self._counts)
 
 
+def _entry_ts(entry: dict[str, Any]) -> float:
+    ts = entry.get("ts")
+    return float(ts) if isinstance(ts, (int, float)) else 0.0
+
+
+def verified_digest(hashed: bytes, salt: bytes, user: str, password: bytes) -> bytes:
+    """What is remembered of a verified password: HMAC-SHA256 keyed with the user's bcrypt hash (it lives in the
+    web config file, not in the store) over a random salt, the user name and the password. A copy of the store
+    alone therefore allows no guessing, and no two entries (users, salts, hashes) share a digest."""
+    return hmac.new(hashed, salt + user.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
+
+
 class BasicAuth:
     """Checks HTTP Basic credentials against the bcrypt hashes of ``basic_auth_users``.
 
-    bcrypt is deliberately slow (tens of ms at cost 10) and Prometheus scrapes every few seconds,
-    so a successful check is remembered, keyed by the user and the hash it was checked against, as
-    sha256(password); later requests compare that digest in constant time. Only successes are remembered
-    (at most one entry per configured user), so a guess always pays the bcrypt cost, and only once.
+    bcrypt is deliberately slow (tens of ms at cost 10) and Prometheus scrapes every few seconds, so a password
+    that passed bcrypt is remembered, per user, as a salted digest keyed with the user's hash
+    (``verified_digest``); later requests compare that digest in constant time. With a store attached
+    (``attach``), the digests are also kept there (``VERIFIED_STATE_KEY``, at most ``VERIFIED_KEPT``), so a
+    restart does not forget them.
 
-    A flood of wrong passwords cannot take the CPU or the server's workers: one bcrypt runs at a time,
-    a few more wait for it, and a check that would have to wait behind more than that fails at once
-    ("throttled"). Remembered passwords never wait, so Prometheus goes on scraping through such a flood.
+    A flood of wrong passwords cannot take the CPU or the server's workers: one bcrypt runs at a time, a few
+    more wait for it, and a check that would have to wait behind more than that fails at once ("throttled").
+    A password never verified (the first scrape with a new password, on a new store) can be throttled during
+    such a flood; it is then remembered as a fingerprint (``SEEN_SLOTS``), and when it comes again (the next
+    scrape) it goes to bcrypt ahead of every new candidate. A password found wrong is remembered the same way
+    and refused without bcrypt when it comes again, so each guess pays the bcrypt cost once at most, and
+    guesses that repeat cannot crowd out the one that is right.
     """
 
     def __init__(self, users: Mapping[str, str], failures: AuthFailures | None = None) -> None:
         self._users = {user: hashed.encode("ascii") for user, hashed in users.items()}
-        self._verified: dict[tuple[str, bytes], bytes] = {}
+        self._verified: dict[str, tuple[bytes, bytes]] = {}  # user -> (salt, digest) of its verified password
         self._lock = threading.Lock()
-        self._bcrypt_lock = threading.Semaphore(BCRYPT_RUNNING)
-        self._in_bcrypt = 0
+        self._turn = threading.Condition(self._lock)  # bcrypt: one at a time, repeated candidates first
+        self._bcrypt_busy = False
+        self._queued = [0, 0]  # waiting for bcrypt: new candidates, repeated ones
+        self._in_bcrypt = [0, 0]  # running or waiting: new candidates, repeated ones
+        self._key = secrets.token_bytes(32)  # for the fingerprints; never leaves the process
+        self._seen = array("Q", bytes(8 * SEEN_SLOTS))
+        self._state: StateStore | None = None
         self.failures = failures or AuthFailures()
 
-    def remembered(self, header: str | None) -> bool | None:
-        """Without bcrypt: True for a remembered password, False for no usable credentials, None when
-        only a bcrypt check can tell."""
+    # -- remembering verified passwords across restarts
+
+    def attach(self, state: StateStore | None) -> None:
+        """Remember verified passwords in ``state`` from now on, and take up those it remembers of the configured
+        users (their digests only match while a user's hash is the one they were made with)."""
+        self._state = state
+        if state is None:
+            return
+        try:
+            saved = state.get_state(VERIFIED_STATE_KEY)
+        except Exception as exc:  # the store cannot be read: start with the memory of this process
+            log.warning("basic auth: cannot read the remembered passwords: %s", exc)
+            return
+        entries = saved.get("entries") if isinstance(saved, dict) else None
+        with self._lock:
+            for entry in entries if isinstance(entries, list) else []:
+                try:
+                    user, salt, digest = entry["user"], bytes.fromhex(entry["salt"]), bytes.fromhex(entry["digest"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if user in self._users and user not in self._verified and len(digest) == hashlib.sha256().digest_size:
+                    self._verified[user] = (salt, digest)
+
+    def _remember(self, user: str, hashed: bytes, password: bytes) -> None:
+        salt = secrets.token_bytes(16)
+        digest = verified_digest(hashed, salt, user, password)
+        with self._lock:
+            self._verified[user] = (salt, digest)
+        state = self._state
+        if state is None:
+            return
+        entry = {"user": user, "salt": salt.hex(), "digest": digest.hex(), "ts": time.time()}
+        try:
+            saved = state.get_state(VERIFIED_STATE_KEY)
+            entries = saved.get("entries") if isinstance(saved, dict) else None
+            others = [e for e in (entries if isinstance(entries, list) else [])
+                      if isinstance(e, dict) and e.get("user") != user]
+            others.sort(key=_entry_ts)
+            state.set_state(VERIFIED_STATE_KEY, {"entries": [*others[-(VERIFIED_KEPT - 1):], entry]})
+        except Exception as exc:  # remembered in memory all the same; the next start checks it again
+            log.warning("basic auth: cannot store the verified password of %r: %s", user, exc)
+
+    # -- checking
+
+    def _is_verified(self, user: str, hashed: bytes | None, password: bytes) -> bool:
+        if hashed is None:
+            return False
+        with self._lock:
+            remembered = self._verified.get(user)
+        return remembered is not None and hmac.compare_digest(
+            remembered[1], verified_digest(hashed, remembered[0], user, password))
+
+    def _fingerprint(self, user: str, hashed: bytes | None, password: bytes) -> tuple[int, int]:
+        """(slot, fingerprint) of a candidate, for the table of those seen; the fingerprint's lowest bit is
+        clear (set in the table: found wrong) and it is never 0 (an empty slot)."""
+        mac = hmac.new(self._key, user.encode("utf-8") + b"\0" + (hashed or b"") + b"\0" + password, hashlib.sha256)
+        value = int.from_bytes(mac.digest()[:8], "big")
+        return (value >> 1) % SEEN_SLOTS, (value & ~1) or 2
+
+    def assess(self, header: str | None) -> str:
+        """What is known of these credentials without bcrypt: VERIFIED, MISSING, KNOWN_WRONG, REPEATED or NEW."""
         creds = _parse_basic(header)
         if creds is None:
-            return False
+            return MISSING
         user, password = creds
+        pw = password.encode("utf-8")
         hashed = self._users.get(user)
-        with self._lock:
-            cached = self._verified.get((user, hashed)) if hashed is not None else None
-        if cached is not None and hmac.compare_digest(cached, hashlib.sha256(password.encode("utf-8")).digest()):
-            return True
-        return None
+        if self._is_verified(user, hashed, pw):
+            return VERIFIED
+        slot, fingerprint = self._fingerprint(user, hashed, pw)
+        seen = self._seen[slot]
+        if seen == fingerprint | 1:
+            return KNOWN_WRONG
+        return REPEATED if seen == fingerprint else NEW
+
+    def throttled(self, header: str | None) -> None:
+        """Count a candidate refused unchecked (the server had no room for its check), and remember it: when it
+        comes again, it is checked ahead of new candidates."""
+        creds = _parse_basic(header)
+        if creds is not None:
+            user, password = creds
+            pw = password.encode("utf-8")
+            slot, fingerprint = self._fingerprint(user, self._users.get(user), pw)
+            if self._seen[slot] != fingerprint | 1:
+                self._seen[slot] = fingerprint
+        self.failures.inc("throttled")
 
     def check(self, header: str | None) -> bool:
         creds = _parse_basic(header)
@@ -624,35 +746,50 @@ class BasicAuth:
             return False
         user, password = creds
         pw = password.encode("utf-8")
-        digest = hashlib.sha256(pw).digest()
         hashed = self._users.get(user)
-        with self._lock:
-            cached = self._verified.get((user, hashed)) if hashed is not None else None
-        if cached is not None and hmac.compare_digest(cached, digest):
+        if self._is_verified(user, hashed, pw):
             return True
+        slot, fingerprint = self._fingerprint(user, hashed, pw)
+        seen = self._seen[slot]
+        if seen == fingerprint | 1:
+            self.failures.inc("wrong")  # found wrong before: no bcrypt again
+            return False
+        lane = 1 if seen == fingerprint else 0
         with self._lock:
-            if self._in_bcrypt >= BCRYPT_RUNNING + BCRYPT_WAITING:
+            if self._in_bcrypt[lane] >= (REPEATED_WAITING if lane else BCRYPT_RUNNING + BCRYPT_WAITING):
+                if seen != fingerprint:
+                    self._seen[slot] = fingerprint
                 self.failures.inc("throttled")
                 return False
-            self._in_bcrypt += 1
+            self._in_bcrypt[lane] += 1
         try:
-            ok = self._bcrypt(pw, hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
+            ok = self._bcrypt(pw, hashed if hashed is not None else _DUMMY_HASH, lane) and hashed is not None
         finally:
             with self._lock:
-                self._in_bcrypt -= 1
+                self._in_bcrypt[lane] -= 1
         if ok:
             assert hashed is not None
-            with self._lock:
-                self._verified[(user, hashed)] = digest
+            self._remember(user, hashed, pw)
         else:
+            self._seen[slot] = fingerprint | 1
             self.failures.inc("wrong")
         return ok
 
-    def _bcrypt(self, password: bytes, hashed: bytes) -> bool:
-        with self._bcrypt_lock:
-            try:
-                return bcrypt.checkpw(password, hashed)
-            except ValueError as exc:
-                # bcrypt refuses passwords over 72 bytes; no configured password can be that long.
-                log.debug("basic auth: password rejected by bcrypt: %s", exc)
-                return False
+    def _bcrypt(self, password: bytes, hashed: bytes, lane: int) -> bool:
+        """One bcrypt check at a time; a repeated candidate (lane 1) goes before every new one (lane 0)."""
+        with self._turn:
+            self._queued[lane] += 1
+            while self._bcrypt_busy or (lane == 0 and self._queued[1]):
+                self._turn.wait()
+            self._queued[lane] -= 1
+            self._bcrypt_busy = True
+        try:
+            return bcrypt.checkpw(password, hashed)
+        except ValueError as exc:
+            # bcrypt refuses passwords over 72 bytes; no configured password can be that long.
+            log.debug("basic auth: password rejected by bcrypt: %s", exc)
+            return False
+        finally:
+            with self._turn:
+                self._bcrypt_busy = False
+                self._turn.notify_all()

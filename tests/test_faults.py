@@ -282,6 +282,7 @@ FMGR_FAULTS = [
     ("http500", "server_error"),
     ("http503", "server_error"),  # HTML-less 5xx with Retry-After: 2
     ("http429", "rate_limited"),  # the seed's failure body {"code": 429, "message": ...} with Retry-After: 1
+    ("http404", "malformed"),  # a bare 404, no failure body: a wrong endpoint or path, not an unknown id
     ("timeout", "timeout"),
     ("malformed", "malformed"),  # truncated JSON
     ("wrong_types", "malformed"),  # "items" is a string
@@ -539,9 +540,10 @@ def test_ids_the_vendor_does_not_know_yet_are_not_an_outage(fmgr_rig):
     assert rig.sim.rate_limit_violations == 0
 
 
-def test_every_id_unknown_takes_fmgr_down_until_they_exist(fmgr_rig):
-    """Ten or more distinct ids all answered 404 and none found: a wrong endpoint or an outage, not unknown ids;
-    up is 0 until the ids exist at the vendor."""
+def test_every_id_unknown_is_counted_not_an_outage_until_they_exist(fmgr_rig):
+    """Twelve ids, all answered with the vendor's failure body saying 404 and none found: answers about those ids,
+    not an outage (a wrong endpoint answers a bare 404: the "http404" fault above). up stays 1, the ids are
+    counted in cdnetworks_fmgr_unknown_ids until they exist at the vendor, then shown as it states them."""
     rig = fmgr_rig
     n = len(rig.sim.fmgr_ids())
     future = [f"sim-{i:08d}" for i in range(n + 1, n + 13)]  # created within the next six minutes
@@ -551,13 +553,16 @@ def test_every_id_unknown_takes_fmgr_down_until_they_exist(fmgr_rig):
     rig.registered += future
     rig.step()
     rig.step()
+    rig.step()
     m = rig.scrape()
     assert {r["result"] for r in rig.sim.request_log} == {"not_found"}
     assert len({r["body"]["persistentId"] for r in rig.sim.request_log}) >= 10
-    assert fmgr_up(m) == 0
+    assert fmgr_up(m) == 1
+    assert value(m, "cdnetworks_fmgr_unknown_ids") == len(rig.sim.request_log)
     rig.run_until(rig.clock() + 1800)
     after = rig.scrape()
     assert fmgr_up(after) == 1
+    assert value(after, "cdnetworks_fmgr_unknown_ids") == 0
     assert_fmgr_converged(rig, after)
     assert_within_budget(rig.sim.request_log)
 

@@ -171,21 +171,77 @@ def test_an_unknown_id_is_not_an_outage_and_is_retried_later(rig_factory):
     assert task is not None and task["lastError"] is None
 
 
-def test_every_id_not_found_means_a_wrong_endpoint_not_unknown_ids(rig_factory):
-    from exporter.poller import NOT_FOUND_OUTAGE
+def test_a_thousand_unknown_ids_never_take_fmgr_down_and_are_counted(rig_factory, caplog):
+    """Issue 23, item 8: a register-token holder registers 1,000 ids the vendor does not know, next to 20 real
+    jobs being polled. The vendor's "not found" is an answer about each id: up stays 1 in every sample, nothing
+    is logged about the endpoint, and cdnetworks_fmgr_unknown_ids counts them."""
+    import logging
 
     rig = rig_factory()
-    ids = [f"typo-{i}" for i in range(NOT_FOUND_OUTAGE)]
-    rig.store.register_fmgr_ids(ids[:-1], "api")
+    known = [f"real-{i}" for i in range(20)]
+    for pid in known:
+        rig.sim.add_fmgr_task(pid, ["fetch"], pending=5, processing=HOUR)
+    rig.store.register_fmgr_ids(known, "api")
     rig.run_until(T0 + 1)
-    assert rig.requests("not_found") == NOT_FOUND_OUTAGE - 1 and rig.up() == 1  # a few unknown ids: no outage
-    rig.store.register_fmgr_ids(ids[-1:], "api")
-    rig.run_until(T0 + 2)
-    assert rig.up() == 0  # nothing at all is found: the endpoint is wrong, and the dashboards should say so
-    rig.sim.add_fmgr_task("real-1", ["fetch"], pending=1, processing=1)
-    rig.store.register_fmgr_ids(["real-1"], "api")
-    rig.run_until(T0 + 60)
-    assert rig.up() == 1  # one success ends it
+    assert rig.up() == 1
+    rig.store.register_fmgr_ids([f"bogus-{i:04d}" for i in range(1000)], "api")
+    samples = []
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        for i in range(30):  # a sample every 2 s for a minute, as Prometheus would
+            rig.run_until(T0 + 3 + 2 * i)
+            samples.append(rig.up())
+    print(f"\nup samples with 1,000 unknown ids: {samples.count(0)} of {len(samples)} at 0; "
+          f"{len(caplog.records)} lines logged")
+    assert samples == [1] * 30
+    assert rig.requests("not_found") == 1000
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 1000
+    assert all(rig.state(pid) == "processing" for pid in known)
+
+
+def test_an_id_never_known_is_given_up_after_an_hour_and_leaves_the_unknown_count(rig_factory, caplog):
+    import logging
+
+    from exporter.poller import UNKNOWN_ID_EXPIRY, UNKNOWN_RETRY
+
+    rig = rig_factory()
+    rig.store.register_fmgr_ids(["typo-1", "typo-2"], "api")
+    rig.sim.add_fmgr_task("late", ["fetch"], created_ts=T0 + 2000, pending=1, processing=1)
+    rig.store.register_fmgr_ids(["late"], "api")  # unknown for a while, then created
+    rig.run_until(T0 + 1)
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 3 and rig.up() == 1
+    rig.run_until(T0 + 2100 + UNKNOWN_RETRY * POLL_INTERVAL)
+    assert rig.state("late") == "completed"
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 2
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        rig.run_until(T0 + UNKNOWN_ID_EXPIRY + UNKNOWN_RETRY * POLL_INTERVAL + 300)
+    assert rig.state("typo-1") == rig.state("typo-2") == "abandoned"
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 0
+    assert rig.metric("cdnetworks_fmgr_pending_tasks") == 0
+    polls = rig.polls("typo-1")
+    assert polls[-1] >= T0 + UNKNOWN_ID_EXPIRY  # tried until the hour was over, not given up before
+    assert len(polls) == math.ceil(UNKNOWN_ID_EXPIRY / (UNKNOWN_RETRY * POLL_INTERVAL)) + 1
+    given_up = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert given_up == ["fmgr: gave up 2 id(s) the vendor did not know 60 minutes after they were registered"]
+    before = rig.fmgr_requests()
+    rig.run_until(T0 + 4 * HOUR)
+    assert rig.fmgr_requests() == before  # never asked about again
+    assert rig.up() == 1
+
+
+def test_a_bare_404_is_a_wrong_endpoint_and_takes_fmgr_down(rig_factory):
+    """A 404 without the vendor's failure body is not about the id: the endpoint or path is wrong."""
+    rig = rig_factory(notify_grace="0s")
+    rig.sim.add_fmgr_task("job-1", ["fetch"], pending=1, processing=5)
+    rig.store.register_fmgr_ids(["job-1"], "api")
+    rig.sim.inject("fmgr", "http404", 3)
+    rig.poller.step()
+    assert rig.requests("malformed") == 1 and not rig.requests("not_found")
+    assert rig.up() == 0
+    assert rig.metric("cdnetworks_fmgr_unknown_ids") == 0
+    rig.run_until(T0 + HOUR)
+    assert rig.requests("malformed") == 3
+    assert rig.up() == 1 and rig.state("job-1") == "completed"
 
 
 @pytest.mark.parametrize(
@@ -375,3 +431,64 @@ def test_a_poll_that_lands_at_3_keeps_polling_until_the_notification_failure_at_
     polled = len(rig.polls("hook-1"))
     run_with_notifier(rig, T0 + 2 * HOUR, step=60.0)
     assert len(rig.polls("hook-1")) == polled  # 5 is final: never asked about again
+
+
+# ------------------------------------------------------------------------------------------ the store fails
+
+
+def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(rig_factory, caplog):
+    """The poller's own thread while the database file is gone (writes refused, as with a read-only or full
+    disk): one classified line without a traceback however many polls fail, then one saying it recovered."""
+    import logging
+    import threading
+    import time
+    from pathlib import Path
+
+    rig = rig_factory(notify_grace="0s")
+    rig.sim.add_fmgr_task("job-1", ["fetch"], pending=1, processing=HOUR)  # processing: polled every interval
+    rig.store.register_fmgr_ids(["job-1"], "api")
+    db = Path(rig.config.storage.path)
+    away = db.with_name(db.name + ".away")
+    running = threading.Event()
+    running.set()
+
+    def tick() -> None:  # the fake clock runs a second per 10 ms, and the poller is woken to look at it
+        while running.is_set():
+            rig.clock.t += 1.0
+            rig.poller.wake()
+            time.sleep(0.01)
+
+    def wait_until(what: str, cond, seconds: float = 30.0) -> None:
+        end = time.monotonic() + seconds
+        while not cond():
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def messages(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "exporter.poller" and text in r.getMessage()]
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        rig.poller.start()
+        ticker.start()
+        try:
+            wait_until("the first poll", lambda: len(rig.polls("job-1")) >= 1)
+            db.rename(away)
+            failed_before = rig.poller.failures
+            wait_until("three failed writes", lambda: rig.poller.failures >= failed_before + 3)
+            db_back = away.rename(db)
+            assert db_back == db
+            polls = len(rig.polls("job-1"))
+            wait_until("the recovery", lambda: messages("works again"))
+            wait_until("a poll after it", lambda: len(rig.polls("job-1")) > polls and rig.poller.failures == 0)
+        finally:
+            running.clear()
+            ticker.join(5)
+            rig.poller.stop()
+    assert not [r for r in caplog.records if r.name == "exporter.poller" and r.exc_info], "a traceback was logged"
+    assert len(messages("the store failed (")) == 1
+    assert "removed or replaced" in messages("the store failed (")[0].getMessage()
+    assert not messages("unexpected error")
+    assert len(messages("works again")) == 1
+    task = rig.store.fmgr_task("job-1")
+    assert task is not None and task["state"] == "processing" and task["lastError"] is None

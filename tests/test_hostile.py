@@ -47,8 +47,10 @@ class Running:
 
 @pytest.fixture
 def exporter(tmp_path: Path, start_exporter) -> Iterator[Callable[..., Running]]:
-    def start(*, basic_auth: bool = False) -> Running:
-        port = free_port()
+    def start(*, basic_auth: bool = False, verify: bool = True, port: int | None = None) -> Running:
+        """``verify=False``: wait until it serves without sending the password, so that it has never verified it
+        (on a new store); ``port``: the port of an exporter stopped before (a restart)."""
+        port = port or free_port()
         args = ["--demo", "--web.listen-address", f"127.0.0.1:{port}", "--storage.path", str(tmp_path / "d.db")]
         if basic_auth:
             web = tmp_path / "web.yml"
@@ -56,6 +58,10 @@ def exporter(tmp_path: Path, start_exporter) -> Iterator[Callable[..., Running]]
             args += ["--web.config.file", str(web)]
         proc, log = start_exporter(*args)
         url = f"http://127.0.0.1:{port}"
+        if basic_auth and not verify:
+            wait_for("the exporter to serve", lambda: requests.get(url + "/healthz", timeout=5).status_code == 401,
+                     DEMO_WAIT, log, proc)
+            return Running(proc, log, url)
         auth = (USER, PASSWORD) if basic_auth else None
         wait_for("the exporter to serve", lambda: requests.get(url + "/readyz", auth=auth, timeout=2).ok,
                  DEMO_WAIT, log, proc)
@@ -196,6 +202,162 @@ def test_200_wrong_password_clients_do_not_starve_the_right_one(exporter) -> Non
     failures = sum(float(v) for v in re.findall(r'cdnetworks_web_auth_failures_total\{reason="\w+"\} (\S+)', text))
     assert failures >= sent  # every wrong password was counted
     assert PASSWORD not in running.log.read_text() and PASSWORD not in text
+
+
+def scrape_attempts(url: str, attempts: int, every: float) -> list[tuple[float, int | str]]:
+    """Prometheus with the right password: a scrape every ``every`` seconds, each with a fresh connection and its
+    default 10 s timeout; (seconds since the first, status or error) of each."""
+    results: list[tuple[float, int | str]] = []
+    t0 = time.monotonic()
+    for i in range(attempts):
+        time.sleep(max(0.0, t0 + i * every - time.monotonic()))
+        try:
+            r = requests.get(url + "/metrics", auth=(USER, PASSWORD), timeout=10)
+            results.append((time.monotonic() - t0, r.status_code))
+        except requests.RequestException as exc:
+            results.append((time.monotonic() - t0, type(exc).__name__))
+    return results
+
+
+def test_a_password_never_verified_gets_in_under_the_flood_and_after_a_restart(exporter) -> None:
+    """Issue 23, item 6: 200 wrong-password clients from the start, on a new store, so the right password was never
+    verified: it is in within two scrapes (throttled at most once, then checked ahead of the flood). Then a restart
+    during the attack: the password verified before is remembered in the store, so the first scrape gets in."""
+    running = exporter(basic_auth=True, verify=False)
+    flood = flood_in_child(running.url, 200, 40.0)
+    try:
+        time.sleep(3.0)  # the flood is at full strength
+        cold = scrape_attempts(running.url, 8, 2.0)
+        stop(running.proc, running.log)
+        restarted = exporter(basic_auth=True, verify=False, port=running.port)
+        after_restart = scrape_attempts(restarted.url, 8, 2.0)
+        text = requests.get(restarted.url + "/metrics", auth=(USER, PASSWORD), timeout=10).text
+    finally:
+        out, _ = flood.communicate(timeout=90)
+    sent = int(out.strip().splitlines()[-1])
+    throttled = re.search(r'cdnetworks_web_auth_failures_total\{reason="throttled"\} (\S+)', text)
+    print(f"\nright-password scrapes every 2 s under 200 wrong-password clients ({sent} sent); cold start: "
+          f"{cold}; after a restart: {after_restart}; throttled after the restart: "
+          f"{throttled.group(1) if throttled else None}")
+    assert sent > 200
+    assert 200 in (cold[0][1], cold[1][1]), cold  # within two scrape attempts
+    first = next(i for i, (_, status) in enumerate(cold) if status == 200)
+    assert all(status == 200 for _, status in cold[first:]), cold
+    assert all(status == 200 for _, status in after_restart), after_restart
+    assert PASSWORD not in running.log.read_text() + restarted.log.read_text()
+
+
+# ------------------------------------------------------------------------------------------ connection hog
+
+
+def connection_hog(port: int, connections: int, seconds: float) -> tuple[int, int]:
+    """Hold ``connections`` idle connections for ``seconds``, opening a new one whenever one is closed;
+    (connections opened, connections the server closed). Run in a child process (see hog_in_child)."""
+    import selectors
+
+    end = time.monotonic() + seconds
+    sel = selectors.DefaultSelector()
+    opened = closed = 0
+
+    def connect() -> None:
+        nonlocal opened
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            time.sleep(0.01)
+            return
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        opened += 1
+
+    while time.monotonic() < end and len(sel.get_map()) < connections:
+        connect()
+    while time.monotonic() < end:
+        for key, _ in sel.select(timeout=0.1):
+            s = key.fileobj
+            try:
+                data = s.recv(4096)  # type: ignore[union-attr]
+            except OSError:
+                data = b""
+            if not data:  # closed by the server: come back at once, as a hog would
+                sel.unregister(s)
+                s.close()  # type: ignore[union-attr]
+                closed += 1
+        while len(sel.get_map()) < connections and time.monotonic() < end:
+            connect()
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    return opened, closed
+
+
+def hog_in_child(port: int, connections: int, seconds: float) -> subprocess.Popen:
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_hostile; "
+            f"print(*test_hostile.connection_hog({port}, {connections}, {seconds}))")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_one_client_holding_more_connections_than_the_limit_does_not_stop_scrapes(exporter) -> None:
+    """Issue 23, item 7: one local client keeps about 1,100 idle connections open (the limit is 1,000), re-opening
+    each as it is closed. A new connection takes the place of the one idle longest, so the scrapes get in."""
+    running = exporter()
+    hog = hog_in_child(running.port, 1100, 12.0)
+    try:
+        latencies = scrape_while(running.url, lambda done: done.wait(), 8.0, warmup=3.0)
+    finally:
+        out, _ = hog.communicate(timeout=60)
+    opened, closed = (int(v) for v in out.split())
+    text = requests.get(running.url + "/metrics", timeout=5).text
+    found = re.search(r'cdnetworks_web_rejected_requests_total\{reason="too_many_connections"\} (\S+)', text)
+    refused = float(found.group(1)) if found else 0.0
+    _, p99 = report(f"/metrics while one client holds 1,100 connections ({opened} opened, {closed} closed by the "
+                    f"server, too_many_connections {refused:.0f})", latencies)
+    assert opened >= 1100 and closed > 0 and refused > 0  # the hog did reach the limit
+    assert p99 < SCRAPE_BOUND
+
+
+def test_at_the_limit_the_connection_idle_longest_makes_room_never_one_with_a_request_in_progress() -> None:
+    release = threading.Event()
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(20)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = httpd.Server(app, "127.0.0.1", 0, threads=4, limits=httpd.Limits(max_connections=16))
+    server.start()
+    port = server.bind_addr[1]
+    url = f"http://127.0.0.1:{port}"
+    busy: list[int] = []
+    busy_thread = threading.Thread(target=lambda: busy.append(requests.get(url + "/busy", timeout=30).status_code))
+    idle: list[socket.socket] = []
+    try:
+        busy_thread.start()
+        time.sleep(0.3)  # a request in progress, on the first connection
+        for _ in range(15):  # the limit is reached with 15 idle connections
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(0.02)
+        for i in range(5):  # each new one pushes out the oldest idle one, in order, and stays open (keep-alive)
+            newcomer = socket.create_connection(("127.0.0.1", port), timeout=5)
+            idle.append(newcomer)
+            newcomer.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert newcomer.recv(65536).startswith(b"HTTP/1.1 200")
+            idle[i].settimeout(5)
+            assert idle[i].recv(1) == b"", f"idle connection {i} was not the one closed"
+        assert server.connections == 16
+        for s in idle[5:]:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)  # still open
+        release.set()
+        busy_thread.join(10)
+        assert busy == [200]  # never closed for a newcomer
+        assert server.rejects.snapshot()["too_many_connections"] == 5
+    finally:
+        release.set()
+        for s in idle:
+            s.close()
+        server.stop()
 
 
 # --------------------------------------------------------------------------------------- scrapes first

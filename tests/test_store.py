@@ -171,6 +171,19 @@ def test_fmgr_abandon_after_max_age(store, clock):
     assert store.list_fmgr_tasks("abandoned", 10)[0]["persistentId"] == "old"
 
 
+def test_fmgr_unknown_ids_are_counted_until_found_or_given_up(store, clock):
+    store.register_fmgr_ids(["u1", "u2", "u3", "k1"], "api")
+    for task_id in ("u1", "u2", "u3"):
+        store.fmgr_poll_failed(task_id, "not_found: HTTP 404, code 404: persistentId not found", T0 + 300)
+    store.fmgr_poll_failed("k1", "server_error: HTTP 500", T0 + 10)  # a failed poll is not an unknown id
+    assert store.fmgr_unknown() == 3
+    store.apply_fmgr_status(status("u1", 1, [("fetch", 1, None)]), source="poll", polled=True)  # found
+    store.fmgr_poll_failed("u2", "not_found: HTTP 404, code 404: persistentId not found", T0 + 600, give_up=True)
+    assert store.fmgr_unknown() == 1
+    assert store.fmgr_task("u2")["state"] == "abandoned"
+    assert store.fmgr_pending()[0] == 3
+
+
 def test_list_fmgr_tasks_filters_by_state_and_limits(store, clock):
     store.register_fmgr_ids(["u1", "u2"], "api")
     store.apply_fmgr_status(status("p1", 1, [("fetch", 1, None)]), source="poll", polled=True)

@@ -484,12 +484,12 @@ def test_basic_auth_scheme_is_case_insensitive():
 def test_basic_auth_caches_success_but_not_failure():
     auth = BasicAuth({"alice": ALICE_HASH})
     assert auth.check(basic("alice", "wonderland"))
-    assert {user for user, _ in auth._verified} == {"alice"}
+    assert set(auth._verified) == {"alice"}
     # A cached user with a wrong password is still refused (and still pays bcrypt).
     assert not auth.check(basic("alice", "guess"))
     assert auth.check(basic("alice", "wonderland"))
     assert not auth.check(basic("mallory", "guess"))
-    assert {user for user, _ in auth._verified} == {"alice"}
+    assert set(auth._verified) == {"alice"}
     assert auth.failures.snapshot() == {"missing": 0, "wrong": 2, "throttled": 0}
 
 
@@ -504,3 +504,111 @@ def test_basic_auth_cache_makes_repeat_checks_cheap():
         assert auth.check(basic("alice", "pw"))
     repeats = time.perf_counter() - start
     assert repeats < first
+
+
+# --------------------------------------------------------------------------------------------------
+# Basic auth under a flood of wrong passwords, and across restarts
+
+
+def test_a_password_throttled_once_goes_ahead_of_the_flood_the_next_time():
+    """Issue 23, item 6: wrong passwords (each new) fill bcrypt's queue, so the right one, never verified, is
+    throttled. When it comes again it is checked ahead of every new candidate; a wrong one that comes again is
+    refused without bcrypt."""
+    import threading
+
+    auth = BasicAuth({"alice": bcrypt.hashpw(b"wonderland", bcrypt.gensalt(10)).decode()})
+    stop = threading.Event()
+    sent = [0]
+
+    def flood(i: int) -> None:
+        while not stop.is_set():
+            sent[0] += 1
+            auth.check(basic("alice", f"guess-{i}-{sent[0]}"))
+
+    threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while auth.failures.snapshot()["throttled"] < 20:  # the queue is full, over and over
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        attempts = []
+        while not attempts or not attempts[-1]:
+            attempts.append(auth.check(basic("alice", "wonderland")))
+            assert len(attempts) < 5, attempts
+        assert attempts == [False, True]  # throttled the first time, verified the next
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    # A guess that comes again costs no bcrypt: it is known to be wrong.
+    assert not auth.check(basic("alice", "guess-once"))
+    wrong = auth.failures.snapshot()["wrong"]
+    started = time.perf_counter()
+    assert not auth.check(basic("alice", "guess-once"))
+    assert time.perf_counter() - started < 0.01
+    assert auth.failures.snapshot()["wrong"] == wrong + 1
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def state_store(request, tmp_path):
+    from exporter.repository import open_repository
+    from exporter.store import Store
+
+    target = str(tmp_path / "auth.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    opened = []
+
+    def open_store():
+        opened.append(Store(target, repository=open_repository(target)))
+        assert opened[-1].shared == (request.param == "postgres")
+        return opened[-1]
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def test_verified_passwords_are_remembered_in_the_store_as_salted_keyed_digests(state_store):
+    import hashlib
+    import json
+
+    from exporter.webconfig import NEW, VERIFIED, VERIFIED_KEPT, VERIFIED_STATE_KEY
+
+    bob_hash = bcrypt.hashpw(b"builder", bcrypt.gensalt(4)).decode()
+    store = state_store()
+    auth = BasicAuth({"alice": ALICE_HASH, "bob": bob_hash})
+    auth.attach(store)
+    assert auth.check(basic("alice", "wonderland"))
+    store.close()
+
+    # A restart: a new process's memory, the same store. No bcrypt needed for alice, and only for her.
+    store = state_store()
+    restarted = BasicAuth({"alice": ALICE_HASH, "bob": bob_hash})
+    restarted.attach(store)
+    assert restarted.assess(basic("alice", "wonderland")) == VERIFIED
+    assert restarted.assess(basic("alice", "wonderlan")) == NEW
+    assert restarted.assess(basic("bob", "builder")) == NEW
+    # What is stored: a salt and an HMAC keyed with the hash, never the password nor what bcrypt was given.
+    saved = store.get_state(VERIFIED_STATE_KEY)
+    text = json.dumps(saved)
+    assert "wonderland" not in text and ALICE_HASH not in text
+    assert hashlib.sha256(b"wonderland").hexdigest() not in text
+    (entry,) = saved["entries"]
+    assert set(entry) == {"user", "salt", "digest", "ts"} and entry["user"] == "alice"
+    # Another salt each time a password is verified.
+    assert restarted.check(basic("bob", "builder"))
+    assert BasicAuth({"alice": ALICE_HASH}).check(basic("alice", "wonderland"))  # a process without the store
+    # A changed hash (a new password) makes the old digest useless.
+    new_hash = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode()
+    changed = BasicAuth({"alice": new_hash})
+    changed.attach(store)
+    assert changed.assess(basic("alice", "wonderland")) == NEW
+    # Bounded: at most VERIFIED_KEPT entries, the newest kept.
+    for i in range(VERIFIED_KEPT + 5):
+        many = BasicAuth({f"user{i}": ALICE_HASH})
+        many.attach(store)
+        assert many.check(basic(f"user{i}", "wonderland"))
+    entries = store.get_state(VERIFIED_STATE_KEY)["entries"]
+    assert len(entries) == VERIFIED_KEPT
+    assert entries[-1]["user"] == f"user{VERIFIED_KEPT + 4}"

@@ -30,7 +30,9 @@ PACED = ("trickle", "stall", "trickle_headers")
 # A valid-looking 200 answer of ``huge_fault_bytes`` (a CDN page or an Fmgr status with that many bytes of
 # rows or items), made while it is written: "huge" declares its Content-Length, "huge_chunked" is chunked.
 HUGE = ("huge", "huge_chunked")
-FAULTS = ("http500", "http503", "http429", "timeout", "malformed", "wrong_types", "empty_page", *PACED, *HUGE)
+# "http404" is a bare 404 (plain text, no failure body): what a wrong endpoint or path answers, not the API.
+FAULTS = ("http500", "http503", "http429", "http404", "timeout", "malformed", "wrong_types", "empty_page", *PACED,
+          *HUGE)
 CODE0_FAULT_PREFIX = "code0:"
 # "failure:<code>[@<http status>]": the API's own failure body saying ``code``, at HTTP ``code`` or at the
 # status given (seed 000's Fmgr body {"code": "<httpCode>", "message": ...}, which can also arrive at 200;
@@ -78,6 +80,8 @@ def fault_response(api: str, fault: str, *, query: str = "", huge_bytes: int = 4
         return Response(503, b"Service Unavailable", {"Content-Type": "text/plain", "Retry-After": "2"}, result)
     if fault == "http429":
         return rate_limited(api, result, "1")
+    if fault == "http404":
+        return Response(404, b"404 page not found\n", {"Content-Type": "text/plain; charset=utf-8"}, result)
     if fault == "malformed":
         body = MALFORMED_CDN_BODY if cdn else MALFORMED_FMGR_BODY
         return Response(200, body, {"Content-Type": CDN_CONTENT_TYPE if cdn else JSON_CONTENT_TYPE}, result)
