@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import io
 import logging
@@ -34,7 +35,9 @@ import math
 import queue
 import socket
 import ssl
+import struct
 import sys
+import termios
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -51,6 +54,7 @@ SERVER_NAME = "cdnetworks-exporter"
 _SERVER = SERVER_NAME.encode()
 
 # Why a request was refused before the app saw it: the label values of cdnetworks_web_rejected_requests_total.
+EVICT_SCAN = 64  # idle connections looked at for one that may be closed to make room at the connection limit
 REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request", "too_many_connections")
 
 
@@ -368,6 +372,19 @@ def _listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
+
+def _pending_bytes(conn: _Connection) -> int:
+    """Bytes the client has sent on ``conn`` that the server has not read yet (FIONREAD); 0 when unknown."""
+    sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+    if sock is None:
+        return 0
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", buf)[0])
+
+
 class Server:
     """Serves a WSGI app on ``host:port`` from a background thread (the event loop) and ``threads`` workers.
 
@@ -399,6 +416,9 @@ class Server:
         self._connections = 0
         # Open connections with no request in progress, the one idle longest first: the ones to close at the limit.
         self._idle: OrderedDict[_Connection, None] = OrderedDict()
+        # The same, for connections that have carried a request (a scraper's keep-alive connection between two
+        # scrapes): closed to make room only when no connection that never carried one is left to close.
+        self._idle_used: OrderedDict[_Connection, None] = OrderedDict()
         self._sock: socket.socket | None = None
         self._addr: tuple[str, int] = ("", 0)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -498,10 +518,12 @@ class Server:
         idle longest (or is refused when every one has a request in progress); then its task starts."""
         if self._connections >= self._max_connections:
             self.rejects.inc("too_many_connections")
-            if not self._idle:
+            oldest = self._victim()
+            if oldest is None:
                 conn.close()
                 return
-            oldest, _ = self._idle.popitem(last=False)
+            self._idle.pop(oldest, None)
+            self._idle_used.pop(oldest, None)
             oldest.evicted = True  # counted out now: its task ends at the next turn of the loop
             self._connections -= 1
             oldest.close()
@@ -511,8 +533,24 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._connection_done, conn))
 
+    def _victim(self) -> _Connection | None:
+        """The connection idle longest that has no request waiting to be read, among those that never carried a
+        request first (a client holding connections open without using them goes before a scraper's keep-alive
+        connection waiting for its next scrape). A connection whose request bytes are in the kernel's buffer but
+        not read yet (the loop is busy accepting a flood) is about to be served: closing it would let a client
+        re-opening connections as fast as it can push out a scrape that was let in a moment before. At most
+        EVICT_SCAN of each kind are looked at, so a full table costs a bounded walk."""
+        for idle in (self._idle, self._idle_used):
+            for i, conn in enumerate(idle):
+                if i >= EVICT_SCAN:
+                    break
+                if not _pending_bytes(conn):
+                    return conn
+        return None
+
     def _connection_done(self, conn: _Connection, task: asyncio.Task[None]) -> None:
         self._idle.pop(conn, None)
+        self._idle_used.pop(conn, None)
         if not conn.evicted:
             self._connections -= 1
         self._tasks.discard(task)
@@ -522,9 +560,10 @@ class Server:
         sent): only connections without one may be closed to make room for a new connection."""
         if busy:
             self._idle.pop(conn, None)
+            self._idle_used.pop(conn, None)
         elif not conn.evicted and not conn.closed:
-            self._idle[conn] = None
-            self._idle.move_to_end(conn)
+            self._idle_used[conn] = None
+            self._idle_used.move_to_end(conn)
 
     async def _serve_connection(self, conn: _Connection) -> None:
         try:
