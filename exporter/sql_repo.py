@@ -23,7 +23,7 @@ from .model import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow
 SCHEMA_VERSION = 1
 PRUNE_CHUNK = 500  # tasks deleted by one statement (SQLite's limit on host parameters is 999)
 
-UNFINISHED_SQL = "status IN (" + ",".join(f"'{s}'" for s in CDN_UNFINISHED) + ")"
+UNFINISHED_SQL = "status IN (" + ", ".join(f"'{s}'" for s in CDN_UNFINISHED) + ")"
 
 
 class DbCursor(Protocol):
@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS cdn_tasks (
     PRIMARY KEY (account, kind, url, create_ts)
 ){options};
 CREATE INDEX IF NOT EXISTS cdn_tasks_unfinished ON cdn_tasks (account, kind, create_ts)
-    WHERE status IN ('wait', 'run', 'unknown');
+    WHERE {UNFINISHED_SQL};
 CREATE INDEX IF NOT EXISTS cdn_tasks_created ON cdn_tasks (create_ts);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL, labels TEXT NOT NULL, value {real} NOT NULL, PRIMARY KEY (name, labels)

@@ -36,10 +36,9 @@ class SqliteDialect(Dialect):
     row_lock = ""  # the write transaction (BEGIN IMMEDIATE) excludes every other writer already
     window_indexes = """\
 -- The exact count of a window's partial edge minutes (and the planner's range counts): a range seek that
--- reads only the index. Its condition
--- holds for every row; queries use it only by repeating it, so it cannot take over the queries the narrower
--- indexes serve (without statistics SQLite would prefer it for the oldest unfinished task and scan every
--- finished one since then).
+-- reads only the index. Its condition holds for every row; queries use it only by repeating it, so it cannot
+-- take over the queries the narrower indexes serve (without statistics SQLite would prefer it for the oldest
+-- unfinished task and scan every finished one since then).
 CREATE INDEX IF NOT EXISTS cdn_tasks_window ON cdn_tasks (account, kind, create_ts, status, rate)
     WHERE status IS NOT NULL;
 -- The windows' edge minutes, as cdn_tasks_window (and kept off the pending queries the same way).
