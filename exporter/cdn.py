@@ -23,7 +23,7 @@ from . import signing, vendor_http
 from .config import Account
 from .health import ApiHealth
 from .kinds import BY_NAME
-from .store import CdnTask
+from .model import CdnTask
 from .vendor_http import VendorError, classify_status, observed, parse_retry_after, send
 from .vendor_log import logged
 

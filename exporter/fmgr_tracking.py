@@ -18,7 +18,8 @@ from typing import Any
 from . import fmgr as fmgrwire
 from . import metrics as m
 from .aggregates import Work, fmgr_item_deltas, fmgr_task_deltas
-from .repository import FmgrApiRow, FmgrItemRow, Repository, StateFilter
+from .model import FmgrApiRow, FmgrItemRow, StateFilter
+from .repository import Repository
 
 DEFAULT_LIFECYCLE = fmgrwire.Lifecycle()
 

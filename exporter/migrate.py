@@ -46,8 +46,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from . import postgres_repo, sqlite_repo
 from .postgres_repo import CONNECT_DEFAULTS, WRITE_LOCK_KEY, PostgresRepository, mask_url, pg_text
+from .sql_repo import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,9 @@ def check_database(url: str, password: str | None, *, timeout: int = CHECK_TIMEO
                 problems.append(f"{masked}: the database accepts no writes (read-only: a standby?)")
             if exists:
                 found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if found is not None and int(found[0]) > postgres_repo.SCHEMA_VERSION:
+                if found is not None and int(found[0]) > SCHEMA_VERSION:
                     problems.append(f"{masked}: schema version {found[0]} is newer than this exporter understands "
-                                    f"({postgres_repo.SCHEMA_VERSION})")
+                                    f"({SCHEMA_VERSION})")
                 version = found[0] if found is not None else "not recorded yet"
                 summary = f"{masked}: the database answers; store schema version {version}"
             elif schema is None:
@@ -169,9 +169,9 @@ def _source(path: str) -> tuple[sqlite3.Connection, int]:
         if row is None:
             raise MigrationError(f"{path}: not an exporter store (no schema version)")
         version = int(row[0])
-        if version > sqlite_repo.SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise MigrationError(f"{path}: schema version {version} is newer than this exporter understands "
-                                 f"({sqlite_repo.SCHEMA_VERSION})")
+                                 f"({SCHEMA_VERSION})")
     except sqlite3.Error as exc:
         conn.close()
         raise MigrationError(f"{path}: cannot read: {exc}") from exc

@@ -2,8 +2,9 @@
 
 The rules (which task finished, what a notification means for a task's code, what a window counts) live
 above this line, in ``store.py``, ``aggregates.py`` and ``fmgr_tracking.py``; a backend only stores rows and
-answers range queries. A backend is one module implementing ``Repository`` and ``Transaction``:
-``sqlite_repo.py`` (the reference implementation) and ``postgres_repo.py``; ``open_repository`` picks one.
+answers range queries. The rows are ``model.py``'s. The SQL is written once, in ``sql_repo.py``; a backend
+adds what its database does differently: ``sqlite_repo.py`` (the reference) and ``postgres_repo.py``.
+``open_repository`` picks one.
 
 Timestamps are unix seconds (float). Counter label sets arrive already encoded as a string key.
 
@@ -28,76 +29,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .leases import Fence, Grant
-
-# The CDN statuses a stored task can have; ``unknown`` is what a sweep could not place.
-CDN_UNFINISHED = ("wait", "run", "unknown")
-
-
-@dataclass(frozen=True)
-class CdnTask:
-    """One row of ``resultDetail``, times as unix seconds."""
-
-    url: str
-    create_ts: float
-    status: str
-    begin_ts: float | None = None
-    finish_ts: float | None = None
-    rate: float | None = None  # 0..100 as the vendor sends it
-
-    @property
-    def final(self) -> bool:
-        return self.status in ("success", "failure")
-
-
-class FmgrTaskRow(NamedTuple):
-    first_seen: float
-    final_seen: float | None
-    code: int | None
-    confirmed: bool
-    abandoned: bool
-    next_poll: float
-    last_polled: float | None
-
-
-class FmgrItemRow(NamedTuple):
-    op: str
-    code: int | None
-    fsize: int | None
-
-
-class FmgrApiRow(NamedTuple):
-    """What the registration API shows of one tracked task."""
-
-    id: str
-    first_seen: float
-    final_seen: float | None
-    code: int | None
-    source: str
-    last_polled: float | None
-    confirmed: bool
-    abandoned: bool
-    errors: int
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class StateFilter:
-    """Which tracked Fmgr tasks the registration API lists: ``abandoned`` ones, or not abandoned ones whose
-    code is ``None`` (``codes_in == ()`` and ``unknown``), in ``codes_in``, or not in ``codes_not_in``; and
-    ``pending`` ones (or not)."""
-
-    abandoned: bool | None = None
-    unknown: bool = False
-    codes_in: tuple[int, ...] | None = None
-    codes_not_in: tuple[int, ...] | None = None
-    nothing: bool = False  # a state no task can be in
-    # Pending as cdnetworks_fmgr_pending_tasks counts it (processing not known to be over, not abandoned), or not.
-    pending: bool | None = None
+from .model import CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
 
 
 class Transaction(Protocol):
@@ -136,18 +72,6 @@ class Transaction(Protocol):
     def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
         """Record a failed poll; True when this gave up a task that was pending."""
         ...
-
-
-class Loaded(NamedTuple):
-    """Everything the in-memory aggregates are rebuilt from, read in one consistent snapshot, and the last
-    change (``Transaction.log_change``) that snapshot includes."""
-
-    counters: list[tuple[str, str, float]]
-    cdn: list[tuple[str, str, float, str, float | None]]
-    fmgr_tasks: list[tuple[float, int | None]]
-    fmgr_items: list[tuple[float, str, int | None]]
-    pending: int
-    change_seq: int
 
 
 class Repository(Protocol):

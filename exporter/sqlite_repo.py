@@ -1,5 +1,6 @@
-"""The SQLite implementation of ``repository.Repository``: schema, migrations, transactions, queries.
+"""The SQLite backend of ``sql_repo.SqlRepository``: its dialect, its connections and transactions.
 
+One SQLite file serves one exporter: there are no leases to take (every poller runs here) and no change log.
 Writes go through one connection guarded by a lock. Reads on the scrape path (a window's edge minutes, the
 oldest unfinished task, the oldest pending Fmgr task) use a second connection with a lock of its own, so a
 scrape never waits behind a write transaction: WAL mode lets it read the last committed state meanwhile.
@@ -9,69 +10,64 @@ only an OS crash or power loss can lose the last commits.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from .leases import Fence, Grant
-from .repository import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
+from .model import Loaded
+from .sql_repo import Dialect, SqlRepository, SqlTransaction
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS cdn_tasks (
-    account TEXT NOT NULL, kind TEXT NOT NULL, url TEXT NOT NULL, create_ts REAL NOT NULL,
-    status TEXT NOT NULL, begin_ts REAL, finish_ts REAL, rate REAL, updated_ts REAL NOT NULL,
-    PRIMARY KEY (account, kind, url, create_ts)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS cdn_tasks_unfinished ON cdn_tasks (account, kind, create_ts)
-    WHERE status IN ('wait', 'run', 'unknown');
-CREATE INDEX IF NOT EXISTS cdn_tasks_created ON cdn_tasks (create_ts);
+
+class SqliteDialect(Dialect):
+    real = "REAL"
+    bigint = "INTEGER"  # 64 bits
+    boolean = "INTEGER"  # 0 or 1
+    true = "1"
+    false = "0"
+    table_options = " WITHOUT ROWID"
+    row_lock = ""  # the write transaction (BEGIN IMMEDIATE) excludes every other writer already
+    window_indexes = """\
 -- The exact count of a window's partial edge minutes (and the planner's range counts): a range seek that
--- reads only the index. Its condition
--- holds for every row; queries use it only by repeating it, so it cannot take over the queries the narrower
--- indexes serve (without statistics SQLite would prefer it for the oldest unfinished task and scan every
--- finished one since then).
+-- reads only the index. Its condition holds for every row; queries use it only by repeating it, so it cannot
+-- take over the queries the narrower indexes serve (without statistics SQLite would prefer it for the oldest
+-- unfinished task and scan every finished one since then).
 CREATE INDEX IF NOT EXISTS cdn_tasks_window ON cdn_tasks (account, kind, create_ts, status, rate)
     WHERE status IS NOT NULL;
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fmgr_tasks (
-    id TEXT PRIMARY KEY, first_seen REAL NOT NULL, final_seen REAL, code INTEGER, source TEXT NOT NULL,
-    last_polled REAL, next_poll REAL NOT NULL, confirmed INTEGER NOT NULL DEFAULT 0,
-    abandoned INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-    updated_ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS fmgr_tasks_due ON fmgr_tasks (next_poll)
-    WHERE (final_seen IS NULL OR confirmed = 0) AND abandoned = 0;
-CREATE INDEX IF NOT EXISTS fmgr_tasks_pending ON fmgr_tasks (first_seen)
-    WHERE final_seen IS NULL AND abandoned = 0;
 -- The windows' edge minutes, as cdn_tasks_window (and kept off the pending queries the same way).
 CREATE INDEX IF NOT EXISTS fmgr_tasks_window ON fmgr_tasks (first_seen, code, id) WHERE first_seen IS NOT NULL;
-CREATE TABLE IF NOT EXISTS fmgr_items (
-    task_id TEXT NOT NULL, idx INTEGER NOT NULL, op TEXT NOT NULL, code INTEGER, fsize INTEGER,
-    PRIMARY KEY (task_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS fmgr_notifications (
-    dedup_key TEXT PRIMARY KEY, task_id TEXT NOT NULL, received_ts REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fmgr_notifications_received ON fmgr_notifications (received_ts);
-CREATE INDEX IF NOT EXISTS fmgr_notifications_task ON fmgr_notifications (task_id);
 """
 
-_UNFINISHED_SQL = "status IN (" + ",".join(f"'{s}'" for s in CDN_UNFINISHED) + ")"
-_PENDING_SQL = "final_seen IS NULL AND abandoned = 0"
-_DUE_SQL = "(final_seen IS NULL OR confirmed = 0) AND abandoned = 0"
+    def sql(self, text: str) -> str:
+        return text  # sqlite3 takes ? placeholders
+
+    def flag(self, column: str, value: bool) -> str:
+        return f"{column} = {1 if value else 0}"
+
+    def insert_ignore(self, into: str, values: str, key: str) -> str:
+        return f"INSERT OR IGNORE INTO {into} {values}"
+
+    def among(self, column: str, values: Sequence[Any], *, negate: bool = False,
+              array_type: str | None = None) -> tuple[str, list[Any]]:
+        return f"{column} {'NOT IN' if negate else 'IN'} ({','.join('?' * len(values))})", list(values)
+
+    def indexed_by(self, index: str) -> str:
+        # Without statistics, SQLite would not pick the windows' indexes for their queries.
+        return f" INDEXED BY {index}"
+
+    def window_condition(self, condition: str) -> str:
+        return f" AND {condition}"  # SQLite uses a partial index only for a query that implies its condition
+
+
+SQLITE = SqliteDialect()
+SCHEMA = SQLITE.schema()
 
 
 def path_problem(path: str) -> str | None:
@@ -117,11 +113,10 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class _Tx:
+class _Tx(SqlTransaction[sqlite3.Connection]):
     """``repository.Transaction`` on the write connection, inside BEGIN IMMEDIATE ... COMMIT."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._c = conn
+    dialect = SQLITE
 
     def check_fence(self, fence: Fence) -> None:
         """One SQLite file serves one exporter, which runs every poller: there is no rival to fence off."""
@@ -129,100 +124,9 @@ class _Tx:
     def log_change(self, origin: str, payload: str) -> None:
         raise NotImplementedError("an SQLite store is not shared between replicas")
 
-    def set_state(self, key: str, value: Any) -> None:
-        self._c.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (key, json.dumps(value)))
 
-    def cdn_mark_checked(self, account: str, kind: str, start: float, end: float, ts: float,
-                         url: str | None) -> None:
-        sql = (f"UPDATE cdn_tasks SET updated_ts=? WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
-               f"AND {_UNFINISHED_SQL}")
-        args: list[Any] = [ts, account, kind, start, end]
-        if url is not None:
-            sql += " AND url=?"
-            args.append(url)
-        self._c.execute(sql, args)
-
-    def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
-        row = self._c.execute("SELECT final_seen, abandoned FROM fmgr_tasks WHERE id = ?", (task_id,)).fetchone()
-        self._c.execute(
-            "UPDATE fmgr_tasks SET errors = errors + 1, last_error = ?, next_poll = ?, "
-            "abandoned = CASE WHEN ? THEN 1 ELSE abandoned END, last_polled = ? WHERE id = ?",
-            (error[:200], next_poll, give_up, ts, task_id))
-        return give_up and row is not None and row[0] is None and not row[1]
-
-    def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
-        self._c.executemany(
-            "INSERT INTO counters VALUES (?, ?, ?) "
-            "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value", increments)
-
-    def cdn_get(self, account: str, kind: str, url: str, create_ts: float) -> tuple[str, float | None] | None:
-        row = self._c.execute(
-            "SELECT status, rate FROM cdn_tasks WHERE account=? AND kind=? AND url=? AND create_ts=?",
-            (account, kind, url, create_ts)).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def cdn_touch(self, account: str, kind: str, url: str, create_ts: float, ts: float) -> None:
-        self._c.execute("UPDATE cdn_tasks SET updated_ts=? WHERE account=? AND kind=? AND url=? AND create_ts=?",
-                        (ts, account, kind, url, create_ts))
-
-    def cdn_put(self, account: str, kind: str, task: CdnTask, ts: float) -> None:
-        self._c.execute(
-            "INSERT INTO cdn_tasks VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(account, kind, url, create_ts) DO UPDATE SET status=excluded.status, "
-            "begin_ts=excluded.begin_ts, finish_ts=excluded.finish_ts, rate=excluded.rate, "
-            "updated_ts=excluded.updated_ts",
-            (account, kind, task.url, task.create_ts, task.status, task.begin_ts, task.finish_ts, task.rate, ts))
-
-    def fmgr_register(self, task_id: str, ts: float, source: str) -> bool:
-        cur = self._c.execute(
-            "INSERT OR IGNORE INTO fmgr_tasks (id, first_seen, source, next_poll, updated_ts) VALUES (?, ?, ?, ?, ?)",
-            (task_id, ts, source, ts, ts))
-        return cur.rowcount != 0
-
-    def fmgr_get(self, task_id: str) -> FmgrTaskRow | None:
-        row = self._c.execute(
-            "SELECT first_seen, final_seen, code, confirmed, abandoned, next_poll, last_polled FROM fmgr_tasks "
-            "WHERE id = ?",
-            (task_id,)).fetchone()
-        return None if row is None else FmgrTaskRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5],
-                                                    row[6])
-
-    def fmgr_was_notified(self, task_id: str) -> bool:
-        return self._c.execute("SELECT 1 FROM fmgr_notifications WHERE task_id = ? LIMIT 1",
-                               (task_id,)).fetchone() is not None
-
-    def fmgr_insert(self, task_id: str, first_seen: float, source: str, code: int | None,
-                    final_seen: float | None, confirmed: bool, ts: float, last_polled: float | None,
-                    next_poll: float) -> None:
-        self._c.execute(
-            "INSERT INTO fmgr_tasks (code, final_seen, confirmed, updated_ts, last_polled, next_poll, id, "
-            "first_seen, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (code, final_seen, int(confirmed), ts, last_polled, next_poll, task_id, first_seen, source))
-
-    def fmgr_update(self, task_id: str, code: int | None, final_seen: float | None, confirmed: bool, ts: float,
-                    last_polled: float | None, next_poll: float) -> None:
-        self._c.execute(
-            "UPDATE fmgr_tasks SET code=?, final_seen=?, confirmed=?, updated_ts=?, "
-            "last_polled=coalesce(?, last_polled), next_poll=?, errors=0, last_error=NULL WHERE id=?",
-            (code, final_seen, int(confirmed), ts, last_polled, next_poll, task_id))
-
-    def fmgr_items(self, task_id: str) -> dict[int, FmgrItemRow]:
-        return {idx: FmgrItemRow(op, code, fsize) for idx, op, code, fsize in self._c.execute(
-            "SELECT idx, op, code, fsize FROM fmgr_items WHERE task_id = ?", (task_id,))}
-
-    def fmgr_put_item(self, task_id: str, idx: int, item: FmgrItemRow) -> None:
-        self._c.execute(
-            "INSERT INTO fmgr_items VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id, idx) DO UPDATE SET "
-            "op=excluded.op, code=excluded.code, fsize=excluded.fsize",
-            (task_id, idx, item.op, item.code, item.fsize))
-
-    def notification_add(self, dedup_key: str, task_id: str, ts: float) -> bool:
-        cur = self._c.execute("INSERT OR IGNORE INTO fmgr_notifications VALUES (?, ?, ?)", (dedup_key, task_id, ts))
-        return cur.rowcount != 0
-
-
-class SqliteRepository:
+class SqliteRepository(SqlRepository[sqlite3.Connection]):
+    dialect = SQLITE
     shared = False
 
     def __init__(self, path: str | Path) -> None:
@@ -241,7 +145,7 @@ class SqliteRepository:
             raise RuntimeError(f"storage path {self.path}: {reason}") from exc
         self._conn = conn
         self._lock = threading.RLock()
-        self._migrate()
+        self._check_schema_version(conn)
         # An in-memory database exists once per connection: it has to read through the writer's.
         self._rconn = self._conn if self.path == ":memory:" else _connect(self.path)
         self._rlock = self._lock if self.path == ":memory:" else threading.RLock()
@@ -250,15 +154,6 @@ class SqliteRepository:
         self._identity = self._file_identity()
 
     # ------------------------------------------------------------------ lifecycle
-    def _migrate(self) -> None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path}: schema version {row[0]} is newer than this exporter understands ({SCHEMA_VERSION})"
-            )
-
     def close(self) -> None:
         with self._lock, self._rlock if self._rlock is not self._lock else nullcontext():
             if not self._closed:
@@ -347,20 +242,18 @@ class SqliteRepository:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
-    # ------------------------------------------------------------------ state and rebuild
-    def get_state(self, key: str) -> Any:
-        rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else None
+    @contextmanager
+    def _maintenance(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._conn
 
+    def _unit(self, conn: sqlite3.Connection) -> AbstractContextManager[object]:
+        return nullcontext()  # each statement commits by itself: the writer's lock is held throughout
+
+    # ------------------------------------------------------------------ state and rebuild
     def load(self) -> Loaded:
         with self._lock:  # the writer's lock: no commit lands between these reads
-            return Loaded(
-                self._query("SELECT name, labels, value FROM counters"),
-                self._query("SELECT account, kind, create_ts, status, rate FROM cdn_tasks"),
-                self._query("SELECT first_seen, code FROM fmgr_tasks"),
-                self._query("SELECT t.first_seen, i.op, i.code FROM fmgr_items i "
-                            "JOIN fmgr_tasks t ON t.id = i.task_id"),
-                self.fmgr_count_pending(), 0)
+            return self._loaded(self._query, 0)
 
     def changes_since(self, seq: int) -> tuple[list[tuple[int, str, str]], bool]:
         return [], True  # nobody else writes here
@@ -373,142 +266,3 @@ class SqliteRepository:
 
     def lease_release(self, name: str, holder: str) -> None:
         return None
-
-    # ------------------------------------------------------------------ CDN
-    def cdn_edge_rows(self, account: str, kind: str, after: float, until: float
-                      ) -> list[tuple[float, str, float | None]]:
-        return self._read(
-            "SELECT create_ts, status, rate FROM cdn_tasks INDEXED BY cdn_tasks_window "
-            "WHERE account=? AND kind=? AND create_ts > ? AND create_ts <= ? AND status IS NOT NULL",
-            (account, kind, after, until))
-
-    def cdn_oldest_unfinished(self, account: str, kind: str, since: float | None) -> float | None:
-        rows = self._read(
-            f"SELECT min(create_ts) FROM cdn_tasks WHERE account=? AND kind=? AND {_UNFINISHED_SQL} "
-            "AND create_ts >= ?", (account, kind, since if since is not None else float("-inf")))
-        return rows[0][0] if rows and rows[0][0] is not None else None
-
-    def cdn_range_count(self, account: str, kind: str, start: float, end: float) -> int:
-        rows = self._query(
-            "SELECT count(*) FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
-            "AND status IS NOT NULL",  # the condition of cdn_tasks_window: an index-only range count
-            (account, kind, start, end))
-        return int(rows[0][0])
-
-    def cdn_unfinished(self, account: str, kind: str, start: float, end: float
-                       ) -> list[tuple[float, str, float, str]]:
-        return [(c, u, s, st) for c, u, s, st in self._query(
-            f"SELECT create_ts, url, updated_ts, status FROM cdn_tasks WHERE account=? AND kind=? AND "
-            f"{_UNFINISHED_SQL} AND create_ts BETWEEN ? AND ? ORDER BY create_ts", (account, kind, start, end))]
-
-    def cdn_rows(self, account: str, kind: str, start: float, end: float) -> list[tuple[float, str, str]]:
-        return [(c, u, st) for c, u, st in self._query(
-            "SELECT create_ts, url, status FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
-            "AND status IS NOT NULL", (account, kind, start, end))]
-
-    def cdn_task_count(self, account: str | None, kind: str | None) -> int:
-        sql, args = "SELECT count(*) FROM cdn_tasks WHERE 1=1", []
-        if account is not None:
-            sql += " AND account = ?"
-            args.append(account)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
-        return int(self._query(sql, args)[0][0])
-
-    def cdn_counts_by_status(self, account: str, kind: str, start: float, end: float) -> dict[str, int]:
-        rows = self._query(
-            "SELECT status, count(*) FROM cdn_tasks WHERE account=? AND kind=? AND create_ts BETWEEN ? AND ? "
-            "GROUP BY status", (account, kind, start, end))
-        return {s: n for s, n in rows}
-
-    def prune_cdn(self, before: float) -> int:
-        return self._write("DELETE FROM cdn_tasks WHERE create_ts < ?", (before,))
-
-    # ------------------------------------------------------------------ Fmgr
-    def fmgr_edge_task_rows(self, after: float, until: float) -> list[tuple[float, int | None]]:
-        return self._read(
-            "SELECT first_seen, code FROM fmgr_tasks INDEXED BY fmgr_tasks_window "
-            "WHERE first_seen > ? AND first_seen <= ? AND first_seen IS NOT NULL", (after, until))
-
-    def fmgr_edge_item_rows(self, after: float, until: float) -> list[tuple[float, str, int | None]]:
-        return self._read(
-            "SELECT t.first_seen, i.op, i.code FROM fmgr_tasks t INDEXED BY fmgr_tasks_window "
-            "JOIN fmgr_items i ON i.task_id = t.id "
-            "WHERE t.first_seen > ? AND t.first_seen <= ? AND t.first_seen IS NOT NULL", (after, until))
-
-    def fmgr_due(self, now: float, limit: int) -> list[str]:
-        return [r[0] for r in self._query(
-            f"SELECT id FROM fmgr_tasks WHERE {_DUE_SQL} AND next_poll <= ? ORDER BY next_poll LIMIT ?",
-            (now, limit))]
-
-    def fmgr_next_due(self) -> float | None:
-        rows = self._query(f"SELECT min(next_poll) FROM fmgr_tasks WHERE {_DUE_SQL}")
-        return rows[0][0] if rows else None
-
-    def fmgr_count_pending(self) -> int:
-        return int(self._query(f"SELECT count(*) FROM fmgr_tasks WHERE {_PENDING_SQL}")[0][0])
-
-    def fmgr_oldest_pending(self) -> float | None:
-        rows = self._read(f"SELECT min(first_seen) FROM fmgr_tasks WHERE {_PENDING_SQL}", ())
-        return rows[0][0] if rows else None
-
-    def fmgr_count_unknown(self) -> int:
-        # Among the tasks still polled (the due index), those whose last poll was answered "not found".
-        rows = self._read(f"SELECT count(*) FROM fmgr_tasks WHERE {_DUE_SQL} AND last_error LIKE ?", ("not_found%",))
-        return int(rows[0][0]) if rows else 0
-
-    def abandon_old_fmgr(self, before: float) -> int:
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE fmgr_tasks SET abandoned = 1 WHERE abandoned = 0 AND first_seen < ? AND final_seen IS NULL",
-                (before,))
-            self._conn.execute(
-                "UPDATE fmgr_tasks SET confirmed = 1 WHERE confirmed = 0 AND first_seen < ? AND final_seen IS NOT NULL",
-                (before,))
-            return cur.rowcount
-
-    def fmgr_task_rows_for_api(self, where: StateFilter, limit: int, task_id: str | None) -> list[FmgrApiRow]:
-        conds, args = _conditions(where)
-        if task_id is not None:
-            conds, args = [*conds, "id = ?"], [*args, task_id]
-        sql = ("SELECT id, first_seen, final_seen, code, source, last_polled, confirmed, abandoned, errors, "
-               "last_error FROM fmgr_tasks" + (" WHERE " + " AND ".join(conds) if conds else "")
-               + " ORDER BY first_seen DESC LIMIT ?")
-        return [FmgrApiRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], r[9])
-                for r in self._query(sql, (*args, limit))]
-
-    def prune_fmgr(self, before: float, keep: Sequence[str]) -> int:
-        kept = set(keep)
-        with self._lock:
-            ids = [r[0] for r in self._conn.execute(
-                "SELECT id FROM fmgr_tasks WHERE first_seen < ? AND (final_seen IS NOT NULL OR abandoned = 1)",
-                (before,),
-            ) if r[0] not in kept]
-            for chunk in range(0, len(ids), 500):
-                part = ids[chunk:chunk + 500]
-                marks = ",".join("?" * len(part))
-                self._conn.execute(f"DELETE FROM fmgr_items WHERE task_id IN ({marks})", part)
-                self._conn.execute(f"DELETE FROM fmgr_tasks WHERE id IN ({marks})", part)
-            self._conn.execute("DELETE FROM fmgr_notifications WHERE received_ts < ?", (before,))
-        return len(ids)
-
-
-def _conditions(where: StateFilter) -> tuple[list[str], list[Any]]:
-    if where.nothing:
-        return ["0"], []
-    conds: list[str] = []
-    args: list[Any] = []
-    if where.abandoned is not None:
-        conds.append("abandoned = 1" if where.abandoned else "abandoned = 0")
-    if where.unknown:
-        conds.append("code IS NULL")
-    if where.codes_in is not None:
-        conds.append(f"code IN ({','.join('?' * len(where.codes_in))})")
-        args.extend(where.codes_in)
-    if where.codes_not_in is not None:
-        conds.extend(["code IS NOT NULL", f"code NOT IN ({','.join('?' * len(where.codes_not_in))})"])
-        args.extend(where.codes_not_in)
-    if where.pending is not None:
-        conds.append(_PENDING_SQL if where.pending else f"NOT ({_PENDING_SQL})")  # as fmgr_count_pending
-    return conds, args

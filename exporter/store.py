@@ -44,7 +44,8 @@ from .aggregates import (
     sum_deltas,
 )
 from .leases import Fence
-from .repository import CdnTask, Repository
+from .model import CdnTask
+from .repository import Repository
 from .sqlite_repo import SqliteRepository
 from .windows import Counts
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import Clock
 
 from exporter.leases import Fence, LeaseLost, Leases, LeaseView
-from exporter.repository import CdnTask, open_repository
+from exporter.model import CdnTask
+from exporter.repository import open_repository
 from exporter.store import Store
 
 pytestmark = pytest.mark.postgres

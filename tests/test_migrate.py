@@ -21,9 +21,10 @@ from exporter.cdn import CdnClient
 from exporter.fmgr import FmgrItem, FmgrStatus
 from exporter.health import ApiHealth
 from exporter.migrate import NOT_COPIED, TABLES, MigrationError, migrate_sqlite
+from exporter.model import CdnTask
 from exporter.poller import CdnPoller
 from exporter.postgres_repo import PostgresRepository
-from exporter.repository import CdnTask, open_repository
+from exporter.repository import open_repository
 from exporter.sqlite_repo import SqliteRepository
 from exporter.store import DURATION_BUCKETS, Store
 
