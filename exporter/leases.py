@@ -32,6 +32,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 FMGR_LEASE = "fmgr"
+RETENTION_LEASE = "retention"  # pruning the store: one replica at a time, not a poller
 # Renewals may come late by this much (a slow database answer, a scheduling hiccup) before a holder stops.
 MARGIN = 1.0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 
@@ -29,10 +28,12 @@ from .cdn import ApiError, CdnClient
 from .config import Account, Config, FmgrConfig, TaskKindConfig
 from .fmgr import FmgrApiError, FmgrClient, Lifecycle
 from .health import ApiHealth
-from .leases import FMGR_LEASE, MARGIN, LeaseLost, Leases, LeaseView, cdn_lease, poller_of
+from .leases import FMGR_LEASE, MARGIN, RETENTION_LEASE, Leases, LeaseView, cdn_lease, poller_of
 from .pagesize import PageSize
 from .planner import Planner
-from .store import CHANGES_KEPT, CdnTask, Store
+from .retention import RetentionWorker
+from .store import CdnTask, Store
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,114 +43,6 @@ AUTH_BACKOFF = 600.0  # a wrong key will not fix itself: wait long, say so
 # UNKNOWN_RETRY * 3 poll intervals, if longer) without the vendor ever knowing it.
 UNKNOWN_RETRY = 5
 UNKNOWN_ID_EXPIRY = 3600.0
-
-
-# While the store keeps failing, a worker says so again at most this often (seconds).
-STORE_REMINDER = 600.0
-
-
-def store_failure(exc: BaseException) -> str | None:
-    """``exc`` as one line when it is the database failing (SQLite's or PostgreSQL's errors, a file that is
-    gone), else None: an outage to report, not a bug to show a traceback for."""
-    for cls in type(exc).__mro__:
-        module = cls.__module__
-        if module == "sqlite3" or module == "psycopg" or module.startswith("psycopg."):
-            text = " ".join(str(exc).split())[:300]
-            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return None
-
-
-class Worker:
-    """Base: a thread that calls ``step()`` when ``next_run()`` allows, until stopped."""
-
-    name = "worker"
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._store_failing_since: float | None = None  # monotonic time of the first of the current failures
-        self._store_reminded = 0.0
-        self._store_failures = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    stop_timeout = 5.0
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop and wait for a request in flight, so a successor (after a reload) sees its budget slot."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(self.stop_timeout if timeout is None else timeout)
-            if self._thread.is_alive():
-                log.warning("%s: still busy after %.0fs; stopping without waiting further", self.name,
-                            self.stop_timeout if timeout is None else timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                delay = self.next_run() - self.clock()
-                if delay > 0:
-                    self._wake.wait(min(delay, 5.0))
-                    self._wake.clear()
-                    continue
-                self.step()
-            except LeaseLost as exc:
-                # Another replica runs this worker now; nothing was written. Wait for the lease to come back.
-                log.warning("%s: %s; another replica polls now", self.name, exc)
-                self._stop.wait(1.0)
-            except Exception as exc:
-                # A bug or a store failure must not kill polling for good: retried after a backoff, and never
-                # in a hot loop even if next_run() itself keeps failing. A store that cannot be read or
-                # written is an outage, not a bug: one line when it starts, a reminder now and then, and one
-                # when it is over (below); anything else is logged with its traceback.
-                self._failed(exc)
-                self.on_unexpected()
-                self._stop.wait(1.0)
-            else:
-                self._store_recovered()
-
-    def _failed(self, exc: Exception) -> None:
-        what = store_failure(exc)
-        if what is None:
-            log.exception("%s: unexpected error", self.name)
-            return
-        now = time.monotonic()
-        self._store_failures += 1
-        if self._store_failing_since is None:
-            self._store_failing_since = self._store_reminded = now
-            log.error("%s: the store failed (%s); polling is retried, and this is logged again when it "
-                      "recovers", self.name, what)
-        elif now - self._store_reminded >= STORE_REMINDER:
-            self._store_reminded = now
-            log.error("%s: the store is still failing after %.0fs and %d attempts (%s)", self.name,
-                      now - self._store_failing_since, self._store_failures, what)
-        else:
-            log.debug("%s: the store failed again (%s)", self.name, what)
-
-    def _store_recovered(self) -> None:
-        if self._store_failing_since is None:
-            return
-        log.warning("%s: the store works again, after %.0fs and %d failed attempts", self.name,
-                    time.monotonic() - self._store_failing_since, self._store_failures)
-        self._store_failing_since = None
-        self._store_failures = 0
-
-    def next_run(self) -> float:
-        raise NotImplementedError
-
-    def step(self) -> None:
-        raise NotImplementedError
-
-    def on_unexpected(self) -> None:
-        raise NotImplementedError
 
 
 class _TaskView:
@@ -393,7 +286,7 @@ class FmgrPoller(Worker):
 
     def __init__(self, cfg: FmgrConfig, store: Store, client: FmgrClient | None, health: ApiHealth, *,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 maintenance: Callable[[], None] | None = None, maintenance_every: float = 300.0,
+                 maintenance_every: float = 300.0,
                  lease: LeaseView | None = None):
         super().__init__(clock)
         self.cfg, self.store, self.client, self.health = cfg, store, client, health
@@ -403,7 +296,6 @@ class FmgrPoller(Worker):
         self.lease = lease or LeaseView(None, FMGR_LEASE)
         self.stop_timeout = cfg.request_timeout + 5.0
         self._restore()
-        self.maintenance = maintenance
         self.maintenance_every = maintenance_every
         self.last_maintenance = 0.0
         if client is not None:
@@ -434,7 +326,7 @@ class FmgrPoller(Worker):
     def next_run(self) -> float:
         now = self.clock()
         if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
-            return now + 1.0  # another replica runs the Fmgr poller and the maintenance
+            return now + 1.0  # another replica runs the Fmgr poller
         at = self.last_maintenance + self.maintenance_every
         if self.client is not None:
             due = self.store.fmgr_next_due()
@@ -457,8 +349,6 @@ class FmgrPoller(Worker):
             n = self.store.abandon_old_fmgr(now - self.cfg.max_task_age)
             if n:
                 log.warning("fmgr: stopped polling %d task(s) older than max_task_age", n)
-            if self.maintenance is not None:
-                self.maintenance()
             if self.given_up_unknown:
                 log.warning("fmgr: gave up %d id(s) the vendor did not know %.0f minutes after they were registered",
                             self.given_up_unknown, self.unknown_id_expiry / 60)
@@ -526,7 +416,8 @@ class PollerGroup:
         self.cdn: list[CdnPoller] = []
         # Replicas sharing the store share the pollers out; alone, this exporter runs them all.
         self.leases = (Leases(store.repo, [cdn_lease(a.name, k) for a in config.accounts for k, _ in
-                                           config.task_kinds()] + [FMGR_LEASE], ttl=config.storage.lease_ttl)
+                                           config.task_kinds()] + [FMGR_LEASE, RETENTION_LEASE],
+                              ttl=config.storage.lease_ttl)
                        if store.shared else None)
         for account in config.accounts:
             for kind, kcfg in config.task_kinds():
@@ -543,24 +434,10 @@ class PollerGroup:
                                  health=health, max_response_bytes=fcfg.max_response_bytes)
         if fcfg.enabled and fcfg.persistent_ids:
             store.register_fmgr_ids(list(fcfg.persistent_ids), "config")
-        self.fmgr = FmgrPoller(fcfg, store, fclient, health, clock=clock,
-                               maintenance=lambda: self._maintenance(config, store, clock),
-                               lease=LeaseView(self.leases, FMGR_LEASE))
+        self.fmgr = FmgrPoller(fcfg, store, fclient, health, clock=clock, lease=LeaseView(self.leases, FMGR_LEASE))
         self.workers.append(self.fmgr)
-
-    @staticmethod
-    def _maintenance(config: Config, store: Store, clock: Callable[[], float]) -> None:
-        now = clock()
-        kinds = [c for _, c in config.task_kinds()]
-        keep = max([c.max_query_age for c in kinds] + [w.seconds for c in kinds for w in c.windows] + [0.0])
-        if kinds:
-            n = store.prune_cdn(now - keep - 3600)
-            if n:
-                log.info("pruned %d CDN task(s) older than every window", n)
-        fkeep = max([w.seconds for w in config.fmgr.windows] + [config.fmgr.max_task_age])
-        # Ids listed in the config stay known: pruned, they would be registered as new on the next start.
-        store.prune_fmgr(now - fkeep - 3600, keep=config.fmgr.persistent_ids)
-        store.prune_changes(now - CHANGES_KEPT)
+        self.retention = RetentionWorker(config, store, clock=clock, lease=LeaseView(self.leases, RETENTION_LEASE))
+        self.workers.append(self.retention)
 
     def start(self) -> None:
         if self.leases is not None:
@@ -570,7 +447,8 @@ class PollerGroup:
 
     def held(self) -> set[tuple[str, str]] | None:
         """(account, api) of the pollers this replica runs now; None when it runs them all."""
-        return None if self.leases is None else {poller_of(name) for name in self.leases.held()}
+        return None if self.leases is None else {poller_of(name) for name in self.leases.held()
+                                                  if name != RETENTION_LEASE}
 
     def stop(self) -> None:
         for w in self.workers:
