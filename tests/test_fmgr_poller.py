@@ -465,10 +465,10 @@ def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(ri
             time.sleep(0.05)
 
     def messages(text: str) -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.name == "exporter.poller" and text in r.getMessage()]
+        return [r for r in caplog.records if r.name in ("exporter.poller", "exporter.worker") and text in r.getMessage()]
 
     ticker = threading.Thread(target=tick, daemon=True)
-    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+    with caplog.at_level(logging.INFO, logger="exporter"):
         rig.poller.start()
         ticker.start()
         try:
@@ -485,7 +485,7 @@ def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(ri
             running.clear()
             ticker.join(5)
             rig.poller.stop()
-    assert not [r for r in caplog.records if r.name == "exporter.poller" and r.exc_info], "a traceback was logged"
+    assert not [r for r in caplog.records if r.name in ("exporter.poller", "exporter.worker") and r.exc_info], "a traceback was logged"
     assert len(messages("the store failed (")) == 1
     assert "removed or replaced" in messages("the store failed (")[0].getMessage()
     assert not messages("unexpected error")
