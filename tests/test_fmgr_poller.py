@@ -436,6 +436,9 @@ def test_a_poll_that_lands_at_3_keeps_polling_until_the_notification_failure_at_
 # ------------------------------------------------------------------------------------------ the store fails
 
 
+WORKER_LOGS = ("exporter.poller", "exporter.worker")
+
+
 def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(rig_factory, caplog):
     """The poller's own thread while the database file is gone (writes refused, as with a read-only or full
     disk): one classified line without a traceback however many polls fail, then one saying it recovered."""
@@ -465,7 +468,7 @@ def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(ri
             time.sleep(0.05)
 
     def messages(text: str) -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.name in ("exporter.poller", "exporter.worker") and text in r.getMessage()]
+        return [r for r in caplog.records if r.name in WORKER_LOGS and text in r.getMessage()]
 
     ticker = threading.Thread(target=tick, daemon=True)
     with caplog.at_level(logging.INFO, logger="exporter"):
@@ -485,7 +488,7 @@ def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(ri
             running.clear()
             ticker.join(5)
             rig.poller.stop()
-    assert not [r for r in caplog.records if r.name in ("exporter.poller", "exporter.worker") and r.exc_info], "a traceback was logged"
+    assert not [r for r in caplog.records if r.name in WORKER_LOGS and r.exc_info], "a traceback was logged"
     assert len(messages("the store failed (")) == 1
     assert "removed or replaced" in messages("the store failed (")[0].getMessage()
     assert not messages("unexpected error")
