@@ -62,22 +62,6 @@ class FmgrIngest:
         return self.store.list_fmgr_tasks(state, limit, pending=pending)
 
 
-class _Swappable:
-    """One indirection so that a reload can swap the WSGI app while the server keeps its socket."""
-
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        return self.exporter.app(environ, start_response)
-
-    def body_limit(self, path: str) -> int:
-        return self.exporter.app.body_limit(path)
-
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool = False) -> Any:
-        return self.exporter.app.admit(environ, slow_lane_full, first_lane_full)
-
-
 class ReloadError(Exception):
     """A reload that was not applied: the running configuration goes on."""
 
@@ -135,7 +119,7 @@ class Exporter:
             # does not make the scrapes' password wait for bcrypt again, perhaps behind a flood of wrong ones.
             self.basic_auth.attach(self.runtime.store)
         try:
-            self.server = Server(_Swappable(self), listen_address,
+            self.server = Server(self.runtime.app, listen_address,
                                  ssl_context=build_ssl_context(web_config) if web_config else None,
                                  threads=HTTP_WORKERS, rejects=self.http_rejects)
         except BaseException:
@@ -264,6 +248,7 @@ class Exporter:
             # share a budget slot; the old app keeps serving meanwhile.
             old.pollers.stop()
             self.runtime = new
+            self.server.swap(new.app)
             if self.basic_auth is not None and new.store is not old.store:
                 self.basic_auth.attach(new.store)
             self.health.retain(set(config.pollers()))

@@ -43,7 +43,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote_to_bytes
 
 import h11
@@ -71,6 +71,36 @@ Finished = tuple[str, list[tuple[str, str]], bytes]
 # What admit() returns: None (run on the common workers), SLOW or SLOW_FIRST (run on that lane), or a finished
 # answer.
 Verdict = Finished | str | None
+
+
+
+@runtime_checkable
+class ServedApp(Protocol):
+    """What the server serves: a WSGI app that also says, before its body is read, how large a body a route
+    accepts (``body_limit``) and on which lane a request runs (``admit``: a ``Verdict``)."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]: ...
+
+    def body_limit(self, path: str) -> int: ...
+
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> Verdict: ...
+
+
+class PlainApp:
+    """A bare WSGI callable as a ``ServedApp``: the default body limit, every request on the common workers."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], body_bytes: int) -> None:
+        self.app, self.body_bytes = app, body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return self.app(environ, start_response)
+
+    def body_limit(self, path: str) -> int:
+        return self.body_bytes
+
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> Verdict:
+        return None
+
 
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 2.0
@@ -388,15 +418,15 @@ def _pending_bytes(conn: _Connection) -> int:
 class Server:
     """Serves a WSGI app on ``host:port`` from a background thread (the event loop) and ``threads`` workers.
 
-    The app may offer ``body_limit(path) -> int`` (the largest body a route accepts; otherwise
-    ``Limits.default_body_bytes``). A request whose body is over it is still given to the app, with an empty
-    body and ``environ[BODY_TOO_LARGE]`` set, so that the app answers 413 in its own format (and counts it);
-    the connection is closed after that answer.
+    The app is a ``ServedApp`` (a bare WSGI callable is served as a ``PlainApp``); ``swap`` replaces it while
+    the socket stays open (a reload). A request whose body is over the app's ``body_limit`` is still given to
+    the app, with an empty body and ``environ[BODY_TOO_LARGE]`` set, so that the app answers 413 in its own
+    format (and counts it); the connection is closed after that answer.
     """
 
     def __init__(
         self,
-        app: Callable[..., Iterable[bytes]],
+        app: ServedApp | Callable[..., Iterable[bytes]],
         host: str,
         port: int,
         *,
@@ -405,8 +435,8 @@ class Server:
         limits: Limits | None = None,
         rejects: RejectCounter | None = None,
     ) -> None:
-        self.app = app
         self.limits = limits or Limits()
+        self.app: ServedApp = self._served(app)
         self.rejects = rejects or RejectCounter()
         self._host, self._port = host, port
         self._ssl = ssl_context
@@ -505,6 +535,13 @@ class Server:
     def bind_addr(self) -> tuple[str, int]:
         assert self._sock is not None, "not started"
         return self._addr
+
+    def _served(self, app: ServedApp | Callable[..., Iterable[bytes]]) -> ServedApp:
+        return app if isinstance(app, ServedApp) else PlainApp(app, self.limits.default_body_bytes)
+
+    def swap(self, app: ServedApp | Callable[..., Iterable[bytes]]) -> None:
+        """Serve ``app`` from the next request on (a reload); requests in progress finish on the old one."""
+        self.app = self._served(app)
 
     @property
     def connections(self) -> int:
@@ -685,11 +722,8 @@ class Server:
     def _body_limit(self, request: h11.Request) -> int:
         target = request.target.split(b"?", 1)[0]
         path = unquote_to_bytes(target).decode("latin-1")
-        limit_of = getattr(self.app, "body_limit", None)
-        if limit_of is None:
-            return self.limits.default_body_bytes
         try:
-            return int(limit_of(path))
+            return int(self.app.body_limit(path))
         except Exception:
             log.exception("body_limit failed for %s", path)
             return self.limits.default_body_bytes
@@ -736,12 +770,11 @@ class Server:
 
     async def _dispatch(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         assert self._pool is not None and self._slow_pool is not None and self._first_pool is not None
-        admit = getattr(self.app, "admit", None)
         verdict: Verdict = None
-        if admit is not None and not environ.get(BODY_TOO_LARGE):
+        if not environ.get(BODY_TOO_LARGE):
             try:
-                verdict = admit(environ, self._slow_pending >= self.limits.slow_lane,
-                                self._first_pending >= self.limits.first_lane)
+                verdict = self.app.admit(environ, self._slow_pending >= self.limits.slow_lane,
+                                         self._first_pending >= self.limits.first_lane)
             except Exception:
                 log.exception("admission failed for %s", environ.get("PATH_INFO"))
                 return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error\n"

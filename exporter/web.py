@@ -258,7 +258,7 @@ class App:
         ]
         return response.status, headers, b"" if method == "HEAD" else response.body
 
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool = False) -> httpd.Verdict:
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> httpd.Verdict:
         """Called by the server on its event loop, before a worker is taken, so it must not block.
 
         None: run the request on the common workers (no basic auth needed, or a remembered password).
@@ -571,7 +571,7 @@ class Server:
 
     def __init__(
         self,
-        app: Callable[..., Iterable[bytes]],
+        app: httpd.ServedApp | Callable[..., Iterable[bytes]],
         listen_address: str,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -583,6 +583,10 @@ class Server:
         self._server = httpd.Server(app, host, port, ssl_context=ssl_context, threads=threads, limits=limits,
                                     rejects=rejects)
         self._scheme = "https" if ssl_context is not None else "http"
+
+    def swap(self, app: httpd.ServedApp | Callable[..., Iterable[bytes]]) -> None:
+        """Serve ``app`` from the next request on, on the same socket (a reload)."""
+        self._server.swap(app)
 
     @property
     def rejects(self) -> httpd.RejectCounter:

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from exporter import signing
-from exporter.httpd import Limits
+from exporter.httpd import BODY_TOO_LARGE, Limits
 from exporter.web import App, NotifyEndpoint, RegistrationApi, Server, parse_listen_address
 from exporter.webconfig import BasicAuth, build_ssl_context, load_web_config
 
@@ -827,3 +827,41 @@ def test_keep_alive_serves_many_requests_on_one_connection(serve):
             while not answer.endswith(b"ok\n"):
                 answer += sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_the_server_serves_a_typed_app_and_swaps_it_on_the_same_socket():
+    """A ServedApp's body limit and admission are the server's to call, typed (no attribute probing); a bare WSGI
+    callable is served with the defaults; ``swap`` (a reload) serves the new app on the same socket."""
+    seen: list[str] = []
+
+    class Typed:
+        def __call__(self, environ, start_response):
+            seen.append(f"call too_large={bool(environ.get(BODY_TOO_LARGE))}")
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"typed\n"]
+
+        def body_limit(self, path: str) -> int:
+            seen.append(f"limit {path}")
+            return 10
+
+        def admit(self, environ, slow_lane_full: bool, first_lane_full: bool):
+            seen.append(f"admit {environ['PATH_INFO']}")
+            return None
+
+    def bare(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"bare\n"]
+
+    server = Server(bare, "127.0.0.1:0")
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/x"
+        assert requests.post(url, data=b"y" * 2000, timeout=5).text == "bare\n"  # the default limit allows it
+        server.swap(Typed())
+        assert requests.get(url, timeout=5).text == "typed\n"
+        assert seen == ["limit /x", "admit /x", "call too_large=False"]
+        seen.clear()
+        assert requests.post(url, data=b"y" * 11, timeout=5).text == "typed\n"  # over its limit: the app answers
+        assert seen == ["limit /x", "call too_large=True"]  # without admission, told the body was too large
+    finally:
+        server.stop()
