@@ -7,7 +7,7 @@ head and body are complete, within limits and deadlines that hold for the whole 
 (not per byte), so no client, slow or large, can hold a worker while it sends. Each connection is an
 ``asyncio.Protocol`` that feeds what it receives straight into its parser and wakes the connection's task;
 a request costs no timer (one per connection, moved only when a deadline comes earlier) and one hop to a
-worker and back (``_Workers``). HTTP parsing is h11's
+worker and back (``Workers``). HTTP parsing is h11's
 (python-hyper's sans-IO HTTP/1.1, the parser under uvicorn, hypercorn and httpx): it enforces the framing
 rules (Content-Length vs chunked, keep-alive) that a hand-written parser tends to get wrong.
 
@@ -32,21 +32,28 @@ import functools
 import io
 import logging
 import math
-import queue
 import socket
 import ssl
 import struct
 import sys
 import termios
 import threading
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import h11
+
+from .httpd_app import (
+    BODY_TOO_LARGE,
+    SLOW_FIRST,
+    PlainApp,
+    ServedApp,
+    Verdict,
+    Workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,50 +63,6 @@ _SERVER = SERVER_NAME.encode()
 # Why a request was refused before the app saw it: the label values of cdnetworks_web_rejected_requests_total.
 EVICT_SCAN = 64  # idle connections looked at for one that may be closed to make room at the connection limit
 REJECT_REASONS = ("header_too_large", "body_too_large", "timeout", "bad_request", "too_many_connections")
-
-
-# Set in the environ of a request whose body was over its route's limit and was not read: answer 413.
-BODY_TOO_LARGE = "exporter.body_too_large"
-
-# What an app's admit() returns for a request that needs slow work (a bcrypt check) before it can be served,
-# and for one whose slow work goes first (a password refused unchecked before), on a lane of its own.
-SLOW = "slow"
-SLOW_FIRST = "slow-first"
-
-# A finished WSGI answer: status line, headers, body.
-Finished = tuple[str, list[tuple[str, str]], bytes]
-# What admit() returns: None (run on the common workers), SLOW or SLOW_FIRST (run on that lane), or a finished
-# answer.
-Verdict = Finished | str | None
-
-
-
-@runtime_checkable
-class ServedApp(Protocol):
-    """What the server serves: a WSGI app that also says, before its body is read, how large a body a route
-    accepts (``body_limit``) and on which lane a request runs (``admit``: a ``Verdict``)."""
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]: ...
-
-    def body_limit(self, path: str) -> int: ...
-
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> Verdict: ...
-
-
-class PlainApp:
-    """A bare WSGI callable as a ``ServedApp``: the default body limit, every request on the common workers."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]], body_bytes: int) -> None:
-        self.app, self.body_bytes = app, body_bytes
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        return self.app(environ, start_response)
-
-    def body_limit(self, path: str) -> int:
-        return self.body_bytes
-
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> Verdict:
-        return None
 
 
 LINGER_BYTES = 1024 * 1024
@@ -165,59 +128,6 @@ class _Closed(Exception):
 
 _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
                 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-class _Workers:
-    """Threads that run blocking calls for the event loop: a call goes in with a future of the loop and its
-    result comes back to that future. (``run_in_executor`` does the same through a second, thread-safe
-    future chained to the loop's; on the notification path that bookkeeping costs about as much as
-    verifying the signature.)"""
-
-    def __init__(self, workers: int, name: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[Any], Any],
-                                             Any] | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[[Any], Any], arg: Any) -> asyncio.Future[Any]:
-        """Run ``fn(arg)`` on a worker; the future (of the running loop) gets its result or its exception."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((loop, future, fn, arg))
-        return future
-
-    def stop(self, timeout: float) -> None:
-        """No new work; wait up to ``timeout`` in all for calls in progress (each worker ends after its current
-        one; a worker still busy then is a daemon thread and does not keep the process alive)."""
-        for _ in self._threads:
-            self._queue.put(None)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _run(self) -> None:
-        while (work := self._queue.get()) is not None:
-            loop, future, fn, arg = work
-            result: Any = None
-            error: Exception | None = None
-            try:
-                result = fn(arg)
-            except Exception as exc:  # handed to the awaiting coroutine, which decides
-                error = exc
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop is closed: the server stopped and nobody waits for this answer
-                log.debug("an answer finished after the server stopped; dropped")
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class _Connection(asyncio.Protocol):
@@ -452,11 +362,11 @@ class Server:
         self._sock: socket.socket | None = None
         self._addr: tuple[str, int] = ("", 0)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: _Workers | None = None
-        self._slow_pool: _Workers | None = None
-        self._priority_pool: _Workers | None = None
+        self._pool: Workers | None = None
+        self._slow_pool: Workers | None = None
+        self._priority_pool: Workers | None = None
         self._slow_pending = 0
-        self._first_pool: _Workers | None = None
+        self._first_pool: Workers | None = None
         self._first_pending = 0
         self._priority_running = 0
         self._priority_done: asyncio.Event | None = None
@@ -473,10 +383,10 @@ class Server:
         self._sock = _listen(self._host, self._port)
         addr = self._sock.getsockname()
         self._addr = (str(addr[0]), int(addr[1]))
-        self._pool = _Workers(self._threads, "http-worker")
-        self._slow_pool = _Workers(self.limits.slow_workers, "http-slow")
-        self._first_pool = _Workers(self.limits.first_workers, "http-slow-first")
-        self._priority_pool = _Workers(self.limits.priority_workers, "http-priority")
+        self._pool = Workers(self._threads, "http-worker")
+        self._slow_pool = Workers(self.limits.slow_workers, "http-slow")
+        self._first_pool = Workers(self.limits.first_workers, "http-slow-first")
+        self._priority_pool = Workers(self.limits.priority_workers, "http-priority")
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
         self._started.wait(10)

@@ -26,7 +26,7 @@ import prometheus_client
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
-from exporter import fmgr, httpd, metrics
+from exporter import fmgr, httpd, httpd_app, metrics
 from exporter.fmgr import FmgrStatus
 from exporter.fmgr_tracking import API_STATES
 from exporter.webconfig import (
@@ -124,7 +124,7 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     Never reads more than limit + 1 bytes, whatever the client says: a declared length is checked
     first, and a chunked or lying body is cut off at the first byte over the limit.
     """
-    if environ.get(httpd.BODY_TOO_LARGE):
+    if environ.get(httpd_app.BODY_TOO_LARGE):
         raise BodyTooLarge  # the server saw it and did not read it
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared.strip().isdigit() and int(declared) > limit:
@@ -258,12 +258,12 @@ class App:
         ]
         return response.status, headers, b"" if method == "HEAD" else response.body
 
-    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> httpd.Verdict:
+    def admit(self, environ: dict[str, Any], slow_lane_full: bool, first_lane_full: bool) -> httpd_app.Verdict:
         """Called by the server on its event loop, before a worker is taken, so it must not block.
 
         None: run the request on the common workers (no basic auth needed, or a remembered password).
-        ``httpd.SLOW``: it needs a bcrypt check, which runs on the server's few slow-lane workers, so that
-        a flood of wrong passwords queues there and not in front of Prometheus' scrapes. ``httpd.SLOW_FIRST``:
+        ``httpd_app.SLOW``: it needs a bcrypt check, which runs on the server's few slow-lane workers, so that
+        a flood of wrong passwords queues there and not in front of Prometheus' scrapes. ``httpd_app.SLOW_FIRST``:
         a password refused unchecked before (throttled), on a lane of its own, checked ahead of new ones: the
         next scrape with a password the flood kept out. A finished response (401) when there are no usable
         credentials, for a password already found wrong, or when the candidate's lane is full.
@@ -277,9 +277,9 @@ class App:
             environ[_AUTHORIZED] = True
             return None
         if verdict == REPEATED and not first_lane_full:
-            return httpd.SLOW_FIRST
+            return httpd_app.SLOW_FIRST
         if verdict in (NEW, REPEATED) and not slow_lane_full:
-            return httpd.SLOW
+            return httpd_app.SLOW
         if verdict in (NEW, REPEATED):
             self._basic_auth.throttled(header)
         else:
@@ -309,7 +309,7 @@ class App:
         ):
             return self._unauthorized()
         handlers = self._routes.get(path)
-        if environ.get(httpd.BODY_TOO_LARGE) and not (path.startswith(API_PREFIX) or self._is_notify(path)):
+        if environ.get(httpd_app.BODY_TOO_LARGE) and not (path.startswith(API_PREFIX) or self._is_notify(path)):
             return text("413 Payload Too Large", "request body too large")
         if handlers is None:
             if path.startswith(API_PREFIX):
@@ -571,7 +571,7 @@ class Server:
 
     def __init__(
         self,
-        app: httpd.ServedApp | Callable[..., Iterable[bytes]],
+        app: httpd_app.ServedApp | Callable[..., Iterable[bytes]],
         listen_address: str,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -584,7 +584,7 @@ class Server:
                                     rejects=rejects)
         self._scheme = "https" if ssl_context is not None else "http"
 
-    def swap(self, app: httpd.ServedApp | Callable[..., Iterable[bytes]]) -> None:
+    def swap(self, app: httpd_app.ServedApp | Callable[..., Iterable[bytes]]) -> None:
         """Serve ``app`` from the next request on, on the same socket (a reload)."""
         self._server.swap(app)
 
