@@ -131,6 +131,19 @@ def fit_spacing(ages: list[float], poll_interval: float, capacity: float) -> flo
     return hi
 
 
+def last_fitting(store: StoreView, c0: int, creates: list[float], lo: int, hi: int, limit: float) -> int:
+    """The largest index in ``[lo, hi]`` of the sorted ``creates`` whose range from ``c0`` spans less than a day and
+    holds at most ``limit`` stored tasks (``lo``, which the caller knows fits, when no later one does)."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        c = math.floor(creates[mid])
+        if c - c0 < DAY and store.range_count(c0, c) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def subtract(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
     """``ranges`` minus ``[start, end]`` (inclusive integer ranges; order kept)."""
     out: list[list[int]] = []
@@ -498,15 +511,7 @@ class Planner:
             # Most parts are either isolated tasks or a dense run: try the neighbour first, then bisect.
             if i + 1 < len(unfinished) and math.floor(unfinished[i + 1][0]) - c0 < DAY and \
                     store.range_count(c0, math.floor(unfinished[i + 1][0])) <= limit:
-                lo, hi = i + 1, len(unfinished) - 1
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    c = math.floor(unfinished[mid][0])
-                    if c - c0 < DAY and store.range_count(c0, c) <= limit:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                j = lo
+                j = last_fitting(store, c0, [u[0] for u in unfinished], i + 1, len(unfinished) - 1, limit)
             if j == i and store.range_count(c0, c0) > self.page_size:
                 bounds.append((i, i, c0, unfinished[i][1]))  # one second fills a page: this task by its url
             else:
@@ -570,15 +575,7 @@ class Planner:
             return Read(a, b, "sweep", status=SWEEP_STATES[0])
         # A young one, with the due tasks created after it that share one page-sized range (most of them
         # finish within minutes, so reading the range is cheaper than asking by state).
-        limit = FILL * self.page_size
-        lo, hi = target, len(due) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            c = math.floor(due[mid][0])
-            if c - c0 < DAY and store.range_count(c0, c) <= limit:
-                lo = mid
-            else:
-                hi = mid - 1
+        lo = last_fitting(store, c0, [d[0] for d in due], target, len(due) - 1, FILL * self.page_size)
         if lo == target:
             return Read(c0, c0, "recheck", url=url)
         return Read(c0, math.floor(due[lo][0]), "recheck")
