@@ -77,8 +77,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
-from exporter.repository import open_repository
 from exporter.simulator import Simulator
+from exporter.storage.repository import open_repository
 
 PARTS = ("metrics", "notify", "failover")
 

@@ -51,7 +51,7 @@ from prometheus_client import generate_latest
 
 from exporter.app import Exporter
 from exporter.config import Config, parse_config
-from exporter.store import CdnTask, Store
+from exporter.storage.store import CdnTask, Store
 
 TASKS = 1_000_000
 ACCOUNTS = ("acme", "globex")

@@ -59,10 +59,10 @@ from benchlib import (
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import fmgr as fmgrwire
 from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.fmgr import FmgrItem, FmgrStatus
+from exporter.fmgr import wire as fmgrwire
+from exporter.fmgr.wire import FmgrItem, FmgrStatus
 
 NOTIFY_URL = "https://exporter.example.com/notify/fmgr"  # what the vendor was given, hence what it signs
 NOTIFY_PATH = "/notify/fmgr"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from benchlib import Goals, print_table
 
-from exporter.model import CdnTask
-from exporter.planner import Planner
-from exporter.poller import _TaskView
-from exporter.store import Store
+from exporter.polling.planner import Planner
+from exporter.polling.poller import _TaskView
+from exporter.storage.model import CdnTask
+from exporter.storage.store import Store
 
 T0 = 1795334400.0
 PER_DAY = 100_000

@@ -40,12 +40,12 @@ from typing import Any
 
 from benchlib import Clock, Goals, print_table
 
-from exporter.cdn import CdnClient, QueryPage
 from exporter.config import Config, parse_config
-from exporter.health import ApiHealth
-from exporter.poller import CdnPoller
+from exporter.metrics.health import ApiHealth
+from exporter.polling.poller import CdnPoller
 from exporter.simulator import Simulator
-from exporter.store import Store
+from exporter.storage.store import Store
+from exporter.vendor.cdn import CdnClient, QueryPage
 
 KIND = "prefetch"
 HOUR = 3600.0

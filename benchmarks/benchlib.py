@@ -28,8 +28,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter import signing
 from exporter.simulator import ManualClock
+from exporter.vendor import signing
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1795334400.0  # 2026-11-22 08:00:00 UTC, on a minute boundary (as in the tests)

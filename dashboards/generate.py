@@ -54,7 +54,7 @@ def _load_rules_generator() -> Any:
 
 RULES = _load_rules_generator()
 ALERTS = RULES.Settings()
-M = RULES.M  # the metrics catalogue (exporter/metrics.py), as the rules generator reads it
+M = RULES.M  # the metrics catalogue (exporter/metrics/catalogue.py), as the rules generator reads it
 CDN_KINDS = tuple(kind.name for kind in RULES.KINDS)  # exporter/kinds.py, as the rules generator reads it
 CDN_KIND_RE = "|".join(CDN_KINDS)
 

@@ -16,17 +16,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import __version__
-from .collector import ExporterCollector, ReloadStatus
-from .config import Config, ConfigError, StorageConfig
-from .fmgr import FmgrStatus, Lifecycle
-from .health import ApiHealth
-from .httpd import RejectCounter
-from .poller import PollerGroup
-from .repository import open_repository
-from .store import Store
-from .web import App, NotifyEndpoint, RegistrationApi, Server, WebCollector
-from .webconfig import AuthFailures, BasicAuth, WebConfig, build_ssl_context
+from exporter import __version__
+from exporter.config import Config, ConfigError, StorageConfig
+from exporter.fmgr.wire import FmgrStatus, Lifecycle
+from exporter.http.server import RejectCounter
+from exporter.http.web import App, NotifyEndpoint, RegistrationApi, Server, WebCollector
+from exporter.http.webconfig import AuthFailures, BasicAuth, WebConfig, build_ssl_context
+from exporter.metrics.collector import ExporterCollector, ReloadStatus
+from exporter.metrics.health import ApiHealth
+from exporter.polling.poller import PollerGroup
+from exporter.storage.repository import open_repository
+from exporter.storage.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .allocator import limit_arenas
-from .config import Config, ConfigError, load_config, parse_config
-from .kinds import NAMES
-from .sqlite_repo import path_problem
-from .web import parse_listen_address
-from .webconfig import WebConfig, load_web_config
+from exporter import __version__
+from exporter.allocator import limit_arenas
+from exporter.config import Config, ConfigError, load_config, parse_config
+from exporter.http.web import parse_listen_address
+from exporter.http.webconfig import WebConfig, load_web_config
+from exporter.kinds import NAMES
+from exporter.storage.sqlite_repo import path_problem
 
 log = logging.getLogger("exporter")
 
@@ -217,14 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(p, file=sys.stderr)
         return EXIT_CONFIG
 
-    from .app import Exporter, ReloadError
+    from exporter.app import Exporter, ReloadError
 
     sim = runner = None
     demo_dir: Path | None = None  # the demo's temporary storage, removed at exit
     loader = lambda: load_config(args.config_file)  # noqa: E731
     storage = storage_path_flag(args, config) if config is not None else args.storage_path
     if args.demo:
-        from .demo import DEMO_TOKEN, JobRunner, demo_config, local_base_url, start_simulator
+        from exporter.demo import DEMO_TOKEN, JobRunner, demo_config, local_base_url, start_simulator
 
         exporter_url = local_base_url(args.listen_address)
         if web_config is not None and web_config.tls_enabled:
@@ -322,7 +322,7 @@ def storage_path_flag(args: argparse.Namespace, config: Config) -> str | None:
     and the systemd unit set it for the SQLite default, which must not hide the configured database)."""
     if config.storage.url is None or not args.storage_path:
         return args.storage_path  # type: ignore[no-any-return]
-    from .postgres_repo import mask_url
+    from exporter.storage.postgres_repo import mask_url
 
     log.info("storage.url is set: the store is %s; --storage.path (%s) is not used",
              mask_url(config.storage.url), args.storage_path)
@@ -345,7 +345,7 @@ def check_config(args: argparse.Namespace, settings: Sequence[str] = ()) -> int:
     if problems:
         return _report(problems, EXIT_CONFIG)
     if config is not None and config.storage.url is not None:
-        from .migrate import check_database
+        from exporter.storage.migrate import check_database
 
         storage_problems, summary = check_database(config.storage.url, config.storage.password)
         if storage_problems:
@@ -374,7 +374,7 @@ def migrate(args: argparse.Namespace) -> int:
     source = Path(args.migrate_from)
     if not source.is_file():
         return _report([f"--storage.migrate-from: {source}: no such file"], EXIT_CONFIG)
-    from .migrate import MigrationError, migrate_sqlite
+    from exporter.storage.migrate import MigrationError, migrate_sqlite
 
     try:
         report = migrate_sqlite(str(source), config.storage.url, config.storage.password)

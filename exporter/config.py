@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .configschema import (
+from exporter.configschema import (
     BAD,
     DAY,
     Context,
@@ -38,8 +38,8 @@ from .configschema import (
     type_name,
     yaml_error,
 )
-from .kinds import KINDS, NAMES, TaskKind
-from .vendor_http import DEFAULT_MAX_RESPONSE_BYTES
+from exporter.kinds import KINDS, NAMES, TaskKind
+from exporter.vendor.http import DEFAULT_MAX_RESPONSE_BYTES
 
 DEFAULT_CDN_ENDPOINT = "https://api.cdnetworks.com"
 DEFAULT_TIMEZONE = "+08:00"

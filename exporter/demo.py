@@ -18,9 +18,9 @@ from typing import Any
 
 import requests
 
-from .kinds import KINDS
-from .simulator import Simulator
-from .web import parse_listen_address
+from exporter.http.web import parse_listen_address
+from exporter.kinds import KINDS
+from exporter.simulator import Simulator
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from datetime import timedelta, timezone
 
 import pytest
 
-from exporter import cdn
+from exporter.vendor import cdn
 
 CST = timezone(timedelta(hours=8))
 EST = timezone(timedelta(hours=-5))

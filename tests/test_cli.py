@@ -598,7 +598,7 @@ def test_check_config_asks_the_database_and_creates_nothing(tmp_path: Path, post
     assert schema_tables(postgres_cluster, postgres_url) == set()  # only read
     assert not (tmp_path / "never.db").exists()
 
-    from exporter.repository import open_repository
+    from exporter.storage.repository import open_repository
 
     open_repository(postgres_url).close()  # what a first start leaves
     result = run_cli("--config.file", str(config), "--check-config", env=env)
@@ -608,7 +608,7 @@ def test_check_config_asks_the_database_and_creates_nothing(tmp_path: Path, post
 
 @pytest.mark.postgres
 def test_check_config_refuses_a_newer_schema(tmp_path: Path, postgres_cluster, postgres_url) -> None:
-    from exporter.repository import open_repository
+    from exporter.storage.repository import open_repository
 
     open_repository(postgres_url).close()
     schema = postgres_url.rpartition("%3D")[2]

@@ -40,17 +40,17 @@ from conftest import Clock, require_tool
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
-from exporter import metrics
 from exporter.app import Exporter
-from exporter.collector import ExporterCollector
 from exporter.config import Config, parse_config
-from exporter.fmgr import FmgrItem, FmgrStatus
-from exporter.health import ApiHealth
-from exporter.httpd import RejectCounter
+from exporter.fmgr.wire import FmgrItem, FmgrStatus
+from exporter.http.server import RejectCounter
+from exporter.http.web import App, Server, WebCollector
+from exporter.http.webconfig import AuthFailures
 from exporter.kinds import KINDS
-from exporter.store import CdnTask, Store
-from exporter.web import App, Server, WebCollector
-from exporter.webconfig import AuthFailures
+from exporter.metrics import catalogue as metrics
+from exporter.metrics.collector import ExporterCollector
+from exporter.metrics.health import ApiHealth
+from exporter.storage.store import CdnTask, Store
 
 GOLDEN = Path(__file__).parent / "fixtures" / "expected.prom"
 METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"

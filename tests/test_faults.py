@@ -32,9 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import simulator as vendor
 from exporter.app import Exporter
-from exporter.budget import BASE_BACKOFF, MAX_BACKOFF
+from exporter.metrics.windows import window_start
+from exporter.polling.budget import BASE_BACKOFF, MAX_BACKOFF
 from exporter.simulator import Simulator
-from exporter.windows import window_start
 
 WINDOWS = {"15m": 900, "1h": 3600}
 BUDGET = (10, 60.0)  # requests per seconds, at the vendor and in the config alike

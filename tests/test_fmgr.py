@@ -14,8 +14,8 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import fmgr, signing
-from exporter.fmgr import (
+from exporter.fmgr import wire as fmgr
+from exporter.fmgr.wire import (
     FmgrApiError,
     FmgrClient,
     FmgrItem,
@@ -32,6 +32,7 @@ from exporter.fmgr import (
     task_state,
     verify_notification,
 )
+from exporter.vendor import signing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLE_BODY = (FIXTURES / "fmgr_notify_example.b64").read_bytes()

@@ -22,10 +22,10 @@ import requests
 from conftest import T0, Clock, make_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import signing
 from exporter.app import Exporter
 from exporter.config import Config
 from exporter.simulator import Simulator
+from exporter.vendor import signing
 
 AK, SK = "AK1", "fmgr-secret-1"
 TOKEN = "register-token-e2e"

@@ -33,8 +33,8 @@ from conftest import T0, Clock
 from prometheus_client.parser import text_string_to_metric_families
 from test_fmgr_e2e import AK, SK, TIMEOUT, TOKEN, Exporters, notify_url, run_poller
 
-from exporter import fmgr as fmgrwire
 from exporter.app import Exporter
+from exporter.fmgr import wire as fmgrwire
 from exporter.simulator import Simulator
 from exporter.simulator.draws import hash_uniform
 

@@ -29,10 +29,10 @@ from conftest import T0, Clock
 from prometheus_client.parser import text_string_to_metric_families
 from test_fmgr_e2e import AK, SK, TIMEOUT, TOKEN, Exporters, notify_url, run_poller
 
-from exporter import fmgr as fmgrwire
-from exporter import signing
 from exporter.app import Exporter
+from exporter.fmgr import wire as fmgrwire
 from exporter.simulator import Simulator
+from exporter.vendor import signing
 
 HOUR = 3600
 WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400}

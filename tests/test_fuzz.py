@@ -25,11 +25,11 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import fmgr
 from exporter.app import Exporter
-from exporter.cdn import ApiError, QueryPage, parse_response
 from exporter.config import KNOWN_KEYS, Config, ConfigError, parse_config
-from exporter.health import RESULTS
+from exporter.fmgr import wire as fmgr
+from exporter.metrics.health import RESULTS
+from exporter.vendor.cdn import ApiError, QueryPage, parse_response
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

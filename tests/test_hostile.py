@@ -24,8 +24,8 @@ import requests
 import test_cli
 from test_cli import DEMO_WAIT, free_port, posix_signals, reload_state, run_cli, stop, tail, wait_for, write_config
 
-from exporter import httpd
 from exporter.demo import DEMO_TOKEN
+from exporter.http import server as httpd
 
 start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
 

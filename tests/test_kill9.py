@@ -24,7 +24,7 @@ import test_cli
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import DEMO_WAIT, free_port, posix_signals, stop, wait_for
 
-from exporter import signing
+from exporter.vendor import signing
 
 start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
 

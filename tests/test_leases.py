@@ -12,10 +12,10 @@ import time
 import pytest
 from conftest import Clock
 
-from exporter.leases import Fence, LeaseLost, Leases, LeaseView
-from exporter.model import CdnTask
-from exporter.repository import open_repository
-from exporter.store import Store
+from exporter.polling.leases import Fence, LeaseLost, Leases, LeaseView
+from exporter.storage.model import CdnTask
+from exporter.storage.repository import open_repository
+from exporter.storage.store import Store
 
 pytestmark = pytest.mark.postgres
 

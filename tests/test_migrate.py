@@ -17,16 +17,16 @@ import pytest
 import yaml
 from conftest import ROOT, T0, make_config
 
-from exporter.cdn import CdnClient
-from exporter.fmgr import FmgrItem, FmgrStatus
-from exporter.health import ApiHealth
-from exporter.migrate import NOT_COPIED, TABLES, MigrationError, migrate_sqlite
-from exporter.model import CdnTask
-from exporter.poller import CdnPoller
-from exporter.postgres_repo import PostgresRepository
-from exporter.repository import open_repository
-from exporter.sqlite_repo import SqliteRepository
-from exporter.store import DURATION_BUCKETS, Store
+from exporter.fmgr.wire import FmgrItem, FmgrStatus
+from exporter.metrics.health import ApiHealth
+from exporter.polling.poller import CdnPoller
+from exporter.storage.migrate import NOT_COPIED, TABLES, MigrationError, migrate_sqlite
+from exporter.storage.model import CdnTask
+from exporter.storage.postgres_repo import PostgresRepository
+from exporter.storage.repository import open_repository
+from exporter.storage.sqlite_repo import SqliteRepository
+from exporter.storage.store import DURATION_BUCKETS, Store
+from exporter.vendor.cdn import CdnClient
 
 pytestmark = pytest.mark.postgres
 

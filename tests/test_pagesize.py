@@ -1,10 +1,10 @@
-"""The page-size search (exporter/pagesize.py): the vendor's undocumented cap found in few requests, kept."""
+"""The page-size search (exporter/polling/pagesize.py): the vendor's undocumented cap found in few requests, kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from exporter.pagesize import REPROBE_INTERVAL, PageSize, nice_below
+from exporter.polling.pagesize import REPROBE_INTERVAL, PageSize, nice_below
 
 
 def find(cap: int, want: int = 500, maximum: int = 1000, requests: int = 30) -> tuple[PageSize, list[int]]:

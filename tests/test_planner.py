@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from exporter.planner import (
+from exporter.polling.planner import (
     DAY,
     FILL,
     PROBE_INTERVAL,

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from conftest import ROOT, PostgresCluster, free_port, require_postgres
 
-from exporter.postgres_repo import PostgresRepository, mask_url
-from exporter.repository import open_repository
-from exporter.sqlite_repo import SqliteRepository
-from exporter.store import Store
+from exporter.storage.postgres_repo import PostgresRepository, mask_url
+from exporter.storage.repository import open_repository
+from exporter.storage.sqlite_repo import SqliteRepository
+from exporter.storage.store import Store
 
 pytestmark = pytest.mark.postgres
 
@@ -36,8 +36,8 @@ def test_open_repository_picks_the_backend_by_target(tmp_path, postgres_url):
 
 def test_sqlite_users_never_import_psycopg(tmp_path):
     code = ("import sys\n"
-            "from exporter.repository import open_repository\n"
-            "from exporter.store import Store\n"
+            "from exporter.storage.repository import open_repository\n"
+            "from exporter.storage.store import Store\n"
             "Store('x', repository=open_repository(sys.argv[1])).close()\n"
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_pool'))\n"
             "assert not loaded, loaded\n")

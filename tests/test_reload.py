@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
 from exporter.config import load_config
+from exporter.http.webconfig import load_web_config
 from exporter.simulator import Simulator
-from exporter.webconfig import load_web_config
 
 TIMEOUT = 5
 WAIT = 30.0

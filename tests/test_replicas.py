@@ -33,10 +33,10 @@ from conftest import assert_counts_match_what_was_served
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import free_port, wait_for
 
-from exporter import signing
-from exporter.repository import open_repository
 from exporter.simulator import Simulator
-from exporter.store import Store
+from exporter.storage.repository import open_repository
+from exporter.storage.store import Store
+from exporter.vendor import signing
 
 start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
 

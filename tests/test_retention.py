@@ -1,17 +1,17 @@
-"""Retention (exporter/retention.py): the store is pruned on a worker and a lease of its own, not on a poller's."""
+"""Retention (exporter/polling/retention.py): the store is pruned on a worker and a lease of its own."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import T0, Clock, make_config
 
-from exporter.health import ApiHealth
-from exporter.leases import RETENTION_LEASE, Leases, LeaseView
-from exporter.model import CdnTask
-from exporter.poller import PollerGroup
-from exporter.repository import open_repository
-from exporter.retention import RETENTION_EVERY, RetentionWorker
-from exporter.store import Store
+from exporter.metrics.health import ApiHealth
+from exporter.polling.leases import RETENTION_LEASE, Leases, LeaseView
+from exporter.polling.poller import PollerGroup
+from exporter.polling.retention import RETENTION_EVERY, RetentionWorker
+from exporter.storage.model import CdnTask
+from exporter.storage.repository import open_repository
+from exporter.storage.store import Store
 
 DAY = 86400.0
 

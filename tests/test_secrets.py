@@ -22,8 +22,8 @@ import requests
 import test_cli
 from test_cli import DEMO_WAIT, free_port, posix_signals, run_cli, stop, wait_for
 
-from exporter import signing
 from exporter.simulator import Simulator
+from exporter.vendor import signing
 
 start_exporter = test_cli.start_exporter  # the fixture, shared with the CLI tests
 

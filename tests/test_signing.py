@@ -1,7 +1,7 @@
 import base64
 from pathlib import Path
 
-from exporter import signing
+from exporter.vendor import signing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -17,8 +17,8 @@ import pytest
 import requests
 from conftest import Clock as FakeClock
 
-from exporter import signing
 from exporter.simulator import Simulator
+from exporter.vendor import signing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = 1_795_334_400  # 2026-11-22 08:00:00 UTC, on a minute boundary

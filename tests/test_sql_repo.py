@@ -9,27 +9,37 @@ from pathlib import Path
 
 import pytest
 
-from exporter import model
-from exporter.model import StateFilter
-from exporter.postgres_repo import POSTGRES, PostgresRepository
-from exporter.sql_repo import SqlRepository
-from exporter.sqlite_repo import SQLITE, SqliteRepository
+from exporter.storage import model
+from exporter.storage.model import StateFilter
+from exporter.storage.postgres_repo import POSTGRES, PostgresRepository
+from exporter.storage.sql_repo import SqlRepository
+from exporter.storage.sqlite_repo import SQLITE, SqliteRepository
 
 PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 
 
 def _imports() -> dict[str, set[str]]:
-    """Module -> the modules of the package it imports, at the top or inside a function."""
-    names = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if p.is_dir()}
+    """Module (dotted, under ``exporter``) -> the modules of the package it imports, at the top or inside a
+    function."""
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+               for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        package = name if path.stem == "__init__" else name.rpartition(".")[0]
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("exporter."):
-                found.add((node.module or "").split(".")[1])
-        graph[path.stem] = found & names - {path.stem}
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if not base.startswith("exporter"):
+                continue
+            for alias in node.names:  # ``from pkg import module`` imports the module
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        graph[name] = found & modules - {name, package}
     return graph
 
 
@@ -52,11 +62,12 @@ def test_the_package_has_no_import_cycle():
 
 def test_wire_modules_and_model_import_no_storage_module():
     graph = _imports()
-    storage = {"store", "repository", "sql_repo", "sqlite_repo", "postgres_repo", "aggregates", "fmgr_tracking"}
-    for wire in ("cdn", "fmgr", "model"):
+    storage = {m for m in graph if m.startswith("exporter.storage.") and m != "exporter.storage.model"}
+    storage.add("exporter.fmgr.tracking")
+    for wire in ("exporter.vendor.cdn", "exporter.fmgr.wire", "exporter.storage.model"):
         assert not graph[wire] & storage, wire
-    assert graph["model"] == set()
-    assert "model" in graph["cdn"]
+    assert graph["exporter.storage.model"] == set()
+    assert "exporter.storage.model" in graph["exporter.vendor.cdn"]
 
 
 def test_the_backends_write_no_query_of_their_own():

@@ -4,10 +4,10 @@ storage backend: SQLite, and PostgreSQL (a throwaway cluster, see conftest.py)."
 import pytest
 from conftest import Clock
 
-from exporter.fmgr import FmgrItem, FmgrStatus, Lifecycle
-from exporter.repository import open_repository
-from exporter.store import CdnTask, Store
-from exporter.windows import window_start
+from exporter.fmgr.wire import FmgrItem, FmgrStatus, Lifecycle
+from exporter.metrics.windows import window_start
+from exporter.storage.repository import open_repository
+from exporter.storage.store import CdnTask, Store
 
 T0 = 1795334400.0  # on a minute boundary
 

@@ -36,7 +36,7 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.config import ConfigError, parse_config
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.http.webconfig import WebConfig, load_web_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLKIT = ROOT / "tests" / "fixtures" / "exporter-toolkit" / "testdata"

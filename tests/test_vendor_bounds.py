@@ -29,11 +29,11 @@ import requests
 from conftest import ROOT, T0, make_config
 from test_web import make_self_signed
 
-from exporter.cdn import CdnClient
-from exporter.fmgr import FmgrClient
-from exporter.health import ApiHealth
+from exporter.fmgr.wire import FmgrClient
+from exporter.metrics.health import ApiHealth
 from exporter.simulator import Simulator
-from exporter.vendor_http import DEFAULT_MAX_RESPONSE_BYTES, VendorError
+from exporter.vendor.cdn import CdnClient
+from exporter.vendor.http import DEFAULT_MAX_RESPONSE_BYTES, VendorError
 
 TIMEOUT = 0.6  # request_timeout of both clients
 PACE = 0.1  # a paced answer's byte every this many seconds: well within the per-read timeout, which never trips
@@ -202,11 +202,11 @@ def test_stopping_the_simulator_ends_its_paced_answers(sim_factory):
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys, time
-    from exporter.fmgr import FmgrClient
-    from exporter.cdn import CdnClient
+    from exporter.fmgr.wire import FmgrClient
+    from exporter.vendor.cdn import CdnClient
     from exporter.config import parse_config
     from exporter.simulator import Simulator
-    from exporter.vendor_http import VendorError
+    from exporter.vendor.http import VendorError
 
     def hwm_kib():
         for line in open("/proc/self/status"):

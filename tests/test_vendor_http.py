@@ -10,11 +10,12 @@ import pytest
 import requests
 from conftest import T0, make_config
 
-from exporter import cdn, fmgr
-from exporter.cdn import CdnClient
-from exporter.fmgr import FmgrClient
-from exporter.health import RESULTS, ApiHealth
-from exporter.vendor_http import (
+from exporter.fmgr import wire as fmgr
+from exporter.fmgr.wire import FmgrClient
+from exporter.metrics.health import RESULTS, ApiHealth
+from exporter.vendor import cdn
+from exporter.vendor.cdn import CdnClient
+from exporter.vendor.http import (
     VendorError,
     classify_message,
     classify_status,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import T0, make_config
 
-from exporter.cdn import ApiError, CdnClient
-from exporter.fmgr import FmgrApiError, FmgrClient
+from exporter.fmgr.wire import FmgrApiError, FmgrClient
+from exporter.vendor.cdn import ApiError, CdnClient
 
 DURATION = r"duration=\d+\.\d{3}s"
 # As the request says it: the account's time zone (+08:00 here), to the second.
@@ -29,11 +29,11 @@ def test_each_cdn_request_is_one_debug_line(sim_factory, clock, tmp_path: Path, 
         sim.add_cdn_task("acme", "prefetch", f"http://example.com/{i}", T0 - 900 + i)
     account = make_config(sim.url, str(tmp_path / "s.db")).accounts[0]
     clock.advance(60)
-    caplog.set_level(logging.DEBUG, logger="exporter.cdn")
+    caplog.set_level(logging.DEBUG, logger="exporter.vendor.cdn")
 
     page = CdnClient(account, clock=clock, timeout=5).query("prefetch", T0 - 3600, T0, page_no=1, page_size=2)
     assert (page.count, page.rows) == (3, 2)
-    (line,) = messages(caplog, "exporter.cdn")
+    (line,) = messages(caplog, "exporter.vendor.cdn")
     assert re.fullmatch(rf"vendor request api=prefetch account=acme {RANGE} page=1 page_size=2 count=3 rows=2 "
                         rf"{DURATION} result=ok", line), line
 
@@ -41,7 +41,7 @@ def test_each_cdn_request_is_one_debug_line(sim_factory, clock, tmp_path: Path, 
     wrong = dataclasses.replace(account, api_key="not-the-key")
     with pytest.raises(ApiError):
         CdnClient(wrong, clock=clock, timeout=5).query("prefetch", T0 - 3600, T0, page_no=2, page_size=50)
-    (line,) = messages(caplog, "exporter.cdn")
+    (line,) = messages(caplog, "exporter.vendor.cdn")
     assert re.fullmatch(rf"vendor request api=prefetch account=acme {RANGE} page=2 page_size=50 error=.+ "
                         rf"{DURATION} result=auth", line), line
 
@@ -49,13 +49,13 @@ def test_each_cdn_request_is_one_debug_line(sim_factory, clock, tmp_path: Path, 
 def test_each_fmgr_request_is_one_debug_line(sim_factory, clock, caplog) -> None:
     sim = sim_factory()
     sim.add_fmgr_task("job-1", ["fetch", "copy"], created_ts=T0)
-    caplog.set_level(logging.DEBUG, logger="exporter.fmgr")
+    caplog.set_level(logging.DEBUG, logger="exporter.fmgr.wire")
     client = FmgrClient(sim.url, timeout=5)
 
     assert client.status("job-1").id == "job-1"
     with pytest.raises(FmgrApiError):
         client.status("ghost")
-    ok, missing = messages(caplog, "exporter.fmgr")
+    ok, missing = messages(caplog, "exporter.fmgr.wire")
     assert re.fullmatch(rf"vendor request api=fmgr id=job-1 code=0 items=2 {DURATION} result=ok", ok), ok
     assert re.fullmatch(rf"vendor request api=fmgr id=ghost error=.+ {DURATION} result=not_found", missing), missing
 
@@ -67,4 +67,4 @@ def test_nothing_is_logged_above_debug(sim_factory, clock, tmp_path: Path, caplo
     caplog.set_level(logging.INFO)
     CdnClient(account, clock=clock, timeout=5).query("prefetch", T0 - 3600, T0)
     FmgrClient(sim.url, timeout=5).status("job-1")
-    assert not [r for r in caplog.records if r.name in ("exporter.cdn", "exporter.fmgr")]
+    assert not [r for r in caplog.records if r.name in ("exporter.vendor.cdn", "exporter.fmgr.wire")]

@@ -25,10 +25,10 @@ import prometheus_client
 import pytest
 import requests
 
-from exporter import signing
-from exporter.httpd import BODY_TOO_LARGE, Limits
-from exporter.web import App, NotifyEndpoint, RegistrationApi, Server, parse_listen_address
-from exporter.webconfig import BasicAuth, build_ssl_context, load_web_config
+from exporter.http.server import BODY_TOO_LARGE, Limits
+from exporter.http.web import App, NotifyEndpoint, RegistrationApi, Server, parse_listen_address
+from exporter.http.webconfig import BasicAuth, build_ssl_context, load_web_config
+from exporter.vendor import signing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLE_BODY = (FIXTURES / "fmgr_notify_example.b64").read_bytes()

@@ -11,7 +11,7 @@ import bcrypt
 import pytest
 
 from exporter.config import ConfigError
-from exporter.webconfig import (
+from exporter.http.webconfig import (
     BasicAuth,
     WebConfig,
     _set_groups,
@@ -553,8 +553,8 @@ def test_a_password_throttled_once_goes_ahead_of_the_flood_the_next_time():
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def state_store(request, tmp_path):
-    from exporter.repository import open_repository
-    from exporter.store import Store
+    from exporter.storage.repository import open_repository
+    from exporter.storage.store import Store
 
     target = str(tmp_path / "auth.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     opened = []
@@ -573,7 +573,7 @@ def test_verified_passwords_are_remembered_in_the_store_as_salted_keyed_digests(
     import hashlib
     import json
 
-    from exporter.webconfig import NEW, VERIFIED, VERIFIED_KEPT, VERIFIED_STATE_KEY
+    from exporter.http.webconfig import NEW, VERIFIED, VERIFIED_KEPT, VERIFIED_STATE_KEY
 
     bob_hash = bcrypt.hashpw(b"builder", bcrypt.gensalt(4)).decode()
     store = state_store()

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from exporter.windows import BUCKET_SECONDS, WindowCounter, bucket_end, window_start
+from exporter.metrics.windows import BUCKET_SECONDS, WindowCounter, bucket_end, window_start
 
 T0 = 1795334400.0  # on a minute boundary
 

@@ -15,11 +15,11 @@ import pytest
 from conftest import T0, make_config
 from prometheus_client import CollectorRegistry
 
-from exporter.cdn import CdnClient
-from exporter.collector import ExporterCollector
 from exporter.config import Config
-from exporter.health import ApiHealth
-from exporter.store import CDN_STATUSES, Store
+from exporter.metrics.collector import ExporterCollector
+from exporter.metrics.health import ApiHealth
+from exporter.storage.store import CDN_STATUSES, Store
+from exporter.vendor.cdn import CdnClient
 
 USER = "acme"
 KIND = "prefetch"

@@ -23,8 +23,8 @@ One module per concern, composed by ``Simulator`` (server.py):
 * ``server``: the HTTP server, the router and the ``Simulator`` facade.
 """
 
-from .auth import AKSK_TIMESTAMP_SKEW
-from .cdn import (
+from exporter.simulator.auth import AKSK_TIMESTAMP_SKEW
+from exporter.simulator.cdn import (
     MAX_QUERY_SPAN,
     QUERY_STATUSES,
     SLOT_SECONDS,
@@ -35,11 +35,11 @@ from .cdn import (
     TIME_FORMAT,
     parse_offset,
 )
-from .clock import ManualClock
-from .faults import CODE0_FAULT_PREFIX, FAULTS, HUGE, MALFORMED_CDN_BODY, MALFORMED_FMGR_BODY, PACED
-from .fmgr import FMGR_ITEM_DESC, FMGR_OPS, FMGR_TASK_DESC
-from .server import Simulator
-from .wire import (
+from exporter.simulator.clock import ManualClock
+from exporter.simulator.faults import CODE0_FAULT_PREFIX, FAULTS, HUGE, MALFORMED_CDN_BODY, MALFORMED_FMGR_BODY, PACED
+from exporter.simulator.fmgr import FMGR_ITEM_DESC, FMGR_OPS, FMGR_TASK_DESC
+from exporter.simulator.server import Simulator
+from exporter.simulator.wire import (
     APIS,
     CDN_CONTENT_TYPE,
     CDN_PATHS,

@@ -7,10 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-from exporter import signing
-
-from .settings import Settings
-from .wire import MSG_USERNAME_INVALID, Headers, Response, auth_failed, cdn_error
+from exporter.simulator.settings import Settings
+from exporter.simulator.wire import MSG_USERNAME_INVALID, Headers, Response, auth_failed, cdn_error
+from exporter.vendor import signing
 
 AKSK_TIMESTAMP_SKEW = 300.0
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, TypeVar
 
-from .draws import hash_int, mix64, poisson
-from .settings import Settings
-from .wire import (
+from exporter.simulator.draws import hash_int, mix64, poisson
+from exporter.simulator.settings import Settings
+from exporter.simulator.wire import (
     CDN_CONTENT_TYPE,
     MSG_END_BEFORE_START,
     MSG_PAGE_NO,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from .wire import (
+from exporter.simulator.wire import (
     APIS,
     CDN_CONTENT_TYPE,
     JSON_CONTENT_TYPE,

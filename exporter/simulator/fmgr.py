@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from .draws import hash_int, hash_uniform
-from .settings import Settings
-from .wire import Response, json_response
+from exporter.simulator.draws import hash_int, hash_uniform
+from exporter.simulator.settings import Settings
+from exporter.simulator.wire import Response, json_response
 
 FMGR_OPS = ("fetch", "copy", "move", "delete", "compress", "deletePrefix")
 FMGR_TASK_DESC = {0: "waiting", 1: "processing", 4: "notifying", 5: "notifyFailed", 6: "notifySucceed"}

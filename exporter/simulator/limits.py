@@ -9,8 +9,8 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs
 
-from .settings import Settings
-from .wire import Response, rate_limited
+from exporter.simulator.settings import Settings
+from exporter.simulator.wire import Response, rate_limited
 
 
 class RateLimiter:

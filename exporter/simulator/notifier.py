@@ -15,12 +15,11 @@ from typing import Any
 
 import requests as requests_lib
 
-from exporter import signing
-
-from .draws import hash_uniform
-from .fmgr import FmgrModel, FmgrTask
-from .settings import Settings
-from .wire import compact_json
+from exporter.simulator.draws import hash_uniform
+from exporter.simulator.fmgr import FmgrModel, FmgrTask
+from exporter.simulator.settings import Settings
+from exporter.simulator.wire import compact_json
+from exporter.vendor import signing
 
 logger = logging.getLogger(__name__)
 

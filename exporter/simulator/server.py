@@ -18,14 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
-from .auth import Accounts
-from .cdn import CdnModel, parse_offset
-from .faults import PACED, Faults, fault_response
-from .fmgr import FMGR_OPS, FmgrModel
-from .limits import RateLimiter, RequestLog
-from .notifier import Notifier
-from .settings import Settings
-from .wire import CDN_PATHS, FMGR_PATH, Headers, Response, cdn_error, json_response
+from exporter.simulator.auth import Accounts
+from exporter.simulator.cdn import CdnModel, parse_offset
+from exporter.simulator.faults import PACED, Faults, fault_response
+from exporter.simulator.fmgr import FMGR_OPS, FmgrModel
+from exporter.simulator.limits import RateLimiter, RequestLog
+from exporter.simulator.notifier import Notifier
+from exporter.simulator.settings import Settings
+from exporter.simulator.wire import CDN_PATHS, FMGR_PATH, Headers, Response, cdn_error, json_response
 
 _T = TypeVar("_T")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .vendor_http import VendorError
+from exporter.vendor.http import VendorError
 
 
 @contextmanager

@@ -19,9 +19,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from .leases import Fence, Grant
-from .model import Loaded
-from .sql_repo import Dialect, SqlRepository, SqlTransaction
+from exporter.polling.leases import Fence, Grant
+from exporter.storage.model import Loaded
+from exporter.storage.sql_repo import Dialect, SqlRepository, SqlTransaction
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .pagesize import PageSize
+from exporter.polling.pagesize import PageSize
 
 FILL = 0.85  # plan a range to 85% of a page: counts vary (Poisson, bursts, late tasks); an overflow costs a slot
 MAINTENANCE_SHARE = 0.25  # of the requests while the head is busy, for re-checks, probes and back-fill

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from . import fmgr as fmgrwire
-from .repository import Transaction
-from .windows import Counts, Delta, EdgeCounts, WindowCounter
+from exporter.fmgr import wire as fmgrwire
+from exporter.metrics.windows import Counts, Delta, EdgeCounts, WindowCounter
+from exporter.storage.repository import Transaction
 
 CDN_STATUSES = ("success", "failure", "wait", "run", "unknown")
 CDN_FINAL = frozenset({"success", "failure"})

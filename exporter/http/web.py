@@ -26,10 +26,12 @@ import prometheus_client
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
-from exporter import fmgr, httpd, httpd_app, metrics
-from exporter.fmgr import FmgrStatus
-from exporter.fmgr_tracking import API_STATES
-from exporter.webconfig import (
+from exporter.fmgr import wire as fmgr
+from exporter.fmgr.tracking import API_STATES
+from exporter.fmgr.wire import FmgrStatus
+from exporter.http import served as httpd_app
+from exporter.http import server as httpd
+from exporter.http.webconfig import (
     AUTH_FAILURE_REASONS,
     MISSING,
     NEW,
@@ -38,6 +40,7 @@ from exporter.webconfig import (
     AuthFailures,
     BasicAuth,
 )
+from exporter.metrics import catalogue as metrics
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import cast
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from . import fmgr as fmgrwire
-from . import metrics as m
-from .config import Config, TaskKindConfig
-from .health import ApiHealth
-from .store import CDN_STATUSES, Snapshot, Store
+from exporter import __version__
+from exporter.config import Config, TaskKindConfig
+from exporter.fmgr import wire as fmgrwire
+from exporter.metrics import catalogue as m
+from exporter.metrics.health import ApiHealth
+from exporter.storage.store import CDN_STATUSES, Snapshot, Store
 
 log = logging.getLogger(__name__)
 

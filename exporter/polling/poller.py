@@ -7,7 +7,7 @@ one at a time, the read its ``planner.Planner`` chooses (newest tasks first, the
 unfinished tasks, probes and back-fill); the planner's state is persisted too, so a read that needs
 several pages resumes after a failure, a budget wait or a restart instead of starting over.
 
-Replicas sharing a store run each worker on the replica holding its lease (exporter/leases.py): a worker
+Replicas sharing a store run each worker on the replica holding its lease (exporter/polling/leases.py): a worker
 sends only while its lease outlasts the request, writes with its lease as a fence, and reloads what its
 predecessor stored whenever it takes the lease (again). A request in flight is marked in the stored budget
 before it is sent, so whoever runs the worker next (a successor, or this exporter after kill -9) counts it
@@ -23,17 +23,17 @@ from collections.abc import Callable
 
 import requests
 
-from .budget import RateBudget, backoff_delay
-from .cdn import ApiError, CdnClient
-from .config import Account, Config, FmgrConfig, TaskKindConfig
-from .fmgr import FmgrApiError, FmgrClient, Lifecycle
-from .health import ApiHealth
-from .leases import FMGR_LEASE, MARGIN, RETENTION_LEASE, Leases, LeaseView, cdn_lease, poller_of
-from .pagesize import PageSize
-from .planner import Planner
-from .retention import RetentionWorker
-from .store import CdnTask, Store
-from .worker import Worker
+from exporter.config import Account, Config, FmgrConfig, TaskKindConfig
+from exporter.fmgr.wire import FmgrApiError, FmgrClient, Lifecycle
+from exporter.metrics.health import ApiHealth
+from exporter.polling.budget import RateBudget, backoff_delay
+from exporter.polling.leases import FMGR_LEASE, MARGIN, RETENTION_LEASE, Leases, LeaseView, cdn_lease, poller_of
+from exporter.polling.pagesize import PageSize
+from exporter.polling.planner import Planner
+from exporter.polling.retention import RetentionWorker
+from exporter.polling.worker import Worker
+from exporter.storage.store import CdnTask, Store
+from exporter.vendor.cdn import ApiError, CdnClient
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 Everything a vendor call has in common lives here, once: the error type, the classification of HTTP statuses
 and vendor messages into result kinds (the ``result`` label of ``cdnetworks_api_requests_total``), the
 ``Retry-After`` parser, the mapping of transport failures, and the request instrumentation
-(:meth:`ApiHealth.observe_request`). The clients in ``cdn.py`` and ``fmgr.py`` are thin mappings on top: they
-build the request, read the vendor's documents and decide only what differs per API.
+(:meth:`ApiHealth.observe_request`). The clients in ``vendor/cdn.py`` and ``fmgr/wire.py`` are thin mappings on
+top: they build the request, read the vendor's documents and decide only what differs per API.
 
 Result kinds of a failed call (``health.RESULTS`` minus ``ok``):
 
@@ -50,7 +50,7 @@ import urllib3
 import urllib3.connection
 import urllib3.exceptions
 
-from .health import ApiHealth
+from exporter.metrics.health import ApiHealth
 
 AUTH_STATUSES = frozenset({401, 403})
 

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import fmgr as fmgrwire
-from . import fmgr_tracking
-from . import metrics as m
-from .aggregates import (
+from exporter.fmgr import tracking as fmgr_tracking
+from exporter.fmgr import wire as fmgrwire
+from exporter.metrics import catalogue as m
+from exporter.metrics.windows import Counts
+from exporter.polling.leases import Fence
+from exporter.storage.aggregates import (
     CDN_FINAL,
     CDN_STATUSES,
     Aggregates,
@@ -43,11 +45,9 @@ from .aggregates import (
     fmgr_task_deltas,
     sum_deltas,
 )
-from .leases import Fence
-from .model import CdnTask
-from .repository import Repository
-from .sqlite_repo import SqliteRepository
-from .windows import Counts
+from exporter.storage.model import CdnTask
+from exporter.storage.repository import Repository
+from exporter.storage.sqlite_repo import SqliteRepository
 
 __all__ = ["CDN_STATUSES", "DURATION_BUCKETS", "CdnTask", "Histogram", "Snapshot", "Store", "UpsertResult"]
 

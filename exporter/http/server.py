@@ -46,7 +46,7 @@ from urllib.parse import unquote_to_bytes
 
 import h11
 
-from .httpd_app import (
+from exporter.http.served import (
     BODY_TOO_LARGE,
     SLOW_FIRST,
     PlainApp,

@@ -33,9 +33,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from .leases import Fence, Grant, LeaseLost
-from .model import Loaded
-from .sql_repo import Dialect, SqlRepository, SqlTransaction
+from exporter.polling.leases import Fence, Grant, LeaseLost
+from exporter.storage.model import Loaded
+from exporter.storage.sql_repo import Dialect, SqlRepository, SqlTransaction
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ CREATE INDEX IF NOT EXISTS cdn_tasks_window ON cdn_tasks (account, kind, create_
 CREATE INDEX IF NOT EXISTS fmgr_tasks_window ON fmgr_tasks (first_seen) INCLUDE (code, id);
 """
     own_tables = """\
--- Replicas: which one runs each poller (exporter/leases.py), and the in-memory changes of every transaction,
+-- Replicas: which one runs each poller (exporter/polling/leases.py), and the in-memory changes of every transaction,
 -- in commit order, for the other replicas to apply (store.py).
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, generation BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL

@@ -12,11 +12,11 @@ import random
 import time
 from collections.abc import Callable
 
-from .budget import backoff_delay
-from .config import Config
-from .leases import RETENTION_LEASE, LeaseView
-from .store import CHANGES_KEPT, Store
-from .worker import Worker
+from exporter.config import Config
+from exporter.polling.budget import backoff_delay
+from exporter.polling.leases import RETENTION_LEASE, LeaseView
+from exporter.polling.worker import Worker
+from exporter.storage.store import CHANGES_KEPT, Store
 
 log = logging.getLogger(__name__)
 

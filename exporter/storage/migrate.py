@@ -46,8 +46,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .postgres_repo import CONNECT_DEFAULTS, WRITE_LOCK_KEY, PostgresRepository, mask_url, pg_text
-from .sql_repo import SCHEMA_VERSION
+from exporter.storage.postgres_repo import CONNECT_DEFAULTS, WRITE_LOCK_KEY, PostgresRepository, mask_url, pg_text
+from exporter.storage.sql_repo import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 

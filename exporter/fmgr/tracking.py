@@ -15,11 +15,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import fmgr as fmgrwire
-from . import metrics as m
-from .aggregates import Work, fmgr_item_deltas, fmgr_task_deltas
-from .model import FmgrApiRow, FmgrItemRow, StateFilter
-from .repository import Repository
+from exporter.fmgr import wire as fmgrwire
+from exporter.metrics import catalogue as m
+from exporter.storage.aggregates import Work, fmgr_item_deltas, fmgr_task_deltas
+from exporter.storage.model import FmgrApiRow, FmgrItemRow, StateFilter
+from exporter.storage.repository import Repository
 
 DEFAULT_LIFECYCLE = fmgrwire.Lifecycle()
 

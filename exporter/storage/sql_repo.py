@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from .model import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
+from exporter.storage.model import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
 
 SCHEMA_VERSION = 1
 PRUNE_CHUNK = 500  # tasks deleted by one statement (SQLite's limit on host parameters is 999)

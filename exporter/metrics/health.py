@@ -10,7 +10,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .metrics import API_REQUEST_DURATION
+from exporter.metrics.catalogue import API_REQUEST_DURATION
 
 # Results of one vendor call; a bounded label set.
 RESULTS = ("ok", "bad_request", "auth", "rate_limited", "server_error", "timeout", "malformed", "not_found",

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .leases import LeaseLost
+from exporter.polling.leases import LeaseLost
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,12 @@ from typing import Any
 
 import requests
 
-from exporter import __version__, signing, vendor_http
-from exporter.health import ApiHealth
-from exporter.vendor_http import VendorError, classify_status, observed, send
-from exporter.vendor_log import logged
+from exporter import __version__
+from exporter.metrics.health import ApiHealth
+from exporter.vendor import http as vendor_http
+from exporter.vendor import signing
+from exporter.vendor.http import VendorError, classify_status, observed, send
+from exporter.vendor.log import logged
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import signing, vendor_http
-from .config import Account
-from .health import ApiHealth
-from .kinds import BY_NAME
-from .model import CdnTask
-from .vendor_http import VendorError, classify_status, observed, parse_retry_after, send
-from .vendor_log import logged
+from exporter.config import Account
+from exporter.kinds import BY_NAME
+from exporter.metrics.health import ApiHealth
+from exporter.storage.model import CdnTask
+from exporter.vendor import http as vendor_http
+from exporter.vendor import signing
+from exporter.vendor.http import VendorError, classify_status, observed, parse_retry_after, send
+from exporter.vendor.log import logged
 
 log = logging.getLogger(__name__)
 

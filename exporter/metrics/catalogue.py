@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from .kinds import KINDS, TaskKind
+from exporter.kinds import KINDS, TaskKind
 
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -199,7 +199,7 @@ FMGR: tuple[Family, ...] = (FMGR_TASKS, FMGR_ITEMS, FMGR_SUCCESS_RATIO, FMGR_PEN
 
 
 # --------------------------------------------------------------------------------------------------
-# The exporter's view of the vendor APIs (exporter/health.py), and the exporter itself
+# The exporter's view of the vendor APIs (exporter/metrics/health.py), and the exporter itself
 
 API_REQUEST_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

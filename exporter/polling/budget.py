@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .config import RateLimit
+from exporter.config import RateLimit
 
 MAX_BACKOFF = 900.0
 BASE_BACKOFF = 5.0

@@ -1,7 +1,7 @@
 """The storage interface: every operation the exporter needs from a database, and nothing else.
 
 The rules (which task finished, what a notification means for a task's code, what a window counts) live
-above this line, in ``store.py``, ``aggregates.py`` and ``fmgr_tracking.py``; a backend only stores rows and
+above this line, in ``store.py``, ``aggregates.py`` and ``fmgr/tracking.py``; a backend only stores rows and
 answers range queries. The rows are ``model.py``'s. The SQL is written once, in ``sql_repo.py``; a backend
 adds what its database does differently: ``sqlite_repo.py`` (the reference) and ``postgres_repo.py``.
 ``open_repository`` picks one.
@@ -12,7 +12,7 @@ Operations, by concern:
 
 * lifecycle: ``close``, ``ping``, ``write_health``;
 * rebuilding the in-memory aggregates after a start: ``load`` (one consistent snapshot);
-* replicas: ``lease_acquire``, ``lease_release`` (exporter/leases.py), ``changes_since``, ``prune_changes``;
+* replicas: ``lease_acquire``, ``lease_release`` (exporter/polling/leases.py), ``changes_since``, ``prune_changes``;
 * poller state: ``get_state`` (written in a transaction);
 * CDN reads for scrapes and planning: ``cdn_edge_rows``, ``cdn_oldest_unfinished``, ``cdn_range_count``,
   ``cdn_unfinished``, ``cdn_rows``, ``cdn_task_count``, ``cdn_counts_by_status``; ``prune_cdn``;
@@ -32,8 +32,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .leases import Fence, Grant
-from .model import CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
+from exporter.polling.leases import Fence, Grant
+from exporter.storage.model import CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
 
 
 class Transaction(Protocol):
@@ -130,9 +130,9 @@ def open_repository(target: str | os.PathLike[str], *, password: str | None = No
     here, not at the top: SQLite users never import psycopg."""
     text = os.fspath(target)
     if urlsplit(text).scheme.lower() in ("postgresql", "postgres"):
-        from .postgres_repo import PostgresRepository
+        from exporter.storage.postgres_repo import PostgresRepository
 
         return PostgresRepository(text, password=password)
-    from .sqlite_repo import SqliteRepository
+    from exporter.storage.sqlite_repo import SqliteRepository
 
     return SqliteRepository(text)

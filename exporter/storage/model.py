@@ -1,6 +1,6 @@
 """The rows the exporter reads from the vendor and keeps in its store: the one module both sides import.
 
-The wire modules (``cdn.py``) produce them, the store layer (``store.py``, ``fmgr_tracking.py``,
+The wire modules (``vendor/cdn.py``) produce them, the store layer (``store.py``, ``fmgr/tracking.py``,
 ``aggregates.py``) and the repositories (``sql_repo.py`` and its backends) store and return them. This module
 imports nothing of the exporter's, so neither side depends on the other through it.
 

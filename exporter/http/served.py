@@ -1,6 +1,6 @@
 """The app's side of the HTTP server: the interface it serves (``ServedApp``: a WSGI call, the body limit of a
 route, the lane a request runs on) and the worker threads those lanes are (``Workers``). The server in
-``httpd.py`` owns the connections, HTTP/1.1 framing and limits; it calls the app only through this interface.
+``server.py`` owns the connections, HTTP/1.1 framing and limits; it calls the app only through this interface.
 """
 
 from __future__ import annotations
