@@ -268,6 +268,21 @@ def test_a_silently_capped_page_size_is_adopted_without_skipping_rows(sim_factor
     assert store.cdn_task_count("acme", "prefetch") == sim.cdn_truth("acme", "prefetch", T0 - DAY, T0)["total"]
 
 
+def test_page_numbers_are_the_pollers_own_whatever_the_answer_says(sim_factory, clock, tmp_path):
+    # The vendor's SDK documents the answer's pageNo as the total number of pages, the seed's example as the page
+    # asked for: with the total in every answer (5 here, for ranges of about 2 pages of 100 paged through), a
+    # client that took it for its position would skip or repeat pages. Every task must be read once.
+    sim = sim_factory(max_page_size=100)
+    sim.page_no_total = True
+    sim.add_cdn_stream("acme", "prefetch", per_hour=400, start_ts=T0 - DAY)
+    poller, store, _ = build(sim, clock, tmp_path, prefetch={"page_size": 100})
+    run_cycle(poller, clock)
+    paged = [e for e in sim.request_log if int(e["body"].get("pageNo", 1)) > 1]
+    assert paged, "no range was paged through: the test proves nothing"
+    assert_windows_match_truth(sim, store, clock, "acme")
+    assert store.cdn_task_count("acme", "prefetch") == sim.cdn_truth("acme", "prefetch", T0 - DAY, T0)["total"]
+
+
 PUBLISHED = {"rate_limit": {"requests": 1, "per": "5m"}, "lookback": "1h"}
 
 

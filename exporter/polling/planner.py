@@ -362,13 +362,13 @@ class Planner:
                     return read
             # One maintenance request per (1 - share) / share busy ones: the share is of all requests.
             self.credit = min(1.0, self.credit + MAINTENANCE_SHARE / (1 - MAINTENANCE_SHARE))
-            read = self._head(now) if self.head_due(now) else self._recent()
+            read = self._head(now, store) if self.head_due(now) else self._recent()
         else:
             read = self._maintenance(now, store)
         self.current = read
         return read
 
-    def _head(self, now: float) -> Read:
+    def _head(self, now: float, store: StoreView) -> Read:
         assert self.head is not None
         # Up to the current second, which may still gain tasks: the next head read reaches back over it.
         end = math.floor(now)
@@ -390,7 +390,30 @@ class Planner:
                 # Up to three quarters of the page: a burst must not push the read over a page.
                 back = max(back, end - int(0.75 * room) + 1)
             start = min(start, max(back, self.reach(now)))  # reaching back, never leaving a gap
+            start = min(start, self._reach_back(now, store, end))
         return Read(start, end, "head")
+
+    def _reach_back(self, now: float, store: StoreView, end: int) -> int:
+        """How far back a head read can reach and still hold one page: back to the oldest unfinished task whose
+        range, with the tasks stored after it and the new ones expected since the head, fits. At a tight budget
+        this re-reads every unfinished task with each read of the newest (a change then shows within a poll
+        interval, as a naive re-reader's would) where otherwise a re-check or a sweep would come much later."""
+        assert self.head is not None
+        limit = FILL * self.page_size
+        expected = 1.5 * (end - self.head) * self.rate  # new tasks since the head, with room for a burst
+        if expected >= limit:
+            return end
+        span = DAY - 1.0 if self.rate <= 0 else min(DAY - 1.0, limit / self.rate)
+        unfinished = store.unfinished(max(self.reach(now), math.floor(end - span)), self.head)
+        creates = [math.floor(u[0]) for u in unfinished]
+        lo, hi = 0, len(creates)  # the first index whose range fits (counts shrink as the index grows)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if store.range_count(creates[mid], self.head) + expected <= limit:
+                hi = mid
+            else:
+                lo = mid + 1
+        return creates[lo] if lo < len(creates) else end
 
     def _recent(self) -> Read:
         a, b = self.recent[0]

@@ -533,7 +533,8 @@ class CdnModel:
                                         (page_no - 1) * page_size, page_size)
         for task in tasks:
             self.served[(user, kind, task.url, task.create)] = now
-        numbers: list[int | str] = [count, page_no, page_size]
+        answered_page = max(1, math.ceil(count / page_size)) if settings.page_no_total else page_no
+        numbers: list[int | str] = [count, answered_page, page_size]
         if settings.string_numbers:
             numbers = [str(n) for n in numbers]
         payload = {

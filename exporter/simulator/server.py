@@ -197,6 +197,7 @@ class Simulator:
     string_numbers: _Kept[bool] = _Kept("_settings")
     silent_page_cap: _Kept[int | None] = _Kept("_settings")
     order: _Kept[str] = _Kept("_settings")
+    page_no_total: _Kept[bool] = _Kept("_settings")
     timeout_fault_seconds: _Kept[float] = _Kept("_settings")
     pace_fault_interval: _Kept[float] = _Kept("_settings")
     pace_fault_limit: _Kept[float] = _Kept("_settings")

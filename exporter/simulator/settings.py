@@ -23,6 +23,9 @@ class Settings:
     silent_page_cap: int | None
     # Seed 002 does not say how rows are ordered; the exporter must not depend on it, so both are served.
     order: str
+    # The vendor's SDK documents the answer's pageNo as the total number of pages, the seed's example as the page
+    # asked for: with this set, the answer says the total, so a client that reads it as its position goes wrong.
+    page_no_total: bool = False
     # The "timeout" fault sleeps this long (real time) before answering normally.
     timeout_fault_seconds: float = 3.0
     # The paced faults ("trickle", "trickle_headers") send a byte every this many seconds (real time); none

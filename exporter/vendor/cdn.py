@@ -59,6 +59,8 @@ ApiError = VendorError
 @dataclass(frozen=True)
 class QueryPage:
     count: int
+    # The answer's pageNo: the seed's example echoes the page asked for, the vendor's SDK documents the total
+    # number of pages. Kept for diagnostics only: paging follows the request's own page number and ``count``.
     page_no: int
     page_size: int
     tasks: list[CdnTask]
