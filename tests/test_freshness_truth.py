@@ -158,6 +158,12 @@ def test_windows_equal_the_vendors_real_state_in_the_middle_of_the_budget_range(
         sim.stop()
 
 
+def shown_unfinished(exporter: Exporter, user: str, kind: str, url: str, create: int) -> bool:
+    """Whether the exporter holds this task as unfinished (a task it has not read yet is lag, not staleness)."""
+    return any(u == url and status in ("wait", "run", "unknown")
+               for _, u, status in exporter.store.cdn_rows(user, kind, create, create))
+
+
 def check(sim: Simulator, exporter: Exporter, trackers: dict[tuple[str, str], Staleness],
           complete_at: dict[tuple[str, str], float], now: float, allow: float) -> list[str]:
     """Every window of every account and kind against the vendor's real state now; what is wrong, as text."""
@@ -190,7 +196,8 @@ def check(sim: Simulator, exporter: Exporter, trackers: dict[tuple[str, str], St
         # What the exporter says of its own staleness bounds the real one: a change to a task it shows unfinished
         # happened after the task's last read, and no unfinished task was read longer ago than the gauge says.
         staleness = gauge(metrics, "cdnetworks_poll_staleness_seconds", account=user, api=kind)
-        late = [now - c[4] for c in tracker.unshown(now) if c[2] > 0 and c[1] >= now - 86400 + 1]
+        late = [now - c[4] for c in tracker.unshown(now) if c[2] > 0 and c[1] >= now - 86400 + 1
+                and shown_unfinished(exporter, user, kind, c[0], c[1])]
         if staleness is None or (late and max(late) > staleness + 1):
             wrong.append(f"{user}/{kind} staleness gauge {staleness} below a real staleness of {max(late or [0])}")
         if (user, kind) not in complete_at:
