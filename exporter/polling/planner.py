@@ -107,7 +107,6 @@ class Part:
 
     start: int
     end: int
-    youngest: float  # createTime of its newest unfinished task: the one most likely to change
     due: float  # when its most overdue task is due
     url: str | None = None
 
@@ -561,7 +560,7 @@ class Planner:
         for (i, j, c0, url), age in zip(bounds, ages, strict=True):
             interval = spaced_interval(age, self.poll_interval, spacing)
             due = min(seen for _, _, seen, _ in unfinished[i:j + 1]) + interval
-            parts.append(Part(c0, math.floor(unfinished[j][0]), unfinished[j][0], due, url))
+            parts.append(Part(c0, math.floor(unfinished[j][0]), due, url))
         return parts
 
     def _recheck(self, now: float, store: StoreView) -> Read | None:
