@@ -717,15 +717,18 @@ class BasicAuth:
         if creds is None:
             return MISSING
         user, password = creds
-        pw = password.encode("utf-8")
-        hashed = self._users.get(user)
+        return self._known(user, password.encode("utf-8"), self._users.get(user))[0]
+
+    def _known(self, user: str, pw: bytes, hashed: bytes | None) -> tuple[str, int, int]:
+        """VERIFIED, KNOWN_WRONG, REPEATED or NEW for parsed credentials, with their slot and fingerprint in the
+        table of candidates seen (0, 0 when verified)."""
         if self._is_verified(user, hashed, pw):
-            return VERIFIED
+            return VERIFIED, 0, 0
         slot, fingerprint = self._fingerprint(user, hashed, pw)
         seen = self._seen[slot]
         if seen == fingerprint | 1:
-            return KNOWN_WRONG
-        return REPEATED if seen == fingerprint else NEW
+            return KNOWN_WRONG, slot, fingerprint
+        return (REPEATED if seen == fingerprint else NEW), slot, fingerprint
 
     def throttled(self, header: str | None) -> None:
         """Count a candidate refused unchecked (the server had no room for its check), and remember it: when it
@@ -747,17 +750,16 @@ class BasicAuth:
         user, password = creds
         pw = password.encode("utf-8")
         hashed = self._users.get(user)
-        if self._is_verified(user, hashed, pw):
+        known, slot, fingerprint = self._known(user, pw, hashed)
+        if known == VERIFIED:
             return True
-        slot, fingerprint = self._fingerprint(user, hashed, pw)
-        seen = self._seen[slot]
-        if seen == fingerprint | 1:
+        if known == KNOWN_WRONG:
             self.failures.inc("wrong")  # found wrong before: no bcrypt again
             return False
-        lane = 1 if seen == fingerprint else 0
+        lane = 1 if known == REPEATED else 0
         with self._lock:
             if self._in_bcrypt[lane] >= (REPEATED_WAITING if lane else BCRYPT_RUNNING + BCRYPT_WAITING):
-                if seen != fingerprint:
+                if known == NEW:
                     self._seen[slot] = fingerprint
                 self.failures.inc("throttled")
                 return False
