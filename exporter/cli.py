@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -135,20 +136,36 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+_LOGFMT_BARE = re.compile(r"[A-Za-z0-9_.:/@+-]+")
+
+
+def _logfmt_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    return text if _LOGFMT_BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+
+
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         quoted = json.dumps(msg, ensure_ascii=False)
+        # A structured line (exporter/failurelog.py) carries its fields as extra={"fields": {...}}.
+        fields = "".join(f" {k}={_logfmt_value(v)}" for k, v in getattr(record, "fields", {}).items())
         return (f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S%z')} level={record.levelname.lower()} "
-                f"logger={record.name} msg={quoted}")
+                f"logger={record.name} msg={quoted}{fields}")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
+               "logger": record.name, "msg": record.getMessage(), **getattr(record, "fields", {})}
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

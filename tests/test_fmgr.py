@@ -66,7 +66,7 @@ def test_seed_example_verifies_decodes_and_parses():
         id="20105464540f197414d51a861240d921ef206",
         code=3,
         separate=0,
-        items=(FmgrItem(op="resource", code=3, fsize=6437836, error=None),),
+        items=(FmgrItem(op="resource", code=3, fsize=6437836, error=None, key="test_src_file_1691978251166.mp4"),),
     )
 
 

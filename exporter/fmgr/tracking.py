@@ -105,7 +105,11 @@ def apply_status(work: Work, status: fmgrwire.FmgrStatus, *, source: str, polled
             continue
         if not polled and old is not None and item_phase(item.code) < item_phase(old.code):
             continue  # a notification is older news than a poll that saw the notification phase
-        tx.fmgr_put_item(status.id, idx, FmgrItemRow(item.op, item.code, item.fsize))
+        tx.fmgr_put_item(status.id, idx, FmgrItemRow(item.op, item.code, item.fsize, item.error, item.key))
+        if fmgrwire.item_outcome(item.code) == "failed" and not (
+                old is not None and fmgrwire.item_outcome(old.code) == "failed"):
+            work.failures.append({"event": "fmgr_item_failed", "id": status.id, "item": idx, "op": item.op,
+                                  "code": item.code, "error": item.error, "key": item.key})
         if old is not None:
             work.fmgr.extend(fmgr_item_deltas(first_seen, old.op, old.code, -1))
         work.fmgr.extend(fmgr_item_deltas(first_seen, item.op, item.code, +1))

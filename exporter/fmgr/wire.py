@@ -237,6 +237,7 @@ class FmgrItem:
     code: int | None
     fsize: int | None
     error: str | None
+    key: str | None = None  # the object the item wrote (shown by the task browser, never a label)
 
 
 @dataclass(frozen=True)
@@ -299,11 +300,15 @@ def _parse_item(raw: object, index: int) -> FmgrItem:
     error = raw.get("error")
     if error is not None and not isinstance(error, str):
         raise FmgrParseError(f"{where}error: expected a string or null, got {type(error).__name__}")
+    key = raw.get("key")
+    if key is not None and not isinstance(key, str):
+        raise FmgrParseError(f"{where}key: expected a string or null, got {type(key).__name__}")
     return FmgrItem(
         op=op_of(cmd),
         code=_int_field(raw, "code", where),
         fsize=_int_field(raw, "fsize", where),
         error=_clean_text(error) or None,  # "" carries no reason, same as null
+        key=_clean_text(key) or None,
     )
 
 

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from exporter.fmgr import wire as fmgrwire
 from exporter.metrics.windows import Counts, Delta, EdgeCounts, WindowCounter
@@ -96,6 +97,9 @@ class Work:
     fmgr: list[Delta] = field(default_factory=list)
     pending: int = 0  # change of the pending Fmgr task count
     prunes: list[tuple[str, float]] = field(default_factory=list)  # ("cdn" | "fmgr", forget before)
+    # Tasks and items that ended in failure in this transaction: what --log.task-failures logs (the store writes
+    # them to failure_log with the transaction, when that is on).
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def inc(self, name: str, labels: dict[str, str], delta: float = 1.0) -> None:
         key = (name, labels_key(labels))

@@ -47,14 +47,16 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.storage.postgres_repo import CONNECT_DEFAULTS, WRITE_LOCK_KEY, PostgresRepository, mask_url, pg_text
-from exporter.storage.sql_repo import SCHEMA_VERSION
+from exporter.storage.sql_repo import ADDED_COLUMNS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
 # The tables a store's rows live in, in the order they are copied.
 TABLES = ("cdn_tasks", "counters", "state", "fmgr_tasks", "fmgr_items", "fmgr_notifications")
 # The tables each backend keeps for itself: never copied.
-NOT_COPIED = ("meta", "leases", "changes")
+# failure_log holds at most the last second's failures not yet logged (--log.task-failures): not worth numbering
+# the target's sequence for.
+NOT_COPIED = ("meta", "leases", "changes", "failure_log")
 BATCH = 5000
 CHECK_TIMEOUT = 5  # seconds, for --check-config: to connect, and for each statement
 
@@ -187,7 +189,9 @@ def _columns(src: sqlite3.Connection, dst: psycopg.Connection[Any], table: str) 
     target = dict(dst.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall())
-    if set(source) != set(target):
+    # A store of an older schema lacks the columns added since: they stay NULL in the copy.
+    added = {name for name, _ in ADDED_COLUMNS.get(table, ())}
+    if set(source) != set(target) and not (set(source) < set(target) and set(target) - set(source) <= added):
         raise MigrationError(f"table {table}: the columns differ (SQLite: {', '.join(source)}; "
                              f"PostgreSQL: {', '.join(target)})")
     return [(name, target[name]) for name in source]

@@ -46,6 +46,29 @@ class FmgrItemRow(NamedTuple):
     op: str
     code: int | None
     fsize: int | None
+    error: str | None = None  # the vendor's reason for a failed item
+    key: str | None = None  # the object the item wrote, when it names one
+
+
+class BrowseRow(NamedTuple):
+    """One stored CDN task as the task browser shows it."""
+
+    account: str
+    kind: str
+    create_ts: float
+    url: str
+    status: str
+    begin_ts: float | None
+    finish_ts: float | None
+    rate: float | None
+    updated_ts: float  # when the exporter last read (or re-checked) it
+
+
+# A bounded read for the task browser: the rows (at most the limit asked for) and, when the read stopped at its
+# scan limit before finding that many, the sort key of the last row it looked at, where the next read goes on
+# (None: nothing was cut short).
+ScannedTo = tuple[float, str] | None
+
 
 
 class FmgrApiRow(NamedTuple):

@@ -92,6 +92,7 @@ class PostgresDialect(Dialect):
     false = "FALSE"
     table_options = ""
     row_lock = " FOR UPDATE"  # the transaction's later writes follow from what it read
+    serial = "BIGSERIAL"
     window_indexes = """\
 -- A window's partial edge minutes and the planner's range counts: index-only range reads. PostgreSQL keeps
 -- statistics, so unlike SQLite this index needs no always-true condition to stay off the other queries.
@@ -111,6 +112,9 @@ CREATE TABLE IF NOT EXISTS changes (
 
     def sql(self, text: str) -> str:
         return _format_placeholders(text)  # psycopg takes %s placeholders
+
+    def contains(self, column: str) -> str:
+        return f"strpos({column}, ?) > 0"
 
     def flag(self, column: str, value: bool) -> str:
         return column if value else f"NOT {column}"
@@ -258,6 +262,9 @@ class PostgresRepository(SqlRepository[psycopg.Connection[Any]]):
 
     def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
         return self._query(sql, args)
+
+    def _browse(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        return self._query(sql, args)  # a connection of the pool, as any read
 
     @contextmanager
     def _maintenance(self) -> Iterator[psycopg.Connection[Any]]:

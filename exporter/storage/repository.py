@@ -19,9 +19,10 @@ Operations, by concern:
 * Fmgr reads: ``fmgr_edge_task_rows``, ``fmgr_edge_item_rows``, ``fmgr_due``, ``fmgr_next_due``,
   ``fmgr_count_pending``, ``fmgr_oldest_pending``, ``fmgr_task_rows_for_api``; ``abandon_old_fmgr``,
   ``prune_fmgr``;
+* the task browser's bounded reads: ``cdn_browse``, ``fmgr_browse``, ``fmgr_details``;
 * ``transaction()``: one atomic unit of writes (``Transaction``: fence check, counters, poller state, CDN
-  upserts and re-check marks, Fmgr tasks, items, notifications and failed polls, the change log), committed
-  when the block ends normally and rolled back when it raises.
+  upserts and re-check marks, Fmgr tasks, items, notifications and failed polls, failures to log, the change
+  log), committed when the block ends normally and rolled back when it raises.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from exporter.polling.leases import Fence, Grant
-from exporter.storage.model import CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
+from exporter.storage.model import (
+    BrowseRow,
+    CdnTask,
+    FmgrApiRow,
+    FmgrItemRow,
+    FmgrTaskRow,
+    Loaded,
+    ScannedTo,
+    StateFilter,
+)
 
 
 class Transaction(Protocol):
@@ -71,6 +81,12 @@ class Transaction(Protocol):
     def notification_add(self, dedup_key: str, task_id: str, ts: float) -> bool: ...
     def fmgr_poll_failed(self, task_id: str, error: str, next_poll: float, give_up: bool, ts: float) -> bool:
         """Record a failed poll; True when this gave up a task that was pending."""
+        ...
+
+    # Failures to log (--log.task-failures)
+    def failure_log_add(self, ts: float, payloads: Sequence[str]) -> None: ...
+    def failure_log_take(self, limit: int) -> list[tuple[int, float, str]]:
+        """The oldest ``limit`` failures still to log (seq, ts, payload), removed in this unit."""
         ...
 
 
@@ -120,6 +136,16 @@ class Repository(Protocol):
     def abandon_old_fmgr(self, before: float) -> int: ...
     def fmgr_task_rows_for_api(self, where: StateFilter, limit: int, task_id: str | None) -> list[FmgrApiRow]: ...
     def prune_fmgr(self, before: float, keep: Sequence[str]) -> int: ...
+
+    # The task browser: bounded range reads (sql_repo.py says how)
+    def cdn_browse(self, account: str, kind: str, start: float, end: float, *, status: str | None = None,
+                   unfinished: bool = False, url_part: str | None = None, after: tuple[float, str] | None = None,
+                   limit: int, scan: int, oldest_first: bool = False) -> tuple[list[BrowseRow], ScannedTo]: ...
+    def fmgr_browse(self, where: StateFilter, *, start: float, end: float, code: int | None = None,
+                    op: str | None = None, after: tuple[float, str] | None = None, limit: int, scan: int,
+                    ) -> tuple[list[FmgrApiRow], ScannedTo]: ...
+    def fmgr_details(self, ids: Sequence[str]) -> tuple[dict[str, list[tuple[int, FmgrItemRow]]],
+                                                        dict[str, tuple[int, float]]]: ...
 
 
 def open_repository(target: str | os.PathLike[str], *, password: str | None = None) -> Repository:

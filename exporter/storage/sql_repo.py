@@ -18,9 +18,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from exporter.storage.model import CDN_UNFINISHED, CdnTask, FmgrApiRow, FmgrItemRow, FmgrTaskRow, Loaded, StateFilter
+from exporter.storage.model import (
+    CDN_UNFINISHED,
+    BrowseRow,
+    CdnTask,
+    FmgrApiRow,
+    FmgrItemRow,
+    FmgrTaskRow,
+    Loaded,
+    ScannedTo,
+    StateFilter,
+)
 
-SCHEMA_VERSION = 1
+# 2: fmgr_items.error and fmgr_items.key (the task browser shows them), the failure_log table (--log.task-failures)
+# and the cdn_tasks_status index (the browser's status filter).
+SCHEMA_VERSION = 2
+# Columns added to a table after the schema version that created it, all nullable: an older store gets them by
+# ALTER TABLE when it is opened, and the copy into PostgreSQL (migrate.py) fills them with NULL from an older file.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {"fmgr_items": (("error", "TEXT"), ("key", "TEXT"))}
 PRUNE_CHUNK = 500  # tasks deleted by one statement (SQLite's limit on host parameters is 999)
 
 UNFINISHED_SQL = "status IN (" + ", ".join(f"'{s}'" for s in CDN_UNFINISHED) + ")"
@@ -33,6 +48,8 @@ class DbCursor(Protocol):
     def rowcount(self) -> int: ...
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
+    @property
+    def description(self) -> Any: ...
     def __iter__(self) -> Iterator[Any]: ...
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> object: ...
     def close(self) -> None: ...
@@ -62,6 +79,11 @@ class Dialect(ABC):
     # tables only this database has, as DDL.
     window_indexes: ClassVar[str]
     own_tables: ClassVar[str] = ""
+    serial: ClassVar[str]  # an integer primary key the database numbers, in insertion order
+
+    @abstractmethod
+    def contains(self, column: str) -> str:
+        """The condition that the text ``column`` holds the argument as a substring, case-sensitively."""
 
     def __init__(self) -> None:
         # Pending as cdnetworks_fmgr_pending_tasks counts it; due: still to be polled.
@@ -128,8 +150,14 @@ CREATE INDEX IF NOT EXISTS fmgr_tasks_pending ON fmgr_tasks (first_seen)
     WHERE {self.pending};
 CREATE TABLE IF NOT EXISTS fmgr_items (
     task_id TEXT NOT NULL, idx INTEGER NOT NULL, op TEXT NOT NULL, code {bigint}, fsize {bigint},
+    error TEXT, key TEXT,
     PRIMARY KEY (task_id, idx)
 ){options};
+-- The task browser's status filter (failures first of all): an index range read, newest first.
+CREATE INDEX IF NOT EXISTS cdn_tasks_status ON cdn_tasks (account, kind, status, create_ts);
+-- Failures still to be logged (--log.task-failures), written by the transaction that saw the task fail and
+-- taken by the one that logs them (exporter/failurelog.py).
+CREATE TABLE IF NOT EXISTS failure_log (seq {self.serial} PRIMARY KEY, ts {real} NOT NULL, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fmgr_notifications (
     dedup_key TEXT PRIMARY KEY, task_id TEXT NOT NULL, received_ts {real} NOT NULL
 ){options};
@@ -226,14 +254,28 @@ class SqlTransaction(Generic[C]):
             (code, final_seen, bool(confirmed), ts, last_polled, next_poll, task_id))
 
     def fmgr_items(self, task_id: str) -> dict[int, FmgrItemRow]:
-        return {idx: FmgrItemRow(op, code, fsize) for idx, op, code, fsize in self._x(
-            "SELECT idx, op, code, fsize FROM fmgr_items WHERE task_id = ?", (task_id,))}
+        return {idx: FmgrItemRow(op, code, fsize, error, key) for idx, op, code, fsize, error, key in self._x(
+            "SELECT idx, op, code, fsize, error, key FROM fmgr_items WHERE task_id = ?", (task_id,))}
 
     def fmgr_put_item(self, task_id: str, idx: int, item: FmgrItemRow) -> None:
+        d = self.dialect
         self._x(
-            "INSERT INTO fmgr_items VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id, idx) DO UPDATE SET "
-            "op=excluded.op, code=excluded.code, fsize=excluded.fsize",
-            (task_id, idx, self.dialect.text(item.op), item.code, item.fsize))
+            "INSERT INTO fmgr_items (task_id, idx, op, code, fsize, error, key) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (task_id, idx) DO UPDATE SET op=excluded.op, code=excluded.code, fsize=excluded.fsize, "
+            "error=excluded.error, key=excluded.key",
+            (task_id, idx, d.text(item.op), item.code, item.fsize,
+             None if item.error is None else d.text(item.error), None if item.key is None else d.text(item.key)))
+
+    def failure_log_add(self, ts: float, payloads: Sequence[str]) -> None:
+        with closing(self._c.cursor()) as cur:
+            cur.executemany(self.dialect.sql("INSERT INTO failure_log (ts, payload) VALUES (?, ?)"),
+                            [(ts, self.dialect.text(p)) for p in payloads])
+
+    def failure_log_take(self, limit: int) -> list[tuple[int, float, str]]:
+        rows = self._x("SELECT seq, ts, payload FROM failure_log ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        if rows:
+            self._x("DELETE FROM failure_log WHERE seq <= ?", (rows[-1][0],))
+        return [(int(seq), ts, payload) for seq, ts, payload in rows]
 
     def notification_add(self, dedup_key: str, task_id: str, ts: float) -> bool:
         cur = self._x(self.dialect.insert_ignore("fmgr_notifications", "VALUES (?, ?, ?)", "dedup_key"),
@@ -267,6 +309,10 @@ class SqlRepository(ABC, Generic[C]):
         """A read that sees this process's writes in order with them (planning)."""
 
     @abstractmethod
+    def _browse(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """A read for the task browser: never holds up a scrape's reads nor a write."""
+
+    @abstractmethod
     def _write(self, sql: str, args: Sequence[Any]) -> int:
         """One statement outside a transaction (autocommit); its row count."""
 
@@ -289,6 +335,18 @@ class SqlRepository(ABC, Generic[C]):
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(
                 f"{self.path}: schema version {row[0]} is newer than this exporter understands ({SCHEMA_VERSION})")
+        elif int(row[0]) < SCHEMA_VERSION:
+            self._upgrade(conn)
+            self._run(conn, "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _upgrade(self, conn: C) -> None:
+        """Bring an older store's tables to this schema: the columns added since (the schema script already
+        created what is new as a whole, tables and indexes). Nothing is rewritten: the new columns are NULL."""
+        for table, columns in ADDED_COLUMNS.items():
+            present = {d[0] for d in self._run(conn, f"SELECT * FROM {table} WHERE 1 = 0").description}
+            for name, kind in columns:
+                if name not in present:
+                    self._run(conn, f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     # ------------------------------------------------------------------ state and rebuild
     def get_state(self, key: str) -> Any:
@@ -353,6 +411,47 @@ class SqlRepository(ABC, Generic[C]):
             "GROUP BY status", (account, kind, start, end))
         return {s: n for s, n in rows}
 
+    def cdn_browse(self, account: str, kind: str, start: float, end: float, *, status: str | None = None,
+                   unfinished: bool = False, url_part: str | None = None, after: tuple[float, str] | None = None,
+                   limit: int, scan: int, oldest_first: bool = False) -> tuple[list[BrowseRow], ScannedTo]:
+        """The tasks of (account, kind) created in [start, end], newest first (``oldest_first``: oldest first),
+        ordered by (create_ts, url) and starting after the key ``after``; only those of ``status``, or only
+        the ``unfinished`` ones, and only those whose url holds ``url_part``.
+
+        One index range read of at most ``limit`` rows (the status, unfinished or window index, each in the
+        order asked for); a url filter reads at most ``scan`` rows of that range and says where it stopped."""
+        d = self.dialect
+        args: list[Any]
+        if status is not None:
+            index, where, args = "cdn_tasks_status", ["status = ?"], [status]
+        elif unfinished:
+            index, where, args = "cdn_tasks_unfinished", [UNFINISHED_SQL], []
+        else:
+            index, where, args = "cdn_tasks_window", [], []
+        where = ["account = ?", "kind = ?", "create_ts >= ?", "create_ts <= ?", *where]
+        args = [account, kind, start, end, *args]
+        if after is not None:
+            ts, url = after
+            where += ["create_ts >= ?", "(create_ts > ? OR url > ?)"] if oldest_first else \
+                ["create_ts <= ?", "(create_ts < ? OR url < ?)"]
+            args += [ts, ts, d.text(url)]
+        way = "ASC" if oldest_first else "DESC"
+        order = f" ORDER BY create_ts {way}, url {way}"
+        columns = "create_ts, url, status, begin_ts, finish_ts, rate, updated_ts"
+        hint = d.window_condition("status IS NOT NULL") if index == "cdn_tasks_window" else ""
+        inner = f"SELECT {columns} FROM cdn_tasks{d.indexed_by(index)} WHERE {' AND '.join(where)}{hint}{order}"
+        scanned_to: ScannedTo = None
+        if url_part is None:
+            rows = self._browse(inner + " LIMIT ?", [*args, limit])
+        else:
+            rows = self._browse(f"SELECT {columns} FROM ({inner} LIMIT ?) t WHERE {d.contains('url')}{order} LIMIT ?",
+                                [*args, scan, d.text(url_part), limit])
+            if len(rows) < limit:
+                last = self._browse(f"SELECT create_ts, url FROM ({inner} LIMIT ?) t{order} LIMIT 1 OFFSET ?",
+                                    [*args, scan, scan - 1])
+                scanned_to = (last[0][0], last[0][1]) if last else None
+        return [BrowseRow(account, kind, *r) for r in rows], scanned_to
+
     def prune_cdn(self, before: float) -> int:
         return self._write("DELETE FROM cdn_tasks WHERE create_ts < ?", (before,))
 
@@ -413,6 +512,60 @@ class SqlRepository(ABC, Generic[C]):
                + " ORDER BY first_seen DESC LIMIT ?")
         return [FmgrApiRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], r[9])
                 for r in self._query(sql, (*args, limit))]
+
+    def fmgr_browse(self, where: StateFilter, *, start: float, end: float, code: int | None = None,
+                    op: str | None = None, after: tuple[float, str] | None = None, limit: int, scan: int,
+                    ) -> tuple[list[FmgrApiRow], ScannedTo]:
+        """Tracked tasks first seen in [start, end], newest first, ordered by (first_seen, id) and starting after
+        the key ``after``, in the state ``where`` (and with ``code``, and with an item of ``op``). One range read
+        of the first-seen index: at most ``limit`` rows, or with a filter at most ``scan`` rows of the range
+        (then saying where it stopped)."""
+        d = self.dialect
+        conds, args = self._conditions(where)
+        if code is not None:
+            conds, args = [*conds, "code = ?"], [*args, code]
+        if op is not None:
+            conds.append("EXISTS (SELECT 1 FROM fmgr_items i WHERE i.task_id = t.id AND i.op = ?)")
+            args.append(d.text(op))
+        rng, rng_args = ["first_seen >= ?", "first_seen <= ?"], [start, end]  # type: list[str], list[Any]
+        if after is not None:
+            rng += ["first_seen <= ?", "(first_seen < ? OR id < ?)"]
+            rng_args += [after[0], after[0], after[1]]
+        columns = "id, first_seen, final_seen, code, source, last_polled, confirmed, abandoned, errors, last_error"
+        order = " ORDER BY first_seen DESC, id DESC"
+        inner = (f"SELECT {columns} FROM fmgr_tasks{d.indexed_by('fmgr_tasks_window')} WHERE {' AND '.join(rng)}"
+                 f"{d.window_condition('first_seen IS NOT NULL')}{order}")
+        scanned_to: ScannedTo = None
+        if not conds:
+            rows = self._browse(inner + " LIMIT ?", [*rng_args, limit])
+        else:
+            rows = self._browse(f"SELECT {columns} FROM ({inner} LIMIT ?) t WHERE {' AND '.join(conds)}{order} LIMIT ?",
+                                [*rng_args, scan, *args, limit])
+            if len(rows) < limit:
+                last = self._browse(f"SELECT first_seen, id FROM ({inner} LIMIT ?) t{order} LIMIT 1 OFFSET ?",
+                                    [*rng_args, scan, scan - 1])
+                scanned_to = (last[0][0], last[0][1]) if last else None
+        return [FmgrApiRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], r[9])
+                for r in rows], scanned_to
+
+    def fmgr_details(self, ids: Sequence[str]) -> tuple[dict[str, list[tuple[int, FmgrItemRow]]],
+                                                        dict[str, tuple[int, float]]]:
+        """The items of each of ``ids`` (in order) and, for each that received notifications, how many and the
+        time of the last: two primary-key reads for a page of tasks."""
+        items: dict[str, list[tuple[int, FmgrItemRow]]] = {i: [] for i in ids}
+        notes: dict[str, tuple[int, float]] = {}
+        if not ids:
+            return items, notes
+        cond, args = self.dialect.among("task_id", ids, array_type="text")
+        for task_id, idx, op, code, fsize, error, key in self._browse(
+                f"SELECT task_id, idx, op, code, fsize, error, key FROM fmgr_items WHERE {cond} ORDER BY task_id, idx",
+                args):
+            items[task_id].append((idx, FmgrItemRow(op, code, fsize, error, key)))
+        for task_id, n, last in self._browse(
+                f"SELECT task_id, count(*), max(received_ts) FROM fmgr_notifications WHERE {cond} GROUP BY task_id",
+                args):
+            notes[task_id] = (int(n), last)
+        return items, notes
 
     def _conditions(self, where: StateFilter) -> tuple[list[str], list[Any]]:
         d = self.dialect

@@ -34,6 +34,7 @@ class SqliteDialect(Dialect):
     false = "0"
     table_options = " WITHOUT ROWID"
     row_lock = ""  # the write transaction (BEGIN IMMEDIATE) excludes every other writer already
+    serial = "INTEGER"  # as the primary key: the rowid, numbered by SQLite
     window_indexes = """\
 -- The exact count of a window's partial edge minutes (and the planner's range counts): a range seek that
 -- reads only the index. Its condition holds for every row; queries use it only by repeating it, so it cannot
@@ -47,6 +48,9 @@ CREATE INDEX IF NOT EXISTS fmgr_tasks_window ON fmgr_tasks (first_seen, code, id
 
     def sql(self, text: str) -> str:
         return text  # sqlite3 takes ? placeholders
+
+    def contains(self, column: str) -> str:
+        return f"instr({column}, ?) > 0"
 
     def flag(self, column: str, value: bool) -> str:
         return f"{column} = {1 if value else 0}"
@@ -149,6 +153,10 @@ class SqliteRepository(SqlRepository[sqlite3.Connection]):
         # An in-memory database exists once per connection: it has to read through the writer's.
         self._rconn = self._conn if self.path == ":memory:" else _connect(self.path)
         self._rlock = self._lock if self.path == ":memory:" else threading.RLock()
+        # The task browser's reads: a third connection, opened at the first page, so that a page never holds
+        # the scrape reader's lock (nor the writer's).
+        self._bconn: sqlite3.Connection | None = self._conn if self.path == ":memory:" else None
+        self._block = self._lock if self.path == ":memory:" else threading.RLock()
         self._closed = False
         self._write_error: str | None = None  # why the last write failed; None after a commit
         self._identity = self._file_identity()
@@ -161,6 +169,10 @@ class SqliteRepository(SqlRepository[sqlite3.Connection]):
                 self._conn.close()
                 if self._rconn is not self._conn:
                     self._rconn.close()
+            with self._block:
+                if self._bconn is not None and self._bconn is not self._conn:
+                    self._bconn.close()
+                self._bconn = None
 
     def ping(self) -> bool:
         """True when the database answers (for /readyz)."""
@@ -236,6 +248,14 @@ class SqliteRepository(SqlRepository[sqlite3.Connection]):
         """A scrape-path read on the reader connection: never waits for a write transaction."""
         with self._rlock:
             return self._rconn.execute(sql, args).fetchall()
+
+    def _browse(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        with self._block:
+            if self._closed:
+                raise sqlite3.ProgrammingError("store is closed")
+            if self._bconn is None:
+                self._bconn = _connect(self.path)
+            return self._bconn.execute(sql, args).fetchall()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """A read on the writer connection: sees this process's writes in order with them (planning)."""

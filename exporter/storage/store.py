@@ -77,6 +77,9 @@ class Store:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time,
                  repository: Repository | None = None) -> None:
         self.repo: Repository = repository if repository is not None else SqliteRepository(path)
+        # --log.task-failures: each transaction that sees a task or item fail writes it to failure_log, for
+        # exporter/failurelog.py to log once (set by the wiring; off, nothing is written).
+        self.log_failures = False
         self.path = self.repo.path
         self.shared = self.repo.shared
         self._clock = clock
@@ -154,6 +157,8 @@ class Store:
                 yield work
                 if work.incs:
                     tx.add_counters(work.counter_rows())
+                if work.failures and self.log_failures:
+                    tx.failure_log_add(self._clock(), [json.dumps(f, separators=(",", ":")) for f in work.failures])
                 if self.shared and (work.incs or work.cdn or work.fmgr or work.prunes):
                     tx.log_change(self._origin, json.dumps(
                         {"incs": work.counter_rows(), "cdn": work.cdn, "fmgr": work.fmgr, "prunes": work.prunes},
@@ -227,6 +232,10 @@ class Store:
                 work.cdn.extend(cdn_deltas(account, kind, t.create_ts, t.status, t.rate, +1))
                 if t.final and not (row is not None and row[0] in CDN_FINAL):
                     finished += 1
+                    if t.status == "failure":
+                        work.failures.append({"event": "cdn_task_failed", "account": account, "kind": kind,
+                                              "url": t.url, "create_ts": t.create_ts, "finish_ts": t.finish_ts,
+                                              "rate": t.rate})
                     families = m.CDN[kind]
                     work.inc(families.tasks_finished.store_key, {"account": account, "status": t.status})
                     if t.finish_ts is not None:
@@ -378,6 +387,13 @@ class Store:
     def fmgr_task(self, task_id: str) -> dict[str, Any] | None:
         rows = self.list_fmgr_tasks(None, 1, task_id=task_id)
         return rows[0] if rows else None
+
+    def take_failures(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest failures still to log (--log.task-failures), taken out of the store in one transaction:
+        each goes to exactly one caller, whichever replica asks."""
+        with self.repo.transaction() as tx:
+            taken = tx.failure_log_take(limit)
+        return [json.loads(payload) for _seq, _ts, payload in taken]
 
     def prune_fmgr(self, before: float, keep: Sequence[str] = ()) -> int:
         """Forget final tasks (and old dedup keys) seen before ``before``, except the ids in ``keep``."""
