@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, StorageConfig
+from exporter.failurelog import FailureLog
 from exporter.fmgr.wire import FmgrStatus, Lifecycle
+from exporter.http.pages import TaskBrowser
 from exporter.http.server import RejectCounter
 from exporter.http.web import App, NotifyEndpoint, RegistrationApi, Server, WebCollector
 from exporter.http.webconfig import AuthFailures, BasicAuth, WebConfig, build_ssl_context
@@ -96,8 +98,12 @@ class Exporter:
 
     def __init__(self, config: Config, *, storage_path: str | None = None, web_config: WebConfig | None = None,
                  listen_address: str = ":9891", clock: Callable[[], float] = time.time,
-                 config_loader: Callable[[], Config] | None = None, demo: bool = False) -> None:
+                 config_loader: Callable[[], Config] | None = None, demo: bool = False,
+                 external_url: str | None = None, log_task_failures: bool = False) -> None:
         self.clock = clock
+        self.external_url = external_url  # --web.external-url: the base of the links the pages render
+        self.log_task_failures = log_task_failures  # --log.task-failures
+        self.failure_log = FailureLog(lambda: self.store) if log_task_failures else None
         self.demo = demo  # --demo: the landing page says so and shows how to use the registration API
         self.web_config = web_config
         self._storage_flag = storage_path
@@ -165,6 +171,7 @@ class Exporter:
                                                       current.config.storage.target(), storage, target)
         store = current.store if current is not None and reuse else Store(
             target, clock=self.clock, repository=open_repository(target, password=storage.password))
+        store.log_failures = self.log_task_failures
         try:
             pollers = PollerGroup(config, store, self.health, clock=self.clock)
             collector = ExporterCollector(
@@ -175,14 +182,14 @@ class Exporter:
             registry.register(self.reload_status)
             registry.register(self.web_collector)
             ingest = FmgrIngest(store, pollers.fmgr.wake, pollers.fmgr.lifecycle)
-            app = self._build_app(config, registry, ingest)
+            app = self._build_app(config, registry, ingest, store)
         except BaseException:
             if not reuse:
                 store.close()
             raise
         return Runtime(config, store, pollers, collector, registry, ingest, app)
 
-    def _build_app(self, config: Config, registry: CollectorRegistry, ingest: FmgrIngest) -> App:
+    def _build_app(self, config: Config, registry: CollectorRegistry, ingest: FmgrIngest, store: Store) -> App:
         wc = self.web_config
         return App(
             registry=registry, version=__version__, ready=self.ready,
@@ -190,6 +197,7 @@ class Exporter:
             basic_auth=self.basic_auth,
             headers=wc.headers if wc else None, clock=self.clock, reload=self.reload,
             demo_token=config.fmgr.register_token if self.demo else None,
+            browser=TaskBrowser(store, config, clock=self.clock, external_url=self.external_url),
         )
 
     @staticmethod
@@ -214,6 +222,8 @@ class Exporter:
     def start(self) -> None:
         self.server.start()
         self.runtime.pollers.start()
+        if self.failure_log is not None:
+            self.failure_log.start()
         self._started = True
 
     def reload(self, config: Config | None = None) -> None:
@@ -261,5 +271,7 @@ class Exporter:
 
     def stop(self) -> None:
         self.runtime.pollers.stop()
+        if self.failure_log is not None:
+            self.failure_log.stop()
         self.server.stop()
         self.runtime.store.close()

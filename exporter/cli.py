@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from exporter import __version__
 from exporter.allocator import limit_arenas
@@ -52,6 +53,7 @@ ENV_VARS = {
     "storage_path": ("--storage.path", "CDNETWORKS_EXPORTER_STORAGE_PATH"),
     "log_level": ("--log.level", "CDNETWORKS_EXPORTER_LOG_LEVEL"),
     "log_format": ("--log.format", "CDNETWORKS_EXPORTER_LOG_FORMAT"),
+    "external_url": ("--web.external-url", "CDNETWORKS_EXPORTER_WEB_EXTERNAL_URL"),
 }
 
 
@@ -82,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env("CDNETWORKS_EXPORTER_WEB_CONFIG_FILE"),
                    help="exporter-toolkit web config for TLS and basic auth (env CDNETWORKS_EXPORTER_WEB_CONFIG_FILE; "
                         "default: none)")
+    p.add_argument("--web.external-url", dest="external_url", action=_FromFlag,
+                   default=env("CDNETWORKS_EXPORTER_WEB_EXTERNAL_URL"),
+                   help="the URL the exporter is reached at (behind a proxy, with its path prefix), the base of the "
+                        "links its pages render (env CDNETWORKS_EXPORTER_WEB_EXTERNAL_URL; default: links relative "
+                        "to the host)")
     p.add_argument("--storage.path", dest="storage_path", action=_FromFlag,
                    default=env("CDNETWORKS_EXPORTER_STORAGE_PATH"),
                    help="SQLite database path, overriding storage.path in the config "
@@ -92,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log.format", dest="log_format", action=_FromFlag,
                    default=env("CDNETWORKS_EXPORTER_LOG_FORMAT", "logfmt"), choices=LOG_FORMATS,
                    help="log format (env CDNETWORKS_EXPORTER_LOG_FORMAT; default: %(default)s)")
+    p.add_argument("--log.task-failures", dest="log_task_failures", action="store_true",
+                   help="log one line per CDN task and per Fmgr item that ends in failure (logger exporter.failures), "
+                        "each once, also across restarts and replicas (default: off)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the flags, environment variables, configuration and web config, print every "
                         "problem, exit 0 or 2; then check that the store can be used (the SQLite path can be "
@@ -129,6 +139,10 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         parse_listen_address(args.listen_address)
     except ValueError as exc:
         problems.append(f"{setting_name(args, 'listen_address')}: {exc}")
+    if args.external_url:
+        problem = external_url_problem(args.external_url)
+        if problem is not None:
+            problems.append(f"{setting_name(args, 'external_url')}: {args.external_url!r}: {problem}")
     for dest, allowed in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
         value = getattr(args, dest)
         if value not in allowed:
@@ -148,6 +162,16 @@ def _logfmt_value(value: object) -> str:
         return repr(value)
     text = str(value)
     return text if _LOGFMT_BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+
+
+def external_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the base of the exporter's links (None when it can)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "expected an http:// or https:// URL with a host, e.g. https://exporter.example.com/cdn"
+    if parts.query or parts.fragment:
+        return "expected no query and no fragment (a base URL, with a path prefix at most)"
+    return None
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -265,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problem is not None:
                 raise RuntimeError(f"storage path {storage or config.storage.path}: {problem}")
         exporter = Exporter(config, storage_path=storage, web_config=web_config, listen_address=args.listen_address,
-                            config_loader=loader, demo=args.demo)
+                            config_loader=loader, demo=args.demo, external_url=args.external_url,
+                            log_task_failures=args.log_task_failures)
         exporter.start()
     except (OSError, RuntimeError, sqlite3.Error) as exc:
         log.error("cannot start: %s", exc)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from exporter.storage.store import Store
@@ -33,7 +33,7 @@ BATCH = 500  # failures taken by one transaction
 
 
 def rfc3339(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fields_of(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -76,10 +76,15 @@ class FailureLog:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread, then log what is left (the failures of the pollers' last writes)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        try:
+            self.drain()
+        except Exception as exc:  # left in the store: logged by the next start, or by another replica
+            log.warning("cannot take the last failures to log from the store: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

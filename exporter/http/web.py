@@ -48,6 +48,7 @@ NAME = "cdnetworks-exporter"
 REALM = "cdnetworks-exporter"
 API_PREFIX = "/api/v1/"
 TASKS_PATH = "/api/v1/fmgr/tasks"
+CDN_TASKS_PATH = "/api/v1/cdn/tasks"
 RELOAD_PATH = "/-/reload"
 API_MAX_BODY_BYTES = 1024 * 1024
 OTHER_MAX_BODY_BYTES = 4096
@@ -83,6 +84,15 @@ class TaskRegistry(Protocol):
         """JSON-able descriptions of tracked tasks, optionally only those in ``state`` (one of
         ``fmgr_tracking.API_STATES``) and only those ``pending`` or not."""
         ...
+
+
+class TaskBrowserRoutes(Protocol):
+    """The task browser (``pages.TaskBrowser``): its GET routes (behind basic auth, on the slow lane), the listing
+    of the Fmgr registration API, and the links it builds (``--web.external-url``)."""
+
+    def pages(self) -> Mapping[str, Callable[[dict[str, Any]], Response]]: ...
+    def fmgr_api(self, environ: dict[str, Any]) -> Response: ...
+    def link(self, path: str, query: Sequence[tuple[str, str]] = ()) -> str: ...
 
 
 @dataclass
@@ -205,8 +215,12 @@ class App:
         clock: Callable[[], float] = time.time,
         reload: Callable[[], None] | None = None,
         demo_token: str | None = None,
+        browser: TaskBrowserRoutes | None = None,
     ) -> None:
         self._registry = registry
+        self._browser = browser
+        # Served on the server's slow lane, so that rendering a page never delays a scrape.
+        self._slow_paths = {TASKS_PATH} if browser is not None else set()
         self._demo_token = demo_token  # --demo: a public token, shown on the landing page
         self._version = version
         self._ready = ready
@@ -224,6 +238,10 @@ class App:
             "/readyz": {"GET": self._readyz},
             TASKS_PATH: {"GET": self._list_tasks, "POST": self._register},
         }
+        if browser is not None:
+            for page, handler in browser.pages().items():
+                self._routes[page] = {"GET": handler}
+                self._slow_paths.add(page)
         if reload is not None:
             self._routes[RELOAD_PATH] = {"POST": self._reload_config}
         if notify is not None:
@@ -273,12 +291,12 @@ class App:
         """
         path = environ.get("PATH_INFO") or "/"
         if self._basic_auth is None or self._auth_exempt(path):
-            return None
+            return self._lane(environ, path, slow_lane_full)
         header = environ.get("HTTP_AUTHORIZATION")
         verdict = self._basic_auth.assess(header)
         if verdict == VERIFIED:
             environ[_AUTHORIZED] = True
-            return None
+            return self._lane(environ, path, slow_lane_full)
         if verdict == REPEATED and not first_lane_full:
             return httpd_app.SLOW_FIRST
         if verdict in (NEW, REPEATED) and not slow_lane_full:
@@ -288,6 +306,18 @@ class App:
         else:
             self._basic_auth.failures.inc("missing" if verdict == MISSING else "wrong")
         return self._render(self._unauthorized(), environ.get("REQUEST_METHOD", "GET"))
+
+    def _lane(self, environ: dict[str, Any], path: str, slow_lane_full: bool) -> httpd_app.Verdict:
+        """The lane of an admitted request: the task browser's reads on the slow lane (503 when it is full),
+        everything else on the common workers."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path not in self._slow_paths or method not in ("GET", "HEAD"):
+            return None
+        if slow_lane_full:
+            response = text("503 Service Unavailable", "busy: too many pages at once, try again")
+            response.headers.append(("Retry-After", "1"))
+            return self._render(response, method)
+        return httpd_app.SLOW
 
     @staticmethod
     def _unauthorized() -> Response:
@@ -299,8 +329,9 @@ class App:
         return self._notify is not None and path == self._notify.path
 
     def _auth_exempt(self, path: str) -> bool:
-        # The notify path is authenticated by its signature, the API by its bearer token.
-        return self._is_notify(path) or path.startswith(API_PREFIX)
+        # The notify path is authenticated by its signature, the registration API by its bearer token; the CDN
+        # task API is read like the pages, behind basic auth.
+        return self._is_notify(path) or (path.startswith(API_PREFIX) and path != CDN_TASKS_PATH)
 
     def _dispatch(self, environ: dict[str, Any], method: str) -> Response:
         path = environ.get("PATH_INFO") or "/"
@@ -338,6 +369,13 @@ class App:
         links = "".join(
             f'<li><a href="{p}">{p}</a></li>' for p in ("/metrics", "/healthz", "/readyz")
         )
+        if self._browser is not None:
+            link = self._browser.link
+            links += "".join(f'<li><a href="{html.escape(link(p, q))}">{name}</a></li>' for name, p, q in (
+                ("/tasks: the task browser", "/tasks", ()),
+                ("failed CDN tasks", "/tasks", (("status", "failure"),)),
+                ("stuck CDN tasks", "/tasks", (("stuck", ""),)),
+                ("/fmgr: Fmgr tasks and their items", "/fmgr", ())))
         extra = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
         page = (
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
@@ -479,6 +517,8 @@ class App:
         denied = self._api_auth(environ)
         if denied is not None:
             return denied
+        if self._browser is not None:
+            return self._browser.fmgr_api(environ)
         api = self._api
         assert api is not None
         params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)

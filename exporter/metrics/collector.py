@@ -22,6 +22,7 @@ from exporter.config import Config, TaskKindConfig
 from exporter.fmgr import wire as fmgrwire
 from exporter.metrics import catalogue as m
 from exporter.metrics.health import ApiHealth
+from exporter.metrics.windows import Counts
 from exporter.storage.store import CDN_STATUSES, Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,15 @@ def _item_code_labels(code: int | None) -> tuple[str, str]:
     if code == -1:
         return "other", "other"
     return str(code), fmgrwire.item_state(code)
+
+
+def cdn_ratios(counts: Counts) -> tuple[float | None, float | None]:
+    """A CDN window's success ratio (over its finished tasks) and mean rate (0..1, over those that report one);
+    None where the window has none. The one formula of the gauges and of the task browser's summary line."""
+    ok, bad = counts.get(("status", "success"), 0), counts.get(("status", "failure"), 0)
+    success = ok / (ok + bad) if ok + bad > 0 else None
+    rate = counts[("rate_sum",)] / counts[("rate_n",)] / 100.0 if counts.get(("rate_n",), 0) > 0 else None
+    return success, rate
 
 
 class ExporterCollector(Collector):
@@ -161,11 +171,11 @@ class ExporterCollector(Collector):
             for w, c in zip(kcfg.windows, sums, strict=True):
                 for status in CDN_STATUSES:
                     tasks.add_metric([name, w.name, status], c.get(("status", status), 0))
-                ok, bad = c.get(("status", "success"), 0), c.get(("status", "failure"), 0)
-                if ok + bad > 0:
-                    ratio.add_metric([name, w.name], ok / (ok + bad))
-                if c.get(("rate_n",), 0) > 0:
-                    rate.add_metric([name, w.name], c[("rate_sum",)] / c[("rate_n",)] / 100.0)
+                success_ratio, rate_ratio = cdn_ratios(c)
+                if success_ratio is not None:
+                    ratio.add_metric([name, w.name], success_ratio)
+                if rate_ratio is not None:
+                    rate.add_metric([name, w.name], rate_ratio)
             first = self.store.cdn_oldest_unfinished(name, kind, since=now - kcfg.max_query_age)
             oldest.add_metric([name], max(0.0, now - first) if first is not None else 0.0)
             for status in ("success", "failure"):  # the only final statuses

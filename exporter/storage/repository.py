@@ -139,8 +139,9 @@ class Repository(Protocol):
 
     # The task browser: bounded range reads (sql_repo.py says how)
     def cdn_browse(self, account: str, kind: str, start: float, end: float, *, status: str | None = None,
-                   unfinished: bool = False, url_part: str | None = None, after: tuple[float, str] | None = None,
-                   limit: int, scan: int, oldest_first: bool = False) -> tuple[list[BrowseRow], ScannedTo]: ...
+                   unfinished: bool = False, url_part: str | None = None,
+                   after: tuple[float, str | None] | None = None, limit: int, scan: int,
+                   oldest_first: bool = False) -> tuple[list[BrowseRow], ScannedTo]: ...
     def fmgr_browse(self, where: StateFilter, *, start: float, end: float, code: int | None = None,
                     op: str | None = None, after: tuple[float, str] | None = None, limit: int, scan: int,
                     ) -> tuple[list[FmgrApiRow], ScannedTo]: ...

@@ -412,10 +412,12 @@ class SqlRepository(ABC, Generic[C]):
         return {s: n for s, n in rows}
 
     def cdn_browse(self, account: str, kind: str, start: float, end: float, *, status: str | None = None,
-                   unfinished: bool = False, url_part: str | None = None, after: tuple[float, str] | None = None,
-                   limit: int, scan: int, oldest_first: bool = False) -> tuple[list[BrowseRow], ScannedTo]:
+                   unfinished: bool = False, url_part: str | None = None,
+                   after: tuple[float, str | None] | None = None, limit: int, scan: int,
+                   oldest_first: bool = False) -> tuple[list[BrowseRow], ScannedTo]:
         """The tasks of (account, kind) created in [start, end], newest first (``oldest_first``: oldest first),
-        ordered by (create_ts, url) and starting after the key ``after``; only those of ``status``, or only
+        ordered by (create_ts, url) and starting after the key ``after`` (a url of None: after every task
+        created at that time); only those of ``status``, or only
         the ``unfinished`` ones, and only those whose url holds ``url_part``.
 
         One index range read of at most ``limit`` rows (the status, unfinished or window index, each in the
@@ -432,9 +434,13 @@ class SqlRepository(ABC, Generic[C]):
         args = [account, kind, start, end, *args]
         if after is not None:
             ts, url = after
-            where += ["create_ts >= ?", "(create_ts > ? OR url > ?)"] if oldest_first else \
-                ["create_ts <= ?", "(create_ts < ? OR url < ?)"]
-            args += [ts, ts, d.text(url)]
+            if url is None:  # past every task created at ts
+                where.append("create_ts > ?" if oldest_first else "create_ts < ?")
+                args.append(ts)
+            else:
+                where += ["create_ts >= ?", "(create_ts > ? OR url > ?)"] if oldest_first else \
+                    ["create_ts <= ?", "(create_ts < ? OR url < ?)"]
+                args += [ts, ts, d.text(url)]
         way = "ASC" if oldest_first else "DESC"
         order = f" ORDER BY create_ts {way}, url {way}"
         columns = "create_ts, url, status, begin_ts, finish_ts, rate, updated_ts"
