@@ -86,6 +86,11 @@ class Settings:
         'job="cdnetworks"', "The one place that says which scrape job is the exporter: every rule selects on it.")
     runbook_url: str = setting(
         "docs/runbook.md", "Where docs/runbook.md can be browsed; each alert links to its heading there.")
+    exporter_url: str = setting(
+        "http://localhost:9891", "Where a person's browser reaches the exporter's task browser; each task alert links "
+        "to its filtered page there (tasks_url). An alert cannot know it: the instance label is gone after the "
+        "replicas are deduplicated, and an address Prometheus scrapes is rarely one a browser can open. The "
+        "default works for --demo, the quick start and kubectl port-forward.")
     ratio_window: str = setting(
         "1h", "Window (as named in the exporter config) that the success-ratio alerts read.")
     cdn_success_ratio_min: float = setting(
@@ -288,20 +293,27 @@ def quantile_rules(
 
 
 def alert(
-    s: Settings, name: str, expr: str, for_: str, severity: str, summary: str, description: str
+    s: Settings, name: str, expr: str, for_: str, severity: str, summary: str, description: str,
+    tasks: str | None = None,
 ) -> dict[str, Any]:
+    annotations = {
+        "summary": summary,
+        "description": description,
+        # GitHub-style heading anchor: docs/runbook.md has one heading per alert, named after it.
+        "runbook_url": f"{s.runbook_url}#{name.lower()}",
+    }
+    if tasks is not None:  # the exporter's page of the tasks this alert is about: path and query
+        annotations["tasks_url"] = s.exporter_url.rstrip("/") + tasks
     return {
         "alert": name,
         "expr": expr,
         "for": for_,
         "labels": {"severity": severity},
-        "annotations": {
-            "summary": summary,
-            "description": description,
-            # GitHub-style heading anchor: docs/runbook.md has one heading per alert, named after it.
-            "runbook_url": f"{s.runbook_url}#{name.lower()}",
-        },
+        "annotations": annotations,
     }
+
+
+ACCOUNT_PARAM = "account={{ $labels.account | urlquery }}"
 
 
 def exporter_alerts(s: Settings) -> list[dict[str, Any]]:
@@ -437,6 +449,7 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
             f"Only {{{{ $value | humanizePercentage }}}} of the finished {kind.noun} tasks created in the last "
             f"{s.ratio_window} for account {{{{ $labels.account }}}} succeeded "
             f"(threshold {percent(s.cdn_success_ratio_min)}).",
+            f"/tasks?{ACCOUNT_PARAM}&kind={kind.name}&status=failure&window={s.ratio_window}",
         ))
     ratio, items = M.FMGR_SUCCESS_RATIO, M.FMGR_ITEMS
     rules.append(alert(
@@ -451,6 +464,7 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
         "Too many CDNetworks Fmgr (object storage) operations fail.",
         "Only {{ $value | humanizePercentage }} of the Fmgr items that reached a final state in the last "
         f"{s.ratio_window} succeeded (threshold {percent(s.fmgr_success_ratio_min)}).",
+        f"/fmgr?window={s.ratio_window}",
     ))
     for kind in KINDS:
         title, family = kind.name.capitalize(), M.CDN[kind.name]
@@ -462,6 +476,7 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
             f"A CDNetworks {kind.noun} task has not finished for a long time.",
             f"The oldest unfinished {kind.noun} task of account {{{{ $labels.account }}}} was created "
             f"{{{{ $value | humanizeDuration }}}} ago (threshold {duration(s.stuck_seconds)}).",
+            f"/tasks?stuck&{ACCOUNT_PARAM}&kind={kind.name}",
         ))
     rules.append(alert(
         s, "CDNetworksFmgrTasksStuck",
@@ -470,6 +485,7 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
         "A CDNetworks Fmgr task has not reached a final state for a long time.",
         "The oldest tracked Fmgr task that is not final was first seen {{ $value | humanizeDuration }} "
         f"ago (threshold {duration(s.stuck_seconds)}).",
+        "/fmgr?pending=true",
     ))
     task_scope = 'scope="task"'
     failures, notes = M.FMGR_NOTIFY_FAILURES, M.FMGR_NOTIFICATIONS
@@ -485,6 +501,7 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
         "About {{ $value | humanize }} Fmgr task(s) tracked by the exporter (job {{ $labels.job }}) ended in "
         f"code 5 (notification failure) in the last {s.notify_failure_window}: the vendor gave up calling their "
         "notifyURL, so whatever waits for that callback never heard that the job finished.",
+        "/fmgr?state=notify_failed",
     ))
     rejected = 'result=~"bad_signature|unknown_key"'
     rules.append(alert(
