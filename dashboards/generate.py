@@ -316,6 +316,45 @@ ACCOUNT_VAR = query_variable(
 )
 
 
+# Where a person's browser reaches the exporter: the base of the data links to its task browser. A text box, so
+# that each Grafana sets its own (the rules' exporter_url setting is the default).
+EXPORTER_VAR: dict[str, Any] = {
+    "current": {"text": ALERTS.exporter_url, "value": ALERTS.exporter_url}, "hide": 0, "label": "Exporter URL",
+    "name": "exporter_url", "options": [{"selected": True, "text": ALERTS.exporter_url, "value": ALERTS.exporter_url}],
+    "query": ALERTS.exporter_url, "skipUrlSync": False, "type": "textbox",
+}
+
+
+def tasks_link(title: str, path_query: str) -> dict[str, Any]:
+    """A data link to the exporter's page of the tasks behind a series (``path_query``: /tasks?... or /fmgr?...,
+    with Grafana's ``${__field.labels.*}`` and dashboard variables)."""
+    return {"title": title, "url": "${exporter_url}" + path_query, "targetBlank": True}
+
+
+def with_links(panel: dict[str, Any], links: list[dict[str, Any]], query: int | None = None) -> dict[str, Any]:
+    """``panel`` with data links on every series, or only on those of its ``query``-th target (0-based)."""
+    if query is None:
+        panel["fieldConfig"]["defaults"]["links"] = links
+    else:
+        panel["fieldConfig"]["overrides"].append({
+            "matcher": {"id": "byFrameRefID", "options": "ABCDEFGH"[query]},
+            "properties": [{"id": "links", "value": links}],
+        })
+    return panel
+
+
+def failed_link(kind: str, account: str, window: str) -> dict[str, Any]:
+    return tasks_link(f"Failed {kind} tasks", f"/tasks?account={account}&kind={kind}&status=failure&window={window}")
+
+
+def stuck_link(kind: str, account: str) -> dict[str, Any]:
+    return tasks_link(f"Unfinished {kind} tasks, oldest first", f"/tasks?stuck&account={account}&kind={kind}")
+
+
+PENDING_FMGR_LINK = tasks_link("Pending Fmgr tasks", "/fmgr?pending=true")
+FIELD_ACCOUNT, FIELD_WINDOW = "${__field.labels.account}", "${__field.labels.window}"
+
+
 def window_variable(metric_selector: str, *, multi: bool) -> dict[str, Any]:
     return query_variable(
         "window", "Window", f"label_values({metric_selector}, window)", multi=multi,
@@ -424,26 +463,33 @@ def overview() -> dict[str, Any]:
     ), 8, 7)
 
     lay.row("Failures and backlog")
-    lay.add(timeseries(
+    failed = timeseries(
         "Failed CDN tasks", "Tasks created in the window that ended in failure: a rising line means the "
-        "CDN cannot fetch or purge; see the CDN tasks dashboard.",
+        "CDN cannot fetch or purge; see the CDN tasks dashboard, or click a series for its failing URLs.",
         [target(f"sum by (account, window) ({shared(M.CDN[kind].tasks, sel(FAILED_TASK, account=True, window=True))})",
                 f"{kind} {{{{account}}}} {{{{window}}}}") for kind in CDN_KINDS],
-    ), 12, 8)
-    lay.add(timeseries(
+    )
+    for i, kind in enumerate(CDN_KINDS):
+        with_links(failed, [failed_link(kind, FIELD_ACCOUNT, FIELD_WINDOW)], i)
+    lay.add(failed, 12, 8)
+    lay.add(with_links(timeseries(
         "Failed Fmgr items", "Items of Fmgr tasks in the window that failed, by operation: a rising line "
-        "means object operations fail; see the Fmgr dashboard.",
+        "means object operations fail; see the Fmgr dashboard, or click a series for its tasks and items.",
         [target(f"sum by (window, op) ({shared(M.FMGR_ITEMS, sel(FAILED_ITEM, window=True))})",
                 "{{op}} {{window}}")],
-    ), 12, 8)
-    lay.add(timeseries(
+    ), [tasks_link("Fmgr tasks with this operation", "/fmgr?window=${__field.labels.window}&op=${__field.labels.op}")]),
+        12, 8)
+    unfinished = timeseries(
         "Unfinished CDN tasks", "Tasks created in the window still waiting or running: a growing backlog "
         "means the CDN is slow to process them.",
         [target(f"sum by (account, window) "
                 f"({shared(M.CDN[kind].tasks, sel(UNFINISHED_TASK, account=True, window=True))})",
                 f"{kind} {{{{account}}}} {{{{window}}}}") for kind in CDN_KINDS],
-    ), 12, 8)
-    lay.add(timeseries(
+    )
+    for i, kind in enumerate(CDN_KINDS):
+        with_links(unfinished, [stuck_link(kind, FIELD_ACCOUNT)], i)
+    lay.add(unfinished, 12, 8)
+    oldest = timeseries(
         "Oldest unfinished task", "Age of the oldest task that has not finished: above the dashed line "
         "(the alert threshold) a task is stuck.",
         [
@@ -452,11 +498,14 @@ def overview() -> dict[str, Any]:
             target(shared(M.FMGR_OLDEST_PENDING_AGE, sel()), "fmgr"),
         ],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
-    ), 12, 8)
+    )
+    for i, kind in enumerate(CDN_KINDS):
+        with_links(oldest, [stuck_link(kind, FIELD_ACCOUNT)], i)
+    lay.add(with_links(oldest, [PENDING_FMGR_LINK], len(CDN_KINDS)), 12, 8)
     return dashboard(
         "cdnetworks-overview", "CDNetworks / Overview",
         "Did prefetches, purges and Fmgr jobs succeed, what is pending, and is the exporter healthy.",
-        [JOB_VAR, ACCOUNT_VAR,
+        [JOB_VAR, ACCOUNT_VAR, EXPORTER_VAR,
          window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + '|fmgr)_tasks", job=~"$job"}', multi=True)],
         lay,
     )
@@ -466,20 +515,22 @@ def cdn_tasks() -> dict[str, Any]:
     lay = Layout()
     for kind in CDN_KINDS:
         lay.row(f"{kind.capitalize()} tasks")
-        lay.add(timeseries(
+        lay.add(with_links(timeseries(
             f"{kind.capitalize()} tasks by status",
             f"{kind.capitalize()} tasks created in the window by current status: a growing failure band "
-            "means failing tasks, growing wait/run bands mean the CDN is slow.",
+            "means failing tasks, growing wait/run bands mean the CDN is slow. Click a band for its tasks.",
             [target(f"sum by (status) ({shared(M.CDN[kind].tasks, sel(account=True, window=True))})", "{{status}}")],
             stack=True,
-        ), 12, 8)
-        lay.add(timeseries(
+        ), [tasks_link(f"These {kind} tasks",
+                       f"/tasks?account=${{account:csv}}&kind={kind}&status=${{__field.labels.status}}"
+                       "&window=${window}")]), 12, 8)
+        lay.add(with_links(timeseries(
             f"{kind.capitalize()} success ratio",
             f"Share of finished {kind} tasks in the window that succeeded: under the dashed line "
             "(the alert threshold) too many fail.",
             [target(shared(M.CDN[kind].success_ratio, sel(account=True, window=True)), "{{account}}")],
             unit="percentunit", thresholds=GOOD_RATIO, max_=1,
-        ), 6, 8)
+        ), [failed_link(kind, FIELD_ACCOUNT, "${window}")]), 6, 8)
         lay.add(timeseries(
             f"{kind.capitalize()} vendor rate",
             f"Mean completion rate the vendor reports for finished {kind} tasks: under 100% tasks "
@@ -495,13 +546,13 @@ def cdn_tasks() -> dict[str, Any]:
                     f"{sel(account=True)}", "{{account}} q{{quantile}}")],
             unit="s",
         ), 8, 8)
-        lay.add(timeseries(
+        lay.add(with_links(timeseries(
             f"{kind.capitalize()} oldest unfinished task",
             f"Age of the oldest {kind} task still waiting or running: above the dashed line (the alert "
             "threshold) it is stuck.",
             [target(shared(M.CDN[kind].oldest_unfinished_age, sel(account=True)), "{{account}}")],
             unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
-        ), 8, 8)
+        ), [stuck_link(kind, FIELD_ACCOUNT)]), 8, 8)
         lay.add(timeseries(
             f"{kind.capitalize()} tasks finished per hour",
             f"{kind.capitalize()} tasks that finished in the last hour, by final status: failures "
@@ -512,7 +563,7 @@ def cdn_tasks() -> dict[str, Any]:
     return dashboard(
         "cdnetworks-cdn-tasks", "CDNetworks / CDN tasks",
         "Prefetch and purge tasks: status over time, success ratio, vendor rate, durations, stuck tasks.",
-        [JOB_VAR, ACCOUNT_VAR,
+        [JOB_VAR, ACCOUNT_VAR, EXPORTER_VAR,
          window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + ')_tasks", job=~"$job"}', multi=False)],
         lay,
     )
@@ -532,12 +583,12 @@ def fmgr() -> dict[str, Any]:
         "tasks are stuck.",
         [target(shared(M.FMGR_PENDING_TASKS, sel()), "pending", instant=True)],
     ), 5, 4)
-    lay.add(stat(
+    lay.add(with_links(stat(
         "Oldest pending task", "How long the oldest non-final task has been tracked: red is above the "
         "alert threshold.",
         [target(shared(M.FMGR_OLDEST_PENDING_AGE, sel()), "oldest", instant=True)],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
-    ), 5, 4)
+    ), [PENDING_FMGR_LINK]), 5, 4)
     lay.add(stat(
         f"Notification failures ({ALERTS.notify_failure_window})", "Tasks that ended in code 5 in the "
         "last hour: the vendor gave up delivering their notifyURL callback (CDNetworksFmgrNotificationsFailing).",
@@ -554,12 +605,12 @@ def fmgr() -> dict[str, Any]:
     ), 4, 4)
 
     lay.row("Tasks and items")
-    lay.add(timeseries(
+    lay.add(with_links(timeseries(
         "Tasks by state", "Tasks first seen in the window by state: growing pending/processing means a "
         "slow vendor, notifying the notification phase (code 4), notify_failed a callback the vendor could "
         "not deliver.",
         [target(f"sum by (state) ({shared(M.FMGR_TASKS, sel(window=True))})", "{{state}}")], stack=True,
-    ), 12, 8)
+    ), [tasks_link("Fmgr tasks in this state", "/fmgr?state=${__field.labels.state}&window=${window}")]), 12, 8)
     lay.add(timeseries(
         "Items by state", "Items of tasks in the window by state: failed* states are failed operations.",
         [target(f"sum by (state) ({shared(M.FMGR_ITEMS, sel(window=True))})", "{{state}}")], stack=True,
@@ -569,11 +620,11 @@ def fmgr() -> dict[str, Any]:
         "the failures and backlog belong to.",
         [target(f"sum by (op) ({shared(M.FMGR_ITEMS, sel(window=True))})", "{{op}}")], stack=True,
     ), 8, 8)
-    lay.add(timeseries(
+    lay.add(with_links(timeseries(
         "Failed items by operation", "Failed items of tasks in the window by operation: a rising line "
         "names the operation that fails.",
         [target(f"sum by (op) ({shared(M.FMGR_ITEMS, sel(FAILED_ITEM, window=True))})", "{{op}}")],
-    ), 8, 8)
+    ), [tasks_link("Fmgr tasks with this operation", "/fmgr?window=${window}&op=${__field.labels.op}")]), 8, 8)
     lay.add(timeseries(
         "Success ratio over time", "Share of final items that succeeded: under the dashed line (the alert "
         "threshold) too many operations fail.",
@@ -609,16 +660,16 @@ def fmgr() -> dict[str, Any]:
         "means tasks never finish.",
         [target(shared(M.FMGR_PENDING_TASKS, sel()), "pending")],
     ), 8, 8)
-    lay.add(timeseries(
+    lay.add(with_links(timeseries(
         "Oldest pending task over time", "Time since the oldest non-final task was first seen: above the dashed line "
         "(the alert threshold) it is stuck.",
         [target(shared(M.FMGR_OLDEST_PENDING_AGE, sel()), "oldest")],
         unit="s", thresholds=steps("green", (ALERTS.stuck_seconds, "red")),
-    ), 8, 8)
+    ), [PENDING_FMGR_LINK]), 8, 8)
     return dashboard(
         "cdnetworks-fmgr", "CDNetworks / Fmgr",
         "Object storage (Fmgr) jobs: tasks and items by state and operation, success, bytes, notifications.",
-        [JOB_VAR, window_variable('cdnetworks_fmgr_tasks{job=~"$job"}', multi=False)],
+        [JOB_VAR, window_variable('cdnetworks_fmgr_tasks{job=~"$job"}', multi=False), EXPORTER_VAR],
         lay,
     )
 

@@ -28,7 +28,7 @@ EXPECTED = {
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 MIN_SCHEMA_VERSION = 39
 # Grafana's own variables that panels may use.
-BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range"}
+BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__field"}
 
 
 RULES_GEN = load_rules_generator()
@@ -68,6 +68,31 @@ def query_panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def variables(dash: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dash["templating"]["list"]}
+
+
+def data_links(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every data link of every panel: on all its series, or on those of one query (an override)."""
+    out: list[dict[str, Any]] = []
+    for panel in query_panels(dash):
+        config = panel.get("fieldConfig", {})
+        out += config.get("defaults", {}).get("links", [])
+        for override in config.get("overrides", []):
+            out += [link for prop in override["properties"] if prop["id"] == "links" for link in prop["value"]]
+    return out
+
+
+def test_data_links_open_the_exporters_task_pages() -> None:
+    """Failure and stuck-task panels link to the exporter's task browser (tests/test_browser.py opens every link
+    against a running exporter)."""
+    links = {d: data_links(dash) for d, dash in DASHBOARDS.items()}
+    assert links["cdn-tasks.json"] and links["overview.json"] and links["fmgr.json"]
+    for name, found in links.items():
+        for link in found:
+            assert re.fullmatch(r"\$\{exporter_url\}/(tasks|fmgr)\?\S+", link["url"]), (name, link)
+            assert link["title"] and link["targetBlank"] is True, (name, link)
+    titles = {p["title"] for dash in DASHBOARDS.values() for p in query_panels(dash) if data_links({"panels": [p]})}
+    assert {"Failed CDN tasks", "Oldest unfinished task", "Prefetch oldest unfinished task", "Failed items by operation",
+            "Oldest pending task"} <= titles
 
 
 def used_variables(text: str) -> set[str]:
@@ -113,9 +138,10 @@ def test_template_variables(name: str) -> None:
         assert var["definition"] == query
     exprs = " ".join(t["expr"] for p in query_panels(dash) for t in p["targets"])
     var_queries = " ".join(v["query"]["query"] for v in found.values() if v["type"] == "query")
-    used = used_variables(exprs + " " + var_queries) - BUILTIN_VARIABLES
+    links = " ".join(link["url"] for link in data_links(dash))
+    used = used_variables(exprs + " " + var_queries + " " + links) - BUILTIN_VARIABLES
     assert used <= set(found), f"undefined variables: {sorted(used - set(found))}"
-    assert set(found) - {"datasource"} <= used, "a variable that no query uses"
+    assert set(found) - {"datasource"} <= used, "a variable that no query or data link uses"
     # The brief's variables, wherever the dashboard has per-account or per-window series.
     if "account=~" in exprs:
         assert "account" in found
