@@ -91,8 +91,8 @@ def test_data_links_open_the_exporters_task_pages() -> None:
             assert re.fullmatch(r"\$\{exporter_url\}/(tasks|fmgr)\?\S+", link["url"]), (name, link)
             assert link["title"] and link["targetBlank"] is True, (name, link)
     titles = {p["title"] for dash in DASHBOARDS.values() for p in query_panels(dash) if data_links({"panels": [p]})}
-    assert {"Failed CDN tasks", "Oldest unfinished task", "Prefetch oldest unfinished task", "Failed items by operation",
-            "Oldest pending task"} <= titles
+    assert {"Failed CDN tasks", "Oldest unfinished task", "Prefetch oldest unfinished task",
+            "Failed items by operation", "Oldest pending task"} <= titles
 
 
 def used_variables(text: str) -> set[str]:

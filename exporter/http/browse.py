@@ -244,10 +244,11 @@ def _key(row: BrowseRow) -> Key:
     return (row.create_ts, row.account, row.kind, row.url)
 
 
-def query_cdn(store: Store, f: CdnFilter) -> CdnPage:
-    """One page of ``f``: (create_ts, account, kind, url) descending (stuck: ascending) across the pairs."""
+def query_cdn(store: Store, f: CdnFilter, *, scan_rows: int = SCAN_ROWS) -> CdnPage:
+    """One page of ``f``: (create_ts, account, kind, url) descending (stuck: ascending) across the pairs; a url
+    filter reads at most ``scan_rows`` rows in all (and at least a page's worth per pair)."""
     pairs = [(a, k) for a in f.accounts for k in f.kinds]
-    scan = max(f.limit + 1, SCAN_ROWS // max(1, len(pairs)))
+    scan = max(f.limit + 1, scan_rows // max(1, len(pairs)))
     rows: list[BrowseRow] = []
     cuts: list[Key] = []
     for account, kind in pairs:
@@ -419,10 +420,10 @@ class FmgrPage:
     scanned_to: float | None
 
 
-def query_fmgr(store: Store, f: FmgrFilter) -> FmgrPage:
+def query_fmgr(store: Store, f: FmgrFilter, *, scan_rows: int = SCAN_ROWS) -> FmgrPage:
     where = state_filter(f.state, f.pending)
     after = None if f.cursor is None else (float(f.cursor[0]), str(f.cursor[1]))
-    scan = max(f.limit + 1, SCAN_ROWS)
+    scan = max(f.limit + 1, scan_rows)
     rows, scanned_to = store.repo.fmgr_browse(where, start=f.start, end=f.end, code=f.code, op=f.op, after=after,
                                               limit=f.limit + 1, scan=scan)
     more = len(rows) > f.limit

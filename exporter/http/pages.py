@@ -61,7 +61,7 @@ def local_time(ts: float | None, tz: tzinfo) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    s = round(seconds)
+    s = int(seconds)  # whole seconds elapsed, as an age reads
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
