@@ -58,6 +58,7 @@ class FailureLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self.logged = 0  # lines this instance wrote
 
     def drain(self) -> int:
         """Log every failure the store holds now; how many."""
@@ -68,6 +69,7 @@ class FailureLog:
                 message, fields = fields_of(event)
                 events.info(message, extra={"fields": fields})
             logged += len(taken)
+            self.logged += len(taken)
             if len(taken) < BATCH:
                 return logged
 
