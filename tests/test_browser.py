@@ -124,8 +124,8 @@ class Rig:
         self.exporter.stop()
 
 
-@pytest.fixture
-def rig(sim_factory, clock, tmp_path) -> Iterator[Rig]:
+def make_rig(sim_factory, clock, tmp_path) -> Iterator[Rig]:
+    """The rig with its tasks, read at T0 + 37.5 s (tests/test_browser_chromium.py uses it too)."""
     sim = sim_factory()
     for account, per_hour in (("acme", 240), ("globex", 120)):
         sim.add_cdn_stream(account, "prefetch", per_hour=per_hour, failure_ratio=0.15, start_ts=T0 - 26 * HOUR)
@@ -137,6 +137,11 @@ def rig(sim_factory, clock, tmp_path) -> Iterator[Rig]:
     rig.read_vendor()
     yield rig
     rig.stop()
+
+
+@pytest.fixture
+def rig(sim_factory, clock, tmp_path) -> Iterator[Rig]:
+    yield from make_rig(sim_factory, clock, tmp_path)
 
 
 def vendor_ts(text: str) -> float | None:

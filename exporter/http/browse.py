@@ -168,6 +168,7 @@ class CdnFilter:
     limit: int
     stuck: bool
     cursor: Key | None = None
+    ranged: bool = False  # from or to was given (else the range is the default one, shown blank in the form)
 
     def query(self, cursor: Key | None = None) -> list[tuple[str, str]]:
         """The query string of this filter (``cursor``: of its next page), as a list of pairs."""
@@ -230,7 +231,8 @@ def parse_cdn(params: Params, config: Config, now: float) -> CdnFilter:
     limit = _int(params, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     assert limit is not None
     return CdnFilter(accounts or tuple(a.name for a in config.accounts), chosen, status, window, start, end, url,
-                     limit, stuck, _cursor(params, (float | int, str, str, str)))
+                     limit, stuck, _cursor(params, (float | int, str, str, str)),
+                     ranged=bool(params.get("from") or params.get("to")))
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,7 @@ class FmgrFilter:
     end: float
     limit: int
     cursor: Key | None = None
+    ranged: bool = False
 
     def query(self, cursor: Key | None = None) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -403,7 +406,7 @@ def parse_fmgr(params: Params, config: Config, now: float) -> FmgrFilter:
     limit = _int(params, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     assert limit is not None
     return FmgrFilter(state, code, op, None if pending_text is None else pending_text == "true", window, start, end,
-                      limit, _cursor(params, (float | int, str)))
+                      limit, _cursor(params, (float | int, str)), ranged=bool(params.get("from") or params.get("to")))
 
 
 @dataclass(frozen=True)

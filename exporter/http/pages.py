@@ -33,7 +33,8 @@ FMGR_PAGE = "/fmgr"
 STYLE = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}"
     "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;"
-    "vertical-align:top}th{background:#f0f0f0}td.url{word-break:break-all;max-width:40em}"
+    "vertical-align:top;white-space:nowrap}th{background:#f0f0f0}td.url{white-space:normal;word-break:break-all;"
+    "min-width:18em;max-width:40em}td.text{white-space:normal}"
     ".failure,.failed{color:#b00020;font-weight:bold}.success,.succeeded{color:#1b5e20}"
     "form label{margin-right:1em}nav a{margin-right:1em}.note{background:#fff3cd;padding:4px 8px}"
     "table.items td,table.items th{font-size:12px}"
@@ -170,8 +171,8 @@ class TaskBrowser:
         if not f.stuck:
             parts.append(self._select("window", [w for w, _ in windows], (f.window,) if f.window else (),
                                       "time range below"))
-            start = "" if f.window else browse.rfc3339(f.start)
-            end = "" if f.window else browse.rfc3339(f.end)
+            start = browse.rfc3339(f.start) if f.ranged else ""
+            end = browse.rfc3339(f.end) if f.ranged else ""
             parts.append(f'<label>from <input name="from" value="{esc(start)}" size="22"></label>'
                          f'<label>to <input name="to" value="{esc(end)}" size="22"></label>')
         parts.append(f'<label>url contains <input name="url" value="{esc(f.url)}" size="30"></label>'
@@ -218,8 +219,8 @@ class TaskBrowser:
 
     def _fmgr_form(self, f: browse.FmgrFilter) -> str:
         windows = [w.name for w in self.config.fmgr.windows]
-        start = "" if f.window else browse.rfc3339(f.start)
-        end = "" if f.window else browse.rfc3339(f.end)
+        start = browse.rfc3339(f.start) if f.ranged else ""
+        end = browse.rfc3339(f.end) if f.ranged else ""
         return ('<form method="get" action="">'
                 + self._select("state", API_STATES, (f.state,) if f.state else ())
                 + f'<label>code <input name="code" value="{esc(f.code)}" size="4"></label>'
@@ -244,15 +245,15 @@ class TaskBrowser:
                 f"<tr><td>{idx}</td><td>{esc(i.op)}</td><td>{esc(i.code)}</td>"
                 f'<td class="{esc(fmgrwire.item_outcome(i.code) or "")}">'
                 f'{esc("unknown" if i.code is None else fmgrwire.item_state(i.code))}</td>'
-                f"<td>{esc(i.error)}</td><td class=\"url\">{esc(i.key)}</td><td>{esc(i.fsize)}</td></tr>"
+                f'<td class="text">{esc(i.error)}</td><td class="url">{esc(i.key)}</td><td>{esc(i.fsize)}</td></tr>'
                 for idx, i in t.items)
             item_table = ('<table class="items"><tr><th>#</th><th>op</th><th>code</th><th>state</th><th>error</th>'
                           f"<th>key</th><th>fsize</th></tr>{items}</table>") if items else "no items yet"
             out.append(
                 f'<tr class="task"><td>{esc(r.id)}</td><td>{esc(r.code)}</td><td>{esc(state)}</td>'
                 f"<td>{esc(local_time(r.first_seen, utc))}</td><td>{esc(local_time(r.final_seen, utc))}</td>"
-                f"<td>{esc(browse.notification_outcome(t))}</td><td>{esc(r.source)}</td>"
-                f"<td>{esc(r.last_error)}</td><td>{item_table}</td></tr>")
+                f'<td class="text">{esc(browse.notification_outcome(t))}</td><td>{esc(r.source)}</td>'
+                f'<td class="text">{esc(r.last_error)}</td><td>{item_table}</td></tr>')
         return ('<table class="tasks"><tr><th>persistentId</th><th>code</th><th>state</th><th>first seen</th>'
                 "<th>final since</th><th>notification</th><th>source</th><th>last poll error</th><th>items</th></tr>"
                 f'{"".join(out)}</table>')
