@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOGS=${1:-$(mktemp -d "${TMPDIR:-/tmp}/cdnetworks-bench.XXXXXX")}
 mkdir -p "$LOGS"
-BENCHES=(bench_polling bench_metrics bench_notify bench_ha bench_scrape_load bench_freshness bench_planning)
+BENCHES=(bench_polling bench_metrics bench_notify bench_ha bench_scrape_load bench_freshness bench_planning bench_browser)
 
 declare -A STATUS SECONDS_TAKEN
 for bench in "${BENCHES[@]}"; do

@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from typing import Any
@@ -29,9 +30,13 @@ from conftest import ROOT, T0, Clock, load_rules_generator, make_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
+from exporter.config import Config
+from exporter.fmgr.wire import FmgrItem, FmgrStatus
 from exporter.http import browse
 from exporter.http.webconfig import WebConfig
 from exporter.simulator import Simulator
+from exporter.storage.repository import open_repository
+from exporter.storage.store import Store
 from exporter.vendor.cdn import CdnClient
 
 HOUR, DAY = 3600.0, 86400.0
@@ -50,6 +55,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def read_into(store: Store, config: Config, clock: Clock) -> None:
+    """Every task of the last day and a minute, every account and kind, as the vendor says it now, read by the
+    real client and stored by the real upsert."""
+    end = math.floor(clock())
+    start = end - int(DAY) - 60
+    for account in config.accounts:
+        for kind in KINDS:
+            client = CdnClient(account, clock=clock, timeout=5)
+            lo = start
+            while lo <= end:
+                hi = min(end, lo + int(DAY) - 1)  # the API takes at most a day per query
+                page_no = 1
+                while True:
+                    page = client.query(kind, lo, hi, page_no=page_no, page_size=500)
+                    store.upsert_cdn_tasks(account.name, kind, page.tasks)
+                    if page_no * 500 >= page.count:
+                        break
+                    page_no += 1
+                lo = hi + 1
 
 
 class Rig:
@@ -75,24 +101,8 @@ class Rig:
 
     def read_vendor(self) -> None:
         """Every task of the last day and a minute, every account and kind, as the vendor says it now."""
-        now = self.clock()
-        end = math.floor(now)
-        start = end - int(DAY) - 60
-        for account in self.config.accounts:
-            for kind in KINDS:
-                client = CdnClient(account, clock=self.clock, timeout=5)
-                lo = start
-                while lo <= end:
-                    hi = min(end, lo + int(DAY) - 1)  # the API takes at most a day per query
-                    page_no = 1
-                    while True:
-                        page = client.query(kind, lo, hi, page_no=page_no, page_size=500)
-                        self.exporter.store.upsert_cdn_tasks(account.name, kind, page.tasks)
-                        if page_no * 500 >= page.count:
-                            break
-                        page_no += 1
-                    lo = hi + 1
-        self.read_at = now
+        read_into(self.exporter.store, self.config, self.clock)
+        self.read_at = self.clock()
 
     def truth(self, account: str, kind: str, start: float, end: float) -> list[dict[str, Any]]:
         """The vendor's tasks created in [start, end] as it answered at the last read."""
@@ -579,3 +589,70 @@ def test_fmgr_tasks_with_their_items_errors_keys_and_notification_outcome(sim_fa
         assert r.status_code == 400 and "expected one of: unknown, pending, processing, completed" in r.text
     finally:
         rig.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def test_postgresql_pages_are_sqlites_pages(sim_factory, clock, tmp_path, postgres_url) -> None:
+    """The same vendor read into an SQLite and a PostgreSQL store: every page, cursor and scan stop the same."""
+    sim = sim_factory()
+    for account in ACCOUNTS:
+        sim.add_cdn_stream(account, "prefetch", per_hour=200, failure_ratio=0.15, start_ts=T0 - 26 * HOUR)
+        sim.add_cdn_stream(account, "purge", per_hour=50, failure_ratio=0.15, start_ts=T0 - 26 * HOUR,
+                           slow_ratio=0.05)
+    sim.add_cdn_task("acme", "prefetch", XSS_URL, T0 - 1800, wait=10, run=20, final="failure", rate=3)
+    config = make_config(sim.url, str(tmp_path / "s.db"), purge={"enabled": True})
+    stores = [Store(tmp_path / "s.db", clock=clock), Store("", clock=clock, repository=open_repository(postgres_url))]
+    try:
+        clock.t = T0 + 37.5
+        for store in stores:
+            read_into(store, config, clock)
+        filters: list[dict[str, list[str]]] = [
+            {"window": ["24h"], "limit": ["211"]}, {"status": ["failure"], "window": ["1h"], "limit": ["7"]},
+            {"stuck": [""], "limit": ["5"]}, {"url": ["7d.jpg"], "window": ["24h"], "limit": ["3"]},
+            {"account": ["globex"], "kind": ["purge"], "status": ["run"], "limit": ["2"]},
+        ]
+        for params in filters:
+            walks = []
+            for store in stores:
+                f = browse.parse_cdn(params, config, clock())
+                pages = []
+                for _ in range(200):
+                    page = browse.query_cdn(store, f, scan_rows=800)
+                    pages.append(([(r.create_ts, r.account, r.kind, r.url, r.status, r.rate, r.finish_ts)
+                                   for r in page.rows], page.next, page.scanned_to))
+                    if page.next is None:
+                        break
+                    f = browse.with_cursor(f, page.next)
+                walks.append(pages)
+            assert walks[0] == walks[1], params
+            assert sum(len(rows) for rows, _, _ in walks[0]) > 0, params
+        # Fmgr: the same statuses applied to both, the same pages for each filter.
+        base = clock()
+        for store in stores:
+            for i in range(30):
+                clock.t = base + i + 1
+                items = tuple(FmgrItem(op, 2 if (i + n) % 5 == 0 else 3, 100 * n, "bad" if (i + n) % 5 == 0 else None,
+                                       f"obj/{i}/{n}") for n, op in enumerate(["fetch", "copy", "delete"][: 1 + i % 3]))
+                store.apply_fmgr_status(FmgrStatus(f"job-{i:02d}", [1, 3, 6][i % 3], 0, items), source="poll",
+                                        polled=True)
+        for params in ({}, {"op": ["delete"], "limit": ["2"]}, {"code": ["6"]}, {"state": ["completed"]},
+                       {"pending": ["true"], "limit": ["4"]}):
+            walks = []
+            for store in stores:
+                f = browse.parse_fmgr({**params, "from": [str(int(base - DAY))]}, config, clock())
+                walk = []
+                for _ in range(100):
+                    page = browse.query_fmgr(store, f, scan_rows=10)
+                    walk.append(([browse.fmgr_task_json(t) for t in page.tasks], page.next, page.scanned_to))
+                    if page.next is None:
+                        break
+                    f = replace(f, cursor=page.next)
+                walks.append(walk)
+            assert walks[0] == walks[1], params
+            assert any(tasks for tasks, _, _ in walks[0]), params
+    finally:
+        for store in stores:
+            store.close()

@@ -702,6 +702,8 @@ class Server:
                 self._first_pending -= 1
         if isinstance(verdict, str):  # SLOW, the other str verdict
             self._slow_pending += 1
+            if self._priority_running:  # a page render or a bcrypt check starts once the scrapes are served
+                await self._after_priority()
             try:
                 return await self._slow_pool.submit(self._call_app, environ)  # type: ignore[no-any-return]
             finally:

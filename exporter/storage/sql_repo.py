@@ -430,33 +430,40 @@ class SqlRepository(ABC, Generic[C]):
             index, where, args = "cdn_tasks_unfinished", [UNFINISHED_SQL], []
         else:
             index, where, args = "cdn_tasks_window", [], []
+        if after is not None:
+            # One bound per side of the range: the cursor narrows it (a database seeks on one bound of a side and
+            # only filters by a second one, which would make a page cost more the deeper it is).
+            ts, url = after
+            start, end = (max(start, ts), end) if oldest_first else (start, min(end, ts))
+            if url is None:  # past every task created at ts
+                where, args = [*where, "create_ts <> ?"], [*args, ts]
+            else:
+                where = [*where, "(create_ts > ? OR url > ?)" if oldest_first else "(create_ts < ? OR url < ?)"]
+                args = [*args, ts, d.text(url)]
         where = ["account = ?", "kind = ?", "create_ts >= ?", "create_ts <= ?", *where]
         args = [account, kind, start, end, *args]
-        if after is not None:
-            ts, url = after
-            if url is None:  # past every task created at ts
-                where.append("create_ts > ?" if oldest_first else "create_ts < ?")
-                args.append(ts)
-            else:
-                where += ["create_ts >= ?", "(create_ts > ? OR url > ?)"] if oldest_first else \
-                    ["create_ts <= ?", "(create_ts < ? OR url < ?)"]
-                args += [ts, ts, d.text(url)]
         way = "ASC" if oldest_first else "DESC"
         order = f" ORDER BY create_ts {way}, url {way}"
         columns = "create_ts, url, status, begin_ts, finish_ts, rate, updated_ts"
         hint = d.window_condition("status IS NOT NULL") if index == "cdn_tasks_window" else ""
         inner = f"SELECT {columns} FROM cdn_tasks{d.indexed_by(index)} WHERE {' AND '.join(where)}{hint}{order}"
-        scanned_to: ScannedTo = None
         if url_part is None:
-            rows = self._browse(inner + " LIMIT ?", [*args, limit])
-        else:
-            rows = self._browse(f"SELECT {columns} FROM ({inner} LIMIT ?) t WHERE {d.contains('url')}{order} LIMIT ?",
-                                [*args, scan, d.text(url_part), limit])
-            if len(rows) < limit:
-                last = self._browse(f"SELECT create_ts, url FROM ({inner} LIMIT ?) t{order} LIMIT 1 OFFSET ?",
-                                    [*args, scan, scan - 1])
-                scanned_to = (last[0][0], last[0][1]) if last else None
-        return [BrowseRow(account, kind, *r) for r in rows], scanned_to
+            return [BrowseRow(account, kind, *r) for r in self._browse(inner + " LIMIT ?", [*args, limit])], None
+        # The scan reads the index alone (its entries hold create_ts and url) and marks the hits; only the hits'
+        # rows are then read from the table, by their primary key.
+        keys_only = inner.replace(f"SELECT {columns} ", f"SELECT create_ts, url, {d.contains('url')} ", 1)
+        scanned = self._browse(keys_only + " LIMIT ?", [d.text(url_part), *args, scan])
+        hits = [(ts, url) for ts, url, hit in scanned if hit][:limit]
+        scanned_to: ScannedTo = None
+        if len(hits) < limit and len(scanned) == scan:
+            scanned_to = (scanned[-1][0], scanned[-1][1])
+        if not hits:
+            return [], scanned_to
+        cond, urls = d.among("url", sorted({url for _, url in hits}), array_type="text")
+        found = {(r[0], r[1]): r for r in self._browse(
+            f"SELECT {columns} FROM cdn_tasks WHERE account = ? AND kind = ? AND create_ts >= ? AND create_ts <= ? "
+            f"AND {cond}", [account, kind, min(h[0] for h in hits), max(h[0] for h in hits), *urls])}
+        return [BrowseRow(account, kind, *found[h]) for h in hits if h in found], scanned_to
 
     def prune_cdn(self, before: float) -> int:
         return self._write("DELETE FROM cdn_tasks WHERE create_ts < ?", (before,))
@@ -533,10 +540,11 @@ class SqlRepository(ABC, Generic[C]):
         if op is not None:
             conds.append("EXISTS (SELECT 1 FROM fmgr_items i WHERE i.task_id = t.id AND i.op = ?)")
             args.append(d.text(op))
-        rng, rng_args = ["first_seen >= ?", "first_seen <= ?"], [start, end]  # type: list[str], list[Any]
-        if after is not None:
-            rng += ["first_seen <= ?", "(first_seen < ? OR id < ?)"]
-            rng_args += [after[0], after[0], after[1]]
+        rng = ["first_seen >= ?", "first_seen <= ?"]
+        rng_args: list[Any] = [start, min(end, after[0]) if after else end]
+        if after is not None:  # the cursor narrows the range's upper bound (one bound: a seek, see cdn_browse)
+            rng.append("(first_seen < ? OR id < ?)")
+            rng_args += [after[0], after[1]]
         columns = "id, first_seen, final_seen, code, source, last_polled, confirmed, abandoned, errors, last_error"
         order = " ORDER BY first_seen DESC, id DESC"
         inner = (f"SELECT {columns} FROM fmgr_tasks{d.indexed_by('fmgr_tasks_window')} WHERE {' AND '.join(rng)}"
