@@ -31,11 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import __version__
 from exporter.cli import build_parser
 from exporter.simulator import Simulator
+from exporter.storage.sql_repo import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "exporter.cli"]
-FLAGS = ("--config.file", "--web.listen-address", "--web.config.file", "--storage.path", "--storage.migrate-from",
-         "--log.level", "--log.format", "--check-config", "--demo", "--version")
+FLAGS = ("--config.file", "--web.listen-address", "--web.config.file", "--web.external-url", "--storage.path",
+         "--storage.migrate-from", "--log.level", "--log.format", "--log.task-failures", "--check-config", "--demo",
+         "--version")
 DEMO_WAIT = 30.0
 STOP_WAIT = 10.0
 
@@ -505,7 +507,7 @@ def test_readme_online_backup_while_the_exporter_writes(tmp_path: Path, start_ex
     conn = sqlite3.connect(backup)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert conn.execute("SELECT count(*) FROM cdn_tasks").fetchone()[0] > 0
     finally:
         conn.close()
@@ -542,7 +544,7 @@ def test_readme_says_what_the_demo_shows_and_keeps() -> None:
 def test_readme_documents_every_environment_variable() -> None:
     source = (ROOT / "exporter" / "cli.py").read_text()
     names = set(re.findall(r'env\("(CDNETWORKS_EXPORTER_[A-Z_]+)"', source))
-    assert len(names) == 6
+    assert len(names) == 7
     readme = (ROOT / "README.md").read_text()
     for name in names:
         assert f"`{name}`" in readme, name
@@ -603,7 +605,7 @@ def test_check_config_asks_the_database_and_creates_nothing(tmp_path: Path, post
     open_repository(postgres_url).close()  # what a first start leaves
     result = run_cli("--config.file", str(config), "--check-config", env=env)
     assert result.returncode == 0, result.stderr
-    assert "the database answers; store schema version 1" in result.stdout
+    assert f"the database answers; store schema version {SCHEMA_VERSION}" in result.stdout
 
 
 @pytest.mark.postgres
@@ -612,12 +614,13 @@ def test_check_config_refuses_a_newer_schema(tmp_path: Path, postgres_cluster, p
 
     open_repository(postgres_url).close()
     schema = postgres_url.rpartition("%3D")[2]
-    postgres_cluster.sql(f"UPDATE {schema}.meta SET value = '2' WHERE key = 'schema_version'")
+    newer = SCHEMA_VERSION + 1
+    postgres_cluster.sql(f"UPDATE {schema}.meta SET value = '{newer}' WHERE key = 'schema_version'")
     config = storage_config(tmp_path, postgres_url)
     result = run_cli("--config.file", str(config), "--check-config")
     assert result.returncode == 3, result.stdout + result.stderr
-    assert f"{config}: storage.url: {postgres_url}: schema version 2 is newer than this exporter understands (1)" \
-        in result.stderr
+    assert (f"{config}: storage.url: {postgres_url}: schema version {newer} is newer than this exporter understands "
+            f"({SCHEMA_VERSION})") in result.stderr
     assert "1 problem(s) found" in result.stderr and "configuration is valid" not in result.stdout
 
 

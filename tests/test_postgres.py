@@ -14,6 +14,7 @@ from conftest import ROOT, PostgresCluster, free_port, require_postgres
 
 from exporter.storage.postgres_repo import PostgresRepository, mask_url
 from exporter.storage.repository import open_repository
+from exporter.storage.sql_repo import SCHEMA_VERSION
 from exporter.storage.sqlite_repo import SqliteRepository
 from exporter.storage.store import Store
 
@@ -53,7 +54,7 @@ def test_the_store_lives_in_the_schema_the_url_names(postgres_cluster, postgres_
     tables = {r[0] for r in postgres_cluster.sql(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", schema)}
     assert tables == {"meta", "cdn_tasks", "counters", "state", "fmgr_tasks", "fmgr_items", "fmgr_notifications",
-                      "leases", "changes"}
+                      "leases", "changes", "failure_log"}
 
 
 def test_the_password_is_masked_in_the_path(postgres_url):
@@ -90,11 +91,12 @@ def test_an_unreachable_database_fails_the_start_without_showing_the_password():
 def test_a_schema_newer_than_the_exporter_is_refused_and_left_alone(postgres_url):
     Store("x", repository=open_repository(postgres_url)).close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    with pytest.raises(RuntimeError, match=r"schema version 2 is newer than this exporter understands \(1\)"):
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(RuntimeError,
+                       match=rf"schema version 99 is newer than this exporter understands \({SCHEMA_VERSION}\)"):
         open_repository(postgres_url)
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("99",)]
 
 
 def test_connections_the_server_dropped_are_replaced(postgres_cluster, postgres_url):

@@ -16,7 +16,7 @@ import hashlib
 import html
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -51,11 +51,17 @@ def esc(value: object) -> str:
 
 
 def local_time(ts: float | None, tz: tzinfo) -> str:
+    """``2026-11-22 16:00:00 +08:00`` (``... UTC`` in UTC). Formatted by hand: strftime was a third of a
+    1,000-row page's time."""
     if ts is None:
         return ""
     t = datetime.fromtimestamp(ts, tz)
-    offset = t.strftime("%z")
-    return t.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if tz is timezone.utc else f" {offset[:3]}:{offset[3:]}")
+    if tz is timezone.utc:
+        zone = "UTC"
+    else:
+        minutes = int((t.utcoffset() or timedelta()).total_seconds() // 60)
+        zone = f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d} {zone}"
 
 
 def duration(seconds: float | None) -> str:
