@@ -292,6 +292,32 @@ def test_a_url_filter_reads_a_bounded_number_of_rows_and_says_where_it_stopped(r
     assert "reads at most" not in text  # 50,000 rows: the whole day fits
 
 
+@pytest.mark.parametrize("params", [{"window": ["24h"], "limit": ["50"]}, {"stuck": [""], "limit": ["20"]},
+                                    {"status": ["failure"], "window": ["24h"], "limit": ["30"]}])
+def test_many_pairs_share_a_row_budget_and_pages_stay_exact(rig: Rig, params: dict[str, list[str]]) -> None:
+    """With a budget of 12 rows for the four (account, kind) pairs, each reads 3 rows a page: a pair that fills
+    its share cuts the page there, and walking the cursor still gives every task once, in order."""
+    now = rig.clock()
+    stuck = "stuck" in params
+    start = now - 3 * DAY if stuck else window_start(now, DAY)
+    truth = [t for a in ACCOUNTS for k in KINDS for t in rig.truth(a, k, start, now)
+             if (t["status"] in ("wait", "run") if stuck else params.get("status", [t["status"]])[0] == t["status"])]
+    want = [key_of(t) for t in sorted(truth, key=key_of, reverse=not stuck)]
+    f = browse.parse_cdn(params, rig.config, now)
+    got: list[tuple[Any, ...]] = []
+    pages = 0
+    while True:
+        page = browse.query_cdn(rig.exporter.store, f, row_budget=12)
+        assert len(page.rows) <= f.limit and (page.rows or page.next is None)  # only the last page may be empty
+        got += [(r.create_ts, r.account, r.kind, r.url) for r in page.rows]
+        pages += 1
+        if page.next is None:
+            break
+        f = browse.with_cursor(f, page.next)
+    assert got == want
+    assert pages > len(want) / f.limit + 1  # the budget cut pages short
+
+
 def test_stuck_tasks_oldest_first_with_their_age(rig: Rig) -> None:
     now = rig.clock()
     want = sorted((t for a in ACCOUNTS for k in KINDS for t in rig.truth(a, k, now - 3 * DAY, now)

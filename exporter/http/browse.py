@@ -6,10 +6,11 @@ parameter and its valid values), the bounded reads, the cursor, the per-window s
 The pages (``pages.py``) render what this returns.
 
 Bounded whatever the store holds: each (account, kind) of a filter is one index range read of at most
-``limit + 1`` rows in the order shown (the status index for a status filter, the unfinished index for stuck
-tasks, the window index otherwise); a url substring filter reads at most ``SCAN_ROWS`` rows of the range in
-all, and when that stops it before the page is full the answer says how far it got and its cursor goes on from
-there. A time range is at most ``MAX_RANGE``, a page at most ``MAX_LIMIT`` rows.
+``limit + 1`` rows (all of them together at most ``ROW_BUDGET``) in the order shown (the status index for a
+status filter, the unfinished index for stuck tasks, the window index otherwise); a url substring filter reads
+at most ``SCAN_ROWS`` index entries of the range in all, and when that stops it before the page is full the
+answer says how far it got and its cursor goes on from there. A time range is at most ``MAX_RANGE``, a page at
+most ``MAX_LIMIT`` rows.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from exporter.storage.store import CDN_STATUSES, Store
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000  # as the registration API's listing always allowed
 SCAN_ROWS = 50_000  # rows a url filter may read for one page, shared by the (account, kind) pairs
+ROW_BUDGET = 20_000  # rows the (account, kind) pairs of one page may return in all
 MAX_RANGE = 31 * 86400.0  # the longest from..to a filter may ask for
 MAX_URL_PART = 256
 DAY = 86400.0
@@ -246,11 +248,15 @@ def _key(row: BrowseRow) -> Key:
     return (row.create_ts, row.account, row.kind, row.url)
 
 
-def query_cdn(store: Store, f: CdnFilter, *, scan_rows: int = SCAN_ROWS) -> CdnPage:
+def query_cdn(store: Store, f: CdnFilter, *, scan_rows: int = SCAN_ROWS, row_budget: int = ROW_BUDGET) -> CdnPage:
     """One page of ``f``: (create_ts, account, kind, url) descending (stuck: ascending) across the pairs; a url
     filter reads at most ``scan_rows`` rows in all (and at least a page's worth per pair)."""
     pairs = [(a, k) for a in f.accounts for k in f.kinds]
     scan = max(f.limit + 1, scan_rows // max(1, len(pairs)))
+    # Each pair reads up to a page and one row more, but all of them together at most ROW_BUDGET rows: with
+    # many accounts a pair reads fewer, and one that fills its share cuts the page where its share ends (as the
+    # url scan does), so that the page is still exact and the next one goes on from there.
+    share = min(f.limit + 1, max(2, row_budget // max(1, len(pairs))))
     rows: list[BrowseRow] = []
     cuts: list[Key] = []
     for account, kind in pairs:
@@ -266,10 +272,12 @@ def query_cdn(store: Store, f: CdnFilter, *, scan_rows: int = SCAN_ROWS) -> CdnP
                 after = (float(ts), None)
         got, scanned_to = store.repo.cdn_browse(
             account, kind, start, end, status=f.status, unfinished=f.stuck and f.status is None, url_part=f.url,
-            after=after, limit=f.limit + 1, scan=scan, oldest_first=f.stuck)
+            after=after, limit=share, scan=scan, oldest_first=f.stuck)
         rows += got
         if scanned_to is not None:
             cuts.append((scanned_to[0], account, kind, scanned_to[1]))
+        elif share <= f.limit and len(got) == share:
+            cuts.append(_key(got[-1]))
     rows.sort(key=_key, reverse=not f.stuck)
     # Past the nearest point where a pair's scan stopped, that pair's rows are not known: stop there too.
     cut = (max(cuts) if not f.stuck else min(cuts)) if cuts else None

@@ -102,8 +102,8 @@ class TaskBrowser:
         except browse.BadRequest as exc:
             return json_response("400 Bad Request", {"error": str(exc)})
         page = browse.query_cdn(self.store, f)
-        return json_response("200 OK", browse.cdn_json(page, f, browse.summaries(self.store, self.config, f, now),
-                                                       self.config, now))
+        return _api(json_response("200 OK", browse.cdn_json(page, f, browse.summaries(self.store, self.config, f, now),
+                                                            self.config, now)))
 
     def fmgr_api(self, environ: dict[str, Any]) -> Response:
         now = self.clock()
@@ -111,7 +111,7 @@ class TaskBrowser:
             f = browse.parse_fmgr(_params(environ), self.config, now)
         except browse.BadRequest as exc:
             return json_response("400 Bad Request", {"error": str(exc)})
-        return json_response("200 OK", browse.fmgr_json(browse.query_fmgr(self.store, f), f, now))
+        return _api(json_response("200 OK", browse.fmgr_json(browse.query_fmgr(self.store, f), f, now)))
 
     # ------------------------------------------------------------------ HTML
     def tasks_page(self, environ: dict[str, Any]) -> Response:
@@ -275,6 +275,12 @@ class TaskBrowser:
             links.append(f'<a rel="next" href="{esc(self.link(path, following))}">Next page</a>')
         links.append(f'<a href="{esc(self.link(api, this))}">This page as JSON</a>{esc(json_note)}')
         return "".join(notes) + "<p>" + " | ".join(links) + "</p>"
+
+
+def _api(response: Response) -> Response:
+    """A JSON answer of vendor strings: never to be sniffed as anything else."""
+    response.headers += [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
+    return response
 
 
 def _params(environ: Mapping[str, Any], *, form: bool = False) -> dict[str, list[str]]:
