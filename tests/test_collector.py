@@ -307,6 +307,13 @@ def test_fmgr_items_ratio_pending_bytes_notifications(registry) -> None:
     assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="fetch") == 1500
     assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="copy") == 200
     assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="delete") is None
+    # Every final item once, whatever window it is in, by op and outcome; both outcomes of an op that has one.
+    finished = {(op, outcome): value(registry, "cdnetworks_fmgr_items_finished_total", op=op, outcome=outcome)
+                for op in ("copy", "fetch", "move", "delete", "other") for outcome in ("succeeded", "failed")}
+    assert finished == {("copy", "succeeded"): 1, ("copy", "failed"): 2, ("fetch", "succeeded"): 2,
+                        ("fetch", "failed"): 0, ("move", "succeeded"): 1, ("move", "failed"): 0,
+                        ("delete", "succeeded"): 0, ("delete", "failed"): 1, ("other", "succeeded"): None,
+                        ("other", "failed"): None}
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="accepted") == 1
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="duplicate") == 1
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="bad_signature") == 1
@@ -461,8 +468,9 @@ def test_store_keys_stay_those_of_existing_databases() -> None:
         "prefetch_tasks_finished_total", "prefetch_duration_seconds",
         "purge_tasks_finished_total", "purge_duration_seconds"]
     assert [f.store_key for f in (metrics.FMGR_PROCESSED_BYTES, metrics.FMGR_NOTIFICATIONS,
-                                  metrics.FMGR_NOTIFY_FAILURES)] == [
-        "fmgr_processed_bytes_total", "fmgr_notifications_total", "fmgr_notify_failures_total"]
+                                  metrics.FMGR_NOTIFY_FAILURES, metrics.FMGR_ITEMS_FINISHED)] == [
+        "fmgr_processed_bytes_total", "fmgr_notifications_total", "fmgr_notify_failures_total",
+        "fmgr_items_finished_total"]
 
 
 # ------------------------------------------------------------------------------------------- docs

@@ -187,6 +187,9 @@ FMGR_UNKNOWN_IDS = Gauge(
 FMGR_PROCESSED_BYTES = Counter(
     "cdnetworks_fmgr_processed_bytes_total", "Bytes (fsize) of Fmgr items seen succeeding, each item counted once.",
     ("op",))
+FMGR_ITEMS_FINISHED = Counter(
+    "cdnetworks_fmgr_items_finished_total", "Items (operations) of Fmgr tasks seen reaching a final outcome, by op and "
+    "outcome (succeeded, failed), each item counted once.", ("op", "outcome"))
 FMGR_NOTIFICATIONS = Counter(
     "cdnetworks_fmgr_notifications_total", "Fmgr notifications received, by outcome: accepted, duplicate (a vendor "
     "retry, counted once), or rejected by reason.", ("result",))
@@ -195,7 +198,8 @@ FMGR_NOTIFY_FAILURES = Counter(
     "notification failure: the vendor could not deliver the job's notifyURL callback. Each counted once.",
     ("scope",))
 FMGR: tuple[Family, ...] = (FMGR_TASKS, FMGR_ITEMS, FMGR_SUCCESS_RATIO, FMGR_PENDING_TASKS, FMGR_OLDEST_PENDING_AGE,
-                            FMGR_UNKNOWN_IDS, FMGR_PROCESSED_BYTES, FMGR_NOTIFICATIONS, FMGR_NOTIFY_FAILURES)
+                            FMGR_UNKNOWN_IDS, FMGR_PROCESSED_BYTES, FMGR_ITEMS_FINISHED, FMGR_NOTIFICATIONS,
+                            FMGR_NOTIFY_FAILURES)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 NOTIFY_RESULTS = ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large")
 NOTIFY_FAILURE_SCOPES = ("task", "item")
+ITEM_OUTCOMES = ("succeeded", "failed")
 
 
 def _fmt_bound(b: float) -> str:
@@ -205,6 +206,12 @@ class ExporterCollector(Collector):
         processed = m.FMGR_PROCESSED_BYTES.new()
         for lab, v in sorted(snap.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
             processed.add_metric([lab["op"]], v)
+        finished = m.FMGR_ITEMS_FINISHED.new()
+        items_done = {(lab["op"], lab["outcome"]): v for lab, v in snap.counters(m.FMGR_ITEMS_FINISHED.store_key)}
+        # Both outcomes of every op seen finishing, so that a failure ratio has its zero.
+        for op in sorted({op for op, _ in items_done}):
+            for outcome in ITEM_OUTCOMES:
+                finished.add_metric([op, outcome], items_done.get((op, outcome), 0.0))
         notes = m.FMGR_NOTIFICATIONS.new()
         got = {lab["result"]: v for lab, v in snap.counters(m.FMGR_NOTIFICATIONS.store_key)}
         for result in NOTIFY_RESULTS:
@@ -213,7 +220,7 @@ class ExporterCollector(Collector):
         failed = {lab["scope"]: v for lab, v in snap.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
         for scope in NOTIFY_FAILURE_SCOPES:
             failures.add_metric([scope], failed.get(scope, 0.0))
-        yield from (tasks, items, ratio, pending, age, unknown, processed, notes, failures)
+        yield from (tasks, items, ratio, pending, age, unknown, processed, finished, notes, failures)
 
     # ------------------------------------------------------------------ exporter health
     def _leases(self, config: Config) -> Metric:
