@@ -423,6 +423,8 @@ def overview() -> dict[str, Any]:
         unit="percentunit", thresholds=GOOD_FMGR_RATIO, max_=1,
     ), 8, 7)
 
+    slo_row(lay)
+
     lay.row("Failures and backlog")
     lay.add(timeseries(
         "Failed CDN tasks", "Tasks created in the window that ended in failure: a rising line means the "
@@ -460,6 +462,31 @@ def overview() -> dict[str, Any]:
          window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + '|fmgr)_tasks", job=~"$job"}', multi=True)],
         lay,
     )
+
+
+def slo_row(lay: Layout) -> None:
+    """The SLOs of prometheus/slo.yml (empty where it is not loaded): the budget left, and how fast it burns."""
+    lay.row("SLOs: error budgets")
+    slo_sel = sel('sloth_service="cdnetworks"', fmgr_account=True)
+    page = RULES.slo_model.SEVERITIES[0]
+    lay.add(bargauge(
+        "Error budget left",
+        "Share of each SLO's error budget (the failures its objective allows over its period, 28d by default) not "
+        "spent yet, per SLO and account: at 0 the objective is missed for the period; below 0 it was missed by that "
+        "much (prometheus/slo.yml).",
+        [target(f"slo:period_error_budget_remaining:ratio{slo_sel}", "{{sloth_slo}} {{account}}", instant=True)],
+        unit="percentunit", thresholds=steps("red", (0, "orange"), (0.25, "green")), min_=None, max_=1,
+    ), 8, 8)
+    lay.add(timeseries(
+        "Burn rate",
+        "How many times faster than the objective allows each SLO spends its budget, over the page alert's windows "
+        f"(1h and 6h): 1 spends it exactly over the period; above {page.burn_rates[1].factor:g} (6h) or "
+        f"{page.burn_rates[0].factor:g} (1h), with the short window still failing, the SLO pages.",
+        [target(f"slo:sli_error:ratio_rate{burn.long}{slo_sel}\n/ ignoring (sloth_window)\n"
+                f"slo:error_budget:ratio{slo_sel}", f"{{{{sloth_slo}}}} {{{{account}}}} {burn.long}")
+         for burn in page.burn_rates],
+        thresholds=steps("green", (page.burn_rates[1].factor, "orange"), (page.burn_rates[0].factor, "red")),
+    ), 16, 8)
 
 
 def cdn_tasks() -> dict[str, Any]:
