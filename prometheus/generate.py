@@ -133,7 +133,7 @@ NOT_FMGR = 'api!="fmgr"'
 # Read from the shared store: the same on every replica. Summed over replicas they double count, so every
 # expression first takes the max over replicas (by job and the family's own labels), of the values or of
 # each replica's rate or increase.
-SHARED: tuple[M.Family, ...] = (*(f for kind in KINDS for f in M.CDN[kind.name]), *M.FMGR)
+SHARED: tuple[M.Family, ...] = (*(f for kind in KINDS for f in M.CDN[kind.name]), *M.FMGR, *M.QUOTA)
 # Reported for an (account, api) by the replica running that poller; another replica may show a stale value
 # or 0 for it. Read only where cdnetworks_replica_leases does not say that the replica leaves the poller to
 # another one (a single exporter runs all of its pollers).
