@@ -424,6 +424,7 @@ def overview() -> dict[str, Any]:
     ), 8, 7)
 
     slo_row(lay)
+    quota_row(lay)
 
     lay.row("Failures and backlog")
     lay.add(timeseries(
@@ -486,6 +487,32 @@ def slo_row(lay: Layout) -> None:
                 f"slo:error_budget:ratio{slo_sel}", f"{{{{sloth_slo}}}} {{{{account}}}} {burn.long}")
          for burn in page.burn_rates],
         thresholds=steps("green", (page.burn_rates[1].factor, "orange"), (page.burn_rates[0].factor, "red")),
+    ), 16, 8)
+
+
+def quota_row(lay: Layout) -> None:
+    """The daily quotas (when the exporter polls them): what is left now, and what the pace leaves at midnight."""
+    lay.row("Daily quotas")
+    quota_sel = sel(account=True)
+    limit = f"{shared(M.QUOTA_LIMIT, quota_sel)} > 0"
+    lay.add(bargauge(
+        "Daily quota left",
+        "Share of each daily quota (per account, prefetch or purge, and unit) not used yet today: at 0 the vendor "
+        "refuses new tasks of that kind until midnight UTC+8, when it starts the quotas over. Empty where quota "
+        "polling is off.",
+        [target(f"{shared(M.QUOTA_REMAINING, quota_sel)}\n/\n{limit}", "{{account}} {{kind}} {{unit}}",
+                instant=True)],
+        unit="percentunit", thresholds=steps("red", (0.1, "orange"), (0.25, "green")), max_=1,
+    ), 8, 8)
+    predicted = RULES.dedup(M.QUOTA_REMAINING, f"predict_linear({M.QUOTA_REMAINING.name}{quota_sel}"
+                            f"[{ALERTS.quota_trend_window}], {RULES.TO_VENDOR_MIDNIGHT})", keep=())
+    lay.add(timeseries(
+        "Quota left at midnight UTC+8 at this pace",
+        f"Share of each daily quota the pace of the last {ALERTS.quota_trend_window} leaves at the end of the "
+        "vendor's day: below the dashed line (0) the quota runs out before midnight UTC+8 "
+        "(CDNetworksQuotaRunningOut).",
+        [target(f"{predicted}\n/\n{limit}", "{{account}} {{kind}} {{unit}}")],
+        unit="percentunit", thresholds=steps("red", (0, "green")), min_=None, max_=1,
     ), 16, 8)
 
 

@@ -120,6 +120,9 @@ class Settings:
         "than a lease period plus a poll interval, the most a failover takes.")
     poller_split_brain_for: str = setting(
         "5m", "How long two replicas may both run one poller before CDNetworksPollerSplitBrain fires.")
+    quota_trend_window: str = setting(
+        "1h", "Range of cdnetworks_quota_remaining whose pace CDNetworksQuotaRunningOut extrapolates (predict_linear) "
+        "to the end of the vendor's day, midnight UTC+8.")
 
 
 NOT_FMGR = 'api!="fmgr"'
@@ -166,8 +169,8 @@ def dedup(family: M.Family, inner: str, *, keep: Iterable[str] = ("job",)) -> st
 
 _SHARED_NAMES = frozenset(name for family in SHARED for name in family.sample_names)
 _POLLER_NAMES = frozenset(name for family in PER_POLLER for name in family.sample_names)
-# What may stand between ``max by (...) (`` and a shared series: a rate or increase of it.
-_UNDER_MAX = re.compile(r"max(?: by \((?P<by>[^)]*)\))?\s*\(\s*(?:(?:rate|increase)\(\s*)?$")
+# What may stand between ``max by (...) (`` and a shared series: a rate, increase or linear prediction of it.
+_UNDER_MAX = re.compile(r"max(?: by \((?P<by>[^)]*)\))?\s*\(\s*(?:(?:rate|increase|predict_linear)\(\s*)?$")
 # What must follow a per-poller series (after its selector and an optional threshold): the lease filter.
 _LEASE_FILTER = re.compile(
     r"\s*(?:[<>]=?\s*[0-9.e+]+\s*)?\)?\s*unless on \((?:job, )?instance, account, api\)\s*"
@@ -660,6 +663,33 @@ def render_slo(s: Settings, config: slo_model.SloConfig) -> str:
     return render(slo_groups(s, config), s, note=f"# SLOs (the slo: section of config.yml): {objectives or 'none'}\n")
 
 
+# --------------------------------------------------------------------------------------------------
+# Quotas
+
+# Seconds from now to the end of the vendor's day (midnight UTC+8), when its daily quotas start over.
+TO_VENDOR_MIDNIGHT = "86400 - (time() + 28800) % 86400"
+
+
+def quota_alerts(s: Settings) -> list[dict[str, Any]]:
+    remaining, limit = M.QUOTA_REMAINING, M.QUOTA_LIMIT
+    window = s.quota_trend_window
+    return [alert(
+        s, "CDNetworksQuotaRunningOut",
+        # Each replica serves the same stored answers: the max of their predictions. A quota of 0 (a kind of purge
+        # the account does not have) is no quota running out.
+        dedup(remaining, f"\n  predict_linear({remaining.name}{selector(s)}[{window}], {TO_VENDOR_MIDNIGHT})\n")
+        + "\n<= 0\n"
+        f"and on ({dedup_by(limit)})\n"
+        f"  {dedup(limit, f'{limit.name}{selector(s)}')} > 0",
+        "5m", "warning",
+        "A CDNetworks daily quota runs out before the vendor's day ends.",
+        f'At the pace of the last {window}, the {{{{ $labels.kind }}}} quota of account "{{{{ $labels.account }}}}" '
+        "({{ $labels.unit }}) is used up before midnight UTC+8, when the vendor starts it over: "
+        "{{ $value | humanize }} would be left then. Past it the vendor refuses new {{ $labels.kind }} tasks "
+        "until midnight UTC+8.",
+    )]
+
+
 def render(groups: list[dict[str, Any]], s: Settings, note: str = "") -> str:
     # Imported here so that dashboards/generate.py can read Settings with the standard library alone.
     import yaml
@@ -681,6 +711,7 @@ def render_alerts(s: Settings) -> str:
         {"name": "cdnetworks-exporter", "rules": exporter_alerts(s)},
         {"name": "cdnetworks-api", "rules": api_alerts(s)},
         {"name": "cdnetworks-tasks", "rules": task_alerts(s)},
+        {"name": "cdnetworks-quotas", "rules": quota_alerts(s)},
     ], s)
 
 
@@ -691,7 +722,7 @@ def render_recording(s: Settings) -> str:
 def outputs(s: Settings, slo: slo_model.SloConfig | None = None) -> dict[str, str]:
     slo = slo_model.defaults() if slo is None else slo
     slo_rules = [rule for group in slo_groups(s, slo) for rule in group["rules"]]
-    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + recording_rules(s) + slo_rules:
+    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + quota_alerts(s) + recording_rules(s) + slo_rules:
         problems = replica_problems(rule["expr"])
         if problems:
             raise ValueError(f"{rule.get('alert') or rule['record']}: {'; '.join(problems)}")
@@ -733,7 +764,7 @@ def settings_table() -> str:
 
 def alerts_table(s: Settings) -> str:
     rows = ["| Alert | Severity | For | Expression | Summary |", "|---|---|---|---|---|"]
-    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s):
+    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + quota_alerts(s):
         name = rule["alert"]
         rows.append(f"| [{name}](runbook.md#{name.lower()}) | {rule['labels']['severity']} | {rule['for']} "
                     f"| {md_code(rule['expr'])} | {md_text(rule['annotations']['summary'])} |")

@@ -59,6 +59,7 @@ EMPTY_WHEN_HEALTHY: dict[str, str] = {
     "alert:CDNetworksPurgeTasksStuck": f"{_ALERT}: a purge has been unfinished for 1h",
     "alert:CDNetworksFmgrTasksStuck": f"{_ALERT}: an Fmgr task has been pending for 1h",
     "alert:CDNetworksNotificationsRejected": f"{_ALERT}: notifications failed authentication",
+    "alert:CDNetworksQuotaRunningOut": f"{_ALERT}: a daily quota runs out before midnight UTC+8",
     **{f"alert:CDNetworks{slo}ErrorBudget{speed}Burn":
        f"{_ALERT}: the {slo.lower()} SLO burns its budget {speed.lower()}"
        for slo in ("Prefetch", "Purge", "Fmgr") for speed in ("Fast", "Slow")},

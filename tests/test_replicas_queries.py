@@ -132,6 +132,15 @@ def shared_series() -> list[Series]:
     for result, per_step in (("accepted", 5), ("duplicate", 1), ("bad_signature", 1), ("unknown_key", 0),
                              ("malformed", 2), ("too_large", 0)):
         out.append((M.FMGR_NOTIFICATIONS.name, {"result": result}, counter(1000, per_step)))
+    # acme's prefetch URLs go fast enough to run out before midnight UTC+8; the rest stay well within.
+    for account, kind, unit, limit, left, per_step in (
+            ("acme", "prefetch", "urls", 20000, 3000, -500), ("acme", "prefetch", "bytes", 2e11, 1.5e11, -1e6),
+            ("globex", "purge", "directories", 500, 480, 0), ("globex", "purge", "tags", 0, 0, 0)):
+        labels = {"account": account, "kind": kind, "unit": unit}
+        out.append((M.QUOTA_LIMIT.name, labels, const(limit)))
+        out.append((M.QUOTA_REMAINING.name, labels, counter(left, per_step)))
+    for account, kind in (("acme", "prefetch"), ("globex", "purge")):
+        out.append((M.QUOTA_READ.name, {"account": account, "kind": kind}, const(1.7e9)))
     out.append((M.FMGR_NOTIFY_FAILURES.name, {"scope": "task"}, counter(40, 1)))
     out.append((M.FMGR_NOTIFY_FAILURES.name, {"scope": "item"}, counter(90, 2)))
     return out
@@ -477,6 +486,7 @@ def test_every_alert_expression_says_the_same_for_one_exporter_and_two_replicas(
         "CDNetworksPrefetchSuccessRatioLow", "CDNetworksFmgrSuccessRatioLow", "CDNetworksPrefetchTasksStuck",
         "CDNetworksPurgeTasksStuck", "CDNetworksFmgrTasksStuck", "CDNetworksFmgrNotificationsFailing",
         "CDNetworksNotificationsRejected", "CDNetworksPrefetchErrorBudgetFastBurn", "CDNetworksFmgrErrorBudgetFastBurn",
+        "CDNetworksQuotaRunningOut",
     }, firing
 
 

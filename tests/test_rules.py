@@ -281,6 +281,7 @@ def test_replica_problems_finds_what_reads_replicas_wrong() -> None:
         'max by (api) (time() - (cdnetworks_last_successful_poll_timestamp_seconds{job="x"} '
         'unless on (job, instance, account, api) cdnetworks_replica_leases{job="x"} == 0))',
         'sum by (job, api) (rate(cdnetworks_api_requests_total{job="x"}[30m]))',  # each replica's own: summed
+        'max by (job, account, kind, unit) (predict_linear(cdnetworks_quota_remaining{job="x"}[1h], 3600)) <= 0',
     ]
     for expr in ok:
         assert GEN.replica_problems(expr) == [], expr
@@ -292,6 +293,7 @@ def test_replica_problems_finds_what_reads_replicas_wrong() -> None:
         'max by (job, instance) (cdnetworks_fmgr_pending_tasks{job="x"})',
         'cdnetworks_poll_lag_seconds{job="x"} > 1800',
         'cdnetworks_up{job="x"} and on (job, instance) cdnetworks_replica_leases == 0',
+        'predict_linear(cdnetworks_quota_remaining{job="x"}[1h], 3600) <= 0',
     ]
     for expr in wrong:
         assert GEN.replica_problems(expr), expr
@@ -436,7 +438,7 @@ def test_single_exporter_unit_tests_pass_unchanged_with_two_replicas(tmp_path: P
     (a poller's on the replica running it, each replica's own on each), the same recorded values."""
     paths = single_exporter_unit_tests()
     assert {p.name for p in paths} >= {"api_test.yml", "exporter_test.yml", "recording_test.yml", "tasks_test.yml",
-                                        "slo_test.yml"}
+                                        "slo_test.yml", "quota_test.yml"}
     result = run_as_two_replicas(tmp_path, RULE_FILES[0], RULE_FILES[1])
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(paths)
