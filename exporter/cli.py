@@ -224,8 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader = lambda: load_config(args.config_file)  # noqa: E731
     storage = storage_path_flag(args, config) if config is not None else args.storage_path
     if args.demo:
-        from exporter.demo import DEMO_TOKEN, JobRunner, demo_config, local_base_url, start_simulator
+        from exporter.demo import DEMO_TOKEN, JobRunner, demo_config, fixed_port, local_base_url, start_simulator
 
+        args.listen_address = fixed_port(args.listen_address)
         exporter_url = local_base_url(args.listen_address)
         if web_config is not None and web_config.tls_enabled:
             exporter_url = exporter_url.replace("http://", "https://", 1)

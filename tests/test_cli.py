@@ -385,6 +385,26 @@ def test_demo_serves_metrics_and_stops_on_sigterm(tmp_path: Path, start_exporter
 
 
 @posix_signals
+def test_demo_on_port_zero_receives_its_own_notifications(tmp_path: Path, start_exporter) -> None:
+    # Port 0 asks for any free port; the simulator must still be told a port it can reach.
+    proc, log = start_exporter("--demo", "--web.listen-address", "127.0.0.1:0",
+                               "--storage.path", str(tmp_path / "demo.db"))
+    found: list[str] = []
+
+    def serving() -> bool:
+        found[:] = re.findall(r"serving on (http://127\.0\.0\.1:[0-9]+)", log.read_text())
+        return bool(found)
+
+    wait_for("the serving line", serving, DEMO_WAIT, log, proc)
+    url = found[0]
+    assert not url.endswith(":0")
+    wait_for("accepted notifications",
+             lambda: total(samples(url), "cdnetworks_fmgr_notifications_total", result="accepted") > 0,
+             DEMO_WAIT, log, proc)
+    assert stop(proc, log) == 0, tail(log)
+
+
+@posix_signals
 def test_demo_explains_itself_and_removes_its_temporary_storage(tmp_path: Path, start_exporter) -> None:
     curl = require_tool("curl")
     temp = tmp_path / "tmp"
