@@ -436,6 +436,23 @@ def test_demo_explains_itself_and_removes_its_temporary_storage(tmp_path: Path, 
     assert list(temp.iterdir()) == []
 
 
+def test_an_exit_without_the_clean_stop_still_removes_the_demos_temporary_storage(tmp_path: Path) -> None:
+    # A second Ctrl-C, or a stop that overran its grace, ends the process at once (os._exit, no clean stop):
+    # the demo's temporary database must not be left behind in $TMPDIR all the same.
+    code = ("import sys, tempfile, pathlib\n"
+            "from exporter import cli\n"
+            "d = pathlib.Path(tempfile.mkdtemp(prefix='cdnetworks-demo-'))\n"
+            "(d / 'demo.db').write_bytes(b'x')\n"
+            "cli._TEMPORARY.append(d)\n"
+            "print(d, flush=True)\n"
+            "cli._exit_now(2)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=clean_env(TMPDIR=str(tmp_path)), check=False)
+    assert result.returncode == 128 + 2, result.stderr
+    assert Path(result.stdout.strip()).parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------- reload
 
 
