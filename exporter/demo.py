@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -32,6 +33,19 @@ BUDGET_REQUESTS = 5  # per second, for each CDN task kind
 BUDGET = {"requests": BUDGET_REQUESTS, "per": "1s"}
 QUOTA_BUDGET = (2, 10.0)  # each quota query: 2 requests per 10 seconds
 REGISTERED = ("job-", "hook-")  # the Fmgr streams whose ids the job runner registers
+
+
+def fixed_port(listen_address: str) -> str:
+    """``listen_address`` with port 0 replaced by a port free now: the simulator is told where to send its
+    notifications before the exporter listens, so the demo cannot wait for the kernel's choice."""
+    host, port = parse_listen_address(listen_address)
+    if port != 0:
+        return listen_address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
+        port = probe.getsockname()[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def local_base_url(listen_address: str) -> str:
