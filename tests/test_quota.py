@@ -19,8 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import quotas
 from exporter.app import Exporter
 from exporter.config import parse_config
+from exporter.polling import quota as quota_polling
 from exporter.polling.quota import QuotaPoller
 from exporter.simulator import Simulator
+from exporter.storage.repository import open_repository
+from exporter.storage.store import Store
 from exporter.vendor.http import VendorError
 from exporter.vendor.quota import parse_quota
 
@@ -304,6 +307,26 @@ def test_a_refused_key_and_a_rate_limit_hold_the_poller_back(tmp_path, running):
                 for r in ("auth", "rate_limited", "ok")] == [1, 1, 1]
     finally:
         sim.stop()
+
+
+# ------------------------------------------------------------------------------------------ the store
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_stored_answers_are_read_at_once_by_their_exact_prefix(backend, tmp_path, request):
+    target = str(tmp_path / "s.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    store = Store(target, repository=open_repository(target))
+    try:
+        answer = quota_polling.answer_state(T0, {"urls": (20000, 5)})
+        store.set_state(quota_polling.state_key("a_b", "prefetch"), answer)
+        store.set_state("QUOTA:a_b:purge", 1)  # not the prefix: case counts
+        store.set_state("quotaXa_b", 2)
+        store.set_state("cdn:a_b:prefetch_quota:budget", {"sent": []})
+        assert store.get_states(quota_polling.STATE_PREFIX) == {"quota:a_b:prefetch": answer}
+        assert store.get_states("quota:a_") == {"quota:a_b:prefetch": answer}
+        assert store.get_states("quota:a%") == store.get_states("quota:ab") == {}  # no wildcard
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------------------------------------ replicas

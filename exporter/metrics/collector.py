@@ -232,8 +232,9 @@ class ExporterCollector(Collector):
         """The last verified answer of each quota, from the store (the same on every replica; see
         exporter/polling/quota.py), its figures only while the vendor's day it was read in lasts."""
         limit, remaining, read = m.QUOTA_LIMIT.new(), m.QUOTA_REMAINING.new(), m.QUOTA_READ.new()
+        stored = self.store.get_states(quota_polling.STATE_PREFIX)  # one read, however many quotas
         for account, kind in config.quota.pollers(config.accounts):
-            answer = quota_polling.current(self.store.get_state(quota_polling.state_key(account, kind)), now)
+            answer = quota_polling.current(stored.get(quota_polling.state_key(account, kind)), now)
             if answer is None:
                 continue
             ts, units = answer

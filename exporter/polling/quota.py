@@ -42,9 +42,12 @@ def lease_name(account: str, kind: QuotaKind) -> str:
     return cdn_lease(account, kind.api)
 
 
+STATE_PREFIX = "quota:"
+
+
 def state_key(account: str, kind: str) -> str:
     """Where the last verified answer of ``account``'s ``kind`` quota is stored."""
-    return f"quota:{account}:{kind}"
+    return f"{STATE_PREFIX}{account}:{kind}"
 
 
 def answer_state(ts: float, units: dict[str, tuple[int, int]]) -> dict[str, Any]:
