@@ -458,7 +458,8 @@ def overview() -> dict[str, Any]:
     ), 12, 8)
     return dashboard(
         "cdnetworks-overview", "CDNetworks / Overview",
-        "Did prefetches, purges and Fmgr jobs succeed, what is pending, and is the exporter healthy.",
+        "Did prefetches, purges and Fmgr jobs succeed, how much error budget and daily quota is left, what is "
+        "pending, and is the exporter healthy.",
         [JOB_VAR, ACCOUNT_VAR,
          window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + '|fmgr)_tasks", job=~"$job"}', multi=True)],
         lay,
