@@ -73,7 +73,7 @@ from benchlib import T0, Clock, Goals, print_table
 from exporter.config import RateLimit, parse_config
 from exporter.metrics.health import ApiHealth
 from exporter.polling.budget import RateBudget
-from exporter.polling.poller import CdnPoller
+from exporter.polling.cdn_poller import CdnPoller
 from exporter.simulator import Simulator
 from exporter.simulator.staleness import Change, Staleness, store_lookup
 from exporter.storage.store import Store

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from benchlib import Goals, print_table
 
+from exporter.polling.cdn_poller import _TaskView
 from exporter.polling.planner import Planner
-from exporter.polling.poller import _TaskView
 from exporter.storage.model import CdnTask
 from exporter.storage.store import Store
 

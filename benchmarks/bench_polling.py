@@ -42,7 +42,7 @@ from benchlib import Clock, Goals, print_table
 
 from exporter.config import Config, parse_config
 from exporter.metrics.health import ApiHealth
-from exporter.polling.poller import CdnPoller
+from exporter.polling.cdn_poller import CdnPoller
 from exporter.simulator import Simulator
 from exporter.storage.store import Store
 from exporter.vendor.cdn import CdnClient, QueryPage

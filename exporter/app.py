@@ -10,23 +10,24 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, StorageConfig
 from exporter.failurelog import FailureLog
-from exporter.fmgr.wire import FmgrStatus, Lifecycle
+from exporter.fmgr.endpoints import notify_endpoint, registration_api
+from exporter.fmgr.ingest import FmgrIngest
 from exporter.http.pages import TaskBrowser
 from exporter.http.server import RejectCounter
-from exporter.http.web import App, NotifyEndpoint, RegistrationApi, Server, WebCollector
+from exporter.http.web import App, Server, WebCollector
 from exporter.http.webconfig import AuthFailures, BasicAuth, WebConfig, build_ssl_context
 from exporter.metrics.collector import ExporterCollector, ReloadStatus
 from exporter.metrics.health import ApiHealth
 from exporter.polling.poller import PollerGroup
+from exporter.polling.quota import pollers as running_pollers
 from exporter.storage.repository import open_repository
 from exporter.storage.store import Store
 
@@ -34,34 +35,6 @@ log = logging.getLogger(__name__)
 
 # Workers that run handlers on whole requests; slow or idle connections never hold one (exporter/httpd.py).
 HTTP_WORKERS = 16
-
-
-class FmgrIngest:
-    """What the notify receiver and the registration API write to: the store, plus a nudge to the poller
-    so that a freshly registered or notified id is polled (confirmed) without waiting for the next tick."""
-
-    def __init__(self, store: Store, wake: Callable[[], None], lifecycle: Lifecycle) -> None:
-        self.store = store
-        self.wake = wake
-        self.lifecycle = lifecycle  # when a notified task gets its confirming poll
-
-    def record_notification(self, status: FmgrStatus, dedup_key: str, received_ts: float) -> bool:
-        new = self.store.record_notification(status, dedup_key, received_ts, lifecycle=self.lifecycle)
-        if new:
-            self.wake()
-        return new
-
-    def count_notification(self, result: str) -> None:
-        self.store.count_notification(result)
-
-    def register_ids(self, ids: Sequence[str], source: str) -> int:
-        added = self.store.register_fmgr_ids(ids, source)
-        if added:
-            self.wake()
-        return added
-
-    def list_tasks(self, state: str | None, limit: int, pending: bool | None = None) -> list[dict[str, Any]]:
-        return self.store.list_fmgr_tasks(state, limit, pending=pending)
 
 
 class ReloadError(Exception):
@@ -193,27 +166,12 @@ class Exporter:
         wc = self.web_config
         return App(
             registry=registry, version=__version__, ready=self.ready,
-            notify=self._notify_endpoint(config, ingest), api=self._registration_api(config, ingest),
+            notify=notify_endpoint(config.fmgr, ingest), api=registration_api(config.fmgr, ingest),
             basic_auth=self.basic_auth,
             headers=wc.headers if wc else None, clock=self.clock, reload=self.reload,
             demo_token=config.fmgr.register_token if self.demo else None,
             browser=TaskBrowser(store, config, clock=self.clock, external_url=self.external_url),
         )
-
-    @staticmethod
-    def _notify_endpoint(config: Config, ingest: FmgrIngest) -> NotifyEndpoint | None:
-        n = config.fmgr.notify
-        if not config.fmgr.enabled or not n.keys or not n.url:
-            return None
-        return NotifyEndpoint(path=n.path, url=n.url, keys={k.access_key: k.secret_key for k in n.keys},
-                              max_body_bytes=n.max_body_bytes, sink=ingest)
-
-    @staticmethod
-    def _registration_api(config: Config, ingest: FmgrIngest) -> RegistrationApi | None:
-        if not config.fmgr.enabled or not config.fmgr.register_token:
-            return None
-        return RegistrationApi(token=config.fmgr.register_token, max_ids=config.fmgr.max_register_ids,
-                               registry=ingest)
 
     def ready(self) -> tuple[bool, str]:
         ok, why = self.store.write_health()
@@ -244,7 +202,7 @@ class Exporter:
                 new = self._build(config, old)
             except Exception as exc:
                 # Building new pollers declared their series; forget those of a configuration that never ran.
-                self.health.retain(set(old.config.pollers()))
+                self.health.retain(set(running_pollers(old.config)))
                 self.reload_status.record(False)
                 if isinstance(exc, ConfigError):
                     reason = "; ".join(exc.errors)
@@ -261,7 +219,7 @@ class Exporter:
             self.server.swap(new.app)
             if self.basic_auth is not None and new.store is not old.store:
                 self.basic_auth.attach(new.store)
-            self.health.retain(set(config.pollers()))
+            self.health.retain(set(running_pollers(config)))
             if self._started:
                 new.pollers.start()
             if new.store is not old.store:

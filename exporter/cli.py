@@ -36,10 +36,20 @@ EXIT_STORAGE = 3
 STOP_GRACE_SECONDS = 8.0
 
 
-def _give_up_stopping(signum: int) -> None:
-    log.error("did not stop within %.0fs of %s, exiting now", STOP_GRACE_SECONDS, signal.Signals(signum).name)
+# What an exit that cannot wait for a clean stop still removes: the demo's temporary storage.
+_TEMPORARY: list[Path] = []
+
+
+def _exit_now(signum: int) -> None:
+    for directory in _TEMPORARY:
+        shutil.rmtree(directory, ignore_errors=True)
     logging.shutdown()
     os._exit(128 + signum)
+
+
+def _give_up_stopping(signum: int) -> None:
+    log.error("did not stop within %.0fs of %s, exiting now", STOP_GRACE_SECONDS, signal.Signals(signum).name)
+    _exit_now(signum)
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -233,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_stop(signum: int, _frame: object) -> None:
         if stop.is_set():  # a second signal: the operator does not want to wait
-            os._exit(128 + signum)
+            _exit_now(signum)
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
         wake.set()
@@ -265,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader = lambda: load_config(args.config_file)  # noqa: E731
     storage = storage_path_flag(args, config) if config is not None else args.storage_path
     if args.demo:
-        from exporter.demo import DEMO_TOKEN, JobRunner, demo_config, local_base_url, start_simulator
+        from exporter.demo import DEMO_TOKEN, JobRunner, demo_config, fixed_port, local_base_url, start_simulator
 
+        args.listen_address = fixed_port(args.listen_address)
         exporter_url = local_base_url(args.listen_address)
         if web_config is not None and web_config.tls_enabled:
             exporter_url = exporter_url.replace("http://", "https://", 1)
@@ -274,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage = args.storage_path
         else:
             demo_dir = Path(tempfile.mkdtemp(prefix="cdnetworks-demo-"))
+            _TEMPORARY.append(demo_dir)
             storage = str(demo_dir / "demo.db")
         sim = start_simulator(exporter_url)
         demo = demo_config(sim.url, exporter_url, storage)

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from exporter import quotas as quota_table
+from exporter import slo as slo_model
 from exporter.configschema import (
     BAD,
     DAY,
@@ -155,6 +157,27 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """The daily quota queries (exporter/quotas.py): polled per account and quota kind on a budget of their own,
+    off unless enabled, and then for every account or only for those listed."""
+
+    enabled: bool = False
+    accounts: tuple[str, ...] = ()  # the accounts whose quotas are polled; empty: every account
+    kinds: tuple[str, ...] = quota_table.NAMES
+    poll_interval: float = 300.0
+    rate_limit: RateLimit = RateLimit(requests=2, per=300.0)
+    request_timeout: float = 30.0
+    volume_unit: str = quota_table.DEFAULT_VOLUME_UNIT  # the unit of the answers' volume figures
+
+    def pollers(self, accounts: Sequence[Account]) -> list[tuple[str, str]]:
+        """(account, quota kind) of every quota poller, in account order."""
+        if not self.enabled:
+            return []
+        return [(a.name, kind) for a in accounts if not self.accounts or a.name in self.accounts
+                for kind in self.kinds]
+
+
+@dataclass(frozen=True)
 class Config:
     accounts: tuple[Account, ...]
     # Every kind of kinds.KINDS by name, in table order, enabled or not. A plain dict, typed read-only, so that
@@ -162,6 +185,9 @@ class Config:
     kinds: Mapping[str, TaskKindConfig] = field(hash=False)
     fmgr: FmgrConfig
     storage: StorageConfig
+    # Read by prometheus/generate.py (the SLO rules), not by the running exporter; validated with the rest.
+    slo: slo_model.SloConfig = field(default_factory=slo_model.defaults)
+    quota: QuotaConfig = QuotaConfig()
 
     def task_kinds(self) -> list[tuple[str, TaskKindConfig]]:
         """The enabled CDN task kinds and their settings, in the order of ``kinds.KINDS``."""
@@ -187,8 +213,10 @@ _TASK_KIND_KEYS = frozenset(
     }
 )  # fmt: skip
 
+_SLO_KEYS = frozenset({"enabled", "objective", "period", "min_events"})
+
 KNOWN_KEYS: Mapping[str, frozenset[str]] = {
-    "": frozenset({"accounts", *NAMES, "fmgr", "storage"}),
+    "": frozenset({"accounts", *NAMES, "fmgr", "storage", "slo", "quota"}),
     "accounts[]": frozenset(
         {
             "name", "username", "api_key", "api_key_file", "endpoint", "timezone", "auth",
@@ -207,6 +235,10 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "fmgr.notify": frozenset({"path", "url", "max_body_bytes", "keys"}),
     "fmgr.notify.keys[]": frozenset({"access_key", "secret_key", "secret_key_file"}),
     "storage": frozenset({"path", "url", "url_file", "password", "password_file", "lease_ttl"}),
+    "slo": frozenset(slo_model.NAMES),
+    **{f"slo.{name}": _SLO_KEYS for name in slo_model.NAMES},
+    "quota": frozenset({"enabled", "accounts", "kinds", "poll_interval", "rate_limit", "request_timeout",
+                        "volume_unit"}),
 }  # fmt: skip
 """Every key the config accepts, by section (one section per entry of ``kinds.KINDS``, all with the same keys)."""
 
@@ -485,6 +517,137 @@ def _storage(ctx: Context, root: Section, kinds: Mapping[str, TaskKindConfig], f
                          password=password, lease_ttl=lease_ttl)
 
 
+# --------------------------------------------------------------------------------------------------
+# slo: and quota: (each read by one function of its own)
+
+
+def _objective_percent(s: Section, default: float) -> float:
+    """``objective``: the percent of finished events that must succeed, as a number (99.5) or a string ("99.5%")."""
+    if not s.present("objective"):
+        return default
+    value, _ = s.get("objective")
+    path = s.sub("objective")
+    if value is BAD:
+        return default
+    if isinstance(value, str):
+        text = value.strip().removesuffix("%").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            s.ctx.error(path, f"{quote(value)} is not a percentage such as 99.5")
+            return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        s.ctx.error(path, f"expected a percentage such as 99.5, got {type_name(value)}")
+        return default
+    if not 0 < value < 100:
+        s.ctx.error(path, f"must be more than 0 and less than 100 (a percentage), got {value:g}")
+        return default
+    if value <= 1:
+        s.ctx.error(path, f"{value:g} is read as {value:g}%; write the objective as a percentage "
+                    f"({value * 100:g} for {value * 100:g}%)")
+        return default
+    return float(value)
+
+
+def _slo(ctx: Context, root: Section) -> slo_model.SloConfig:
+    """The ``slo:`` section: one objective per CDN task kind and one for Fmgr items, each on by default."""
+    s = root.section("slo", KNOWN_KEYS["slo"])
+    objectives = []
+    for name in slo_model.NAMES:
+        o = s.section(name, KNOWN_KEYS[f"slo.{name}"])
+        objectives.append(slo_model.Objective(
+            name=name,
+            enabled=o.boolean("enabled", True),
+            objective=_objective_percent(o, slo_model.DEFAULT_OBJECTIVES[name]),
+            period=o.duration("period", format_duration(slo_model.DEFAULT_PERIOD), minimum=slo_model.MIN_PERIOD,
+                              maximum=slo_model.MAX_PERIOD),
+            min_events=o.integer("min_events", slo_model.DEFAULT_MIN_EVENTS, lo=1),
+        ))
+    return slo_model.SloConfig(tuple(objectives))
+
+
+def _names(ctx: Context, s: Section, key: str, allowed: Sequence[str], what: str) -> tuple[str, ...] | None:
+    """A list of unique names out of ``allowed``; None when absent."""
+    items = s.items(key)
+    if items is None:
+        return None
+    names: list[str] = []
+    first_path: dict[str, str] = {}
+    for path, value in items:
+        if value is BAD:
+            continue
+        if not isinstance(value, str):
+            ctx.error(path, f"expected a string, got {type_name(value)}")
+        elif value not in allowed:
+            ctx.error(path, f"{quote(value)} is not {what} (expected {_one_of(list(allowed)) if allowed else 'none'})")
+        elif value in first_path:
+            ctx.error(path, f"duplicate {quote(value)} (see {first_path[value]})")
+        else:
+            first_path[value] = path
+            names.append(value)
+    return tuple(names)
+
+
+def _quota(ctx: Context, root: Section, accounts: Sequence[Account], storage: StorageConfig) -> QuotaConfig:
+    """The ``quota:`` section: which accounts' daily quotas are polled, and on which budget."""
+    s = root.section("quota", KNOWN_KEYS["quota"])
+    default = QuotaConfig()
+    listed = _names(ctx, s, "accounts", [a.name for a in accounts if a.name], "a configured account")
+    kinds = _names(ctx, s, "kinds", quota_table.NAMES, "a quota kind")
+    if kinds == () and ctx.ok(s.sub("kinds")):
+        ctx.error(s.sub("kinds"), f"at least one of {_one_of(quota_table.NAMES)} is required")
+    # At most 15m: CDNetworksNotPolling fires 30m after the last successful poll of any CDN API, quotas included.
+    poll_interval = s.duration("poll_interval", format_duration(default.poll_interval), minimum=10.0, maximum=900.0)
+    request_timeout = s.duration("request_timeout", format_duration(default.request_timeout), maximum=120.0)
+    enabled = s.boolean("enabled", default.enabled)
+    # Sent only while the lease outlasts the request, as every poller (see _storage).
+    if (enabled and 0.75 * storage.lease_ttl - 1.0 <= request_timeout + 1.0
+            and ctx.ok(s.sub("request_timeout"), "storage.lease_ttl")):
+        ctx.error(s.sub("request_timeout"), f"{format_duration(request_timeout)} does not fit storage.lease_ttl "
+                  f"({format_duration(storage.lease_ttl)}); use at most "
+                  f"{format_duration(max(0.0, math.floor(0.75 * storage.lease_ttl - 2.0) - 1.0))}")
+    volume_unit = s.string("volume_unit", default.volume_unit) or default.volume_unit
+    if volume_unit not in quota_table.VOLUME_UNITS and ctx.ok(s.sub("volume_unit")):
+        ctx.error(s.sub("volume_unit"),
+                  f"must be one of {', '.join(quota_table.VOLUME_UNITS)}, got {quote(volume_unit)}")
+        volume_unit = default.volume_unit
+    if enabled and not accounts and ctx.ok("accounts"):
+        ctx.error(s.sub("enabled"), "true, but there is no account whose quotas could be polled")
+    return QuotaConfig(
+        enabled=enabled,
+        accounts=listed or (),
+        kinds=kinds or default.kinds,
+        poll_interval=poll_interval,
+        rate_limit=_rate_limit(s, "rate_limit", default.rate_limit),
+        request_timeout=request_timeout,
+        volume_unit=volume_unit,
+    )
+
+
+def load_slo_config(path: str | Path, environ: Mapping[str, str] | None = None) -> slo_model.SloConfig:
+    """The ``slo:`` section of a config file, validated as the exporter validates it (its problems raise
+    ConfigError, each as ``file: key.path: message``), without the rest: the rules generator needs neither the
+    accounts' secrets nor their environment."""
+    file = Path(path)
+    try:
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=StrictLoader)
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or type(exc).__name__}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([yaml_error(file, exc)]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{file}: config must be a mapping of sections, got {type_name(data)}"])
+    ctx = Context(os.environ if environ is None else environ, file.absolute().parent)
+    slo = _slo(ctx, Section(ctx, "", {"slo": data.get("slo")}, {"slo"}))
+    if ctx.errors:
+        raise ConfigError([f"{file}: {error}" for error in ctx.errors])
+    return slo
+
+
 def _one_of(names: Sequence[str]) -> str:
     """``a``, ``a or b``, ``a, b or c``."""
     return names[-1] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -515,9 +678,11 @@ def parse_config(
         )
     fmgr = _fmgr(ctx, root)
     storage = _storage(ctx, root, task_kinds, fmgr)
+    slo = _slo(ctx, root)
+    quota = _quota(ctx, root, accounts, storage)
     if ctx.errors:
         raise ConfigError(ctx.errors)
-    return Config(accounts=accounts, kinds=task_kinds, fmgr=fmgr, storage=storage)
+    return Config(accounts=accounts, kinds=task_kinds, fmgr=fmgr, storage=storage, slo=slo, quota=quota)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -387,6 +387,26 @@ def test_demo_serves_metrics_and_stops_on_sigterm(tmp_path: Path, start_exporter
 
 
 @posix_signals
+def test_demo_on_port_zero_receives_its_own_notifications(tmp_path: Path, start_exporter) -> None:
+    # Port 0 asks for any free port; the simulator must still be told a port it can reach.
+    proc, log = start_exporter("--demo", "--web.listen-address", "127.0.0.1:0",
+                               "--storage.path", str(tmp_path / "demo.db"))
+    found: list[str] = []
+
+    def serving() -> bool:
+        found[:] = re.findall(r"serving on (http://127\.0\.0\.1:[0-9]+)", log.read_text())
+        return bool(found)
+
+    wait_for("the serving line", serving, DEMO_WAIT, log, proc)
+    url = found[0]
+    assert not url.endswith(":0")
+    wait_for("accepted notifications",
+             lambda: total(samples(url), "cdnetworks_fmgr_notifications_total", result="accepted") > 0,
+             DEMO_WAIT, log, proc)
+    assert stop(proc, log) == 0, tail(log)
+
+
+@posix_signals
 def test_demo_explains_itself_and_removes_its_temporary_storage(tmp_path: Path, start_exporter) -> None:
     curl = require_tool("curl")
     temp = tmp_path / "tmp"
@@ -416,6 +436,23 @@ def test_demo_explains_itself_and_removes_its_temporary_storage(tmp_path: Path, 
     assert not storage.exists(), "the demo left its temporary storage behind"
     assert f"removed the demo's temporary storage {storage}" in log.read_text()
     assert list(temp.iterdir()) == []
+
+
+def test_an_exit_without_the_clean_stop_still_removes_the_demos_temporary_storage(tmp_path: Path) -> None:
+    # A second Ctrl-C, or a stop that overran its grace, ends the process at once (os._exit, no clean stop):
+    # the demo's temporary database must not be left behind in $TMPDIR all the same.
+    code = ("import sys, tempfile, pathlib\n"
+            "from exporter import cli\n"
+            "d = pathlib.Path(tempfile.mkdtemp(prefix='cdnetworks-demo-'))\n"
+            "(d / 'demo.db').write_bytes(b'x')\n"
+            "cli._TEMPORARY.append(d)\n"
+            "print(d, flush=True)\n"
+            "cli._exit_now(2)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=clean_env(TMPDIR=str(tmp_path)), check=False)
+    assert result.returncode == 128 + 2, result.stderr
+    assert Path(result.stdout.strip()).parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- reload

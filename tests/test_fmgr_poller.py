@@ -18,11 +18,11 @@ from conftest import T0, Clock, make_config
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Config
+from exporter.fmgr.poller import FmgrPoller
 from exporter.fmgr.wire import FmgrClient
 from exporter.metrics.collector import ExporterCollector
 from exporter.metrics.health import ApiHealth
 from exporter.polling.budget import BASE_BACKOFF, MAX_BACKOFF
-from exporter.polling.poller import FmgrPoller
 from exporter.simulator import Simulator
 from exporter.storage.store import Store
 
@@ -186,7 +186,7 @@ def test_a_thousand_unknown_ids_never_take_fmgr_down_and_are_counted(rig_factory
     assert rig.up() == 1
     rig.store.register_fmgr_ids([f"bogus-{i:04d}" for i in range(1000)], "api")
     samples = []
-    with caplog.at_level(logging.INFO, logger="exporter.polling.poller"):
+    with caplog.at_level(logging.INFO, logger="exporter.fmgr.poller"):
         for i in range(30):  # a sample every 2 s for a minute, as Prometheus would
             rig.run_until(T0 + 3 + 2 * i)
             samples.append(rig.up())
@@ -202,7 +202,7 @@ def test_a_thousand_unknown_ids_never_take_fmgr_down_and_are_counted(rig_factory
 def test_an_id_never_known_is_given_up_after_an_hour_and_leaves_the_unknown_count(rig_factory, caplog):
     import logging
 
-    from exporter.polling.poller import UNKNOWN_ID_EXPIRY, UNKNOWN_RETRY
+    from exporter.fmgr.poller import UNKNOWN_ID_EXPIRY, UNKNOWN_RETRY
 
     rig = rig_factory()
     rig.store.register_fmgr_ids(["typo-1", "typo-2"], "api")
@@ -213,7 +213,7 @@ def test_an_id_never_known_is_given_up_after_an_hour_and_leaves_the_unknown_coun
     rig.run_until(T0 + 2100 + UNKNOWN_RETRY * POLL_INTERVAL)
     assert rig.state("late") == "completed"
     assert rig.metric("cdnetworks_fmgr_unknown_ids") == 2
-    with caplog.at_level(logging.INFO, logger="exporter.polling.poller"):
+    with caplog.at_level(logging.INFO, logger="exporter.fmgr.poller"):
         rig.run_until(T0 + UNKNOWN_ID_EXPIRY + UNKNOWN_RETRY * POLL_INTERVAL + 300)
     assert rig.state("typo-1") == rig.state("typo-2") == "abandoned"
     assert rig.metric("cdnetworks_fmgr_unknown_ids") == 0
@@ -436,7 +436,7 @@ def test_a_poll_that_lands_at_3_keeps_polling_until_the_notification_failure_at_
 # ------------------------------------------------------------------------------------------ the store fails
 
 
-WORKER_LOGS = ("exporter.polling.poller", "exporter.polling.worker")
+WORKER_LOGS = ("exporter.fmgr.poller", "exporter.polling.worker")
 
 
 def test_a_store_that_cannot_be_written_is_one_line_then_its_recovery_another(rig_factory, caplog):

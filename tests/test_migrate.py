@@ -19,7 +19,7 @@ from conftest import ROOT, T0, make_config
 
 from exporter.fmgr.wire import FmgrItem, FmgrStatus
 from exporter.metrics.health import ApiHealth
-from exporter.polling.poller import CdnPoller
+from exporter.polling.cdn_poller import CdnPoller
 from exporter.storage.migrate import NOT_COPIED, TABLES, MigrationError, migrate_sqlite
 from exporter.storage.model import CdnTask
 from exporter.storage.postgres_repo import PostgresRepository

@@ -12,8 +12,8 @@ from exporter.config import RateLimit
 from exporter.metrics.health import ApiHealth
 from exporter.metrics.windows import window_start
 from exporter.polling.budget import RateBudget, backoff_delay
+from exporter.polling.cdn_poller import CdnPoller
 from exporter.polling.planner import RECHECK_MAX, SWEEP_STATES
-from exporter.polling.poller import CdnPoller
 from exporter.storage.store import Store
 from exporter.vendor.cdn import CdnClient
 
@@ -322,7 +322,7 @@ def test_page_size_finds_the_vendors_cap_and_stays_there(sim_factory, clock, tmp
 def test_a_failing_worker_keeps_running_without_a_hot_loop(caplog):
     import time as _time
 
-    from exporter.polling.poller import Worker
+    from exporter.polling.worker import Worker
 
     class Flaky(Worker):
         name = "flaky"
@@ -477,7 +477,7 @@ def test_each_plan_decision_is_logged_at_debug(sim_factory, clock, tmp_path, cap
     sim.add_cdn_stream("acme", "prefetch", per_hour=200, start_ts=T0 - DAY)
     poller, store, _ = build(sim, clock, tmp_path, prefetch={"rate_limit": {"requests": 25, "per": "1m"},
                                                              "poll_interval": "10s"})
-    with caplog.at_level(logging.DEBUG, logger="exporter.polling.poller"):
+    with caplog.at_level(logging.DEBUG, logger="exporter.polling.cdn_poller"):
         run_for(poller, clock, 60)
     plans = [r.getMessage() for r in caplog.records if ": plan " in r.getMessage()]
     assert len(plans) == poller.requests_sent >= 10

@@ -25,8 +25,9 @@ import prometheus_client
 import pytest
 import requests
 
+from exporter.fmgr.endpoints import NotifyEndpoint, RegistrationApi
 from exporter.http.server import BODY_TOO_LARGE, Limits
-from exporter.http.web import App, NotifyEndpoint, RegistrationApi, Server, parse_listen_address
+from exporter.http.web import App, Server, parse_listen_address
 from exporter.http.webconfig import BasicAuth, build_ssl_context, load_web_config
 from exporter.vendor import signing
 

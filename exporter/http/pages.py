@@ -24,7 +24,8 @@ from exporter.config import Config
 from exporter.fmgr import wire as fmgrwire
 from exporter.fmgr.tracking import API_STATES
 from exporter.http import browse
-from exporter.http.web import CDN_TASKS_PATH, TASKS_PATH, Response, json_response
+from exporter.http.responses import Response, json_response
+from exporter.http.web import CDN_TASKS_PATH, TASKS_PATH
 from exporter.storage.store import CDN_STATUSES, Store
 
 TASKS_PAGE = "/tasks"

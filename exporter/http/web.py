@@ -1,4 +1,4 @@
-"""HTTP: the landing page, ``/metrics``, health, the Fmgr notify receiver and the registration API.
+"""HTTP: the landing page, ``/metrics``, health, reload, and the routes to Fmgr's endpoints (exporter.fmgr.endpoints).
 
 A hand-written WSGI app served by ``exporter.httpd``. Each handler is a method returning a ``Response``; the
 dispatcher adds the configured headers, applies basic auth where it belongs and turns unexpected
@@ -8,17 +8,14 @@ exceptions into a logged 500 so that no stack trace reaches a client.
 from __future__ import annotations
 
 import gzip
-import hmac
 import html
 import ipaddress
-import json
 import logging
 import re
 import shlex
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -26,11 +23,11 @@ import prometheus_client
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
-from exporter.fmgr import wire as fmgr
+from exporter.fmgr.endpoints import API_MAX_BODY_BYTES, NotifyEndpoint, RegistrationApi, authorize
 from exporter.fmgr.tracking import API_STATES
-from exporter.fmgr.wire import FmgrStatus
 from exporter.http import served as httpd_app
 from exporter.http import server as httpd
+from exporter.http.responses import REALM, Response, json_response, parse_int_param, text
 from exporter.http.webconfig import (
     AUTH_FAILURE_REASONS,
     MISSING,
@@ -45,45 +42,17 @@ from exporter.metrics import catalogue as metrics
 log = logging.getLogger(__name__)
 
 NAME = "cdnetworks-exporter"
-REALM = "cdnetworks-exporter"
 API_PREFIX = "/api/v1/"
 TASKS_PATH = "/api/v1/fmgr/tasks"
 CDN_TASKS_PATH = "/api/v1/cdn/tasks"
 RELOAD_PATH = "/-/reload"
-API_MAX_BODY_BYTES = 1024 * 1024
 OTHER_MAX_BODY_BYTES = 4096
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
-PERSISTENT_ID = fmgr.PERSISTENT_ID
 _AUTHORIZED = "exporter.basic_auth_remembered"  # set by admit(): the password was checked before
 STATE_PARAM = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 StartResponse = Callable[..., Any]
-
-# The two answers to a stored notification, encoded once (json_response's format).
-_ACCEPTED = json.dumps({"result": "accepted"}).encode() + b"\n"
-_DUPLICATE = json.dumps({"result": "duplicate"}).encode() + b"\n"
-
-
-class NotificationSink(Protocol):
-    def record_notification(self, status: FmgrStatus, dedup_key: str, received_ts: float) -> bool:
-        """True = new and durably stored, False = a duplicate already stored. Raises on storage failure."""
-        ...
-
-    def count_notification(self, result: str) -> None:
-        """Count a rejected notification (bad_signature, unknown_key, malformed, too_large)."""
-        ...
-
-
-class TaskRegistry(Protocol):
-    def register_ids(self, ids: Sequence[str], source: str) -> int:
-        """Track these Fmgr persistentIds; return how many were not tracked before."""
-        ...
-
-    def list_tasks(self, state: str | None, limit: int, pending: bool | None = None) -> list[dict[str, Any]]:
-        """JSON-able descriptions of tracked tasks, optionally only those in ``state`` (one of
-        ``fmgr_tracking.API_STATES``) and only those ``pending`` or not."""
-        ...
 
 
 class TaskBrowserRoutes(Protocol):
@@ -93,80 +62,6 @@ class TaskBrowserRoutes(Protocol):
     def pages(self) -> Mapping[str, Callable[[dict[str, Any]], Response]]: ...
     def fmgr_api(self, environ: dict[str, Any]) -> Response: ...
     def link(self, path: str, query: Sequence[tuple[str, str]] = ()) -> str: ...
-
-
-@dataclass
-class NotifyEndpoint:
-    path: str
-    url: str  # the notifyURL given to the vendor: it is what was signed
-    keys: Mapping[str, str] = field(repr=False)  # access key -> secret key
-    max_body_bytes: int
-    sink: NotificationSink
-
-
-@dataclass
-class RegistrationApi:
-    token: str = field(repr=False)
-    max_ids: int
-    registry: TaskRegistry
-
-
-@dataclass
-class Response:
-    status: str
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-def text(status: str, body: str) -> Response:
-    return Response(status, (body + "\n").encode())
-
-
-def json_response(status: str, payload: Any) -> Response:
-    return Response(status, json.dumps(payload).encode() + b"\n", "application/json")
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
-    """The request body, or BodyTooLarge if it is (or claims to be) over ``limit`` bytes.
-
-    Never reads more than limit + 1 bytes, whatever the client says: a declared length is checked
-    first, and a chunked or lying body is cut off at the first byte over the limit.
-    """
-    if environ.get(httpd_app.BODY_TOO_LARGE):
-        raise BodyTooLarge  # the server saw it and did not read it
-    declared = environ.get("CONTENT_LENGTH") or ""
-    if declared.strip().isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    stream = environ["wsgi.input"]
-    chunks: list[bytes] = []
-    got = 0
-    while got <= limit:
-        chunk = stream.read(limit + 1 - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    if got > limit:
-        raise BodyTooLarge
-    return b"".join(chunks)
-
-
-_ASCII_INT = re.compile(r"[0-9]{1,18}")
-
-
-def parse_int_param(text: str, lo: int, hi: int) -> int | None:
-    """The one parser for integer query parameters: ASCII digits only (``str.isdigit`` also accepts "²",
-    which ``int`` refuses), within [lo, hi]; None for anything else."""
-    if not _ASCII_INT.fullmatch(text):
-        return None
-    value = int(text)
-    return value if lo <= value <= hi else None
-
 
 LISTEN_FORMS = "expected host:port, :port or [IPv6]:port, e.g. :9891, 127.0.0.1:9891 or [::1]:9891"
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -247,7 +142,7 @@ class App:
         if notify is not None:
             if not notify.path.startswith("/") or notify.path in self._routes or notify.path.startswith(API_PREFIX):
                 raise ValueError(f"notify path {notify.path!r} must start with / and not shadow another route")
-            self._routes[notify.path] = {"POST": self._notification}
+            self._routes[notify.path] = {"POST": lambda environ: notify.handle(environ, self._clock)}
 
     def body_limit(self, path: str) -> int:
         """The largest request body ``path`` accepts; the server refuses (413) anything larger unread."""
@@ -437,84 +332,17 @@ class App:
         return text("200 OK", "configuration reloaded")
 
     # ---------------------------------------------------------------------------------------------
-    # Fmgr notifications: size, then signature over the raw bytes, then parse, then store.
-
-    def _notification(self, environ: dict[str, Any]) -> Response:
-        notify = self._notify
-        assert notify is not None  # the route exists only when configured
-        try:
-            raw = read_body(environ, notify.max_body_bytes)
-        except BodyTooLarge:
-            return self._reject(notify, "413 Payload Too Large", "too_large", "body over the size limit")
-        try:
-            access_key = fmgr.verify_notification(environ.get("HTTP_AUTHORIZATION"), raw, notify.url, notify.keys)
-        except fmgr.NotifyError as exc:
-            return self._reject(notify, "401 Unauthorized", exc.reason, str(exc))
-        try:
-            status = fmgr.parse_status(fmgr.decode_notification_body(raw))
-        except fmgr.FmgrParseError as exc:
-            return self._reject(notify, "400 Bad Request", "malformed", str(exc))
-        try:
-            new = notify.sink.record_notification(status, fmgr.notification_dedup_key(raw), self._clock())
-        except Exception:
-            # 5xx makes the vendor deliver again later; nothing was acknowledged.
-            log.exception("could not store Fmgr notification for %s", status.id)
-            return json_response("503 Service Unavailable", {"result": "error", "error": "could not store"})
-        result = "accepted" if new else "duplicate"
-        log.debug("Fmgr notification %s: id=%s code=%s key=%s", result, status.id, status.code, access_key)
-        return Response("200 OK", _ACCEPTED if new else _DUPLICATE, "application/json")
-
-    def _reject(self, notify: NotifyEndpoint, status: str, reason: str, detail: str) -> Response:
-        log.warning("Fmgr notification rejected (%s): %s", reason, detail)
-        try:
-            notify.sink.count_notification(reason)
-        except Exception:
-            log.exception("could not count rejected Fmgr notification (%s)", reason)
-        # The detail names fields or the access key, never a secret or a signature.
-        return json_response(status, {"result": reason, "error": detail})
-
-    # ---------------------------------------------------------------------------------------------
-    # Registration API
-
-    def _api_auth(self, environ: dict[str, Any]) -> Response | None:
-        """None when the bearer token is right, else the response to send."""
-        api = self._api
-        if api is None:
-            return json_response(
-                "404 Not Found", {"error": "the registration API is disabled (set fmgr.register_token)"}
-            )
-        scheme, _, token = (environ.get("HTTP_AUTHORIZATION") or "").strip().partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api.token.encode()):
-            return None
-        response = json_response("401 Unauthorized", {"error": "missing or wrong bearer token"})
-        response.headers.append(("WWW-Authenticate", f'Bearer realm="{REALM}"'))
-        return response
+    # Registration API (exporter.fmgr.endpoints), behind its bearer token
 
     def _register(self, environ: dict[str, Any]) -> Response:
-        denied = self._api_auth(environ)
+        denied = authorize(self._api, environ)
         if denied is not None:
             return denied
-        api = self._api
-        assert api is not None
-        try:
-            raw = read_body(environ, API_MAX_BODY_BYTES)
-        except BodyTooLarge:
-            return json_response("413 Payload Too Large", {"error": f"body over {API_MAX_BODY_BYTES} bytes"})
-        ids, problem = validate_registration(raw, api.max_ids)
-        if problem is not None:
-            return json_response("400 Bad Request", {"error": problem})
-        try:
-            new = api.registry.register_ids(ids, "api")
-        except Exception:
-            log.exception("could not register %d Fmgr ids", len(ids))
-            return json_response("503 Service Unavailable", {"error": "could not store the ids"})
-        log.debug("registered %d Fmgr ids through the API (%d new)", len(ids), new)
-        # received: the distinct ids of this request; registered: those of them tracked from now on;
-        # already_tracked: those of them that were tracked before (left as they were).
-        return json_response("200 OK", {"received": len(ids), "registered": new, "already_tracked": len(ids) - new})
+        assert self._api is not None
+        return self._api.register(environ)
 
     def _list_tasks(self, environ: dict[str, Any]) -> Response:
-        denied = self._api_auth(environ)
+        denied = authorize(self._api, environ)
         if denied is not None:
             return denied
         if self._browser is not None:
@@ -582,27 +410,6 @@ class WebCollector(Collector):
         for reason, count in self._rejects.snapshot().items():
             rejected.add_metric([reason], count)
         yield rejected
-
-
-def validate_registration(raw: bytes, max_ids: int) -> tuple[list[str], str | None]:
-    """The unique ids of a registration body in first-seen order, or a message saying what is wrong."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):  # also UnicodeDecodeError, a ValueError
-        return [], "body is not valid JSON"
-    if not isinstance(data, dict) or "persistentIds" not in data:
-        return [], 'expected a JSON object with "persistentIds"'
-    ids = data["persistentIds"]
-    if not isinstance(ids, list):
-        return [], "persistentIds: expected a list of strings"
-    if not ids:
-        return [], "persistentIds: empty"
-    if len(ids) > max_ids:
-        return [], f"persistentIds: {len(ids)} ids, at most {max_ids} per request"
-    for i, value in enumerate(ids):
-        if not isinstance(value, str) or not PERSISTENT_ID.fullmatch(value):
-            return [], f"persistentIds[{i}]: expected 1-128 characters of A-Z a-z 0-9 _ . : -"
-    return list(dict.fromkeys(ids)), None
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,409 +1,27 @@
-"""Background polling: one worker per (account, CDN task kind) and one for Fmgr.
-
-Each worker makes vendor requests only when its rate budget allows, so the vendor's published limits
-are never exceeded, even across restarts and reloads (the budget's recent request times, any Retry-After
-block and the backoff are persisted, and a reload waits for a request in flight). A CDN worker sends,
-one at a time, the read its ``planner.Planner`` chooses (newest tasks first, then holes, re-checks of
-unfinished tasks, probes and back-fill); the planner's state is persisted too, so a read that needs
-several pages resumes after a failure, a budget wait or a restart instead of starting over.
-
-Replicas sharing a store run each worker on the replica holding its lease (exporter/polling/leases.py): a worker
-sends only while its lease outlasts the request, writes with its lease as a fence, and reloads what its
-predecessor stored whenever it takes the lease (again). A request in flight is marked in the stored budget
-before it is sent, so whoever runs the worker next (a successor, or this exporter after kill -9) counts it
-as sent: the vendor may have received it.
+"""Wiring: every worker of one configuration (CDN pollers, the Fmgr poller, retention, the quota pollers), their
+leases when replicas share the store, started and stopped together. The workers themselves are in
+``exporter.polling.cdn_poller``, ``exporter.fmgr.poller``, ``exporter.polling.retention`` and
+``exporter.polling.quota``.
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import time
 from collections.abc import Callable
 
 import requests
 
-from exporter.config import Account, Config, FmgrConfig, TaskKindConfig
-from exporter.fmgr.wire import FmgrApiError, FmgrClient, Lifecycle
+from exporter.config import Config
+from exporter.fmgr.poller import FmgrPoller
+from exporter.fmgr.wire import FmgrClient
 from exporter.metrics.health import ApiHealth
-from exporter.polling.budget import RateBudget, backoff_delay
-from exporter.polling.leases import FMGR_LEASE, MARGIN, RETENTION_LEASE, Leases, LeaseView, cdn_lease, poller_of
-from exporter.polling.pagesize import PageSize
-from exporter.polling.planner import Planner
+from exporter.polling.cdn_poller import CdnPoller
+from exporter.polling.leases import FMGR_LEASE, RETENTION_LEASE, Leases, LeaseView, cdn_lease, poller_of
+from exporter.polling.quota import quota_leases, quota_pollers
 from exporter.polling.retention import RetentionWorker
 from exporter.polling.worker import Worker
-from exporter.storage.store import CdnTask, Store
-from exporter.vendor.cdn import ApiError, CdnClient
-
-log = logging.getLogger(__name__)
-
-AUTH_BACKOFF = 600.0  # a wrong key will not fix itself: wait long, say so
-# An Fmgr id the vendor answers "not found" (its failure body, about that id: a typo, or not created yet) is
-# retried every UNKNOWN_RETRY poll intervals, and given up once it has been tracked for UNKNOWN_ID_EXPIRY (or
-# UNKNOWN_RETRY * 3 poll intervals, if longer) without the vendor ever knowing it.
-UNKNOWN_RETRY = 5
-UNKNOWN_ID_EXPIRY = 3600.0
-
-
-class _TaskView:
-    """The store as the planner sees it: one account's tasks of one kind."""
-
-    def __init__(self, store: Store, account: str, kind: str) -> None:
-        self.store, self.account, self.kind = store, account, kind
-
-    def range_count(self, start: float, end: float) -> int:
-        return self.store.cdn_range_count(self.account, self.kind, start, end)
-
-    def unfinished(self, start: float, end: float) -> list[tuple[float, str, float, str]]:
-        return self.store.cdn_unfinished(self.account, self.kind, start, end)
-
-
-class CdnPoller(Worker):
-    """One (account, task kind): sends the request the planner picks whenever the budget allows."""
-
-    def __init__(self, account: Account, kind: str, cfg: TaskKindConfig, store: Store, client: CdnClient,
-                 health: ApiHealth, *, clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 shortest_window: float | None = None, longest_window: float | None = None,
-                 lease: LeaseView | None = None):
-        super().__init__(clock)
-        self.account, self.kind, self.cfg = account, kind, cfg
-        self.store, self.client, self.health = store, client, health
-        self.name = f"poll-{kind}-{account.name}"
-        self.rng = rng or random.Random()
-        self._key = cdn_lease(account.name, kind)
-        self.lease = lease or LeaseView(None, self._key)
-        self.view = _TaskView(store, account.name, kind)
-        self.stop_timeout = cfg.request_timeout + 5.0
-        windows = [w.seconds for w in cfg.windows] or [cfg.poll_interval]
-        self._windows = (shortest_window or min(windows), longest_window or max(windows))
-        self.requests_sent = 0  # since start (tests and benchmarks count cycles with it)
-        self.rows_read = 0
-        self._restore()
-        health.declare(account.name, kind)
-
-    def _restore(self) -> None:
-        """Load the plan, page size and budget stored by whoever ran this worker last."""
-        cfg = self.cfg
-        saved = self.store.get_state(self._key + ":budget")
-        self.budget = RateBudget(cfg.rate_limit, self.clock, saved)
-        if isinstance(saved, dict) and saved.get("in_flight") is not None:
-            # Sent, and never recorded as answered: it may have reached the vendor, no later than its timeout.
-            self.budget.record(float(saved["in_flight"]) + cfg.request_timeout)
-        st = self.store.get_state(self._key) or {}
-        # The vendor's largest page size is undocumented: found by ``PageSize`` and remembered.
-        pages = PageSize.restore(st, cfg.page_size, cfg.max_page_size)
-        self.page_size = pages.size
-        self.planner = Planner(
-            poll_interval=cfg.poll_interval, overlap=cfg.overlap, lookback=cfg.lookback,
-            shortest_window=self._windows[0], longest_window=self._windows[1],
-            max_query_age=cfg.max_query_age, page_size=pages.size, pages=pages)
-        self.planner.restore(st.get("plan"))
-        self.planner.slot = self.slot
-        if self.planner.head is None and st.get("synced_until") is not None:
-            # A store written before range planning: everything up to its watermark was read.
-            self.planner.head = int(st["synced_until"])
-        self.failures = 0
-        self.not_before = float(saved.get("not_before") or 0.0) if isinstance(saved, dict) else 0.0
-        self.last_ok = float(st.get("last_ok") or 0.0)
-        if self.last_ok:
-            self.health.restore_last_ok(self.account.name, self.kind, self.last_ok)
-
-    # -------------------------------------------------------------- scheduling
-    @property
-    def slot(self) -> float:
-        """Seconds between two requests at the budget's steady pace."""
-        return self.budget.spacing
-
-    def next_run(self) -> float:
-        now = self.clock()
-        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
-            return now + 1.0  # another replica runs this worker, or the lease is being renewed
-        at = max(self.not_before, now + self.budget.wait_time())
-        if self.planner.head is not None and self.planner.current is None:
-            at = max(at, self.planner.next_due(now, self.view))
-        return at
-
-    def idle(self) -> bool:
-        """Nothing to read until the next poll interval (or re-check, or probe) comes due."""
-        now = self.clock()
-        return self.planner.head is not None and self.planner.current is None and \
-            self.planner.next_due(now, self.view) > now
-
-    def on_unexpected(self) -> None:
-        self.failures += 1
-        self.not_before = self.clock() + backoff_delay(self.failures, self.rng)
-
-    @property
-    def pages(self) -> PageSize:
-        """The page-size search, owned by the planner."""
-        assert self.planner.pages is not None
-        return self.planner.pages
-
-    def _save(self) -> None:
-        self.store.set_state(self._key, {
-            "plan": self.planner.state(), "page": self.pages.state(), "last_ok": self.last_ok,
-        }, fence=self.lease.fence())
-
-    def _report(self, now: float) -> None:
-        self.health.set_lag(self.account.name, self.kind, self.planner.lag(now))
-        if self.planner.head is not None:
-            seen = [s for _, _, s, _ in self.view.unfinished(self.planner.reach(now), self.planner.head)]
-            self.health.set_oldest_read(self.account.name, self.kind, min(seen, default=None))
-        self.health.set_backfill(self.account.name, self.kind, self.planner.backfill_remaining())
-
-    # -------------------------------------------------------------- one request
-    def step(self) -> None:
-        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
-            return
-        if self.lease.newly_taken() is not None:
-            self._restore()  # what the previous holder stored is the truth now
-            if self.next_run() > self.clock():
-                return
-        now = self.clock()
-        self.page_size = self.planner.sync_page_size()
-        read = self.planner.next_read(now, self.view, self.slot)
-        self._report(now)
-        if read is None:
-            self._save()
-            self.not_before = now + 1.0  # nothing due: next_run() says when, never a hot loop
-            return
-        size = 1 if read.count_only else self.page_size
-        if log.isEnabledFor(logging.DEBUG):
-            plan = self.planner
-            log.debug("%s: plan %s %s..%s page %d size %d%s%s (lag %.0fs, back-fill %.0fs, re-read spacing %s)",
-                      self.name, read.purpose, read.start, read.end, read.page_no, size,
-                      f" url={read.url}" if read.url else "", f" status={read.status}" if read.status else "",
-                      plan.lag(now), plan.backfill_remaining(),
-                      "by age" if plan.spacing is None else f"{plan.spacing:.3f} of age")
-        self._save_budget(in_flight=now)
-        try:
-            try:
-                page = self.client.query(self.kind, read.start, read.end, page_no=read.page_no, page_size=size,
-                                         url=read.url, status=read.status)
-            finally:
-                self._spend_slot()  # whatever happened, the request may have reached the vendor
-        except ApiError as exc:
-            self._on_error(exc)
-            self._save()
-            self._save_budget()  # Retry-After and backoff hold across a reload or restart too
-            return
-        self.failures = 0
-        self.requests_sent += 1
-        self.rows_read += page.rows
-        done_at = self.clock()
-        fence = self.lease.fence()
-        self.store.upsert_cdn_tasks(self.account.name, self.kind, page.tasks, fence=fence)  # a probe's row too
-        self.health.poll_result(self.account.name, self.kind, True, done_at)
-        self.last_ok = done_at
-        # Rows this page must hold if the vendor serves our page size (the client refuses empty ones).
-        expected = min(size, page.count - (read.page_no - 1) * size)
-        if not read.count_only and not self.planner.page_served(size, page.rows, expected, done_at):
-            # A short page: the vendor caps the page size without saying so; the range is read again from its
-            # first page with the vendor's size.
-            log.warning("%s: vendor returned %d rows for page size %d; using %d", self.name, page.rows,
-                        size, page.rows)
-            self._save()
-            return
-        outcome = self.planner.on_answer(done_at, read, page.count)
-        if outcome == "done" and not read.count_only and read.status is None:
-            # Every unfinished task of the range was in the answer, or is no longer there to be read.
-            self.store.cdn_mark_checked(self.account.name, self.kind, read.start, read.end, done_at, url=read.url,
-                                        fence=fence)
-        if outcome == "done" and read.purpose == "sweep":
-            succeeded = self.planner.sweep_done(self.view)
-            if succeeded:
-                # In no state but success: stored as succeeded, without the finish time and rate that only a
-                # read of the task itself gives (the duration histogram and rate_ratio leave them out).
-                self.store.upsert_cdn_tasks(self.account.name, self.kind, [
-                    CdnTask(url=url, create_ts=create, status="success") for create, url in succeeded], fence=fence)
-        if read.purpose == "head" and self.planner.grow_pages():
-            log.info("%s: about %.0f new tasks per %.0fs do not fit a page of %d; asking for pages of %d",
-                     self.name, self.planner.rate * self.cfg.poll_interval, self.cfg.poll_interval, self.page_size,
-                     self.pages.want)
-        self._report(done_at)
-        self._save()
-
-    def _spend_slot(self) -> None:
-        # Recorded when the answer is in: the vendor counts arrivals, and an arrival is never later than
-        # our completion, so spacing completions by the budget spaces the vendor's arrivals too.
-        self.budget.record()
-        self._save_budget()
-
-    def _save_budget(self, in_flight: float | None = None) -> None:
-        self.store.set_state(self._key + ":budget", {
-            **self.budget.state(), "not_before": self.not_before, "in_flight": in_flight,
-        }, fence=self.lease.fence())
-
-    def _on_error(self, exc: ApiError) -> None:
-        now = self.clock()
-        self.health.poll_result(self.account.name, self.kind, False, now)
-        self.failures += 1
-        if exc.kind == "bad_request" and exc.page_size_error and self.page_size > 1:
-            # The maximum page size is undocumented: the planner searches for it and restarts the range.
-            refused = self.page_size
-            self.planner.page_refused(now)
-            self.page_size = self.planner.page_size
-            log.info("%s: vendor refused page size %d (its maximum is undocumented); trying %d", self.name,
-                     refused, self.page_size)
-            return
-        if exc.kind == "bad_request" and exc.too_old:
-            log.warning("%s: vendor says the range is too old (%s); re-planning", self.name, exc.message)
-            self.planner.abandon()
-            self.not_before = now + backoff_delay(self.failures, self.rng)
-            return
-        if exc.kind == "rate_limited":
-            wait = exc.retry_after if exc.retry_after is not None else self.cfg.rate_limit.per
-            self.budget.block_until(now + wait)
-            log.warning("%s: rate limited by the vendor; next request in %.0fs", self.name, wait)
-            return
-        if exc.kind == "auth":
-            self.not_before = now + AUTH_BACKOFF
-            log.error("%s: authentication failed (%s): check username/api key or AK/SK of account %r; "
-                      "retrying in %.0fs", self.name, exc.message, self.account.name, AUTH_BACKOFF)
-            return
-        if exc.kind == "bad_request":
-            # Never read as "no tasks": the range stays unread, the read is planned again after a backoff,
-            # and the API stays down (up=0) so the alert fires if the vendor keeps refusing.
-            log.error("%s: vendor refused the query (%s); re-planning", self.name, exc.message)
-            self.planner.abandon()
-            self.not_before = now + backoff_delay(self.failures, self.rng)
-            return
-        delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
-        self.not_before = now + delay
-        log.warning("%s: %s (%s); retrying in %.1fs", self.name, exc.kind, exc.message, delay)
-
-
-def fmgr_lifecycle(cfg: FmgrConfig) -> Lifecycle:
-    """The polling policy of a task's lifecycle (README: "Fmgr task lifecycle") from the fmgr config."""
-    return Lifecycle(poll_interval=cfg.poll_interval, notify_grace=cfg.notify_grace,
-                     confirm_delay=cfg.confirm_delay)
-
-
-class FmgrPoller(Worker):
-    """Polls tracked Fmgr ids that are not final (or final by notification only) within the budget."""
-
-    name = "poll-fmgr"
-
-    def __init__(self, cfg: FmgrConfig, store: Store, client: FmgrClient | None, health: ApiHealth, *,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 maintenance_every: float = 300.0,
-                 lease: LeaseView | None = None):
-        super().__init__(clock)
-        self.cfg, self.store, self.client, self.health = cfg, store, client, health
-        self.lifecycle = fmgr_lifecycle(cfg)
-        self.rng = rng or random.Random()
-        self.given_up_unknown = 0  # ids given up as never known to the vendor, not yet logged
-        self.lease = lease or LeaseView(None, FMGR_LEASE)
-        self.stop_timeout = cfg.request_timeout + 5.0
-        self._restore()
-        self.maintenance_every = maintenance_every
-        self.last_maintenance = 0.0
-        if client is not None:
-            if client.health is None:
-                client.health = health  # its requests are counted with the rest of this poller's health
-            health.declare("", "fmgr", up=False)
-
-    @property
-    def unknown_id_expiry(self) -> float:
-        """How long an id the vendor never knew is tracked before it is given up."""
-        return max(UNKNOWN_ID_EXPIRY, UNKNOWN_RETRY * 3 * self.cfg.poll_interval)
-
-    def _restore(self) -> None:
-        saved = self.store.get_state("fmgr:budget")
-        # Not paced within its period: Fmgr polls are spread by their own due times, and its budget is per
-        # second (10 per 1s by default), far shorter than any poll interval.
-        self.budget = RateBudget(self.cfg.rate_limit, self.clock, saved, burst=self.cfg.rate_limit.requests)
-        if isinstance(saved, dict) and saved.get("in_flight") is not None:
-            # Sent, and never recorded as answered (see CdnPoller._restore).
-            self.budget.record(float(saved["in_flight"]) + self.cfg.request_timeout)
-        self.failures = 0
-        self.not_before = 0.0
-
-    def _save_budget(self, in_flight: float | None = None) -> None:
-        self.store.set_state("fmgr:budget", {**self.budget.state(), "in_flight": in_flight},
-                             fence=self.lease.fence())
-
-    def next_run(self) -> float:
-        now = self.clock()
-        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
-            return now + 1.0  # another replica runs the Fmgr poller
-        at = self.last_maintenance + self.maintenance_every
-        if self.client is not None:
-            due = self.store.fmgr_next_due()
-            if due is not None:
-                at = min(at, max(due, self.not_before, now + self.budget.wait_time()))
-        return at
-
-    def on_unexpected(self) -> None:
-        self.failures += 1
-        self.not_before = self.clock() + backoff_delay(self.failures, self.rng)
-
-    def step(self) -> None:
-        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
-            return
-        if self.lease.newly_taken() is not None:
-            self._restore()
-        now = self.clock()
-        if now >= self.last_maintenance + self.maintenance_every:
-            self.last_maintenance = now
-            n = self.store.abandon_old_fmgr(now - self.cfg.max_task_age)
-            if n:
-                log.warning("fmgr: stopped polling %d task(s) older than max_task_age", n)
-            if self.given_up_unknown:
-                log.warning("fmgr: gave up %d id(s) the vendor did not know %.0f minutes after they were registered",
-                            self.given_up_unknown, self.unknown_id_expiry / 60)
-                self.given_up_unknown = 0
-        if self.client is None or now < self.not_before:
-            return
-        for task_id in self.store.fmgr_due(now, limit=self.cfg.rate_limit.requests):
-            if (self.budget.wait_time() > 0 or self._stop.is_set()
-                    or not self.lease.usable_for(self.cfg.request_timeout + MARGIN)):
-                break
-            self._save_budget(in_flight=self.clock())
-            try:
-                ok = self.poll_one(task_id)
-            finally:
-                self.budget.record()  # at completion, as for the CDN budget
-                self._save_budget()
-            if not ok:
-                break
-
-    def poll_one(self, task_id: str) -> bool:
-        """Poll one id; False when the API looks unhealthy and the rest should wait."""
-        assert self.client is not None
-        try:
-            status = self.client.status(task_id)  # counted (result, duration) by the client
-        except FmgrApiError as exc:
-            now = self.clock()
-            if exc.kind == "not_found":
-                # The vendor's failure body says it does not know this id: an answer about the id, not an outage
-                # (a wrong endpoint answers a bare 404, which the client calls malformed). Counted in
-                # cdnetworks_fmgr_unknown_ids; an id never known is given up after unknown_id_expiry.
-                self.health.poll_result("", "fmgr", True, now)
-                task = self.store.fmgr_task(task_id)
-                give_up = (task is not None and task["code"] is None
-                           and now - task["firstSeen"] >= self.unknown_id_expiry)
-                self.store.fmgr_poll_failed(task_id, f"not_found: {exc}", now + self.cfg.poll_interval * UNKNOWN_RETRY,
-                                            give_up=give_up, fence=self.lease.fence())
-                if give_up:
-                    self.given_up_unknown += 1
-                    log.debug("fmgr: %s is still unknown to the vendor; given up", task_id)
-                return True
-            self.failures += 1
-            self.health.poll_result("", "fmgr", False, now)
-            delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
-            self.store.fmgr_poll_failed(task_id, f"{exc.kind}: {exc}", now + delay, fence=self.lease.fence())
-            if exc.kind == "rate_limited":
-                self.budget.block_until(now + delay)
-            self.not_before = now + delay
-            log.warning("fmgr: %s polling %s (%s); retrying in %.1fs", exc.kind, task_id, exc, delay)
-            return False
-        now = self.clock()
-        self.failures = 0
-        self.health.poll_result("", "fmgr", True, now)
-        self.store.apply_fmgr_status(status, source="poll", polled=True, lifecycle=self.lifecycle,
-                                     fence=self.lease.fence())
-        return True
+from exporter.storage.store import Store
+from exporter.vendor.cdn import CdnClient
 
 
 class PollerGroup:
@@ -416,8 +34,8 @@ class PollerGroup:
         self.cdn: list[CdnPoller] = []
         # Replicas sharing the store share the pollers out; alone, this exporter runs them all.
         self.leases = (Leases(store.repo, [cdn_lease(a.name, k) for a in config.accounts for k, _ in
-                                           config.task_kinds()] + [FMGR_LEASE, RETENTION_LEASE],
-                              ttl=config.storage.lease_ttl)
+                                           config.task_kinds()] + [FMGR_LEASE, RETENTION_LEASE]
+                              + quota_leases(config), ttl=config.storage.lease_ttl)
                        if store.shared else None)
         for account in config.accounts:
             for kind, kcfg in config.task_kinds():
@@ -438,6 +56,9 @@ class PollerGroup:
         self.workers.append(self.fmgr)
         self.retention = RetentionWorker(config, store, clock=clock, lease=LeaseView(self.leases, RETENTION_LEASE))
         self.workers.append(self.retention)
+        # The daily quotas: their own workers, budgets and leases (exporter/polling/quota.py).
+        self.quota = quota_pollers(config, store, health, self.leases, clock=clock, make_session=make_session)
+        self.workers.extend(self.quota)
 
     def start(self) -> None:
         if self.leases is not None:
