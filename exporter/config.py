@@ -343,19 +343,18 @@ class Config(Section):
             name = accounts[i]["name"]
             accounts[i] = {**accounts[i], "name": Problem(f"duplicate account name {quote(name)} (see {{ref}})",
                                                           ref=(2, j))}
-        if "kinds" in data:  # a field, but not a key of the file: refused as unknown
-            return data
         kinds, enabled = {}, False
         for kind in KINDS:
             raw = data.pop(kind.name, {})
-            enabled |= boolean(raw.get("enabled"), kind.enabled) if isinstance(raw, dict) else kind.enabled
             if isinstance(raw, dict):  # the kind's own defaults
                 budget = RateLimit(requests=kind.budget_requests, per=kind.budget_seconds)
                 given = {k: v for k, v in raw.items() if v is not None}
                 raw = {**raw, "enabled": given.get("enabled", kind.enabled),
                        "rate_limit": with_defaults(given.get("rate_limit", budget), budget)}
+            enabled |= boolean(raw["enabled"], kind.enabled) if isinstance(raw, dict) else kind.enabled
             kinds[kind.name] = raw
-        data["kinds"] = kinds
+        # `kinds` is a field, not a key of the file
+        data["kinds"] = Problem(cls.unknown("kinds", section_keys(cls))) if "kinds" in data else kinds
         if accounts in (None, []) and enabled:
             # Reported where the accounts' own problems would be, so the list reads in file order.
             data["accounts"] = Problem(f"at least one account is required while {_one_of(NAMES)} is enabled")

@@ -392,8 +392,9 @@ class Section:
         if not isinstance(data, dict):
             return data  # not a mapping (reported as such), or the arguments of a direct construction
         keys = section_keys(cls)
-        data = cls.prepare({str(k): v if k in keys else Problem(unknown_key(k, keys))
-                            for k, v in data.items() if v is not None or k not in keys})
+        data = cls.prepare({k: v for k, v in data.items() if v is not None or k not in keys})
+        fields = keys | {f.name for f in dataclasses.fields(cls) if f.init}  # prepare may fill a field
+        data = {str(k): v if k in fields else Problem(cls.unknown(k, keys)) for k, v in data.items()}
         for f in dataclasses.fields(cls):
             if isinstance(f.default, Section) and f.name in data:
                 data[f.name] = with_defaults(data[f.name], f.default)
@@ -404,6 +405,10 @@ class Section:
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
         return data
+
+    @classmethod
+    def unknown(cls, key: Any, keys: frozenset[str]) -> str:
+        return unknown_key(key, keys)
 
 
 def section_keys(cls: type[Section]) -> frozenset[str]:
@@ -493,12 +498,11 @@ class ConfigError(Exception):
 S = TypeVar("S", bound=Section)
 
 
-def validate(root: type[S], data: Any, *, base_dir: Path, environ: Mapping[str, str] | None = None) -> S:
-    """Raw YAML ``data`` as a ``root`` section, with ``${VAR}`` expanded from ``environ`` (unless None) and
-    ``*_file`` paths relative to ``base_dir``; or ConfigError with every problem."""
+def validate(root: type[S], data: Any, *, environ: Mapping[str, str] | None = None, **context: Any) -> S:
+    """Raw YAML ``data`` as a ``root`` section, with ``${VAR}`` expanded from ``environ`` (unless None); or
+    ConfigError with every problem. ``context`` is for validators: ``base_dir`` (of ``*_file`` paths), ..."""
     try:
-        return TypeAdapter(root).validate_python(data if environ is None else expand(data, environ),
-                                                 context={"base_dir": base_dir})
+        return TypeAdapter(root).validate_python(data if environ is None else expand(data, environ), context=context)
     except ValidationError as exc:
         raise ConfigError(problems(exc, root)) from None
 
