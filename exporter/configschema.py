@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -386,13 +386,15 @@ class Section:
     it is under. ``prepare`` holds a section's rules over its whole raw mapping (requirements that depend on
     other keys, duplicates in lists); they put a ``Problem`` where they find one."""
 
+    NULL_IS_UNSET: ClassVar[bool] = True  # or each key's type reads null itself
+
     @_model_validator(mode="before")
     @classmethod
     def _raw(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict):
             return data  # not a mapping (reported as such), or the arguments of a direct construction
         keys = section_keys(cls)
-        data = cls.prepare({k: v for k, v in data.items() if v is not None or k not in keys})
+        data = cls.prepare({k: v for k, v in data.items() if v is not None or k not in keys or not cls.NULL_IS_UNSET})
         fields = keys | {f.name for f in dataclasses.fields(cls) if f.init}  # prepare may fill a field
         data = {str(k): v if k in fields else Problem(cls.unknown(k, keys)) for k, v in data.items()}
         for f in dataclasses.fields(cls):

@@ -120,6 +120,8 @@ _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53
 
 
 def _mapping(value: Any) -> Any:
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping, got {type(value).__name__}")
     return value
@@ -158,6 +160,8 @@ def _names(known: Mapping[str, Any], what: str) -> BeforeValidator:
     """A list of names from ``known`` (Go's cipher suite or curve names), as the toolkit checks it."""
 
     def read(value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of strings")
         unknown = [f"unknown {what} {v!r} (known: {', '.join(known)})" for v in value if v not in known]
@@ -182,6 +186,8 @@ _A_MAPPING = BeforeValidator(_mapping)  # a section that is not one is named as 
 
 @dataclass(frozen=True, config=SECTION)
 class _WebSection(Section):
+    NULL_IS_UNSET = False  # as in the toolkit, null is the default for most keys, not all (see each type)
+
     @classmethod
     def unknown(cls, key: Any, keys: frozenset[str]) -> str:
         return "unknown key"
@@ -296,6 +302,8 @@ class HTTPServerConfig(_WebSection):
 
 
 def _zero_duration(value: Any) -> bool:
+    if value is None:
+        return True
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
@@ -304,6 +312,8 @@ def _zero_duration(value: Any) -> bool:
 
 
 def _integer(value: Any) -> int:
+    if value is None:
+        return 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("expected an integer")
     return value
