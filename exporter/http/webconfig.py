@@ -324,15 +324,15 @@ class RateLimitConfig(_WebSection):
     """The toolkit rate-limits only when ``interval`` is not zero; a zero interval (or none) is accepted."""
 
     burst: Annotated[int, BeforeValidator(_integer)] = 0
-    interval: Any = 0
+    interval: Any = 0  # off; anything else is refused
 
     @field_validator("interval")
     @classmethod
-    def _off(cls, value: Any) -> Any:
+    def _off(cls, value: Any) -> int:
         if not _zero_duration(value):
             raise Problem("rate limiting is not supported by this exporter (only interval: 0, which turns it off, "
                           "is accepted)", at=(1,))
-        return value
+        return 0
 
 
 def _users(value: Any) -> dict[str, Any]:
