@@ -63,9 +63,7 @@ from exporter.configschema import (
     with_defaults,
     yaml_error,
 )
-from exporter.configschema import (
-    ConfigError as ConfigError,
-)
+from exporter.configschema import ConfigError as ConfigError  # the error of both config files, raised from there
 from exporter.kinds import KINDS, NAMES
 from exporter.vendor.http import DEFAULT_MAX_RESPONSE_BYTES
 

@@ -1,13 +1,13 @@
 """What the configuration models are made of, on pydantic.
 
-Scalar parsers (durations, time zones, URLs); the pre-pass over the raw YAML (``${ENV}`` expansion, a null
-meaning "not set"); the annotated types and bounds the fields are declared with; ``Section``, the base of every
-section (unknown keys refused, ``*_file`` secrets, rules over a whole mapping); the one translator from
-pydantic's errors to ``key.path: message`` lines; and a YAML loader that refuses duplicate keys. It knows
-nothing of the exporter's sections; ``exporter.config`` declares those.
+Scalar parsers (durations, time zones, URLs); the ``${ENV}`` pre-pass over the raw YAML; the annotated types and
+bounds the fields are declared with; ``Section``, the base of every section (unknown keys refused, null as "not
+set", ``*_file`` secrets, rules over a whole mapping); the one translator from pydantic's errors to
+``key.path: message`` lines; and a YAML loader that refuses duplicate keys. It knows nothing of the exporter's
+sections: ``exporter.config`` and ``exporter.http.webconfig`` declare those.
 
-All problems are found in one run: a value a rule finds wrong is replaced by a ``Problem`` before validation, so
-that the key fails with the rule's message while every other key is still checked.
+All problems are found in one run: a value that the pre-pass or a rule finds wrong is replaced by a ``Problem``
+before validation, so that its key fails with that message while every other key is still checked.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def parse_timezone(text: str) -> tzinfo:
         raise ValueError(message) from exc
 
 
-def _check_http_url(text: str, *, allow_query: bool) -> None:
-    """Raise ValueError unless ``text`` is an absolute http(s) URL without credentials or fragment."""
+def _check_http_url(text: str, *, allow_query: bool) -> str:
+    """``text``; ValueError unless it is an absolute http(s) URL without credentials or fragment."""
     if any(c.isspace() for c in text):
         raise ValueError(f"{quote(text)} is not an http(s) URL (contains whitespace)")
     parts = urlsplit(text)
@@ -163,6 +163,7 @@ def _check_http_url(text: str, *, allow_query: bool) -> None:
         raise ValueError(f"{quote(text)} must not have a #fragment")
     if parts.query and not allow_query:
         raise ValueError(f"{quote(text)} must not have a query string")
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,12 +339,7 @@ def header_safe(what: str, extra: str = "") -> AfterValidator:
 
 def http_url(*, query: bool = False) -> AfterValidator:
     """An absolute http(s) URL without credentials or fragment (nor query string, unless ``query``)."""
-
-    def run(value: str) -> str:
-        _check_http_url(value, allow_query=query)
-        return value
-
-    return AfterValidator(run)
+    return AfterValidator(lambda value: _check_http_url(value, allow_query=query))
 
 
 def _timezone_text(value: Any) -> Any:
