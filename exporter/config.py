@@ -291,12 +291,12 @@ class StorageConfig(Section):
     """Where the store lives: an SQLite file (``path``), or a PostgreSQL database (``url``) that several
     replicas can share."""
 
-    path: Text = "./data/cdnetworks-exporter.db"
-    # postgresql://user@host:port/db; may hold a password, hence secret (``password`` is the other way to give one).
-    # The URL is never echoed in a message: it may hold a password.
+    # postgresql://user@host:port/db; may hold a password, hence secret (``password`` is the other way to give one)
+    # and never shown in a message.
     url: Annotated[Text, check(lambda v: v.startswith(POSTGRES_SCHEMES), lambda v: (
         "must be a PostgreSQL URL (postgresql://user@host:5432/database)"))] | None = secret(None)
     password: Text | None = secret(None)
+    path: Text = "./data/cdnetworks-exporter.db"
     # Replicas sharing the database: how long a poller's lease lasts without renewal (the failover time).
     lease_ttl: Annotated[Duration, seconds(minimum=3.0)] = 60.0
 
@@ -304,14 +304,19 @@ class StorageConfig(Section):
         """What ``repository.open_repository`` opens: the database URL, or else the SQLite path."""
         return self.url if self.url is not None else self.path
 
+    @field_validator("password")
     @classmethod
-    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
-        url = "url" in data or "url_file" in data
-        if url and "path" in data:
-            data["path"] = Problem("conflicts with url; set only one of them (url: PostgreSQL, path: SQLite)")
-        if not url and ("password" in data or isinstance(data.get("password_file"), str)):
-            data["password"] = Problem("only used with url (a PostgreSQL database)")
-        return data
+    def _with_url(cls, password: str | None, info: ValidationInfo) -> str | None:
+        if "url" in info.data and info.data["url"] is None:  # not given (rather than wrong)
+            raise ValueError("only used with url (a PostgreSQL database)")
+        return password
+
+    @field_validator("path")
+    @classmethod
+    def _not_with_url(cls, path: str, info: ValidationInfo) -> str:
+        if info.data.get("url") is not None:
+            raise ValueError("conflicts with url; set only one of them (url: PostgreSQL, path: SQLite)")
+        return path
 
 
 @dataclass(frozen=True, config=SECTION)
