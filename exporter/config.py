@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from datetime import tzinfo
 from pathlib import Path
@@ -381,7 +381,7 @@ class Config(Section):
         return storage
 
 
-def _key_of(item: Any, key: str, valid: Any) -> Any:
+def _key_of(item: Any, key: str, valid: Callable[[Any], bool]) -> Any:
     """``item[key]`` of a raw list entry, if the entry is a mapping and that value is ``valid``; else None."""
     return item[key] if isinstance(item, dict) and valid(item.get(key)) else None
 
