@@ -73,6 +73,7 @@ DEFAULT_TIMEZONE = "+08:00"
 SECRET_MASK = "<secret>"
 MAX_RESPONSE_BYTES = 1 << 30  # the largest cap on a vendor answer the config accepts
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+MIN_LEASE = 3.0  # seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,8 +256,7 @@ class FmgrConfig(Section):
     persistent_ids: tuple[Annotated[Str, check(_persistent_id, lambda v: (
         f"{quote(v)} is not a persistentId (1 to 128 of A-Z a-z 0-9 _ . : -)"))], ...] = ()
     notify: NotifyConfig = NotifyConfig()
-    # Configuring something to watch turns Fmgr on (see prepare); an explicit `enabled` wins either way.
-    enabled: Boolean = False
+    enabled: Boolean = False  # see watches()
     windows: Windows = windows("1h", "24h")
     poll_interval: Annotated[Duration, seconds(minimum=1.0)] = MINUTE
     max_task_age: PositiveDuration = 7 * DAY
@@ -274,16 +274,23 @@ class FmgrConfig(Section):
         ids: Any = data.get("persistent_ids")
         for i, j in duplicates(ids, lambda v: v if _persistent_id(v) else None):
             ids[i] = Problem("duplicate persistentId (see {ref})", ref=(1, j))
-        notify = data.get("notify")
-        keys = notify.get("keys") if isinstance(notify, dict) else None
-        has_keys = isinstance(keys, list) and any(isinstance(k, dict) for k in keys)
-        has_ids = isinstance(ids, list) and any(_persistent_id(v) for v in ids)
-        enabled = data.setdefault("enabled", "endpoint" in data or has_keys or has_ids)
-        if boolean(enabled, False) and "endpoint" not in data and not has_keys:
+        has_ids, has_keys, enabled = cls.watches(data)
+        data.setdefault("enabled", enabled)
+        if enabled and "endpoint" not in data and not has_keys:
             data["enabled"] = Problem("need fmgr.endpoint to be polled (or notify.keys to be notified)",
                                       at=(1, "persistent_ids")) if has_ids else \
                 Problem("true, but neither endpoint nor notify.keys is set: nothing to watch")
         return data
+
+    @staticmethod
+    def watches(data: dict[str, Any]) -> tuple[bool, bool, bool]:
+        """Whether a raw ``fmgr:`` mapping has persistent ids, notify keys, and is enabled: configuring something
+        to watch turns Fmgr on, an explicit ``enabled`` wins either way."""
+        ids, notify = data.get("persistent_ids"), data.get("notify")
+        keys = notify.get("keys") if isinstance(notify, dict) else None
+        has_keys = isinstance(keys, list) and any(isinstance(k, dict) for k in keys)
+        has_ids = isinstance(ids, list) and any(_persistent_id(v) for v in ids)
+        return has_ids, has_keys, boolean(data.get("enabled"), data.get("endpoint") is not None or has_keys or has_ids)
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -291,14 +298,14 @@ class StorageConfig(Section):
     """Where the store lives: an SQLite file (``path``), or a PostgreSQL database (``url``) that several
     replicas can share."""
 
+    # Replicas sharing the database: how long a poller's lease lasts without renewal (the failover time).
+    lease_ttl: Annotated[Duration, seconds(minimum=MIN_LEASE)] = 60.0
     # postgresql://user@host:port/db; may hold a password, hence secret (``password`` is the other way to give one)
     # and never shown in a message.
     url: Annotated[Text, check(lambda v: v.startswith(POSTGRES_SCHEMES), lambda v: (
         "must be a PostgreSQL URL (postgresql://user@host:5432/database)"))] | None = secret(None)
     password: Text | None = secret(None)
     path: Text = "./data/cdnetworks-exporter.db"
-    # Replicas sharing the database: how long a poller's lease lasts without renewal (the failover time).
-    lease_ttl: Annotated[Duration, seconds(minimum=3.0)] = 60.0
 
     def target(self) -> str:
         """What ``repository.open_repository`` opens: the database URL, or else the SQLite path."""
@@ -346,39 +353,47 @@ class Config(Section):
             name = accounts[i]["name"]
             accounts[i] = {**accounts[i], "name": Problem(f"duplicate account name {quote(name)} (see {{ref}})",
                                                           ref=(2, j))}
-        kinds, enabled = {}, False
+        kinds, timeouts = {}, []  # the request timeouts of the enabled pollers (an invalid one: its default)
         for kind in KINDS:
             raw = data.pop(kind.name, {})
-            if isinstance(raw, dict):  # the kind's own defaults
+            if not isinstance(raw, dict):
+                timeouts += [TaskKindConfig.request_timeout] if kind.enabled else []
+            else:  # with the kind's own defaults
                 budget = RateLimit(requests=kind.budget_requests, per=kind.budget_seconds)
                 given = {k: v for k, v in raw.items() if v is not None}
                 raw = {**raw, "enabled": given.get("enabled", kind.enabled),
                        "rate_limit": with_defaults(given.get("rate_limit", budget), budget)}
-            enabled |= boolean(raw["enabled"], kind.enabled) if isinstance(raw, dict) else kind.enabled
+                if boolean(raw["enabled"], kind.enabled):
+                    timeouts.append(_seconds(raw, "request_timeout", TaskKindConfig.request_timeout)
+                                    or TaskKindConfig.request_timeout)
             kinds[kind.name] = raw
         # `kinds` is a field, not a key of the file
         data["kinds"] = Problem(cls.unknown("kinds", section_keys(cls))) if "kinds" in data else kinds
-        if accounts in (None, []) and enabled:
+        if accounts in (None, []) and timeouts:
             # Reported where the accounts' own problems would be, so the list reads in file order.
             data["accounts"] = Problem(f"at least one account is required while {_one_of(NAMES)} is enabled")
-        return data
-
-    @field_validator("storage")
-    @classmethod
-    def _lease_outlasts_requests(cls, storage: StorageConfig, info: ValidationInfo) -> StorageConfig:
+        fmgr = data.get("fmgr", {})
+        if isinstance(fmgr, dict) and FmgrConfig.watches(fmgr)[2]:
+            timeouts.append(_seconds(fmgr, "request_timeout", FmgrConfig.request_timeout) or FmgrConfig.request_timeout)
+        storage = data.get("storage", {})
+        lease = _seconds(storage, "lease_ttl", StorageConfig.lease_ttl) if isinstance(storage, dict) else None
+        longest = max(timeouts, default=0.0)
         # A holder sends only while its lease outlasts the request, and renews every quarter of the lease: the
         # longest request timeout must fit in three quarters of it (less a second of margin each side).
-        kinds, fmgr = info.data.get("kinds"), info.data.get("fmgr")
-        if kinds is None or fmgr is None:
-            return storage
-        longest = max([c.request_timeout for c in kinds.values() if c.enabled]
-                      + ([fmgr.request_timeout] if fmgr.enabled else []), default=0.0)
-        lease = storage.lease_ttl
-        if 0.75 * lease - 1.0 <= longest + 1.0:
-            raise Problem(f"{format_duration(lease)} is too short for a request_timeout of {format_duration(longest)};"
-                          f" use at least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}",
-                          at=(0, "lease_ttl"))
-        return storage
+        if lease is not None and lease >= MIN_LEASE and 0.75 * lease - 1.0 <= longest + 1.0:
+            data["storage"] = {**storage, "lease_ttl": Problem(
+                f"{format_duration(lease)} is too short for a request_timeout of {format_duration(longest)}; use at "
+                f"least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")}
+        return data
+
+
+def _seconds(data: dict[str, Any], key: str, default: float) -> float | None:
+    """A raw duration that must be positive, as its key reads it: ``default`` when absent, None when invalid."""
+    try:
+        value = default if data.get(key) is None else duration_value(data[key])
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def _key_of(item: Any, key: str, valid: Callable[[Any], bool]) -> Any:
