@@ -423,6 +423,9 @@ def overview() -> dict[str, Any]:
         unit="percentunit", thresholds=GOOD_FMGR_RATIO, max_=1,
     ), 8, 7)
 
+    slo_row(lay)
+    quota_row(lay)
+
     lay.row("Failures and backlog")
     lay.add(timeseries(
         "Failed CDN tasks", "Tasks created in the window that ended in failure: a rising line means the "
@@ -455,11 +458,63 @@ def overview() -> dict[str, Any]:
     ), 12, 8)
     return dashboard(
         "cdnetworks-overview", "CDNetworks / Overview",
-        "Did prefetches, purges and Fmgr jobs succeed, what is pending, and is the exporter healthy.",
+        "Did prefetches, purges and Fmgr jobs succeed, how much error budget and daily quota is left, what is "
+        "pending, and is the exporter healthy.",
         [JOB_VAR, ACCOUNT_VAR,
          window_variable('{__name__=~"cdnetworks_(' + CDN_KIND_RE + '|fmgr)_tasks", job=~"$job"}', multi=True)],
         lay,
     )
+
+
+def slo_row(lay: Layout) -> None:
+    """The SLOs of prometheus/slo.yml (empty where it is not loaded): the budget left, and how fast it burns."""
+    lay.row("SLOs: error budgets")
+    slo_sel = sel('sloth_service="cdnetworks"', fmgr_account=True)
+    page = RULES.slo_model.SEVERITIES[0]
+    lay.add(bargauge(
+        "Error budget left",
+        "Share of each SLO's error budget (the failures its objective allows over its period, 28d by default) not "
+        "spent yet, per SLO and account: at 0 the objective is missed for the period; below 0 it was missed by that "
+        "much (prometheus/slo.yml).",
+        [target(f"slo:period_error_budget_remaining:ratio{slo_sel}", "{{sloth_slo}} {{account}}", instant=True)],
+        unit="percentunit", thresholds=steps("red", (0, "orange"), (0.25, "green")), min_=None, max_=1,
+    ), 8, 8)
+    lay.add(timeseries(
+        "Burn rate",
+        "How many times faster than the objective allows each SLO spends its budget, over the page alert's windows "
+        f"(1h and 6h): 1 spends it exactly over the period; above {page.burn_rates[1].factor:g} (6h) or "
+        f"{page.burn_rates[0].factor:g} (1h), with the short window still failing, the SLO pages.",
+        [target(f"slo:sli_error:ratio_rate{burn.long}{slo_sel}\n/ ignoring (sloth_window)\n"
+                f"slo:error_budget:ratio{slo_sel}", f"{{{{sloth_slo}}}} {{{{account}}}} {burn.long}")
+         for burn in page.burn_rates],
+        thresholds=steps("green", (page.burn_rates[1].factor, "orange"), (page.burn_rates[0].factor, "red")),
+    ), 16, 8)
+
+
+def quota_row(lay: Layout) -> None:
+    """The daily quotas (when the exporter polls them): what is left now, and what the pace leaves at midnight."""
+    lay.row("Daily quotas")
+    quota_sel = sel(account=True)
+    limit = f"{shared(M.QUOTA_LIMIT, quota_sel)} > 0"
+    lay.add(bargauge(
+        "Daily quota left",
+        "Share of each daily quota (per account, prefetch or purge, and unit) not used yet today: at 0 the vendor "
+        "refuses new tasks of that kind until midnight UTC+8, when it starts the quotas over. Empty where quota "
+        "polling is off.",
+        [target(f"{shared(M.QUOTA_REMAINING, quota_sel)}\n/\n{limit}", "{{account}} {{kind}} {{unit}}",
+                instant=True)],
+        unit="percentunit", thresholds=steps("red", (0.1, "orange"), (0.25, "green")), max_=1,
+    ), 8, 8)
+    predicted = RULES.dedup(M.QUOTA_REMAINING, f"predict_linear({M.QUOTA_REMAINING.name}{quota_sel}"
+                            f"[{ALERTS.quota_trend_window}], {RULES.TO_VENDOR_MIDNIGHT})", keep=())
+    lay.add(timeseries(
+        "Quota left at midnight UTC+8 at this pace",
+        f"Share of each daily quota the pace of the last {ALERTS.quota_trend_window} leaves at the end of the "
+        "vendor's day: below the dashed line (0) the quota runs out before midnight UTC+8 "
+        "(CDNetworksQuotaRunningOut).",
+        [target(f"{predicted}\n/\n{limit}", "{{account}} {{kind}} {{unit}}")],
+        unit="percentunit", thresholds=steps("red", (0, "green")), min_=None, max_=1,
+    ), 16, 8)
 
 
 def cdn_tasks() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from exporter.http.webconfig import AuthFailures, BasicAuth, WebConfig, build_ss
 from exporter.metrics.collector import ExporterCollector, ReloadStatus
 from exporter.metrics.health import ApiHealth
 from exporter.polling.poller import PollerGroup
+from exporter.polling.quota import pollers as running_pollers
 from exporter.storage.repository import open_repository
 from exporter.storage.store import Store
 
@@ -191,7 +192,7 @@ class Exporter:
                 new = self._build(config, old)
             except Exception as exc:
                 # Building new pollers declared their series; forget those of a configuration that never ran.
-                self.health.retain(set(old.config.pollers()))
+                self.health.retain(set(running_pollers(old.config)))
                 self.reload_status.record(False)
                 if isinstance(exc, ConfigError):
                     reason = "; ".join(exc.errors)
@@ -208,7 +209,7 @@ class Exporter:
             self.server.swap(new.app)
             if self.basic_auth is not None and new.store is not old.store:
                 self.basic_auth.attach(new.store)
-            self.health.retain(set(config.pollers()))
+            self.health.retain(set(running_pollers(config)))
             if self._started:
                 new.pollers.start()
             if new.store is not old.store:

@@ -24,9 +24,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.dataclasses import dataclass
 
+from exporter import quotas as quota_table
+from exporter import slo as slo_model
 from exporter.configschema import (
     DAY,
     HOUR,
@@ -74,6 +84,7 @@ SECRET_MASK = "<secret>"
 MAX_RESPONSE_BYTES = 1 << 30  # the largest cap on a vendor answer the config accepts
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 MIN_LEASE = 3.0  # seconds
+MAX_QUOTA_TIMEOUT = 120.0  # seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,6 +337,100 @@ class StorageConfig(Section):
         return path
 
 
+def _percent(value: Any) -> float:
+    """``objective``: the percent of finished events that must succeed, as a number (99.5) or a string ("99.5%")."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().removesuffix("%").strip())
+        except ValueError:
+            raise ValueError(f"{quote(value)} is not a percentage such as 99.5") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a percentage such as 99.5, got {type_name(value)}")
+    if not 0 < value < 100:
+        raise ValueError(f"must be more than 0 and less than 100 (a percentage), got {value:g}")
+    if value <= 1:
+        raise ValueError(f"{value:g} is read as {value:g}%; write the objective as a percentage "
+                         f"({value * 100:g} for {value * 100:g}%)")
+    return float(value)
+
+
+@dataclass(frozen=True, config=SECTION)
+class SloObjective(Section):
+    """One objective of the ``slo:`` section; its defaults are those of ``slo.Objective`` (``objective``: the
+    entry of ``slo.DEFAULT_OBJECTIVES`` of its name)."""
+
+    enabled: Boolean = slo_model.Objective.enabled
+    objective: Annotated[float, BeforeValidator(_percent)] = required()
+    period: Annotated[Duration, seconds(minimum=slo_model.MIN_PERIOD, maximum=slo_model.MAX_PERIOD)] = (
+        slo_model.Objective.period)
+    min_events: Annotated[Int, between(1)] = slo_model.Objective.min_events
+
+
+@dataclass(frozen=True, config=SECTION)
+class SloSection(Section):
+    """The ``slo:`` section: one objective per CDN task kind and one for Fmgr items, each on by default."""
+
+    objectives: Mapping[str, SloObjective] = field(default_factory=dict, metadata={"sections": slo_model.NAMES})
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        objectives = {name: data.pop(name, None) or {} for name in slo_model.NAMES}
+        data["objectives"] = {name: {"objective": slo_model.DEFAULT_OBJECTIVES[name], **o} if isinstance(o, dict) else o
+                              for name, o in objectives.items()}
+        return data
+
+
+def _slo(raw: Any, info: ValidationInfo) -> slo_model.SloConfig:
+    """The ``slo:`` section as the model ``prometheus/generate.py`` reads (``exporter/slo.py``)."""
+    section = TypeAdapter(SloSection).validate_python(raw, context=info.context)
+    return slo_model.SloConfig(tuple(slo_model.Objective(name, **vars(o)) for name, o in section.objectives.items()))
+
+
+Slo = Annotated[slo_model.SloConfig, PlainValidator(_slo)]
+
+
+def _names(raw: Any, allowed: Sequence[str], what: str) -> Any:
+    """A raw list of unique names out of ``allowed``, with a ``Problem`` in place of each that is not."""
+    if not isinstance(raw, list):
+        return raw
+    out: list[Any] = list(raw)
+    for i, value in enumerate(raw):
+        if isinstance(value, str) and value not in allowed:
+            expected = _one_of(list(allowed)) if allowed else "none"
+            out[i] = Problem(f"{quote(value)} is not {what} (expected {expected})")
+    for i, j in duplicates(out, lambda v: v if isinstance(v, str) else None):
+        out[i] = Problem(f"duplicate {quote(raw[i])} (see {{ref}})", ref=(1, j))
+    return out
+
+
+def _quota_kinds(raw: Any) -> Any:
+    if raw == []:
+        raise ValueError(f"at least one of {_one_of(quota_table.NAMES)} is required")
+    return _names(raw, quota_table.NAMES, "a quota kind")
+
+
+@dataclass(frozen=True, config=SECTION)
+class QuotaConfig(Section):
+    """The daily quota queries (exporter/quotas.py): polled per account and quota kind on a budget of their own,
+    off unless enabled, and then for every account or only for those listed."""
+
+    accounts: tuple[Str, ...] = ()  # the accounts whose quotas are polled; empty: every account (see Config)
+    kinds: Annotated[tuple[Str, ...], BeforeValidator(_quota_kinds)] = quota_table.NAMES
+    # At most 15m: CDNetworksNotPolling fires 30m after the last successful poll of any CDN API, quotas included.
+    poll_interval: Annotated[Duration, seconds(minimum=10.0, maximum=900.0)] = 300.0
+    enabled: Boolean = False
+    request_timeout: Annotated[Duration, seconds(maximum=MAX_QUOTA_TIMEOUT)] = 30.0  # within storage.lease_ttl
+    volume_unit: Annotated[Text, one_of(*quota_table.VOLUME_UNITS)] = quota_table.DEFAULT_VOLUME_UNIT  # of answers
+    rate_limit: RateLimit = RateLimit(requests=2, per=300.0)
+
+    def pollers(self, accounts: Sequence[Account]) -> list[tuple[str, str]]:
+        """(account, quota kind) of every quota poller, in account order."""
+        if not self.enabled:
+            return []
+        return [(a.name, kind) for a in accounts if not self.accounts or a.name in self.accounts
+                for kind in self.kinds]
+
+
 @dataclass(frozen=True, config=SECTION)
 class Config(Section):
     accounts: tuple[Account, ...] = ()
@@ -335,6 +440,9 @@ class Config(Section):
     kinds: Mapping[str, TaskKindConfig] = field(default_factory=dict, hash=False, metadata={"sections": NAMES})
     fmgr: FmgrConfig = FmgrConfig()
     storage: StorageConfig = StorageConfig()
+    # Read by prometheus/generate.py (the SLO rules), not by the running exporter; validated with the rest.
+    slo: Slo = field(default_factory=slo_model.defaults)
+    quota: QuotaConfig = QuotaConfig()
 
     def task_kinds(self) -> list[tuple[str, TaskKindConfig]]:
         """The enabled CDN task kinds and their settings, in the order of ``kinds.KINDS``."""
@@ -384,6 +492,21 @@ class Config(Section):
             data["storage"] = {**storage, "lease_ttl": Problem(
                 f"{format_duration(lease)} is too short for a request_timeout of {format_duration(longest)}; use at "
                 f"least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")}
+        quota = data.get("quota")
+        if isinstance(quota, dict):
+            names = [a["name"] for a in accounts or () if isinstance(a, dict) and isinstance(a.get("name"), str)
+                     and a["name"].strip()]
+            data["quota"] = quota = {**quota, "accounts": _names(quota.get("accounts"), names, "a configured account")}
+            on = boolean(quota.get("enabled"), QuotaConfig.enabled)
+            timeout = _seconds(quota, "request_timeout", QuotaConfig.request_timeout)
+            if on and accounts in (None, []):
+                quota["enabled"] = Problem("true, but there is no account whose quotas could be polled")
+            # Sent only while the lease outlasts the request, as every poller.
+            if on and lease and lease >= MIN_LEASE and timeout and timeout <= MAX_QUOTA_TIMEOUT and (
+                    0.75 * lease - 1.0 <= timeout + 1.0):
+                quota["request_timeout"] = Problem(
+                    f"{format_duration(timeout)} does not fit storage.lease_ttl ({format_duration(lease)}); use at "
+                    f"most {format_duration(max(0.0, math.floor(0.75 * lease - 2.0) - 1.0))}")
         return data
 
 
@@ -414,6 +537,8 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "": section_keys(Config), "accounts[]": section_keys(Account), **dict.fromkeys(NAMES, section_keys(TaskKindConfig)),
     "rate_limit": section_keys(RateLimit), "fmgr": section_keys(FmgrConfig), "fmgr.notify": section_keys(NotifyConfig),
     "fmgr.notify.keys[]": section_keys(NotifyKey), "storage": section_keys(StorageConfig),
+    "slo": section_keys(SloSection), **{f"slo.{name}": section_keys(SloObjective) for name in slo_model.NAMES},
+    "quota": section_keys(QuotaConfig),
 }  # fmt: skip
 """Every key the config accepts, by section (one section per entry of ``kinds.KINDS``, all with the same keys)."""
 
@@ -457,6 +582,33 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except RecursionError:
         # PyYAML and the validator both recurse; a hostile file must be an error, not a crash.
         raise ConfigError([f"{file}: nested too deeply"]) from None
+
+
+@dataclass(frozen=True, config=SECTION)
+class _SloFile(Section):
+    slo: Slo = field(default_factory=slo_model.defaults)
+
+
+def load_slo_config(path: str | Path, environ: Mapping[str, str] | None = None) -> slo_model.SloConfig:
+    """The ``slo:`` section of a config file, validated as the exporter validates it (its problems raise
+    ConfigError, each as ``file: key.path: message``), without the rest: the rules generator needs neither the
+    accounts' secrets nor their environment."""
+    file = Path(path)
+    try:
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=StrictLoader)
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or type(exc).__name__}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([yaml_error(file, exc)]) from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError([f"{file}: config must be a mapping of sections, got {type_name(data)}"])
+    try:
+        return validate(_SloFile, {"slo": (data or {}).get("slo")}, base_dir=file.absolute().parent,
+                        environ=os.environ if environ is None else environ).slo
+    except ConfigError as exc:
+        raise ConfigError([f"{file}: {error}" for error in exc.errors]) from None
 
 
 # --------------------------------------------------------------------------------------------------

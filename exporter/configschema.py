@@ -516,18 +516,30 @@ def _move(loc: tuple[Any, ...], spec: tuple[Any, ...]) -> tuple[Any, ...]:
     return loc[: len(loc) - spec[0]] + spec[1:]
 
 
-def key_path(loc: tuple[Any, ...], hidden: frozenset[str] = frozenset()) -> str:
-    """``('accounts', 1, 'name')`` as ``accounts[1].name``; a first part in ``hidden`` is left out."""
+def key_path(loc: tuple[Any, ...], hidden: Mapping[str, Any] | None = None) -> str:
+    """``('accounts', 1, 'name')`` as ``accounts[1].name``; a mapping field whose entries are keys of the file (see
+    ``section_keys``; ``hidden`` maps it to them) is left out before one of its entries."""
     path = ""
-    for part in loc[1:] if len(loc) > 1 and loc[0] in hidden else loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    for part, after in zip(loc, (*loc[1:], None), strict=True):
+        if after not in (hidden or {}).get(part, ()):
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path
+
+
+def _mapping_fields() -> dict[str, Any]:
+    sections: list[type[Section]] = [Section]
+    fields: dict[str, Any] = {}
+    while sections:
+        cls = sections.pop()
+        sections.extend(cls.__subclasses__())
+        fields.update((f.name, f.metadata["sections"]) for f in dataclasses.fields(cls) if "sections" in f.metadata)
+    return fields
 
 
 def problems(exc: ValidationError, root: type[Section]) -> list[str]:
     """Every problem in ``exc`` as ``key.path: message``, in the order of the sections and their keys, unknown
     keys first in each section; the values themselves are never shown (they may be secrets)."""
-    hidden = frozenset(f.name for f in dataclasses.fields(root) if "sections" in f.metadata)
+    hidden = _mapping_fields()
     found: list[tuple[tuple[Any, ...], bool, str]] = []
     for error in exc.errors(include_url=False):
         loc, kind, value = error["loc"], error["type"], error["input"]

@@ -4,7 +4,8 @@ Two CDN accounts (one per auth scheme) with a steady stream of tasks of every CD
 that notify the exporter with signed callbacks (a few duplicated or forged, as in real life), and a
 small "job runner" that registers other Fmgr ids through the registration API: jobs without a notifyURL
 (they stay at code 3) and jobs whose notifyURL the vendor sometimes cannot reach (they end at code 5,
-so the dashboards and CDNetworksFmgrNotificationsFailing show notification failures). Rate budgets are set
+so the dashboards and CDNetworksFmgrNotificationsFailing show notification failures). The daily quotas of both
+accounts are polled too; the tasks the streams submit use them up over the vendor's day. Rate budgets are set
 generously so that things move within seconds, and the simulator enforces them.
 """
 
@@ -21,6 +22,7 @@ import requests
 
 from exporter.http.web import parse_listen_address
 from exporter.kinds import KINDS
+from exporter.quotas import QUOTA_KINDS
 from exporter.simulator import Simulator
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ DEMO_TOKEN = "demo-register-token"
 DEMO_NOTIFY_KEY = ("demo-access-key", "demo-secret-key")
 BUDGET_REQUESTS = 5  # per second, for each CDN task kind
 BUDGET = {"requests": BUDGET_REQUESTS, "per": "1s"}
+QUOTA_BUDGET = (2, 10.0)  # each quota query: 2 requests per 10 seconds
 REGISTERED = ("job-", "hook-")  # the Fmgr streams whose ids the job runner registers
 
 
@@ -55,7 +58,8 @@ def local_base_url(listen_address: str) -> str:
 def start_simulator(exporter_url: str, *, now: float | None = None) -> Simulator:
     now = time.time() if now is None else now
     sim = Simulator(seed=42, max_page_size=200,
-                    rate_limits={kind.name: (BUDGET_REQUESTS, 1.0) for kind in KINDS})
+                    rate_limits={**{kind.name: (BUDGET_REQUESTS, 1.0) for kind in KINDS},
+                                 **{kind.api: QUOTA_BUDGET for kind in QUOTA_KINDS}})
     sim.add_account("acme", "acme-demo-api-key")
     sim.add_account("globex", access_key="globex-demo-ak", secret_key="globex-demo-sk")
     for user, per_hour, failing in (("acme", 600.0, 0.03), ("globex", 240.0, 0.12)):
@@ -93,6 +97,9 @@ def demo_config(sim_url: str, exporter_url: str, storage_path: str) -> dict[str,
             "notify": {"url": exporter_url + "/notify/fmgr",
                        "keys": [{"access_key": DEMO_NOTIFY_KEY[0], "secret_key": DEMO_NOTIFY_KEY[1]}]},
         },
+        # Read every 10 seconds here (the default is 5 minutes), within the simulator's budget for them.
+        "quota": {"enabled": True, "poll_interval": "10s",
+                  "rate_limit": {"requests": QUOTA_BUDGET[0], "per": f"{QUOTA_BUDGET[1]:g}s"}},
         "storage": {"path": storage_path},
     }
 

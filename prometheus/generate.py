@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Generate the Prometheus rule files for cdnetworks-exporter: ``alerts.yml`` and ``recording.yml``.
+"""Generate the Prometheus rule files for cdnetworks-exporter: ``alerts.yml``, ``recording.yml`` and ``slo.yml``.
 
 The rules are generated rather than hand-written so that the job selector and every threshold live in
 exactly one place (``Settings`` below) and the descriptions always quote the thresholds the expressions
 use. The generated files are committed; a test checks that regenerating them changes nothing.
 
+``slo.yml`` holds the SLO rules, in a file of their own so that they can be taken or left: error ratios, burn
+rates and the error budget left, from the objectives of the ``slo:`` section of the exporter's config.yml
+(``--config``; without it, the defaults, which config.example.yml writes out: the committed file).
+
 Usage::
 
-    python prometheus/generate.py                         # rewrite alerts.yml, recording.yml, docs tables
+    python prometheus/generate.py                         # rewrite alerts.yml, recording.yml, slo.yml, docs tables
+    python prometheus/generate.py --config config.yml     # slo.yml from your objectives (slo: is all it reads)
     python prometheus/generate.py --check                 # exit 1 when the committed files are stale
     python prometheus/generate.py --job-selector 'job="cdn"' \\
         --runbook-url https://git.example.com/ops/cdnetworks-exporter/blob/main/docs/runbook.md \\
@@ -32,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 # copy is importable whether or not the package is installed.
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
+from exporter import slo as slo_model  # noqa: E402
 from exporter.kinds import KINDS  # noqa: E402
 from exporter.metrics import catalogue as M  # noqa: E402 (after the path it is found on)
 
@@ -114,6 +120,9 @@ class Settings:
         "than a lease period plus a poll interval, the most a failover takes.")
     poller_split_brain_for: str = setting(
         "5m", "How long two replicas may both run one poller before CDNetworksPollerSplitBrain fires.")
+    quota_trend_window: str = setting(
+        "1h", "Range of cdnetworks_quota_remaining whose pace CDNetworksQuotaRunningOut extrapolates (predict_linear) "
+        "to the end of the vendor's day, midnight UTC+8.")
 
 
 NOT_FMGR = 'api!="fmgr"'
@@ -127,7 +136,7 @@ NOT_FMGR = 'api!="fmgr"'
 # Read from the shared store: the same on every replica. Summed over replicas they double count, so every
 # expression first takes the max over replicas (by job and the family's own labels), of the values or of
 # each replica's rate or increase.
-SHARED: tuple[M.Family, ...] = (*(f for kind in KINDS for f in M.CDN[kind.name]), *M.FMGR)
+SHARED: tuple[M.Family, ...] = (*(f for kind in KINDS for f in M.CDN[kind.name]), *M.FMGR, *M.QUOTA)
 # Reported for an (account, api) by the replica running that poller; another replica may show a stale value
 # or 0 for it. Read only where cdnetworks_replica_leases does not say that the replica leaves the poller to
 # another one (a single exporter runs all of its pollers).
@@ -160,8 +169,8 @@ def dedup(family: M.Family, inner: str, *, keep: Iterable[str] = ("job",)) -> st
 
 _SHARED_NAMES = frozenset(name for family in SHARED for name in family.sample_names)
 _POLLER_NAMES = frozenset(name for family in PER_POLLER for name in family.sample_names)
-# What may stand between ``max by (...) (`` and a shared series: a rate or increase of it.
-_UNDER_MAX = re.compile(r"max(?: by \((?P<by>[^)]*)\))?\s*\(\s*(?:(?:rate|increase)\(\s*)?$")
+# What may stand between ``max by (...) (`` and a shared series: a rate, increase or linear prediction of it.
+_UNDER_MAX = re.compile(r"max(?: by \((?P<by>[^)]*)\))?\s*\(\s*(?:(?:rate|increase|predict_linear)\(\s*)?$")
 # What must follow a per-poller series (after its selector and an optional threshold): the lease filter.
 _LEASE_FILTER = re.compile(
     r"\s*(?:[<>]=?\s*[0-9.e+]+\s*)?\)?\s*unless on \((?:job, )?instance, account, api\)\s*"
@@ -498,8 +507,190 @@ def task_alerts(s: Settings) -> list[dict[str, Any]]:
     ))
     return rules
 
+# --------------------------------------------------------------------------------------------------
+# SLOs (slo.yml): the Google SRE workbook's multi-window, multi-burn-rate rules, under the names Sloth gives them
+# (slo:sli_error:ratio_rate5m, ..., slo:period_error_budget_remaining:ratio; labels sloth_service, sloth_slo,
+# sloth_id, sloth_window), so that Sloth's and Pyrra's users recognise them. Every ratio is read from the event
+# counters (finished tasks, final items), never from the window gauges: a counter rates over any range.
 
-def render(groups: list[dict[str, Any]], s: Settings) -> str:
+SLO_SERVICE = "cdnetworks"
+
+
+@dataclass(frozen=True)
+class Sli:
+    """What one objective counts: the events of a counter, which of them failed, the labels its series keep."""
+
+    objective: slo_model.Objective
+    family: M.Counter
+    failed: str  # the matcher of failed events
+    by: tuple[str, ...]  # the labels an SLO series keeps besides job: one SLO per account for CDN task kinds
+    noun: str  # what the events are, in prose
+    title: str  # the alert name's part
+
+    @property
+    def slo_id(self) -> str:
+        return f"{SLO_SERVICE}-{self.objective.name}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"sloth_service": SLO_SERVICE, "sloth_slo": self.objective.name, "sloth_id": self.slo_id}
+
+    @property
+    def join(self) -> str:
+        return ", ".join(("job", *self.by))
+
+    @property
+    def whose(self) -> str:
+        """Whose events, in an alert's description."""
+        return ' of account "{{ $labels.account }}"' if "account" in self.by else ""
+
+
+def slis(config: slo_model.SloConfig) -> list[Sli]:
+    out = []
+    for objective in config.enabled():
+        if objective.name == "fmgr":
+            out.append(Sli(objective, M.FMGR_ITEMS_FINISHED, 'outcome="failed"', (), "final Fmgr items", "Fmgr"))
+        else:
+            kind = next(k for k in KINDS if k.name == objective.name)
+            out.append(Sli(objective, M.CDN[kind.name].tasks_finished, 'status="failure"', ("account",),
+                           f"finished {kind.noun} tasks", kind.name.capitalize()))
+    return out
+
+
+def sli_events(s: Settings, sli: Sli, function: str, window: str, *matchers: str) -> str:
+    """The SLO's events (or those ``matchers`` select) over ``window``, per job and SLO labels: each replica's
+    ``rate`` or ``increase`` of the shared counter, the max over replicas, summed over the counter's other labels."""
+    inner = dedup(sli.family, f"{function}({sli.family.name}{selector(s, *matchers)}[{window}])")
+    return f"sum by ({sli.join}) (\n  {inner}\n)"
+
+
+def slo_selector(s: Settings, sli: Sli) -> str:
+    return selector(s, f'sloth_id="{sli.slo_id}"')
+
+
+def sli_error_ratio(s: Settings, sli: Sli, window: str) -> str:
+    """The share of the events of ``window`` that failed; no series while there were none (never 0/0)."""
+    failed = sli_events(s, sli, "rate", window, sli.failed)
+    total = sli_events(s, sli, "rate", window)
+    indented = "\n".join("  " + line for line in f"{total}\n> 0".splitlines())
+    return f"{failed}\n/\n(\n{indented}\n)"
+
+
+def slo_period(sli: Sli) -> str:
+    return duration(int(sli.objective.period))
+
+
+def slo_recording_rules(s: Settings, sli: Sli) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the error ratio over each window and the period, what Sloth derives from them: burn rates, the budget)."""
+    period = slo_period(sli)
+    budget = f"{sli.objective.error_budget:g}"
+    ratios = [{
+        "record": f"slo:sli_error:ratio_rate{window}",
+        "expr": sli_error_ratio(s, sli, window),
+        "labels": {**sli.labels, "sloth_window": window},
+    } for window in (*slo_model.WINDOWS, period)]
+    current = f"max without (sloth_window) (slo:sli_error:ratio_rate5m{slo_selector(s, sli)})"
+    whole = f"max without (sloth_window) (slo:sli_error:ratio_rate{period}{slo_selector(s, sli)})"
+    meta = [
+        {"record": "slo:error_budget:ratio", "expr": f"0 * {whole} + {budget}", "labels": sli.labels},
+        {"record": "slo:objective:ratio", "expr": f"0 * {whole} + {sli.objective.objective / 100:g}",
+         "labels": sli.labels},
+        {"record": "slo:current_burn_rate:ratio", "expr": f"{current} / {budget}", "labels": sli.labels},
+        {"record": "slo:period_burn_rate:ratio", "expr": f"{whole} / {budget}", "labels": sli.labels},
+        {"record": "slo:period_error_budget_remaining:ratio",
+         "expr": f"1 - slo:period_burn_rate:ratio{slo_selector(s, sli)}", "labels": sli.labels},
+    ]
+    return ratios, meta
+
+
+def slo_alert_name(sli: Sli, severity: slo_model.Severity) -> str:
+    return f"CDNetworks{sli.title}ErrorBudget{'Fast' if severity.name == 'page' else 'Slow'}Burn"
+
+
+def slo_alerts(s: Settings, sli: Sli) -> list[dict[str, Any]]:
+    objective, budget = sli.objective, sli.objective.error_budget
+    period = slo_period(sli)
+    rules = []
+    for severity in slo_model.SEVERITIES:
+        branches = []
+        for burn in severity.burn_rates:
+            over = f"> ({burn.factor:g} * {budget:g})"
+            branches.append(
+                "(\n"
+                f"  max without (sloth_window) (slo:sli_error:ratio_rate{burn.long}{slo_selector(s, sli)} {over})\n"
+                "  and\n"
+                f"  max without (sloth_window) (slo:sli_error:ratio_rate{burn.short}{slo_selector(s, sli)} {over})\n"
+                f"  and on ({sli.join})\n"
+                + "\n".join("  " + line for line in sli_events(s, sli, "increase", burn.long).splitlines())
+                + f"\n  >= {objective.min_events}\n"
+                ")"
+            )
+        first, *rest = severity.burn_rates
+        slowest = min(b.factor for b in severity.burn_rates)
+        windows = f"{first.long} ({first.factor:g}x the budget)" + "".join(
+            f" or {b.long} ({b.factor:g}x)" for b in rest)
+        rule = alert(
+            s, slo_alert_name(sli, severity), "\nor\n".join(branches), severity.for_, severity.level,
+            f"A CDNetworks {sli.objective.name} SLO burns its error budget "
+            f"{'fast' if severity.name == 'page' else 'steadily'}.",
+            f"{{{{ $value | humanizePercentage }}}} of the {sli.noun}{sli.whose} failed over the last {windows}, "
+            f"and they still fail (objective: {objective.objective:g}% succeed over {period}, an error budget of "
+            f"{percent(budget)}, at least {objective.min_events} events). At {slowest:g}x the {period} budget lasts "
+            f"{duration_days(objective.period / slowest)}.",
+        )
+        rule["labels"]["sloth_severity"] = severity.name
+        rules.append(rule)
+    return rules
+
+
+def duration_days(seconds: float) -> str:
+    days = f"{seconds / 86400:.1f}".removesuffix(".0")
+    return f"{days} days"
+
+
+def slo_groups(s: Settings, config: slo_model.SloConfig) -> list[dict[str, Any]]:
+    groups = []
+    for sli in slis(config):
+        ratios, meta = slo_recording_rules(s, sli)
+        # One group: its rules run in order, so the burn rates and alerts read the ratios of the same evaluation.
+        groups.append({"name": f"cdnetworks-slo-{sli.objective.name}", "rules": [*ratios, *meta, *slo_alerts(s, sli)]})
+    return groups
+
+
+def render_slo(s: Settings, config: slo_model.SloConfig) -> str:
+    objectives = "; ".join(f"{o.name} {o.objective:g}% over {duration(int(o.period))}, at least {o.min_events} "
+                           "events" for o in config.enabled())
+    return render(slo_groups(s, config), s, note=f"# SLOs (the slo: section of config.yml): {objectives or 'none'}\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Quotas
+
+# Seconds from now to the end of the vendor's day (midnight UTC+8), when its daily quotas start over.
+TO_VENDOR_MIDNIGHT = "86400 - (time() + 28800) % 86400"
+
+
+def quota_alerts(s: Settings) -> list[dict[str, Any]]:
+    remaining, limit = M.QUOTA_REMAINING, M.QUOTA_LIMIT
+    window = s.quota_trend_window
+    return [alert(
+        s, "CDNetworksQuotaRunningOut",
+        # Each replica serves the same stored answers: the max of their predictions. A quota of 0 (a kind of purge
+        # the account does not have) is no quota running out.
+        dedup(remaining, f"\n  predict_linear({remaining.name}{selector(s)}[{window}], {TO_VENDOR_MIDNIGHT})\n")
+        + "\n<= 0\n"
+        f"and on ({dedup_by(limit)})\n"
+        f"  {dedup(limit, f'{limit.name}{selector(s)}')} > 0",
+        "5m", "warning",
+        "A CDNetworks daily quota runs out before the vendor's day ends.",
+        f'At the pace of the last {window}, the {{{{ $labels.kind }}}} quota of account "{{{{ $labels.account }}}}" '
+        "({{ $labels.unit }}) is used up before midnight UTC+8, when the vendor starts it over: "
+        "{{ $value | humanize }} would be left then. Past it the vendor refuses new {{ $labels.kind }} tasks "
+        "until midnight UTC+8.",
+    )]
+
+
+def render(groups: list[dict[str, Any]], s: Settings, note: str = "") -> str:
     # Imported here so that dashboards/generate.py can read Settings with the standard library alone.
     import yaml
 
@@ -512,7 +703,7 @@ def render(groups: list[dict[str, Any]], s: Settings) -> str:
 
     Dumper.add_representer(str, represent_str)
     body = yaml.dump({"groups": groups}, Dumper=Dumper, sort_keys=False, width=4096, allow_unicode=True)
-    return HEADER.format(job_selector=s.job_selector) + body
+    return HEADER.format(job_selector=s.job_selector) + note + body
 
 
 def render_alerts(s: Settings) -> str:
@@ -520,6 +711,7 @@ def render_alerts(s: Settings) -> str:
         {"name": "cdnetworks-exporter", "rules": exporter_alerts(s)},
         {"name": "cdnetworks-api", "rules": api_alerts(s)},
         {"name": "cdnetworks-tasks", "rules": task_alerts(s)},
+        {"name": "cdnetworks-quotas", "rules": quota_alerts(s)},
     ], s)
 
 
@@ -527,12 +719,14 @@ def render_recording(s: Settings) -> str:
     return render([{"name": "cdnetworks.rules", "rules": recording_rules(s)}], s)
 
 
-def outputs(s: Settings) -> dict[str, str]:
-    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + recording_rules(s):
+def outputs(s: Settings, slo: slo_model.SloConfig | None = None) -> dict[str, str]:
+    slo = slo_model.defaults() if slo is None else slo
+    slo_rules = [rule for group in slo_groups(s, slo) for rule in group["rules"]]
+    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + quota_alerts(s) + recording_rules(s) + slo_rules:
         problems = replica_problems(rule["expr"])
         if problems:
             raise ValueError(f"{rule.get('alert') or rule['record']}: {'; '.join(problems)}")
-    return {"alerts.yml": render_alerts(s), "recording.yml": render_recording(s)}
+    return {"alerts.yml": render_alerts(s), "recording.yml": render_recording(s), "slo.yml": render_slo(s, slo)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -570,7 +764,7 @@ def settings_table() -> str:
 
 def alerts_table(s: Settings) -> str:
     rows = ["| Alert | Severity | For | Expression | Summary |", "|---|---|---|---|---|"]
-    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s):
+    for rule in exporter_alerts(s) + api_alerts(s) + task_alerts(s) + quota_alerts(s):
         name = rule["alert"]
         rows.append(f"| [{name}](runbook.md#{name.lower()}) | {rule['labels']['severity']} | {rule['for']} "
                     f"| {md_code(rule['expr'])} | {md_text(rule['annotations']['summary'])} |")
@@ -603,11 +797,34 @@ def replicas_table() -> str:
     return "\n".join(rows)
 
 
-def render_docs(text: str, s: Settings) -> str:
+def slo_table(s: Settings, config: slo_model.SloConfig) -> str:
+    """The SLOs slo.yml holds, their alerts and what they record."""
+    rows = ["| SLO | Events (failed ones) | Objective | Period | Min. events | Alerts (severity, for) |",
+            "|---|---|---|---|---|---|"]
+    for sli in slis(config):
+        o = sli.objective
+        alerts = "<br>".join(f"[{r['alert']}](runbook.md#{r['alert'].lower()}) ({r['labels']['severity']}, "
+                             f"{r['for']})" for r in slo_alerts(s, sli))
+        per = " per account" if sli.by else ""
+        rows.append(f"| `{o.name}` | `{sli.family.name}`{per} (`{sli.failed}`) | {o.objective:g}% "
+                    f"| {slo_period(sli)} | {o.min_events} | {alerts} |")
+    records = ["| Recorded series | Expression (first SLO) |", "|---|---|"]
+    first = slis(config)[:1]
+    for sli in first:
+        ratios, meta = slo_recording_rules(s, sli)
+        for rule in [*ratios, *meta]:
+            records.append(f"| `{rule['record']}` | {md_code(rule['expr'])} |")
+        for rule in slo_alerts(s, sli):
+            records.append(f"| alert `{rule['alert']}` | {md_code(rule['expr'])} |")
+    return "\n".join(rows) + "\n\n" + "\n".join(records)
+
+
+def render_docs(text: str, s: Settings, slo: slo_model.SloConfig | None = None) -> str:
     source = "prometheus/generate.py"
     text = replace_section(text, "settings", settings_table(), source)
     text = replace_section(text, "replicas", replicas_table(), source)
     text = replace_section(text, "alerts", alerts_table(s), source)
+    text = replace_section(text, "slo", slo_table(s, slo_model.defaults() if slo is None else slo), source)
     return replace_section(text, "recording", recording_table(s), source)
 
 
@@ -622,6 +839,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--docs", type=Path, default=None,
                         help=f"the docs page to update (default: {DOCS} when writing to the default --out-dir)")
     parser.add_argument("--check", action="store_true", help="only report whether the files are up to date")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the exporter's config.yml: slo.yml holds the objectives of its slo: section (the rest "
+                        "of the file is not read; default: the defaults, as config.example.yml writes them out)")
     args = parser.parse_args(argv)
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     if args.docs is None and args.out_dir.resolve() == HERE:
@@ -629,11 +849,25 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     return settings, args
 
 
+def load_slo(path: Path | None) -> slo_model.SloConfig:
+    """The objectives of ``path``'s slo: section (read as the exporter reads it), or the defaults."""
+    if path is None:
+        return slo_model.defaults()
+    from exporter.config import load_slo_config  # needs PyYAML, which the defaults do not
+
+    return load_slo_config(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_args(argv)
-    files = {args.out_dir / name: text for name, text in outputs(settings).items()}
+    try:
+        slo = load_slo(args.config)
+    except Exception as exc:  # a ConfigError: each problem on its line, as --check-config prints them
+        print("\n".join(getattr(exc, "errors", [str(exc)])), file=sys.stderr)
+        return 2
+    files = {args.out_dir / name: text for name, text in outputs(settings, slo).items()}
     if args.docs is not None:
-        files[args.docs] = render_docs(args.docs.read_text(encoding="utf-8"), settings)
+        files[args.docs] = render_docs(args.docs.read_text(encoding="utf-8"), settings, slo)
     return write_or_check(files, check=args.check, generator="prometheus/generate.py")
 
 

@@ -50,6 +50,7 @@ from exporter.kinds import KINDS
 from exporter.metrics import catalogue as metrics
 from exporter.metrics.collector import ExporterCollector
 from exporter.metrics.health import ApiHealth
+from exporter.polling import quota as quota_polling
 from exporter.storage.store import CdnTask, Store
 
 GOLDEN = Path(__file__).parent / "fixtures" / "expected.prom"
@@ -69,6 +70,7 @@ CONFIG = {
     "prefetch": {"windows": ["15m", "1h", "24h"]},
     "purge": {"enabled": True, "windows": ["1h"]},
     "fmgr": {"enabled": True, "endpoint": "http://127.0.0.1:9", "windows": ["1h", "24h"]},
+    "quota": {"enabled": True, "accounts": ["acme"]},
 }
 
 
@@ -138,6 +140,12 @@ def fill(store: Store, clock: Clock) -> None:
     # A task code and an item code outside the vendor tables, and an op we do not know.
     store.apply_fmgr_status(FmgrStatus("job-5", 9, 0, (FmgrItem("other", 7, None, None),)),
                             source="poll", polled=True)
+    # Quotas: acme's prefetch quota read today (T0 is 16:00 in UTC+8), its purge quota last read yesterday (20 hours
+    # ago, before the vendor's day began at midnight UTC+8).
+    store.set_state(quota_polling.state_key("acme", "prefetch"), quota_polling.answer_state(
+        T0 - 120, {"urls": (20000, 12500), "bytes": (200 * 10**9, 150 * 10**9)}))
+    store.set_state(quota_polling.state_key("acme", "purge"), quota_polling.answer_state(
+        T0 - 20 * 3600, {"urls": (5000, 0), "directories": (500, 10), "regexes": (500, 500), "tags": (0, 0)}))
     clock.t = NOW
 
 
@@ -307,6 +315,13 @@ def test_fmgr_items_ratio_pending_bytes_notifications(registry) -> None:
     assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="fetch") == 1500
     assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="copy") == 200
     assert value(registry, "cdnetworks_fmgr_processed_bytes_total", op="delete") is None
+    # Every final item once, whatever window it is in, by op and outcome; both outcomes of an op that has one.
+    finished = {(op, outcome): value(registry, "cdnetworks_fmgr_items_finished_total", op=op, outcome=outcome)
+                for op in ("copy", "fetch", "move", "delete", "other") for outcome in ("succeeded", "failed")}
+    assert finished == {("copy", "succeeded"): 1, ("copy", "failed"): 2, ("fetch", "succeeded"): 2,
+                        ("fetch", "failed"): 0, ("move", "succeeded"): 1, ("move", "failed"): 0,
+                        ("delete", "succeeded"): 0, ("delete", "failed"): 1, ("other", "succeeded"): None,
+                        ("other", "failed"): None}
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="accepted") == 1
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="duplicate") == 1
     assert value(registry, "cdnetworks_fmgr_notifications_total", result="bad_signature") == 1
@@ -314,6 +329,26 @@ def test_fmgr_items_ratio_pending_bytes_notifications(registry) -> None:
     # job-6 went 4 -> 5 and was polled at 5 again: counted once, its two items once each.
     assert value(registry, "cdnetworks_fmgr_notify_failures_total", scope="task") == 1
     assert value(registry, "cdnetworks_fmgr_notify_failures_total", scope="item") == 2
+
+
+# --------------------------------------------------------------------------------------------- quotas
+
+
+def test_quotas_are_served_from_the_stored_answers_of_the_current_day(registry) -> None:
+    assert {(u, value(registry, "cdnetworks_quota_limit", account="acme", kind="prefetch", unit=u),
+             value(registry, "cdnetworks_quota_remaining", account="acme", kind="prefetch", unit=u))
+            for u in ("urls", "bytes")} == {("urls", 20000, 12500), ("bytes", 200e9, 150e9)}
+    assert value(registry, "cdnetworks_quota_last_read_timestamp_seconds", account="acme", kind="prefetch") == T0 - 120
+    # Yesterday's answer: the vendor has started the quota over since; only when it was read is served.
+    assert value(registry, "cdnetworks_quota_remaining", account="acme", kind="purge", unit="urls") is None
+    assert value(registry, "cdnetworks_quota_limit", account="acme", kind="purge", unit="tags") is None
+    assert value(registry, "cdnetworks_quota_last_read_timestamp_seconds", account="acme", kind="purge") == \
+        T0 - 20 * 3600
+    # globex's quotas are not polled (quota.accounts); the quota section says it was served.
+    assert value(registry, "cdnetworks_quota_last_read_timestamp_seconds", account="globex", kind="prefetch") is None
+    assert value(registry, "cdnetworks_scrape_collector_success", collector="quota") == 1
+    assert value(registry, "cdnetworks_replica_leases", account="acme", api="purge_quota") == 1
+    assert value(registry, "cdnetworks_replica_leases", account="globex", api="purge_quota") is None
 
 
 # ------------------------------------------------------------------------------------ exporter health
@@ -394,14 +429,14 @@ def test_the_catalogue_is_everything_the_exporter_serves(tmp_path: Path) -> None
 
 
 def test_disabled_parts_are_not_exported(tmp_path: Path) -> None:
-    data = {**CONFIG, "purge": {"enabled": False}, "fmgr": {"enabled": False}}
+    data = {**CONFIG, "purge": {"enabled": False}, "fmgr": {"enabled": False}, "quota": {"enabled": False}}
     store = Store(tmp_path / "s.db", clock=Clock(T0))
     try:
         reg = CollectorRegistry(auto_describe=True)
         reg.register(ExporterCollector(parse_config(data, environ={}), store, ApiHealth(), clock=lambda: NOW))
         names = {m.name for m in reg.collect()}
         assert "cdnetworks_prefetch_tasks" in names
-        assert not {n for n in names if n.startswith(("cdnetworks_purge_", "cdnetworks_fmgr_"))}
+        assert not {n for n in names if n.startswith(("cdnetworks_purge_", "cdnetworks_fmgr_", "cdnetworks_quota_"))}
     finally:
         store.close()
 
@@ -461,8 +496,9 @@ def test_store_keys_stay_those_of_existing_databases() -> None:
         "prefetch_tasks_finished_total", "prefetch_duration_seconds",
         "purge_tasks_finished_total", "purge_duration_seconds"]
     assert [f.store_key for f in (metrics.FMGR_PROCESSED_BYTES, metrics.FMGR_NOTIFICATIONS,
-                                  metrics.FMGR_NOTIFY_FAILURES)] == [
-        "fmgr_processed_bytes_total", "fmgr_notifications_total", "fmgr_notify_failures_total"]
+                                  metrics.FMGR_NOTIFY_FAILURES, metrics.FMGR_ITEMS_FINISHED)] == [
+        "fmgr_processed_bytes_total", "fmgr_notifications_total", "fmgr_notify_failures_total",
+        "fmgr_items_finished_total"]
 
 
 # ------------------------------------------------------------------------------------------- docs

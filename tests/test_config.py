@@ -222,7 +222,7 @@ def test_a_task_kind_section_reports_its_problems_with_key_paths(kind):
 
 
 def test_unknown_top_level_keys_are_still_errors():
-    expected = ", ".join(sorted({"accounts", "fmgr", "storage", *NAMES}))
+    expected = ", ".join(sorted({"accounts", "fmgr", "storage", "slo", "quota", *NAMES}))
     assert errors_of(minimal(bogus={}), environ={}) == [f"bogus: unknown key (expected one of: {expected})"]
     assert errors_of(minimal(**{NAMES[0] + "s": {}}), environ={}) == [
         f"{NAMES[0]}s: unknown key (did you mean {NAMES[0]}?)"]
@@ -241,7 +241,7 @@ def test_any_enabled_task_kind_needs_an_account(kind):
 def test_redacted_keeps_one_top_level_section_per_task_kind():
     config = parse_config(minimal(), environ={})
     plain = redacted(config)
-    assert list(plain) == ["accounts", *NAMES, "fmgr", "storage"]
+    assert list(plain) == ["accounts", *NAMES, "fmgr", "storage", "slo", "quota"]
     for kind in KINDS:
         assert plain[kind.name]["enabled"] is kind.enabled
         assert plain[kind.name]["rate_limit"] == {"requests": kind.budget_requests, "per": kind.budget_seconds}
@@ -370,7 +370,8 @@ def test_errors_read_in_file_order_by_section():
         (minimal(prefetch={"page_size": True}), "prefetch.page_size: expected an integer, got boolean"),
         (minimal(prefetch={"max_query_age": "8d"}), "prefetch.max_query_age: must be at most 1w"),
         (minimal(fmgr={"poll_interval": 0.5, "endpoint": "http://m"}), "fmgr.poll_interval: must be at least 1s"),
-        (minimal(bogus=1), "bogus: unknown key (expected one of: accounts, fmgr, prefetch, purge, storage)"),
+        (minimal(bogus=1),
+         "bogus: unknown key (expected one of: accounts, fmgr, prefetch, purge, quota, slo, storage)"),
         (minimal(purge={"page-size": 5}), "purge.page-size: unknown key (did you mean page_size?)"),
         (minimal(fmgr={"notify": {"path": "notify"}}),
          'fmgr.notify.path: "notify" must be a URL path starting with / (no query or spaces)'),
@@ -578,7 +579,8 @@ def test_yaml_merge_keys_may_override(tmp_path):
     )
     with pytest.raises(ConfigError) as info:  # the anchor's holder is an unknown top-level key
         load_config(file, environ={})
-    assert info.value.errors == ["defaults: unknown key (expected one of: accounts, fmgr, prefetch, purge, storage)"]
+    assert info.value.errors == [
+        "defaults: unknown key (expected one of: accounts, fmgr, prefetch, purge, quota, slo, storage)"]
     file.write_text("accounts:\n  - <<: {username: acme, api_key: k, timezone: UTC}\n    name: a\n"
                     "    timezone: '+01:00'\n")
     assert load_config(file, environ={}).accounts[0].timezone == "+01:00"

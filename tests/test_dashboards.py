@@ -75,8 +75,11 @@ def used_variables(text: str) -> set[str]:
 
 
 def recording_rule_names() -> set[str]:
-    data = yaml.safe_load((ROOT / "prometheus" / "recording.yml").read_text(encoding="utf-8"))
-    return {rule["record"] for group in data["groups"] for rule in group["rules"]}
+    names = set()
+    for name in ("recording.yml", "slo.yml"):
+        data = yaml.safe_load((ROOT / "prometheus" / name).read_text(encoding="utf-8"))
+        names |= {rule["record"] for group in data["groups"] for rule in group["rules"] if "record" in rule}
+    return names
 
 
 def test_the_four_dashboards_exist_with_fixed_uids() -> None:

@@ -177,7 +177,7 @@ def test_prometheusrule_is_generated_from_the_rule_files(variant: str) -> None:
     assert (VARIANTS[variant] / "prometheusrule.yaml").read_text() == generator.render(), \
         "stale: run python deploy/kubernetes/generate.py"
     rule = one("PrometheusRule", variant)
-    expected = [g for name in ("recording.yml", "alerts.yml")
+    expected = [g for name in ("recording.yml", "alerts.yml", "slo.yml")
                 for g in yaml.safe_load((ROOT / "prometheus" / name).read_text())["groups"]]
     assert rule["spec"]["groups"] == expected
 
@@ -197,7 +197,7 @@ def test_generator_check_mode_notices_a_stale_file(tmp_path: Path) -> None:
     # Rules that differ from the committed file make render() differ.
     rules = tmp_path / "prometheus"
     rules.mkdir()
-    for name in ("recording.yml", "alerts.yml"):
+    for name in ("recording.yml", "alerts.yml", "slo.yml"):
         (rules / name).write_text((ROOT / "prometheus" / name).read_text().replace("for: 5m", "for: 6m"))
     assert load_generator().render(rules) != (K8S / "prometheusrule.yaml").read_text()
     # So does a change of the single variant for ha/: a probe changed there reaches ha/deployment.yaml.

@@ -41,7 +41,8 @@ SDIST_FILES = (
     "tests/conftest.py", "tests/fixtures/expected.prom", "tests/fixtures/fmgr_notify_example.b64",
     "tests/schemas/compose-spec/compose-spec.json",
     "dashboards/overview.json", "dashboards/generate.py", "dashboards/provisioning/datasources/prometheus.yml",
-    "prometheus/recording.yml", "prometheus/alerts.yml", "prometheus/generate.py", "prometheus/tests/tasks_test.yml",
+    "prometheus/recording.yml", "prometheus/alerts.yml", "prometheus/slo.yml", "prometheus/generate.py",
+    "prometheus/tests/tasks_test.yml",
     "examples/quickstart/compose.yml", "deploy", "docs/metrics.md", "scripts/test", ".ci/run",
 )
 # Run from the unpacked sdist against the installed wheel.

@@ -1,5 +1,5 @@
 """End to end with the real tools: ``cdnetworks-exporter --demo`` scraped every second by a real Prometheus
-that loads prometheus/recording.yml and alerts.yml. Every dashboard panel query, every template variable
+that loads prometheus/recording.yml, alerts.yml and slo.yml. Every dashboard panel query, every template variable
 query and every rule expression is run through Prometheus's HTTP API and must return data, unless it is
 listed in EMPTY_WHEN_HEALTHY below. ``promtool check metrics`` must accept the exporter's output.
 
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = "cdnetworks"  # the scrape job name the rules select on
+RULE_FILES = ("recording.yml", "alerts.yml", "slo.yml")
 DEMO_ACCOUNTS = {"acme", "globex"}
 WAIT_LIMIT = 60.0
 MIN_SCRAPES = 5
@@ -58,6 +59,10 @@ EMPTY_WHEN_HEALTHY: dict[str, str] = {
     "alert:CDNetworksPurgeTasksStuck": f"{_ALERT}: a purge has been unfinished for 1h",
     "alert:CDNetworksFmgrTasksStuck": f"{_ALERT}: an Fmgr task has been pending for 1h",
     "alert:CDNetworksNotificationsRejected": f"{_ALERT}: notifications failed authentication",
+    "alert:CDNetworksQuotaRunningOut": f"{_ALERT}: a daily quota runs out before midnight UTC+8",
+    **{f"alert:CDNetworks{slo}ErrorBudget{speed}Burn":
+       f"{_ALERT}: the {slo.lower()} SLO burns its budget {speed.lower()}"
+       for slo in ("Prefetch", "Purge", "Fmgr") for speed in ("Fast", "Slow")},
 }
 
 
@@ -148,7 +153,7 @@ def wait_until(what: str, check: Any, stack: Stack, procs: list[subprocess.Popen
 def prometheus_config(exporter_port: int) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ROOT / "prometheus" / "recording.yml"), str(ROOT / "prometheus" / "alerts.yml")],
+        "rule_files": [str(ROOT / "prometheus" / name) for name in RULE_FILES],
         "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
     }
 
@@ -208,13 +213,13 @@ def panel_queries() -> dict[str, list[str]]:
 
 
 def rule_queries() -> dict[str, str]:
-    """"alert:<name>" / "record:<name>#<n>" -> expression, for every rule in both rule files."""
+    """"alert:<name>" / "record:<name>#<group>/<n>" -> expression, for every rule in the rule files."""
     found: dict[str, str] = {}
-    for name in ("recording.yml", "alerts.yml"):
+    for name in RULE_FILES:
         data = yaml.safe_load((ROOT / "prometheus" / name).read_text(encoding="utf-8"))
         for group in data["groups"]:
             for n, rule in enumerate(group["rules"]):
-                key = f"alert:{rule['alert']}" if "alert" in rule else f"record:{rule['record']}#{n}"
+                key = f"alert:{rule['alert']}" if "alert" in rule else f"record:{rule['record']}#{group['name']}/{n}"
                 found[key] = rule["expr"]
     return found
 

@@ -126,9 +126,21 @@ def shared_series() -> list[Series]:
     out.append((M.FMGR_OLDEST_PENDING_AGE.name, {}, const(5000)))
     out.append((M.FMGR_PROCESSED_BYTES.name, {"op": "fetch"}, counter(1e9, 1048576)))
     out.append((M.FMGR_PROCESSED_BYTES.name, {"op": "copy"}, counter(2e8, 4096)))
+    for op, succeeded, failed in (("fetch", 6, 2), ("copy", 3, 0)):
+        out.append((M.FMGR_ITEMS_FINISHED.name, {"op": op, "outcome": "succeeded"}, counter(500, succeeded)))
+        out.append((M.FMGR_ITEMS_FINISHED.name, {"op": op, "outcome": "failed"}, counter(50, failed)))
     for result, per_step in (("accepted", 5), ("duplicate", 1), ("bad_signature", 1), ("unknown_key", 0),
                              ("malformed", 2), ("too_large", 0)):
         out.append((M.FMGR_NOTIFICATIONS.name, {"result": result}, counter(1000, per_step)))
+    # acme's prefetch URLs go fast enough to run out before midnight UTC+8; the rest stay well within.
+    for account, kind, unit, limit, left, per_step in (
+            ("acme", "prefetch", "urls", 20000, 3000, -500), ("acme", "prefetch", "bytes", 2e11, 1.5e11, -1e6),
+            ("globex", "purge", "directories", 500, 480, 0), ("globex", "purge", "tags", 0, 0, 0)):
+        labels = {"account": account, "kind": kind, "unit": unit}
+        out.append((M.QUOTA_LIMIT.name, labels, const(limit)))
+        out.append((M.QUOTA_REMAINING.name, labels, counter(left, per_step)))
+    for account, kind in (("acme", "prefetch"), ("globex", "purge")):
+        out.append((M.QUOTA_READ.name, {"account": account, "kind": kind}, const(1.7e9)))
     out.append((M.FMGR_NOTIFY_FAILURES.name, {"scope": "task"}, counter(40, 1)))
     out.append((M.FMGR_NOTIFY_FAILURES.name, {"scope": "item"}, counter(90, 2)))
     return out
@@ -338,7 +350,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp / "recording.yml"), str(tmp / "alerts.yml")],
+        "rule_files": [str(tmp / name) for name in ("recording.yml", "alerts.yml", "slo.yml")],
         "scrape_configs": [
             {"job_name": "single", "static_configs": [static("single", SINGLE)]},
             {"job_name": "pair", "static_configs": [static("a", REPLICAS[0]), static("b", REPLICAS[1])]},
@@ -451,8 +463,9 @@ def test_every_alert_expression_says_the_same_for_one_exporter_and_two_replicas(
     """Per job, the same alerts with the same values. An alert about a poller names the replica running it,
     where the single exporter names itself."""
     holder = {poller: REPLICAS[("a", "b").index(role)] for poller, role in HOLDER.items()}
-    alerts = yaml.safe_load((stack.rules / "alerts.yml").read_text(encoding="utf-8"))
-    expressions = {f"alert:{rule['alert']}": rule["expr"] for group in alerts["groups"] for rule in group["rules"]}
+    expressions = {f"alert:{rule['alert']}": rule["expr"] for name in ("alerts.yml", "slo.yml")
+                   for group in yaml.safe_load((stack.rules / name).read_text(encoding="utf-8"))["groups"]
+                   for rule in group["rules"] if "alert" in rule}
     assert expressions.keys() == {key for key in rule_queries() if key.startswith("alert:")}
     firing = []
     for key, expr in expressions.items():
@@ -472,7 +485,8 @@ def test_every_alert_expression_says_the_same_for_one_exporter_and_two_replicas(
         "CDNetworksNotPolling", "CDNetworksPollLagHigh", "CDNetworksAPIErrors", "CDNetworksAPIRateLimited",
         "CDNetworksPrefetchSuccessRatioLow", "CDNetworksFmgrSuccessRatioLow", "CDNetworksPrefetchTasksStuck",
         "CDNetworksPurgeTasksStuck", "CDNetworksFmgrTasksStuck", "CDNetworksFmgrNotificationsFailing",
-        "CDNetworksNotificationsRejected",
+        "CDNetworksNotificationsRejected", "CDNetworksPrefetchErrorBudgetFastBurn", "CDNetworksFmgrErrorBudgetFastBurn",
+        "CDNetworksQuotaRunningOut",
     }, firing
 
 

@@ -17,6 +17,7 @@ from conftest import load_rules_generator, require_tool
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "prometheus"
 RULE_FILES = [RULES_DIR / "recording.yml", RULES_DIR / "alerts.yml"]
+SLO_FILE = RULES_DIR / "slo.yml"  # the SLO rules, a file of their own (tests/test_slo_rules.py)
 UNIT_TESTS = sorted((RULES_DIR / "tests").glob("*.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
 JOB_SELECTOR = 'job="cdnetworks"'
@@ -35,8 +36,9 @@ def rules(path: Path, key: str) -> list[dict[str, Any]]:
     return [rule for group in data["groups"] for rule in group["rules"] if key in rule]
 
 
-ALERTS = rules(RULES_DIR / "alerts.yml", "alert")
+ALERTS = rules(RULES_DIR / "alerts.yml", "alert") + rules(SLO_FILE, "alert")
 RECORDS = rules(RULES_DIR / "recording.yml", "record")
+SLO_RECORDS = rules(SLO_FILE, "record")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -45,9 +47,9 @@ RECORDS = rules(RULES_DIR / "recording.yml", "record")
 
 @pytest.mark.prometheus
 def test_promtool_check_rules() -> None:
-    result = run(require_tool("promtool"), "check", "rules", *RULE_FILES)
+    result = run(require_tool("promtool"), "check", "rules", *RULE_FILES, SLO_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS") == len(RULE_FILES)
+    assert result.stdout.count("SUCCESS") == len(RULE_FILES) + 1
 
 
 @pytest.mark.prometheus
@@ -177,7 +179,7 @@ def selectors_of(expr: str) -> list[str]:
 
 
 def test_every_rule_selects_the_job() -> None:
-    for rule in ALERTS + RECORDS:
+    for rule in ALERTS + RECORDS + SLO_RECORDS:
         selectors = selectors_of(rule["expr"])
         assert selectors, rule
         for sel in selectors:
@@ -185,7 +187,7 @@ def test_every_rule_selects_the_job() -> None:
 
 
 def test_rules_use_only_contract_metrics() -> None:
-    allowed = GEN.CONTRACT_METRICS | GEN.PROMETHEUS_METRICS | {rule["record"] for rule in RECORDS}
+    allowed = GEN.CONTRACT_METRICS | GEN.PROMETHEUS_METRICS | {rule["record"] for rule in RECORDS + SLO_RECORDS}
     for rule in ALERTS + RECORDS:
         used = GEN.metric_names(rule["expr"])
         assert used, rule
@@ -210,7 +212,7 @@ def test_metric_name_extraction() -> None:
 def test_generated_rule_files_are_up_to_date(tmp_path: Path) -> None:
     result = run(sys.executable, RULES_DIR / "generate.py", "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ("alerts.yml", "recording.yml"):
+    for name in ("alerts.yml", "recording.yml", "slo.yml"):
         assert (tmp_path / name).read_bytes() == (RULES_DIR / name).read_bytes(), (
             f"prometheus/{name} is stale: run python prometheus/generate.py"
         )
@@ -229,7 +231,7 @@ def test_job_selector_is_one_setting(tmp_path: Path) -> None:
     result = run(sys.executable, RULES_DIR / "generate.py", "--out-dir", tmp_path,
                  "--job-selector", 'job="cdn-prod"', "--cdn-success-ratio-min", "0.9")
     assert result.returncode == 0, result.stderr
-    for name in ("alerts.yml", "recording.yml"):
+    for name in ("alerts.yml", "recording.yml", "slo.yml"):
         text = (tmp_path / name).read_text(encoding="utf-8")
         assert "cdnetworks\"" not in text.replace("job=\"cdn-prod\"", ""), name
         assert text.count('job="cdn-prod"') >= len(yaml.safe_load(text)["groups"][0]["rules"]), name
@@ -263,7 +265,7 @@ def test_every_family_has_one_meaning_across_replicas() -> None:
 
 
 def test_every_rule_reads_replicas_right() -> None:
-    for rule in ALERTS + RECORDS:
+    for rule in ALERTS + RECORDS + SLO_RECORDS:
         assert not GEN.replica_problems(rule["expr"]), (rule.get("alert") or rule["record"], rule["expr"])
 
 
@@ -279,6 +281,7 @@ def test_replica_problems_finds_what_reads_replicas_wrong() -> None:
         'max by (api) (time() - (cdnetworks_last_successful_poll_timestamp_seconds{job="x"} '
         'unless on (job, instance, account, api) cdnetworks_replica_leases{job="x"} == 0))',
         'sum by (job, api) (rate(cdnetworks_api_requests_total{job="x"}[30m]))',  # each replica's own: summed
+        'max by (job, account, kind, unit) (predict_linear(cdnetworks_quota_remaining{job="x"}[1h], 3600)) <= 0',
     ]
     for expr in ok:
         assert GEN.replica_problems(expr) == [], expr
@@ -290,6 +293,7 @@ def test_replica_problems_finds_what_reads_replicas_wrong() -> None:
         'max by (job, instance) (cdnetworks_fmgr_pending_tasks{job="x"})',
         'cdnetworks_poll_lag_seconds{job="x"} > 1800',
         'cdnetworks_up{job="x"} and on (job, instance) cdnetworks_replica_leases == 0',
+        'predict_linear(cdnetworks_quota_remaining{job="x"}[1h], 3600) <= 0',
     ]
     for expr in wrong:
         assert GEN.replica_problems(expr), expr
@@ -413,13 +417,14 @@ def single_exporter_unit_tests() -> list[Path]:
             and "a:9891" not in path.read_text(encoding="utf-8")]
 
 
-def run_as_two_replicas(tmp_path: Path, recording: Path, alerts: Path) -> subprocess.CompletedProcess[str]:
+def run_as_two_replicas(tmp_path: Path, recording: Path, alerts: Path,
+                        slo: Path = SLO_FILE) -> subprocess.CompletedProcess[str]:
     """Every single-exporter unit test, turned into two replicas, run by promtool against these rule files."""
     files = []
     for path in single_exporter_unit_tests():
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        data["rule_files"] = [str(recording) if name.endswith("recording.yml") else str(alerts)
-                              for name in data["rule_files"]]
+        sources = {"recording.yml": recording, "alerts.yml": alerts, "slo.yml": slo}
+        data["rule_files"] = [str(sources[Path(name).name]) for name in data["rule_files"]]
         data["tests"] = [two_replicas(case) for case in data["tests"]]
         out = tmp_path / f"two_replicas_{path.name}"
         out.write_text(yaml.safe_dump(data, sort_keys=False, width=4096), encoding="utf-8")
@@ -432,7 +437,8 @@ def test_single_exporter_unit_tests_pass_unchanged_with_two_replicas(tmp_path: P
     """Every scenario of the single-exporter tests, played by two replicas: the same alerts at the same times
     (a poller's on the replica running it, each replica's own on each), the same recorded values."""
     paths = single_exporter_unit_tests()
-    assert {p.name for p in paths} >= {"api_test.yml", "exporter_test.yml", "recording_test.yml", "tasks_test.yml"}
+    assert {p.name for p in paths} >= {"api_test.yml", "exporter_test.yml", "recording_test.yml", "tasks_test.yml",
+                                        "slo_test.yml", "quota_test.yml"}
     result = run_as_two_replicas(tmp_path, RULE_FILES[0], RULE_FILES[1])
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(paths)
@@ -444,7 +450,7 @@ def test_two_replica_scenarios_fail_on_rules_that_read_replicas_wrong(tmp_path: 
     """The derived scenarios can fail: with the shared series summed instead of deduplicated, or the per-poller
     series read from every replica, promtool reports failures."""
     files = {}
-    for source in RULE_FILES:
+    for source in [*RULE_FILES, SLO_FILE]:
         text = source.read_text(encoding="utf-8")
         if mutation == "sum over replicas":
             changed = text.replace("max by (", "sum by (")
@@ -454,6 +460,10 @@ def test_two_replica_scenarios_fail_on_rules_that_read_replicas_wrong(tmp_path: 
         files[source.name] = tmp_path / source.name
         files[source.name].write_text(changed, encoding="utf-8")
     assert files["alerts.yml"].read_text(encoding="utf-8") != RULE_FILES[1].read_text(encoding="utf-8")
-    result = run_as_two_replicas(tmp_path, files["recording.yml"], files["alerts.yml"])
+    result = run_as_two_replicas(tmp_path, files["recording.yml"], files["alerts.yml"], files["slo.yml"])
     assert result.returncode != 0
     assert "FAILED" in result.stdout + result.stderr
+    if mutation == "sum over replicas":
+        # The SLO rules too: summed, a low-volume account's events reach the minimum and it pages.
+        assert files["slo.yml"].read_text(encoding="utf-8") != SLO_FILE.read_text(encoding="utf-8")
+        assert 'account="globex", alertname="CDNetworksPrefetchErrorBudget' in result.stderr, result.stderr

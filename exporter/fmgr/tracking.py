@@ -112,6 +112,10 @@ def apply_status(work: Work, status: fmgrwire.FmgrStatus, *, source: str, polled
         if fmgrwire.notify_failed(item.code, item=True) and not (
                 old is not None and fmgrwire.notify_failed(old.code, item=True)):
             work.inc(m.FMGR_NOTIFY_FAILURES.store_key, {"scope": "item"})
+        # Counted once: when an item is first seen final (an item's outcome never changes once it has one).
+        outcome = fmgrwire.item_outcome(item.code)
+        if outcome is not None and (old is None or fmgrwire.item_outcome(old.code) is None):
+            work.inc(m.FMGR_ITEMS_FINISHED.store_key, {"op": item.op, "outcome": outcome})
         # Counted once: when an item is first seen succeeded with a size (the size may come later).
         counted = old is not None and fmgrwire.item_outcome(old.code) == "succeeded" and bool(old.fsize)
         if fmgrwire.item_outcome(item.code) == "succeeded" and item.fsize and not counted:

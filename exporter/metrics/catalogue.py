@@ -187,6 +187,9 @@ FMGR_UNKNOWN_IDS = Gauge(
 FMGR_PROCESSED_BYTES = Counter(
     "cdnetworks_fmgr_processed_bytes_total", "Bytes (fsize) of Fmgr items seen succeeding, each item counted once.",
     ("op",))
+FMGR_ITEMS_FINISHED = Counter(
+    "cdnetworks_fmgr_items_finished_total", "Items (operations) of Fmgr tasks seen reaching a final outcome, by op and "
+    "outcome (succeeded, failed), each item counted once.", ("op", "outcome"))
 FMGR_NOTIFICATIONS = Counter(
     "cdnetworks_fmgr_notifications_total", "Fmgr notifications received, by outcome: accepted, duplicate (a vendor "
     "retry, counted once), or rejected by reason.", ("result",))
@@ -195,7 +198,24 @@ FMGR_NOTIFY_FAILURES = Counter(
     "notification failure: the vendor could not deliver the job's notifyURL callback. Each counted once.",
     ("scope",))
 FMGR: tuple[Family, ...] = (FMGR_TASKS, FMGR_ITEMS, FMGR_SUCCESS_RATIO, FMGR_PENDING_TASKS, FMGR_OLDEST_PENDING_AGE,
-                            FMGR_UNKNOWN_IDS, FMGR_PROCESSED_BYTES, FMGR_NOTIFICATIONS, FMGR_NOTIFY_FAILURES)
+                            FMGR_UNKNOWN_IDS, FMGR_PROCESSED_BYTES, FMGR_ITEMS_FINISHED, FMGR_NOTIFICATIONS,
+                            FMGR_NOTIFY_FAILURES)
+
+
+# --------------------------------------------------------------------------------------------------
+# The daily quotas (exporter/quotas.py, polled by exporter/polling/quota.py)
+
+QUOTA_POLLED = "Polled in the background from the CDNetworks quota query; absent until today's first answer."
+QUOTA_LIMIT = Gauge(
+    "cdnetworks_quota_limit", "The vendor's daily limit of a quota (kind prefetch or purge; unit urls, bytes, "
+    "directories, regexes or tags); its days start at midnight UTC+8. " + QUOTA_POLLED, ("account", "kind", "unit"))
+QUOTA_REMAINING = Gauge(
+    "cdnetworks_quota_remaining", "What is left today of a daily quota, as the vendor's last answer of the day said: "
+    "submissions past it are refused until midnight UTC+8. " + QUOTA_POLLED, ("account", "kind", "unit"))
+QUOTA_READ = Gauge(
+    "cdnetworks_quota_last_read_timestamp_seconds", "Unix time of the last quota answer read successfully, the one "
+    "the limit and remaining gauges show (of an earlier day, they are absent).", ("account", "kind"))
+QUOTA: tuple[Family, ...] = (QUOTA_LIMIT, QUOTA_REMAINING, QUOTA_READ)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,7 +249,7 @@ HEALTH: tuple[Family, ...] = (UP, API_REQUESTS, API_REQUEST_DURATION, LAST_SUCCE
                               POLL_BACKFILL_REMAINING, POLL_STALENESS, REPLICA_LEASES)
 
 SCRAPE_COLLECTOR_SUCCESS = Gauge(
-    "cdnetworks_scrape_collector_success", "1 when this section of the scrape (a CDN task kind, fmgr, health, "
+    "cdnetworks_scrape_collector_success", "1 when this section of the scrape (a CDN task kind, fmgr, quota, health, "
     "leases) was served, 0 when it failed (a store that cannot be read) and was left out while the rest was "
     "served.", ("collector",))
 BUILD_INFO = Gauge("cdnetworks_exporter_build_info", "Version of the exporter and of the Python running it; always 1.",
@@ -257,7 +277,7 @@ WEB: tuple[Family, ...] = (WEB_AUTH_FAILURES, WEB_REJECTED_REQUESTS)
 # The whole catalogue
 
 ALL: tuple[Family, ...] = (
-    *(f for kind in KINDS for f in CDN[kind.name]), *FMGR, *HEALTH, SCRAPE_COLLECTOR_SUCCESS, BUILD_INFO,
+    *(f for kind in KINDS for f in CDN[kind.name]), *FMGR, *QUOTA, *HEALTH, SCRAPE_COLLECTOR_SUCCESS, BUILD_INFO,
     *RELOAD, *WEB,
 )
 BY_NAME: dict[str, Family] = {f.name: f for f in ALL}

@@ -22,12 +22,14 @@ from exporter.config import Config, TaskKindConfig
 from exporter.fmgr import wire as fmgrwire
 from exporter.metrics import catalogue as m
 from exporter.metrics.health import ApiHealth
+from exporter.polling import quota as quota_polling
 from exporter.storage.store import CDN_STATUSES, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
 NOTIFY_RESULTS = ("accepted", "duplicate", "bad_signature", "unknown_key", "malformed", "too_large")
 NOTIFY_FAILURE_SCOPES = ("task", "item")
+ITEM_OUTCOMES = ("succeeded", "failed")
 
 
 def _fmt_bound(b: float) -> str:
@@ -70,6 +72,8 @@ class ExporterCollector(Collector):
             out.extend(m.CDN[kind])
         if config.fmgr.enabled:
             out.extend(m.FMGR)
+        if config.quota.pollers(config.accounts):
+            out.extend(m.QUOTA)
         out.extend(m.HEALTH)
         out.extend((m.SCRAPE_COLLECTOR_SUCCESS, m.BUILD_INFO))
         return out
@@ -83,7 +87,7 @@ class ExporterCollector(Collector):
     def sections(self, config: Config) -> list[str]:
         """The parts of a scrape that succeed or fail on their own (``cdnetworks_scrape_collector_success``)."""
         return [kind for kind, _ in config.task_kinds()] + (["fmgr"] if config.fmgr.enabled else []) + \
-            ["health", "leases"]
+            (["quota"] if config.quota.pollers(config.accounts) else []) + ["health", "leases"]
 
     def collect(self) -> Iterator[Metric]:
         # One configuration per scrape: every part below sees the same one, even if it is replaced meanwhile.
@@ -106,6 +110,8 @@ class ExporterCollector(Collector):
                 return list(self._health(now))
             if section == "leases":
                 return [self._leases(config)]
+            if section == "quota":
+                return list(self._quota(config, now))
             if snap is None:
                 assert snap_error is not None
                 raise snap_error
@@ -205,6 +211,12 @@ class ExporterCollector(Collector):
         processed = m.FMGR_PROCESSED_BYTES.new()
         for lab, v in sorted(snap.counters(m.FMGR_PROCESSED_BYTES.store_key), key=lambda x: x[0]["op"]):
             processed.add_metric([lab["op"]], v)
+        finished = m.FMGR_ITEMS_FINISHED.new()
+        items_done = {(lab["op"], lab["outcome"]): v for lab, v in snap.counters(m.FMGR_ITEMS_FINISHED.store_key)}
+        # Both outcomes of every op seen finishing, so that a failure ratio has its zero.
+        for op in sorted({op for op, _ in items_done}):
+            for outcome in ITEM_OUTCOMES:
+                finished.add_metric([op, outcome], items_done.get((op, outcome), 0.0))
         notes = m.FMGR_NOTIFICATIONS.new()
         got = {lab["result"]: v for lab, v in snap.counters(m.FMGR_NOTIFICATIONS.store_key)}
         for result in NOTIFY_RESULTS:
@@ -213,13 +225,31 @@ class ExporterCollector(Collector):
         failed = {lab["scope"]: v for lab, v in snap.counters(m.FMGR_NOTIFY_FAILURES.store_key)}
         for scope in NOTIFY_FAILURE_SCOPES:
             failures.add_metric([scope], failed.get(scope, 0.0))
-        yield from (tasks, items, ratio, pending, age, unknown, processed, notes, failures)
+        yield from (tasks, items, ratio, pending, age, unknown, processed, finished, notes, failures)
+
+    # ------------------------------------------------------------------ quotas
+    def _quota(self, config: Config, now: float) -> Iterator[Metric]:
+        """The last verified answer of each quota, from the store (the same on every replica; see
+        exporter/polling/quota.py), its figures only while the vendor's day it was read in lasts."""
+        limit, remaining, read = m.QUOTA_LIMIT.new(), m.QUOTA_REMAINING.new(), m.QUOTA_READ.new()
+        stored = self.store.get_states(quota_polling.STATE_PREFIX)  # one read, however many quotas
+        for account, kind in config.quota.pollers(config.accounts):
+            answer = quota_polling.current(stored.get(quota_polling.state_key(account, kind)), now)
+            if answer is None:
+                continue
+            ts, units = answer
+            read.add_metric([account, kind], ts)
+            for unit, (day_limit, left) in units.items():
+                limit.add_metric([account, kind, unit], day_limit)
+                remaining.add_metric([account, kind, unit], left)
+        yield from (limit, remaining, read)
 
     # ------------------------------------------------------------------ exporter health
     def _leases(self, config: Config) -> Metric:
-        held = set(config.pollers()) if self.leases is None else set(self.leases())
+        pollers = quota_polling.pollers(config)
+        held = set(pollers) if self.leases is None else set(self.leases())
         leases = m.REPLICA_LEASES.new()
-        for account, api in sorted(config.pollers()):
+        for account, api in sorted(pollers):
             leases.add_metric([account, api], 1 if (account, api) in held else 0)
         return leases
 

@@ -1,6 +1,7 @@
-"""Wiring: every worker of one configuration (CDN pollers, the Fmgr poller, retention), their leases when
-replicas share the store, started and stopped together. The workers themselves are in
-``exporter.polling.cdn_poller``, ``exporter.fmgr.poller`` and ``exporter.polling.retention``.
+"""Wiring: every worker of one configuration (CDN pollers, the Fmgr poller, retention, the quota pollers), their
+leases when replicas share the store, started and stopped together. The workers themselves are in
+``exporter.polling.cdn_poller``, ``exporter.fmgr.poller``, ``exporter.polling.retention`` and
+``exporter.polling.quota``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from exporter.fmgr.wire import FmgrClient
 from exporter.metrics.health import ApiHealth
 from exporter.polling.cdn_poller import CdnPoller
 from exporter.polling.leases import FMGR_LEASE, RETENTION_LEASE, Leases, LeaseView, cdn_lease, poller_of
+from exporter.polling.quota import quota_leases, quota_pollers
 from exporter.polling.retention import RetentionWorker
 from exporter.polling.worker import Worker
 from exporter.storage.store import Store
@@ -32,8 +34,8 @@ class PollerGroup:
         self.cdn: list[CdnPoller] = []
         # Replicas sharing the store share the pollers out; alone, this exporter runs them all.
         self.leases = (Leases(store.repo, [cdn_lease(a.name, k) for a in config.accounts for k, _ in
-                                           config.task_kinds()] + [FMGR_LEASE, RETENTION_LEASE],
-                              ttl=config.storage.lease_ttl)
+                                           config.task_kinds()] + [FMGR_LEASE, RETENTION_LEASE]
+                              + quota_leases(config), ttl=config.storage.lease_ttl)
                        if store.shared else None)
         for account in config.accounts:
             for kind, kcfg in config.task_kinds():
@@ -54,6 +56,9 @@ class PollerGroup:
         self.workers.append(self.fmgr)
         self.retention = RetentionWorker(config, store, clock=clock, lease=LeaseView(self.leases, RETENTION_LEASE))
         self.workers.append(self.retention)
+        # The daily quotas: their own workers, budgets and leases (exporter/polling/quota.py).
+        self.quota = quota_pollers(config, store, health, self.leases, clock=clock, make_session=make_session)
+        self.workers.extend(self.quota)
 
     def start(self) -> None:
         if self.leases is not None:

@@ -15,6 +15,7 @@ One module per concern, composed by ``Simulator`` (server.py):
 * ``settings``: the tunables every part reads at request time; ``draws``: seeded, order-free draws.
 * ``wire``: paths, content types, seed 002's messages and the response shapes.
 * ``cdn``: CDN tasks, streams, slot summaries and the ItemIdQuery answer.
+* ``quota``: the daily quotas (drop as tasks are submitted, start over at midnight UTC+8) and their answer.
 * ``fmgr``: Fmgr tasks, streams, status codes and the ``/fmgr/status`` answer.
 * ``notifier``: signed notification delivery (retries, give-ups, duplicates, forgeries).
 * ``auth``: the accounts, Basic and AK/SK verification.
@@ -56,6 +57,7 @@ from exporter.simulator.wire import (
     MSG_TIME_ERROR,
     MSG_TOO_OLD,
     MSG_USERNAME_INVALID,
+    QUOTA_PATHS,
 )
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "MSG_USERNAME_INVALID",
     "PACED",
     "QUERY_STATUSES",
+    "QUOTA_PATHS",
     "SLOT_SECONDS",
     "SUMMARY_CACHE_SIZE",
     "TASKS_CACHE_SIZE",

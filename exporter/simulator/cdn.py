@@ -14,7 +14,7 @@ import random
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, TypeVar
 
@@ -111,6 +111,8 @@ class CdnTask(NamedTuple):
     url: str
     item_id: str
     visible: float = -math.inf  # the API serves the task from this time on (some appear late)
+    size: int = 0  # bytes a prefetch fetches (what the volume quota counts)
+    target: str = "urls"  # what a purge names: urls, directories, regexes or tags (what its quota counts)
 
     @property
     def finish(self) -> float:
@@ -140,9 +142,32 @@ class SlotSummary:
     settled_at: float  # from this time on every task of the slot is in its final state
     finals: Mapping[str, int]  # final status -> tasks
     visible_at: float = -math.inf  # from this time on every task of the slot is served
+    usage: Mapping[str, int] = field(default_factory=dict)  # quota unit -> what the slot's tasks took of it
 
 
 _EMPTY_SUMMARY = SlotSummary(0, -math.inf, {})
+TARGETS = ("urls", "directories", "regexes", "tags")
+MAX_PREFETCH_SIZE = 20 * 2**20  # prefetched files are 0..20 MiB, 10 MiB on average
+
+
+def task_usage(kind: str, task: CdnTask) -> dict[str, int]:
+    """What submitting ``task`` took of its account's daily quota of ``kind``: a prefetch one URL and its size in
+    bytes, a purge one of its target."""
+    if kind == "prefetch":
+        return {"urls": 1, "bytes": task.size}
+    return {task.target: 1}
+
+
+def _draw_extras(kind: str, bits: int) -> tuple[int, str]:
+    """(size, target) of the stream task drawn as ``bits``: from bits of their own (mix64 of the draw, salted),
+    so that the draws everything else is cut from stay as they were. About 10% of purges name a directory,
+    1% a regex and 0.4% a tag."""
+    m = mix64(bits ^ 0x5DEECE66D)
+    size = 1024 + (m & 0xFFFFFF) * MAX_PREFETCH_SIZE // 0x1000000 if kind == "prefetch" else 0
+    pick = (m >> 32) & 0xFF
+    target = "urls" if kind == "prefetch" or pick >= 29 else (
+        "directories" if pick < 26 else "regexes" if pick < 28 else "tags")
+    return size, target
 
 
 @dataclass(frozen=True)
@@ -200,8 +225,11 @@ class CdnModel:
     # ------------------------------------------------------------------------------------ population
 
     def add_task(self, username: str, kind: str, url: str, create_ts: float, *, wait: float, run: float,
-                 final: str, rate: int | None, item_id: str | None, visible_after: float) -> None:
+                 final: str, rate: int | None, item_id: str | None, visible_after: float, size: int | None = None,
+                 target: str = "urls") -> None:
         _check_kind(kind)
+        if target not in TARGETS or (kind == "prefetch" and target != "urls"):
+            raise ValueError(f"target must be one of {TARGETS} (urls for a prefetch), not {target!r}")
         if final not in ("success", "failure"):
             raise ValueError(f"final must be success or failure, not {final!r}")
         if wait < 0 or run < 0:
@@ -214,8 +242,11 @@ class CdnModel:
         if item_id is None:
             item_id = hashlib.blake2b(f"{self._settings.seed}|{username}|{kind}|{url}|{create}".encode(),
                                       digest_size=16).hexdigest()
+        if size is None:  # a size of its own, the same whenever the task is made
+            size = hash_int(self._settings.seed, "size", username, kind, url, create) % MAX_PREFETCH_SIZE
         task = CdnTask(create, float(wait), float(run), final, int(rate), url, item_id,
-                       create + float(visible_after) if visible_after > 0 else -math.inf)
+                       create + float(visible_after) if visible_after > 0 else -math.inf,
+                       size if kind == "prefetch" else 0, target)
         with self._lock:
             slots = self._manual.setdefault((username, kind), {})
             slots.setdefault(create // SLOT_SECONDS, []).append(task)
@@ -251,6 +282,21 @@ class CdnModel:
                         counts[task.status_at(now)] += 1
         counts["total"] = sum(counts.values())
         return counts
+
+    def usage(self, username: str, kind: str, start_ts: float, end_ts: float) -> dict[str, int]:
+        """What the tasks submitted (created) in [start_ts, end_ts] took of the quota of ``kind``, by unit: served
+        or not yet (a task the API shows late was submitted all the same)."""
+        used: collections.Counter[str] = collections.Counter()
+        lo, hi = math.ceil(start_ts), math.floor(end_ts)
+        with self._lock:
+            for slot_no, summary, whole in self._slots_desc(username, kind, lo, hi):
+                if whole:
+                    used.update(summary.usage)
+                    continue
+                for task in self._slot_tasks(username, kind, slot_no):
+                    if lo <= task.create <= hi:
+                        used.update(task_usage(kind, task))
+        return dict(used)
 
     def late_count(self, username: str, kind: str, start_ts: float, end_ts: float) -> int:
         lo, hi = math.ceil(start_ts), math.floor(end_ts)
@@ -327,11 +373,13 @@ class CdnModel:
             return summary
         count, settled_at, visible_at = 0, -math.inf, -math.inf
         finals: collections.Counter[str] = collections.Counter()
+        used: collections.Counter[str] = collections.Counter()
         for task in self._manual.get((username, kind), {}).get(slot_no, ()):
             count += 1
             settled_at = max(settled_at, task.finish)
             visible_at = max(visible_at, task.visible)
             finals[task.final] += 1
+            used.update(task_usage(kind, task))
         slot_start = slot_no * SLOT_SECONDS
         for stream in self._streams.get((username, kind), ()):
             draws, _ = self._stream_slot_draws(username, kind, stream, slot_no)
@@ -348,11 +396,17 @@ class CdnModel:
                 if late:
                     visible_at = max(visible_at, create + late)
                 failed += (bits >> 50) < failure_cut
+                size, target = _draw_extras(kind, bits)
+                if kind == "prefetch":
+                    used["urls"] += 1
+                    used["bytes"] += size
+                else:
+                    used[target] += 1
             count += kept
             finals["failure"] += failed
             finals["success"] += kept - failed
-        summary = SlotSummary(count, settled_at, {k: v for k, v in finals.items() if v}, visible_at) if count else (
-            _EMPTY_SUMMARY)
+        summary = SlotSummary(count, settled_at, {k: v for k, v in finals.items() if v}, visible_at,
+                              dict(used)) if count else _EMPTY_SUMMARY
         _lru_put(self._summary_cache, key, summary, SUMMARY_CACHE_SIZE)
         return summary
 
@@ -399,6 +453,7 @@ class CdnModel:
                 continue
             failed = (bits >> 50) < failure_cut
             slow, late = stream.extra(bits)
+            size, target = _draw_extras(kind, bits)
             out.append(CdnTask(
                 create,
                 float(5 + (bits >> 32) % 116),  # wait 5..120 s
@@ -408,6 +463,8 @@ class CdnModel:
                 f"{prefixes[(bits >> 6) & 3]}{i:03d}-{(bits >> 8) & 0xFFFFFF:06x}.jpg",
                 batch_ids[i // 10],
                 create + late if late else -math.inf,
+                size,
+                target,
             ))
         return out
 

@@ -40,6 +40,7 @@ CODE0_FAULT_PREFIX = "code0:"
 FAILURE_FAULT = re.compile(r"failure:([1-5][0-9][0-9])(?:@([1-5][0-9][0-9]))?")
 MALFORMED_CDN_BODY = b'{"count": 1, "Code": 1,'
 MALFORMED_FMGR_BODY = b'{"id": "x", "code": 3,'
+MALFORMED_QUOTA_BODY = b'{"code": 0, "prefetchQuota": 20000,'
 
 
 class Faults:
@@ -71,6 +72,8 @@ def fault_response(api: str, fault: str, *, query: str = "", huge_bytes: int = 4
     """What ``fault`` answers on ``api`` (all but "timeout" and the PACED ones, which delay or pace the normal
     answer). ``query`` is the request's query string (an Fmgr answer names the id asked for)."""
     result = f"fault:{fault}"
+    if api.endswith("_quota") and fault not in HUGE and fault not in ("http500", "http503", "http429", "http404"):
+        return quota_fault_response(fault, result)
     cdn = api != "fmgr"
     if fault in HUGE:
         return huge_response(api, fault == "huge_chunked", huge_bytes, query, result)
@@ -109,6 +112,26 @@ def fault_response(api: str, fault: str, *, query: str = "", huge_bytes: int = 4
     if cdn:
         return cdn_error(message, result)
     return json_response(200, {"code": 0, "message": message}, result)
+
+
+def quota_fault_response(fault: str, result: str) -> Response:
+    """A quota query's faults in its own shape (a lowercase ``code``, 0 for success): "malformed" is cut-off JSON,
+    "wrong_types" a success whose figures are lists, "empty_page" a success without any figure,
+    "code0:<message>" a refusal at HTTP 200 (``code`` 1, as the SDK documents failure), "failure:<code>[@<status>]"
+    that code in the body at that status."""
+    if fault == "malformed":
+        return Response(200, MALFORMED_QUOTA_BODY, {"Content-Type": JSON_CONTENT_TYPE}, result)
+    if fault == "wrong_types":
+        return json_response(200, {"code": 0, "message": "success", "prefetchQuota": [20000],
+                                   "remainingPrefetchQuota": [1], "urlQuota": [5000], "remainingUrlQuota": [1]}, result)
+    if fault == "empty_page":
+        return json_response(200, {"code": 0, "message": "success"}, result)
+    failure = FAILURE_FAULT.fullmatch(fault)
+    if failure is not None:
+        code = int(failure.group(1))
+        text = MSG_AUTH_FAILED if code in (401, 403) else _phrase(code)
+        return json_response(int(failure.group(2) or code), {"code": code, "message": text}, result)
+    return json_response(200, {"code": 1, "message": fault[len(CODE0_FAULT_PREFIX):]}, result)
 
 
 def _phrase(code: int) -> str:

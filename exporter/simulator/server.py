@@ -24,8 +24,9 @@ from exporter.simulator.faults import PACED, Faults, fault_response
 from exporter.simulator.fmgr import FMGR_OPS, FmgrModel
 from exporter.simulator.limits import RateLimiter, RequestLog
 from exporter.simulator.notifier import Notifier
+from exporter.simulator.quota import QUOTA_APIS, QuotaModel
 from exporter.simulator.settings import Settings
-from exporter.simulator.wire import CDN_PATHS, FMGR_PATH, Headers, Response, cdn_error, json_response
+from exporter.simulator.wire import CDN_PATHS, FMGR_PATH, QUOTA_PATHS, Headers, Response, cdn_error, json_response
 
 _T = TypeVar("_T")
 
@@ -179,6 +180,8 @@ class Simulator:
 
     * CDN: ``POST /ccm/fetch/ItemIdQuery`` (api ``prefetch``) and ``POST /ccm/purge/ItemIdQuery``
       (``purge``), Date + Basic or AK/SK auth, every seed 002 validation message.
+    * Quotas: ``POST /ccm/prefetch/quota`` (``prefetch_quota``) and ``POST /ccm/purge/quota`` (``purge_quota``),
+      signed as the CDN queries; what is left drops as tasks are submitted and starts over at midnight UTC+8.
     * Fmgr: ``GET /fmgr/status?persistentId=ID`` (``fmgr``), no auth, and notifications POSTed to the
       task's notify URL by ``deliver_due_notifications`` or the ``start_notifier`` thread.
     * Order of checks per request: injected fault, auth, rate limit, request validation.
@@ -204,6 +207,7 @@ class Simulator:
     huge_fault_bytes: _Kept[int] = _Kept("_settings")
     notify_timeout: _Kept[float] = _Kept("_settings")
     notify_record_delay: _Kept[float] = _Kept("_settings")
+    quota_volume_unit: _Kept[int] = _Kept("_settings")
     # What was observed.
     cdn_served: _Kept[dict[tuple[str, str, str, int], float]] = _Kept("_cdn", "served")
     requests: _Kept[collections.Counter[tuple[str, str | None]]] = _Kept("_log", "requests")
@@ -240,6 +244,7 @@ class Simulator:
 
         self._accounts = Accounts(self._settings, self._lock)
         self._cdn = CdnModel(self._settings, tz, clock, self._lock)
+        self._quota = QuotaModel(self._settings, self._cdn, clock, self._lock)
         self._fmgr = FmgrModel(self._settings, clock, self._lock)
         self._notifier = Notifier(self._fmgr, self._settings, clock, self._lock)
         self._faults = Faults(self._lock)
@@ -299,10 +304,13 @@ class Simulator:
 
     def add_cdn_task(self, username: str, kind: str, url: str, create_ts: float, *,
                      wait: float = 30.0, run: float = 60.0, final: str = "success",
-                     rate: int | None = None, item_id: str | None = None, visible_after: float = 0.0) -> None:
-        """One task; ``rate`` defaults to 100 for a success and 0 for a failure (failures stay < 100)."""
+                     rate: int | None = None, item_id: str | None = None, visible_after: float = 0.0,
+                     size: int | None = None, target: str = "urls") -> None:
+        """One task; ``rate`` defaults to 100 for a success and 0 for a failure (failures stay < 100). Submitting
+        it takes one of the day's quota of its kind: a prefetch one URL and ``size`` bytes (default: drawn from its
+        URL, up to 20 MiB), a purge one of its ``target`` (urls, directories, regexes or tags)."""
         self._cdn.add_task(username, kind, url, create_ts, wait=wait, run=run, final=final, rate=rate,
-                           item_id=item_id, visible_after=visible_after)
+                           item_id=item_id, visible_after=visible_after, size=size, target=target)
 
     def add_cdn_stream(self, username: str, kind: str, *, per_hour: float, failure_ratio: float = 0.05,
                        start_ts: float, end_ts: float | None = None, slow_ratio: float = 0.0,
@@ -343,6 +351,22 @@ class Simulator:
                      at: float | None = None) -> list[dict[str, Any]]:
         """The wire's ``resultDetail`` entries for the range, in wire order, each plus ``create_ts``."""
         return self._cdn.tasks_at(username, kind, start_ts, end_ts, at)
+
+    # --------------------------------------------------------------------------------------- quotas
+
+    def set_quota(self, username: str, kind: str, unit: str, limit: int) -> None:
+        """Change a daily limit of an account: ``kind`` prefetch (units urls, bytes) or purge (urls, directories,
+        regexes, tags). The defaults are the published limits (QuotaModel)."""
+        self._quota.set_limit(username, kind, unit, limit)
+
+    def quota_truth(self, username: str, kind: str, at: float | None = None) -> dict[str, tuple[int, int]]:
+        """unit -> (the day's limit, what is left of it) at ``at`` (default: now), in units (bytes for the
+        prefetch volume): the quota the vendor holds, whatever its answers round."""
+        return self._quota.truth(username, kind, at)
+
+    def quota_answer(self, username: str, kind: str, at: float | None = None) -> dict[str, int]:
+        """The figures a quota query answers at ``at`` (field -> value; the volume in ``quota_volume_unit``)."""
+        return self._quota.answer(username, kind, at)
 
     # ----------------------------------------------------------------------------------------- Fmgr
 
@@ -448,7 +472,7 @@ class Simulator:
 
     def _dispatch(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         parts = urlsplit(target)
-        api = CDN_PATHS.get(parts.path) or ("fmgr" if parts.path == FMGR_PATH else None)
+        api = CDN_PATHS.get(parts.path) or QUOTA_PATHS.get(parts.path) or ("fmgr" if parts.path == FMGR_PATH else None)
         if api is None:
             return json_response(404, {"code": 404, "message": "not found"}, "unknown_path")
         user = None if api == "fmgr" else self._accounts.claimed_user(headers)
@@ -490,4 +514,7 @@ class Simulator:
         limited = self._limits.check(api, user, now)
         if limited is not None:
             return limited
+        if api in QUOTA_APIS:
+            assert user is not None
+            return self._quota.respond(api, user, now)
         return self._cdn.query(api, user, body, now)

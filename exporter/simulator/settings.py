@@ -38,3 +38,5 @@ class Settings:
     # The vendor records a delivery (code 4 -> 6) or a give-up (4 -> 5) this long after it happened, so a
     # poll right after a notification still sees 4.
     notify_record_delay: float = 2.0
+    # The quota answers state their volume figures in this many bytes (rounded down): 10**9, GB.
+    quota_volume_unit: int = 10**9

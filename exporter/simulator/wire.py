@@ -9,8 +9,10 @@ from email.message import Message
 from typing import Any
 
 CDN_PATHS = {"/ccm/fetch/ItemIdQuery": "prefetch", "/ccm/purge/ItemIdQuery": "purge"}
+# The daily quota queries: signed like the status queries, answered with a lowercase "code" (0: success).
+QUOTA_PATHS = {"/ccm/prefetch/quota": "prefetch_quota", "/ccm/purge/quota": "purge_quota"}
 FMGR_PATH = "/fmgr/status"
-APIS = ("prefetch", "purge", "fmgr")
+APIS = ("prefetch", "purge", "fmgr", "prefetch_quota", "purge_quota")
 # Seed 002's answer carries this odd header verbatim; clients must not rely on the content type.
 CDN_CONTENT_TYPE = "charset=utf-8; charset=UTF-8"
 JSON_CONTENT_TYPE = "application/json"

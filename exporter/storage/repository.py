@@ -13,7 +13,7 @@ Operations, by concern:
 * lifecycle: ``close``, ``ping``, ``write_health``;
 * rebuilding the in-memory aggregates after a start: ``load`` (one consistent snapshot);
 * replicas: ``lease_acquire``, ``lease_release`` (exporter/polling/leases.py), ``changes_since``, ``prune_changes``;
-* poller state: ``get_state`` (written in a transaction);
+* poller state: ``get_state``, ``get_states`` (written in a transaction);
 * CDN reads for scrapes and planning: ``cdn_edge_rows``, ``cdn_oldest_unfinished``, ``cdn_range_count``,
   ``cdn_unfinished``, ``cdn_rows``, ``cdn_task_count``, ``cdn_counts_by_status``; ``prune_cdn``;
 * Fmgr reads: ``fmgr_edge_task_rows``, ``fmgr_edge_item_rows``, ``fmgr_due``, ``fmgr_next_due``,
@@ -86,6 +86,9 @@ class Repository(Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]: ...
 
     def get_state(self, key: str) -> Any: ...
+    def get_states(self, prefix: str) -> dict[str, Any]:
+        """Every state whose key starts with ``prefix``, by key, in one read on the scrape path."""
+        ...
 
     def load(self) -> Loaded: ...
     def changes_since(self, seq: int) -> tuple[list[tuple[int, str, str]], bool]:

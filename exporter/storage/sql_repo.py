@@ -295,6 +295,12 @@ class SqlRepository(ABC, Generic[C]):
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
+    def get_states(self, prefix: str) -> dict[str, Any]:
+        # A scan of a small table (a few rows per poller), compared exactly: LIKE would read _ as a wildcard and,
+        # in SQLite, ignore case.
+        rows = self._read("SELECT key, value FROM state WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        return {key: json.loads(value) for key, value in rows}
+
     def _loaded(self, fetch: Callable[[str], list[Any]], change_seq: int) -> Loaded:
         """``Loaded``, read by ``fetch`` (within one snapshot)."""
         return Loaded(

@@ -181,6 +181,10 @@ class Store:
     def get_state(self, key: str) -> Any:
         return self.repo.get_state(key)
 
+    def get_states(self, prefix: str) -> dict[str, Any]:
+        """Every state whose key starts with ``prefix`` (one read, for a scrape: the stored quota answers)."""
+        return self.repo.get_states(prefix)
+
     def set_state(self, key: str, value: Any, *, fence: Fence | None = None) -> None:
         with self._transaction(fence) as work:
             work.tx.set_state(key, value)
