@@ -69,6 +69,7 @@ from exporter.configschema import (
     secret,
     section_keys,
     type_name,
+    unknown_key,
     validate,
     with_defaults,
     yaml_error,
@@ -374,8 +375,9 @@ class SloSection(Section):
 
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
-        objectives = {name: data.pop(name, None) or {} for name in slo_model.NAMES}
-        data["objectives"] = {name: {"objective": slo_model.DEFAULT_OBJECTIVES[name], **o} if isinstance(o, dict) else o
+        objectives = {name: data.pop(name, {}) for name in slo_model.NAMES}
+        data["objectives"] = {name: {**o, "objective": slo_model.DEFAULT_OBJECTIVES[name]}
+                              if isinstance(o, dict) and o.get("objective") is None else o
                               for name, o in objectives.items()}
         return data
 
@@ -404,9 +406,11 @@ def _names(raw: Any, allowed: Sequence[str], what: str) -> Any:
 
 
 def _quota_kinds(raw: Any) -> Any:
-    if raw == []:
-        raise ValueError(f"at least one of {_one_of(quota_table.NAMES)} is required")
-    return _names(raw, quota_table.NAMES, "a quota kind")
+    kinds = _names(raw, quota_table.NAMES, "a quota kind")
+    if isinstance(kinds, list) and not any(isinstance(k, str) for k in kinds):  # none, or none right
+        # An entry of its own carries the list's problem, so that those of the others are reported too.
+        kinds.append(Problem(f"at least one of {_one_of(quota_table.NAMES)} is required", at=(1,)))
+    return kinds
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -418,8 +422,8 @@ class QuotaConfig(Section):
     kinds: Annotated[tuple[Str, ...], BeforeValidator(_quota_kinds)] = quota_table.NAMES
     # At most 15m: CDNetworksNotPolling fires 30m after the last successful poll of any CDN API, quotas included.
     poll_interval: Annotated[Duration, seconds(minimum=10.0, maximum=900.0)] = 300.0
-    enabled: Boolean = False
     request_timeout: Annotated[Duration, seconds(maximum=MAX_QUOTA_TIMEOUT)] = 30.0  # within storage.lease_ttl
+    enabled: Boolean = False
     volume_unit: Annotated[Text, one_of(*quota_table.VOLUME_UNITS)] = quota_table.DEFAULT_VOLUME_UNIT  # of answers
     rate_limit: RateLimit = RateLimit(requests=2, per=300.0)
 
@@ -461,12 +465,28 @@ class Config(Section):
             name = accounts[i]["name"]
             accounts[i] = {**accounts[i], "name": Problem(f"duplicate account name {quote(name)} (see {{ref}})",
                                                           ref=(2, j))}
-        kinds, timeouts = {}, []  # the request timeouts of the enabled pollers (an invalid one: its default)
+        timeouts = cls._kinds(data)
+        if accounts in (None, []) and timeouts:
+            # Reported where the accounts' own problems would be, so the list reads in file order.
+            data["accounts"] = Problem(f"at least one account is required while {_one_of(NAMES)} is enabled")
+        fmgr = data.get("fmgr", {})
+        if isinstance(fmgr, dict) and FmgrConfig.watches(fmgr)[2]:
+            timeouts.append(_seconds(fmgr, "request_timeout", FmgrConfig.request_timeout) or FmgrConfig.request_timeout)
+        lease = cls._lease(data, max(timeouts, default=0.0))
+        if isinstance(data.get("quota"), dict):
+            cls._quota(data, accounts, lease)
+        return data
+
+    @staticmethod
+    def _kinds(data: dict[str, Any]) -> list[float]:
+        """Each task kind's section with the kind's own defaults, in ``kinds``; the request timeouts of the enabled
+        ones (of an invalid one, its default, as it would run)."""
+        kinds, timeouts = {}, []
         for kind in KINDS:
             raw = data.pop(kind.name, {})
             if not isinstance(raw, dict):
                 timeouts += [TaskKindConfig.request_timeout] if kind.enabled else []
-            else:  # with the kind's own defaults
+            else:
                 budget = RateLimit(requests=kind.budget_requests, per=kind.budget_seconds)
                 given = {k: v for k, v in raw.items() if v is not None}
                 raw = {**raw, "enabled": given.get("enabled", kind.enabled),
@@ -476,38 +496,41 @@ class Config(Section):
                                     or TaskKindConfig.request_timeout)
             kinds[kind.name] = raw
         # `kinds` is a field, not a key of the file
-        data["kinds"] = Problem(cls.unknown("kinds", section_keys(cls))) if "kinds" in data else kinds
-        if accounts in (None, []) and timeouts:
-            # Reported where the accounts' own problems would be, so the list reads in file order.
-            data["accounts"] = Problem(f"at least one account is required while {_one_of(NAMES)} is enabled")
-        fmgr = data.get("fmgr", {})
-        if isinstance(fmgr, dict) and FmgrConfig.watches(fmgr)[2]:
-            timeouts.append(_seconds(fmgr, "request_timeout", FmgrConfig.request_timeout) or FmgrConfig.request_timeout)
+        data["kinds"] = Problem(unknown_key("kinds", section_keys(Config))) if "kinds" in data else kinds
+        return timeouts
+
+    @staticmethod
+    def _lease(data: dict[str, Any], longest: float) -> float | None:
+        """``storage.lease_ttl`` if it is valid and fits ``longest``: a holder sends only while its lease outlasts the
+        request, and renews every quarter of the lease, so the longest request timeout must fit in three quarters
+        of it (less a second of margin each side)."""
         storage = data.get("storage", {})
         lease = _seconds(storage, "lease_ttl", StorageConfig.lease_ttl) if isinstance(storage, dict) else None
-        longest = max(timeouts, default=0.0)
-        # A holder sends only while its lease outlasts the request, and renews every quarter of the lease: the
-        # longest request timeout must fit in three quarters of it (less a second of margin each side).
-        if lease is not None and lease >= MIN_LEASE and 0.75 * lease - 1.0 <= longest + 1.0:
-            data["storage"] = {**storage, "lease_ttl": Problem(
-                f"{format_duration(lease)} is too short for a request_timeout of {format_duration(longest)}; use at "
-                f"least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")}
-        quota = data.get("quota")
-        if isinstance(quota, dict):
-            names = [a["name"] for a in accounts or () if isinstance(a, dict) and isinstance(a.get("name"), str)
-                     and a["name"].strip()]
-            data["quota"] = quota = {**quota, "accounts": _names(quota.get("accounts"), names, "a configured account")}
-            on = boolean(quota.get("enabled"), QuotaConfig.enabled)
-            timeout = _seconds(quota, "request_timeout", QuotaConfig.request_timeout)
-            if on and accounts in (None, []):
-                quota["enabled"] = Problem("true, but there is no account whose quotas could be polled")
-            # Sent only while the lease outlasts the request, as every poller.
-            if on and lease and lease >= MIN_LEASE and timeout and timeout <= MAX_QUOTA_TIMEOUT and (
-                    0.75 * lease - 1.0 <= timeout + 1.0):
-                quota["request_timeout"] = Problem(
-                    f"{format_duration(timeout)} does not fit storage.lease_ttl ({format_duration(lease)}); use at "
-                    f"most {format_duration(max(0.0, math.floor(0.75 * lease - 2.0) - 1.0))}")
-        return data
+        if lease is None or lease < MIN_LEASE:
+            return None
+        if 0.75 * lease - 1.0 > longest + 1.0:
+            return lease
+        data["storage"] = {**storage, "lease_ttl": Problem(
+            f"{format_duration(lease)} is too short for a request_timeout of {format_duration(longest)}; use at "
+            f"least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")}
+        return None
+
+    @staticmethod
+    def _quota(data: dict[str, Any], accounts: Any, lease: float | None) -> None:
+        """``quota.accounts`` are configured accounts; when enabled, there is one, and the requests fit the lease."""
+        names = [a["name"] for a in accounts or () if isinstance(a, dict) and isinstance(a.get("name"), str)
+                 and a["name"].strip()]
+        quota = data["quota"] = {**data["quota"]}
+        quota["accounts"] = _names(quota.get("accounts"), names, "a configured account")
+        if not boolean(quota.get("enabled"), QuotaConfig.enabled):
+            return
+        if accounts in (None, []):
+            quota["enabled"] = Problem("true, but there is no account whose quotas could be polled")
+        timeout = _seconds(quota, "request_timeout", QuotaConfig.request_timeout)
+        if lease and timeout and timeout <= MAX_QUOTA_TIMEOUT and 0.75 * lease - 1.0 <= timeout + 1.0:
+            quota["request_timeout"] = Problem(
+                f"{format_duration(timeout)} does not fit storage.lease_ttl ({format_duration(lease)}); use at most "
+                f"{format_duration(max(0.0, math.floor(0.75 * lease - 2.0) - 1.0))}")
 
 
 def _seconds(data: dict[str, Any], key: str, default: float) -> float | None:
