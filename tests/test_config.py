@@ -939,6 +939,22 @@ def test_an_unknown_key_deep_in_a_list_is_named_with_its_path_and_the_closest_ke
     ]
 
 
+def test_slo_and_quota_sections_on_the_models():
+    # An slo: entry that is null is the default, one that is not a mapping is refused.
+    assert parse_config(minimal(slo={"prefetch": None, "fmgr": {"objective": None}}), environ={}).slo == (
+        parse_config(minimal(), environ={}).slo)
+    assert errors_of(minimal(slo={"prefetch": []}), environ={}) == ["slo.prefetch: expected a mapping, got list"]
+    # A list with no valid entry left is reported with the problems of its entries.
+    assert errors_of(minimal(quota={"kinds": ["push", 7]}), environ={}) == [
+        'quota.kinds[0]: "push" is not a quota kind (expected prefetch or purge)',
+        "quota.kinds[1]: expected a string, got integer",
+        "quota.kinds: at least one of prefetch or purge is required",
+    ]
+    # A lease already too short for the pollers is not compared with the quota queries again.
+    assert errors_of(minimal(quota={"enabled": True}, storage={"lease_ttl": "40s"}), environ={}) == [
+        "storage.lease_ttl: 40s is too short for a request_timeout of 30s; use at least 43s"]
+
+
 @pytest.mark.parametrize("key", ["bogus", "kinds", "tz"])
 def test_a_key_that_is_not_one_is_unknown_whatever_its_value(key):
     assert errors_of(minimal(**{key: None}), environ={})[0].startswith(f"{key}: unknown key")
