@@ -23,7 +23,6 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -49,7 +48,6 @@ from exporter.configschema import (
     Problem,
     Section,
     Str,
-    StrictLoader,
     Text,
     TimeZone,
     between,
@@ -64,6 +62,7 @@ from exporter.configschema import (
     parse_duration,
     parse_timezone,
     quote,
+    read_yaml,
     required,
     seconds,
     secret,
@@ -72,7 +71,6 @@ from exporter.configschema import (
     unknown_key,
     validate,
     with_defaults,
-    yaml_error,
 )
 from exporter.configschema import ConfigError as ConfigError  # the error of both config files, raised from there
 from exporter.kinds import KINDS, NAMES
@@ -591,17 +589,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     """Read and validate a YAML config file; relative ``*_file`` paths are relative to its directory."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{file}: cannot read: {exc.strerror or type(exc).__name__}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{file}: not UTF-8 text"]) from exc
-    try:
-        data = yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: no arbitrary objects
         # absolute(), not resolve(): mounted secrets are often symlinks whose targets live elsewhere.
-        return parse_config(data, environ=environ, base_dir=file.absolute().parent)
-    except yaml.YAMLError as exc:
-        raise ConfigError([yaml_error(file, exc)]) from None
+        return parse_config(read_yaml(file), environ=environ, base_dir=file.absolute().parent)
     except RecursionError:
         # PyYAML and the validator both recurse; a hostile file must be an error, not a crash.
         raise ConfigError([f"{file}: nested too deeply"]) from None
@@ -617,14 +606,7 @@ def load_slo_config(path: str | Path, environ: Mapping[str, str] | None = None) 
     ConfigError, each as ``file: key.path: message``), without the rest: the rules generator needs neither the
     accounts' secrets nor their environment."""
     file = Path(path)
-    try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=StrictLoader)
-    except OSError as exc:
-        raise ConfigError([f"{file}: cannot read: {exc.strerror or type(exc).__name__}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{file}: not UTF-8 text"]) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError([yaml_error(file, exc)]) from None
+    data = read_yaml(file)
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError([f"{file}: config must be a mapping of sections, got {type_name(data)}"])
     try:

@@ -594,6 +594,20 @@ def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def read_yaml(file: Path) -> Any:
+    """The YAML document in ``file``, or ConfigError naming the file (and only the line of a syntax error)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or type(exc).__name__}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from exc
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError([yaml_error(file, exc)]) from None
+
+
 def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     # Only the problem and its position: the YAML library's snippet of the offending line could show
     # an inline secret.
