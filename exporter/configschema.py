@@ -1,26 +1,45 @@
-"""The small validation framework under the configuration model.
+"""What the configuration models are made of, on pydantic.
 
-Scalar parsers (durations, time zones, URLs), ``${ENV}`` expansion, ``*_file`` secrets, a YAML loader that
-refuses duplicate keys, and ``Section``: a reader of one mapping of raw YAML whose typed getters report every
-problem with its key path to a shared ``Context`` and fall back to the default, so one run finds them all.
-It knows nothing of the exporter's sections; ``exporter.config`` describes those with it.
+Scalar parsers (durations, time zones, URLs); the ``${ENV}`` pre-pass over the raw YAML; the annotated types and
+bounds the fields are declared with; ``Section``, the base of every section (unknown keys refused, null as "not
+set", ``*_file`` secrets, rules over a whole mapping); the one translator from pydantic's errors to
+``key.path: message`` lines; and a YAML loader that refuses duplicate keys. It knows nothing of the exporter's
+sections: ``exporter.config`` and ``exporter.http.webconfig`` declare those.
+
+All problems are found in one run: a value that the pre-pass or a rule finds wrong is replaced by a ``Problem``
+before validation, so that its key fails with that message while every other key is still checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic import model_validator as _model_validator
+from pydantic.dataclasses import dataclass
 
+MINUTE = 60.0
+HOUR = 3600.0
 DAY = 86400.0
 
 
@@ -126,8 +145,8 @@ def parse_timezone(text: str) -> tzinfo:
         raise ValueError(message) from exc
 
 
-def _check_http_url(text: str, *, allow_query: bool) -> None:
-    """Raise ValueError unless ``text`` is an absolute http(s) URL without credentials or fragment."""
+def _check_http_url(text: str, *, allow_query: bool) -> str:
+    """``text``; ValueError unless it is an absolute http(s) URL without credentials or fragment."""
     if any(c.isspace() for c in text):
         raise ValueError(f"{quote(text)} is not an http(s) URL (contains whitespace)")
     parts = urlsplit(text)
@@ -144,10 +163,29 @@ def _check_http_url(text: str, *, allow_query: bool) -> None:
         raise ValueError(f"{quote(text)} must not have a #fragment")
     if parts.query and not allow_query:
         raise ValueError(f"{quote(text)} must not have a query string")
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
-# ${VAR} expansion
+# Problems, and the pre-pass over the raw YAML
+
+
+class Problem(ValueError):
+    """What is wrong with a key, with the message(s) to report: raised by a validator, or put in place of the
+    value by a rule or by the pre-pass, so that the key fails with these messages while the rest is checked.
+
+    ``at`` reports them at another key and ``ref`` is the key ``{ref}`` in a message names, both relative to
+    the key that failed: ``(n, *keys)`` is the key path less its last ``n`` parts, plus ``keys``.
+    """
+
+    def __init__(self, *messages: str, at: tuple[Any, ...] = (0,), ref: tuple[Any, ...] = (0,)):
+        super().__init__(*messages)
+        self.messages, self.at, self.ref = messages, at, ref
+
+
+class EnvText(str):
+    """A string that came from ``${VAR}``: keys that want a number or a boolean read it as YAML would."""
+
 
 _VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE_RE = re.compile(r"\$\$|\$\{([^}]*)(\})?")
@@ -188,39 +226,201 @@ def expand_env(text: str, environ: Mapping[str, str]) -> tuple[str, bool, list[s
     return "".join(out), used, problems
 
 
-# --------------------------------------------------------------------------------------------------
-# The reader: walks the raw YAML data, collecting every problem with its key path
+def expand(value: Any, environ: Mapping[str, str]) -> Any:
+    """A copy of raw YAML data with ``${VAR}`` expanded in every string (a ``Problem`` where that fails)."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+        text, used, problems = expand_env(value, environ)
+        return Problem(*problems) if problems else EnvText(text) if used else text
+    if isinstance(value, Mapping):
+        return {k: expand(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, environ) for v in value]
+    return value
 
-_MISSING: Any = object()  # key absent or null: use the default
-BAD: Any = object()  # value already reported as a problem (e.g. an unset environment variable)
 
-_MAX_SECRET_FILE_BYTES = 64 * 1024
-
-_TYPE_NAMES = {
-    bool: "boolean",
-    int: "integer",
-    float: "number",
-    str: "string",
-    list: "list",
-    dict: "mapping",
-    type(None): "null",
-}
+_TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "list"), (Mapping, "mapping"),
+    (type(None), "null"),
+)  # fmt: skip
 
 
 def type_name(value: Any) -> str:
-    for typ, name in _TYPE_NAMES.items():
-        if type(value) is typ:
-            return name
-    if isinstance(value, Mapping):
-        return "mapping"
-    return type(value).__name__
+    return next((name for typ, name in _TYPE_NAMES if isinstance(value, typ)), type(value).__name__)
 
 
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+# --------------------------------------------------------------------------------------------------
+# Field types and bounds
 
 
-def _unknown_key_message(key: Any, allowed: Iterable[str]) -> str:
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _env_bool(value: Any) -> Any:
+    word = value.strip().lower() if isinstance(value, EnvText) else None
+    return True if word in ("true", "yes", "on") else False if word in ("false", "no", "off") else value
+
+
+def boolean(value: Any, default: bool) -> bool:
+    """A raw value as a boolean key reads it, or ``default`` if it is not one (rules over raw mappings use it)."""
+    value = _env_bool(value)
+    return value if isinstance(value, bool) else default
+
+
+def _env_int(value: Any) -> Any:
+    return int(value) if isinstance(value, EnvText) and re.fullmatch(r"\s*[0-9]+\s*", value) else value
+
+
+def duration_value(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration such as 5m, got {type_name(value)}")
+    return parse_duration(value)
+
+
+Str = Annotated[str, Strict(), AfterValidator(str)]  # a plain str, also for text from ${VAR}
+Text = Annotated[Str, AfterValidator(_text)]  # a string, not blank; values are never echoed
+Boolean = Annotated[bool, Strict(), BeforeValidator(_env_bool)]
+Int = Annotated[int, Strict(), BeforeValidator(_env_int)]
+Duration = Annotated[float, BeforeValidator(duration_value)]  # seconds, zero allowed
+
+
+def between(lo: int, hi: int = MAX_INTEGER) -> AfterValidator:
+    def check(value: int) -> int:
+        if lo <= value <= hi:
+            return value
+        bound = f"at least {lo}" if hi == MAX_INTEGER and value < lo else f"from {lo} to {hi}"
+        raise ValueError(f"must be {bound}, got {value}")
+
+    return AfterValidator(check)
+
+
+def seconds(minimum: float = 0.0, maximum: float | None = None, *, zero: bool = False) -> AfterValidator:
+    """Bounds of a duration: greater than 0 (unless ``zero``), at least ``minimum``, at most ``maximum``."""
+
+    def check(value: float) -> float:
+        if not zero and value <= 0:
+            raise ValueError("must be greater than 0")
+        if value < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {format_duration(maximum)}")
+        return value
+
+    return AfterValidator(check)
+
+
+PositiveDuration = Annotated[Duration, seconds()]
+
+
+def check(test: Callable[[str], bool], message: Callable[[str], str]) -> AfterValidator:
+    """A string ``test`` accepts; otherwise ``message(value)``."""
+
+    def run(value: str) -> str:
+        if not test(value):
+            raise ValueError(message(value))
+        return value
+
+    return AfterValidator(run)
+
+
+def one_of(*choices: str) -> AfterValidator:
+    return check(lambda v: v in choices, lambda v: f"must be one of {', '.join(choices)}, got {quote(v)}")
+
+
+def header_safe(what: str, extra: str = "") -> AfterValidator:
+    """Header-bound values (user names, access keys) must not carry whitespace or ``extra`` characters."""
+    bad = "whitespace" + (f" or {' '.join(extra)}" if extra else "")
+    return check(lambda v: not any(c.isspace() or c in extra for c in v), lambda v: f"{what} must not contain {bad}")
+
+
+def http_url(*, query: bool = False) -> AfterValidator:
+    """An absolute http(s) URL without credentials or fragment (nor query string, unless ``query``)."""
+    return AfterValidator(lambda value: _check_http_url(value, allow_query=query))
+
+
+def _timezone_text(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # YAML 1.1 reads +8:00 or -5:30 unquoted as base-60 integers (480, -330): say so.
+        raise ValueError('expected a string, got a number (quote UTC offsets, e.g. "+08:00")')
+    return value
+
+
+def _timezone(value: str) -> str:
+    parse_timezone(value)
+    return value
+
+
+TimeZone = Annotated[Text, BeforeValidator(_timezone_text), AfterValidator(_timezone)]  # as written
+
+
+def required() -> Any:
+    """A key without a default of its own that still follows keys with one (its section's owner supplies it)."""
+    return Field()
+
+
+def secret(default: Any = dataclasses.MISSING) -> Any:
+    """A secret key: hidden from repr, masked by ``redacted()``, and also given as ``<key>_file``."""
+    return dataclasses.field(default=default, repr=False, metadata={"secret": True})
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+SECTION = ConfigDict(extra="forbid")
+_MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, config=SECTION)
+class Section:
+    """The base of every config section: a frozen dataclass whose unknown keys are refused (with the closest known
+    one), where null means "not set", whose secrets may be given as ``<key>_file`` (read relative to the
+    ``base_dir`` of the validation context), and which fills a section given in part from the default of the key
+    it is under. ``prepare`` holds a section's rules over its whole raw mapping (requirements that depend on
+    other keys, duplicates in lists); they put a ``Problem`` where they find one."""
+
+    NULL_IS_UNSET: ClassVar[bool] = True  # or each key's type reads null itself
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _raw(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data  # not a mapping (reported as such), or the arguments of a direct construction
+        keys = section_keys(cls)
+        data = cls.prepare({k: v for k, v in data.items() if v is not None or k not in keys or not cls.NULL_IS_UNSET})
+        fields = keys | {f.name for f in dataclasses.fields(cls) if f.init}  # prepare may fill a field
+        data = {str(k): v if k in fields else Problem(cls.unknown(k, keys)) for k, v in data.items()}
+        for f in dataclasses.fields(cls):
+            if isinstance(f.default, Section) and f.name in data:
+                data[f.name] = with_defaults(data[f.name], f.default)
+            if f.metadata.get("secret") and info.context is not None:
+                _secret_file(data, f, info.context["base_dir"])
+        return data
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    @classmethod
+    def unknown(cls, key: Any, keys: frozenset[str]) -> str:
+        return unknown_key(key, keys)
+
+
+def section_keys(cls: type[Section]) -> frozenset[str]:
+    """The keys of a section: its fields, ``<key>_file`` for secrets, and a mapping field's ``sections`` (keys of
+    the file that are entries of the mapping) in place of its name."""
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        if f.init:
+            keys.extend(f.metadata.get("sections", (f.name,)))
+            keys.extend([f"{f.name}_file"] if f.metadata.get("secret") else [])
+    return frozenset(keys)
+
+
+def unknown_key(key: Any, allowed: frozenset[str]) -> str:
     candidates = sorted(allowed)
     close = difflib.get_close_matches(str(key).replace("-", "_"), candidates, n=1, cutoff=0.6)
     if close:
@@ -228,213 +428,138 @@ def _unknown_key_message(key: Any, allowed: Iterable[str]) -> str:
     return f"unknown key (expected one of: {', '.join(candidates)})"
 
 
-class Context:
-    """Shared state of one validation run: the problems found so far and where secrets come from."""
-
-    def __init__(self, environ: Mapping[str, str], base_dir: Path):
-        self.environ = environ
-        self.base_dir = base_dir
-        self.errors: list[str] = []
-        self.failed: set[str] = set()
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-        self.failed.add(path)
-
-    def ok(self, *paths: str) -> bool:
-        """True when none of ``paths`` has a problem (so cross-key checks do not pile up noise)."""
-        return not any(p in self.failed for p in paths)
-
-    def expand(self, value: Any, path: str) -> tuple[Any, bool]:
-        """``value`` with ``${VAR}`` expanded if it is a string, and whether it came from the environment."""
-        if not isinstance(value, str) or "$" not in value:
-            return value, False
-        expanded, used, problems = expand_env(value, self.environ)
-        for problem in problems:
-            self.error(path, problem)
-        return (BAD if problems else expanded), used
-
-    def read_secret_file(self, raw_path: str, path: str) -> str | None:
-        file = Path(raw_path).expanduser()
-        if not file.is_absolute():
-            file = self.base_dir / file
-        try:
-            with file.open("rb") as f:
-                data = f.read(_MAX_SECRET_FILE_BYTES + 1)
-        except OSError as exc:
-            self.error(path, f"cannot read {file}: {exc.strerror or type(exc).__name__}")
-            return None
-        if len(data) > _MAX_SECRET_FILE_BYTES:
-            self.error(path, f"{file} is larger than {_MAX_SECRET_FILE_BYTES} bytes; is it a secret file?")
-            return None
-        try:
-            text = data.decode("utf-8").rstrip()
-        except UnicodeDecodeError:
-            self.error(path, f"{file} is not UTF-8 text")
-            return None
-        if not text:
-            self.error(path, f"{file} is empty")
-            return None
-        return text
-
-
-class Section:
-    """One mapping of the config at ``path``; typed getters report problems and fall back to defaults."""
-
-    def __init__(self, ctx: Context, path: str, raw: Any, allowed: Iterable[str]):
-        self.ctx = ctx
-        self.path = path
-        self.data: Mapping[Any, Any] = {}
-        if raw is BAD or raw is _MISSING or raw is None:
-            return
-        if not isinstance(raw, Mapping):
-            ctx.error(path, f"expected a mapping, got {type_name(raw)}")
-            return
-        self.data = raw
-        allowed = frozenset(allowed)
-        for key in raw:
-            if key not in allowed:
-                ctx.error(self.sub(key), _unknown_key_message(key, allowed))
-
-    def sub(self, key: Any) -> str:
-        return _join(self.path, key)
-
-    def present(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def get(self, key: str) -> tuple[Any, bool]:
-        """The value at ``key`` after env expansion (``_MISSING``/``BAD`` sentinels) and its env origin."""
-        value = self.data.get(key)
-        if value is None:
-            return _MISSING, False
-        return self.ctx.expand(value, self.sub(key))
-
-    def section(self, key: str, allowed: Iterable[str]) -> Section:
-        return Section(self.ctx, self.sub(key), self.data.get(key), allowed)
-
-    def _type_error(self, key: str, expected: str, value: Any) -> None:
-        self.ctx.error(self.sub(key), f"expected {expected}, got {type_name(value)}")
-
-    def string(self, key: str, default: str | None = None, *, required: str | None = None) -> str | None:
-        """A string; ``required`` is the message when it is absent. Values are never echoed here."""
-        value, _ = self.get(key)
-        if value is BAD:
-            return default
-        if value is _MISSING:
-            if required is not None:
-                self.ctx.error(self.sub(key), required)
-            return default
-        if not isinstance(value, str):
-            self._type_error(key, "a string", value)
-            return default
-        if not value.strip():
-            self.ctx.error(self.sub(key), "must not be empty")
-            return default
+def with_defaults(value: Any, default: Section) -> Any:
+    """A section given in part: the keys without a default of their own that it leaves out, from ``default``."""
+    if not isinstance(value, dict):
         return value
+    return {**value, **{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init
+                        and f.default is f.default_factory is dataclasses.MISSING and value.get(f.name) is None}}
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value, from_env = self.get(key)
-        if value is _MISSING or value is BAD:
-            return default
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str):
-            # ${VAR} always yields a string; read it the way YAML would have read the literal.
-            word = value.strip().lower()
-            if word in ("true", "yes", "on"):
-                return True
-            if word in ("false", "no", "off"):
-                return False
-        self._type_error(key, "a boolean (true or false)", value)
-        return default
 
-    def integer(self, key: str, default: int, *, lo: int, hi: int = MAX_INTEGER) -> int:
-        value, from_env = self.get(key)
-        if value is _MISSING or value is BAD:
-            return default
-        if from_env and isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            self._type_error(key, "an integer", value)
-            return default
-        if value < lo or value > hi:
-            bound = f"at least {lo}" if hi == MAX_INTEGER and value < lo else f"from {lo} to {hi}"
-            self.ctx.error(self.sub(key), f"must be {bound}, got {value}")
-            return default
-        return value
+def _secret_file(data: dict[str, Any], f: dataclasses.Field[Any], base_dir: Path) -> None:
+    key = f"{f.name}_file"
+    if key not in data:
+        if f.name not in data and f.default is dataclasses.MISSING:
+            data[f.name] = Problem(f"required (or {key})")
+        return
+    raw = data.pop(key)
+    at = (1, key)
+    if f.name in data:
+        if not isinstance(data[f.name], Problem):
+            data[f.name] = Problem(f"conflicts with {f.name}; set only one of them", at=at)
+    elif isinstance(raw, Problem):
+        data[f.name] = Problem(*raw.messages, at=at)
+    elif not isinstance(raw, str) or not raw.strip():
+        data[f.name] = Problem(f"expected a string, got {type_name(raw)}" if not isinstance(raw, str)
+                               else "must not be empty", at=at)
+    else:
+        data[f.name] = _read_secret(Path(raw).expanduser(), base_dir, at)
 
-    def duration(
-        self,
-        key: str,
-        default: str,
-        *,
-        minimum: float = 0.0,
-        positive: bool = True,
-        maximum: float | None = None,
-    ) -> float:
-        fallback = parse_duration(default)
-        value, _ = self.get(key)
-        if value is _MISSING or value is BAD:
-            return fallback
-        seconds = self.duration_value(self.sub(key), value)
-        if seconds is None:
-            return fallback
-        if positive and seconds <= 0:
-            self.ctx.error(self.sub(key), "must be greater than 0")
-        elif seconds < minimum:
-            self.ctx.error(self.sub(key), f"must be at least {format_duration(minimum)}")
-        elif maximum is not None and seconds > maximum:
-            self.ctx.error(self.sub(key), f"must be at most {format_duration(maximum)}")
-        else:
-            return seconds
-        return fallback
 
-    def duration_value(self, path: str, value: Any) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.ctx.error(path, f"expected a duration such as 5m, got {type_name(value)}")
-            return None
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.ctx.error(path, str(exc))
-            return None
+def _read_secret(file: Path, base_dir: Path, at: tuple[Any, ...]) -> str | Problem:
+    file = file if file.is_absolute() else base_dir / file
+    try:
+        with file.open("rb") as f:
+            data = f.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        return Problem(f"cannot read {file}: {exc.strerror or type(exc).__name__}", at=at)
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        return Problem(f"{file} is larger than {_MAX_SECRET_FILE_BYTES} bytes; is it a secret file?", at=at)
+    try:
+        text = data.decode("utf-8").rstrip()
+    except UnicodeDecodeError:
+        return Problem(f"{file} is not UTF-8 text", at=at)
+    return text or Problem(f"{file} is empty", at=at)
 
-    def items(self, key: str) -> list[tuple[str, Any]] | None:
-        """(path, expanded value) for each element of the list at ``key``; None when absent or invalid."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            self._type_error(key, "a list", value)
-            return None
-        out = []
-        for i, item in enumerate(value):
-            path = f"{self.sub(key)}[{i}]"
-            expanded, _ = self.ctx.expand(item, path)
-            out.append((path, expanded))
-        return out
 
-    def url(self, key: str, *, allow_query: bool = False) -> str | None:
-        text = self.string(key)
-        if text is None:
-            return None
-        try:
-            _check_http_url(text, allow_query=allow_query)
-        except ValueError as exc:
-            self.ctx.error(self.sub(key), str(exc))
-            return None
-        return text
+def duplicates(items: Any, key: Callable[[Any], Hashable | None]) -> Iterator[tuple[int, int]]:
+    """(index, index of the first like it) of each item of a raw list whose key (None: none) came before."""
+    first: dict[Hashable, int] = {}
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        k = key(item)
+        if k is not None and first.setdefault(k, i) != i:
+            yield i, first[k]
 
-    def secret(self, key: str, *, required: bool) -> str | None:
-        """A secret given inline (``key``, maybe ``${VAR}``) or as a file (``key_file``); never echoed."""
-        file_key = f"{key}_file"
-        if self.present(key) and self.present(file_key):
-            self.ctx.error(self.sub(file_key), f"conflicts with {key}; set only one of them")
-            return None
-        if self.present(file_key):
-            file_path = self.string(file_key)
-            return None if file_path is None else self.ctx.read_secret_file(file_path, self.sub(file_key))
-        return self.string(key, required=f"required (or {file_key})" if required else None)
+
+# --------------------------------------------------------------------------------------------------
+# Validation, and the translation of pydantic's errors into the exporter's problems
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, each as ``key.path: message``."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+S = TypeVar("S", bound=Section)
+
+
+def validate(root: type[S], data: Any, *, environ: Mapping[str, str] | None = None, **context: Any) -> S:
+    """Raw YAML ``data`` as a ``root`` section, with ``${VAR}`` expanded from ``environ`` (unless None); or
+    ConfigError with every problem. ``context`` is for validators: ``base_dir`` (of ``*_file`` paths), ..."""
+    try:
+        return TypeAdapter(root).validate_python(data if environ is None else expand(data, environ), context=context)
+    except ValidationError as exc:
+        raise ConfigError(problems(exc, root)) from None
+
+
+_EXPECTED = {
+    "bool_type": "a boolean (true or false)", "int_type": "an integer", "string_type": "a string",
+    "float_type": "a number", "tuple_type": "a list", "list_type": "a list", "dataclass_type": "a mapping",
+    "dict_type": "a mapping",
+}  # fmt: skip
+
+
+def _move(loc: tuple[Any, ...], spec: tuple[Any, ...]) -> tuple[Any, ...]:
+    return loc[: len(loc) - spec[0]] + spec[1:]
+
+
+def key_path(loc: tuple[Any, ...], hidden: Mapping[str, Any] | None = None) -> str:
+    """``('accounts', 1, 'name')`` as ``accounts[1].name``; a mapping field whose entries are keys of the file (see
+    ``section_keys``; ``hidden`` maps it to them) is left out before one of its entries."""
+    path = ""
+    for part, after in zip(loc, (*loc[1:], None), strict=True):
+        if after not in (hidden or {}).get(part, ()):
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def _mapping_fields() -> dict[str, Any]:
+    sections: list[type[Section]] = [Section]
+    fields: dict[str, Any] = {}
+    while sections:
+        cls = sections.pop()
+        sections.extend(cls.__subclasses__())
+        fields.update((f.name, f.metadata["sections"]) for f in dataclasses.fields(cls) if "sections" in f.metadata)
+    return fields
+
+
+def problems(exc: ValidationError, root: type[Section]) -> list[str]:
+    """Every problem in ``exc`` as ``key.path: message``, in the order of the sections and their keys, unknown
+    keys first in each section; the values themselves are never shown (they may be secrets)."""
+    hidden = _mapping_fields()
+    found: list[tuple[tuple[Any, ...], bool, str]] = []
+    for error in exc.errors(include_url=False):
+        loc, kind, value = error["loc"], error["type"], error["input"]
+        problem = value if isinstance(value, Problem) else error.get("ctx", {}).get("error")
+        unknown = kind == "unexpected_keyword_argument"
+        if isinstance(problem, Problem):
+            loc = _move(loc, problem.at)
+            ref = key_path(_move(loc, problem.ref), hidden)
+            found.extend((loc, unknown, m.replace("{ref}", ref)) for m in problem.messages)
+        elif kind != "default_factory_not_called":  # a consequence of another problem
+            found.append((loc, unknown, f"expected {_EXPECTED[kind]}, got {type_name(value)}" if kind in _EXPECTED
+                          else "required" if kind == "missing"
+                          else str(problem) if isinstance(problem, ValueError) else error["msg"]))
+    ordered: list[tuple[tuple[Any, ...], bool, str]] = []
+    for item in found:  # pydantic lists a section's unknown keys after its fields: move them first
+        loc, unknown, _ = item
+        first = next((i for i, (other, u, _) in enumerate(ordered) if unknown and other[: len(loc) - 1] == loc[:-1]
+                      and not (u and len(other) == len(loc))), len(ordered))
+        ordered.insert(first, item)
+    return list(dict.fromkeys(f"{key_path(loc, hidden)}: {message}" for loc, _, message in ordered))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,6 +594,20 @@ def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def read_yaml(file: Path) -> Any:
+    """The YAML document in ``file``, or ConfigError naming the file (and only the line of a syntax error)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or type(exc).__name__}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from exc
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError([yaml_error(file, exc)]) from None
+
+
 def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     # Only the problem and its position: the YAML library's snippet of the offending line could show
     # an inline secret.
@@ -478,4 +617,3 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
         context = f" ({exc.context})" if exc.context else ""
         return f"{path}: {where}: {exc.problem}{context}"
     return f"{path}: invalid YAML ({type(exc).__name__})"
-

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import pickle
 import re
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,9 +17,14 @@ from exporter.config import (
     DEFAULT_CDN_ENDPOINT,
     KNOWN_KEYS,
     SECRET_MASK,
+    Account,
     Config,
     ConfigError,
+    FmgrConfig,
+    NotifyConfig,
     RateLimit,
+    StorageConfig,
+    TaskKindConfig,
     Window,
     load_config,
     parse_config,
@@ -866,6 +873,96 @@ def test_example_mentions_every_key():
     assert missing == []
 
 
+# ------------------------------------------------------------------------------------------- the models
+
+
+def test_every_default_is_the_one_on_its_field():
+    # Nothing on the way from YAML to the model has a default of its own: an empty section is the section's
+    # fields at their defaults (a task kind takes `enabled` and the rate budget from its entry in KINDS).
+    config = parse_config(minimal(fmgr={"endpoint": "http://m.example.com"}), environ={})
+    assert config.accounts == (Account(name="acme", username="acme", api_key=API_KEY),)
+    for kind in KINDS:
+        assert config.kinds[kind.name] == TaskKindConfig(
+            enabled=kind.enabled, rate_limit=RateLimit(kind.budget_requests, kind.budget_seconds))
+    assert config.fmgr == FmgrConfig(endpoint="http://m.example.com", enabled=True)
+    assert config.fmgr.notify == NotifyConfig()
+    assert config.storage == StorageConfig()
+
+
+def test_the_keys_are_the_fields():
+    for cls, section in ((Account, "accounts[]"), (FmgrConfig, "fmgr"), (StorageConfig, "storage")):
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        secrets = {f"{f.name}_file" for f in dataclasses.fields(cls) if f.metadata.get("secret")}
+        assert KNOWN_KEYS[section] == fields | secrets, section
+
+
+def _file_data(value: Any) -> Any:
+    """A validated config back in the shape of config.yml, secrets included, keys at their default left out (an
+    account's unused credentials are empty, which the file cannot say)."""
+    if isinstance(value, Window):
+        return value.name
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if "sections" in f.metadata:
+                out.update(_file_data(item))
+            elif f.init and item != f.default:
+                out[f.name] = _file_data(item)
+        return out
+    if isinstance(value, tuple):
+        return [_file_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _file_data(v) for k, v in value.items()}
+    return value
+
+
+def test_the_example_round_trips(tmp_path):
+    # What validation makes of the example, written out again, is valid and validates to the same config.
+    example = _load_example(tmp_path)
+    (tmp_path / "again.yml").write_text(yaml.safe_dump(_file_data(example)))
+    assert load_config(tmp_path / "again.yml", environ={}) == example
+    changed = parse_config(minimal(**dict.fromkeys(NAMES, KIND_SECTION), storage={"lease_ttl": "2m"}), environ={})
+    assert parse_config(_file_data(changed), environ={}) == changed
+
+
+def test_an_unknown_key_deep_in_a_list_is_named_with_its_path_and_the_closest_key():
+    data = minimal(fmgr={"notify": {"url": "https://e.example.com/n", "keys": [
+        {"access_key": "AK1", "secret_key": "s1"}, {"access_key": "AK2", "secret_kye": "s2"}]}})
+    data["accounts"].append({"name": "b", "username": "b", "api_key": "k", "timezon": "UTC", "rate_limit": {}})
+    assert errors_of(data, environ={}) == [
+        "accounts[1].timezon: unknown key (did you mean timezone?)",
+        "accounts[1].rate_limit: unknown key (expected one of: access_key, api_key, api_key_file, auth, endpoint, "
+        "name, secret_key, secret_key_file, timezone, username)",
+        "fmgr.notify.keys[1].secret_kye: unknown key (did you mean secret_key?)",
+        "fmgr.notify.keys[1].secret_key: required (or secret_key_file)",
+    ]
+
+
+def test_slo_and_quota_sections_on_the_models():
+    # An slo: entry that is null is the default, one that is not a mapping is refused.
+    assert parse_config(minimal(slo={"prefetch": None, "fmgr": {"objective": None}}), environ={}).slo == (
+        parse_config(minimal(), environ={}).slo)
+    assert errors_of(minimal(slo={"prefetch": []}), environ={}) == ["slo.prefetch: expected a mapping, got list"]
+    # A list with no valid entry left is reported with the problems of its entries.
+    assert errors_of(minimal(quota={"kinds": ["push", 7]}), environ={}) == [
+        'quota.kinds[0]: "push" is not a quota kind (expected prefetch or purge)',
+        "quota.kinds[1]: expected a string, got integer",
+        "quota.kinds: at least one of prefetch or purge is required",
+    ]
+    # A lease already too short for the pollers is not compared with the quota queries again.
+    assert errors_of(minimal(quota={"enabled": True}, storage={"lease_ttl": "40s"}), environ={}) == [
+        "storage.lease_ttl: 40s is too short for a request_timeout of 30s; use at least 43s"]
+
+
+@pytest.mark.parametrize("key", ["bogus", "kinds", "tz"])
+def test_a_key_that_is_not_one_is_unknown_whatever_its_value(key):
+    assert errors_of(minimal(**{key: None}), environ={})[0].startswith(f"{key}: unknown key")
+    data = minimal()
+    data["accounts"][0][key] = None
+    assert errors_of(data, environ={})[0].startswith(f"accounts[0].{key}: unknown key")
+
+
 def test_fixed_offset_tz_is_a_timezone():
     # Consumers format API times with the zone; a fixed offset is a plain datetime.timezone.
     assert parse_timezone("+08:00") == timezone(timedelta(hours=8))
@@ -935,3 +1032,10 @@ def test_a_lease_must_outlast_the_longest_request():
     assert cfg.storage.lease_ttl == 44.0
     cfg = parse_config(minimal(prefetch={"request_timeout": "2s"}, storage={"lease_ttl": "6s"}))
     assert cfg.storage.lease_ttl == 6.0
+    # The default lease too, and next to the other problems of the sections involved.
+    assert errors_of(minimal(prefetch={"request_timeout": "50s"})) == [
+        "storage.lease_ttl: 1m is too short for a request_timeout of 50s; use at least 1m10s"]
+    assert errors_of(minimal(prefetch={"request_timeout": "50s", "page_size": 0}, storage={"path": ""})) == [
+        "prefetch.page_size: must be from 1 to 10000, got 0",
+        "storage.lease_ttl: 1m is too short for a request_timeout of 50s; use at least 1m10s",
+        "storage.path: must not be empty"]

@@ -176,6 +176,37 @@ def test_a_ca_needs_client_auth(tmp_path):
     ]
 
 
+def test_a_rule_and_the_keys_own_problem_are_both_reported(tmp_path):
+    for name in ("s.crt", "s.key"):
+        (tmp_path / name).write_text("x")
+    assert errors_of(tmp_path, "tls_server_config: {cert_file: s.crt, key_file: s.key, client_ca_file: ca.crt}\n") == [
+        f"tls_server_config.client_ca_file: file {str(tmp_path / 'ca.crt')!r} does not exist",
+        "tls_server_config.client_ca_file: set without a client_auth_type that verifies certificates",
+    ]
+
+
+def test_null_is_the_default_except_for_the_booleans(tmp_path):
+    cfg = load_web_config(write(tmp_path, "tls_server_config:\n  cipher_suites:\n  client_auth_type:\n"
+                                          "http_server_config:\n  headers:\nbasic_auth_users:\nrate_limit:\n"
+                                          "  interval:\n  burst:\n"))
+    assert cfg == WebConfig()
+    assert errors_of(tmp_path, "tls_server_config:\n  prefer_server_cipher_suites:\nhttp_server_config:\n"
+                               "  http2:\n") == [
+        "tls_server_config.prefer_server_cipher_suites: expected true or false",
+        "http_server_config.http2: expected true or false",
+    ]
+
+
+def test_the_tls_settings_read_as_settings_of_the_whole(tmp_path):
+    shutil.copy(TOOLKIT / "server.crt", tmp_path / "server.crt")
+    shutil.copy(TOOLKIT / "server.key", tmp_path / "server.key")
+    cfg = load_web_config(write(tmp_path, "tls_server_config: {cert_file: server.crt, key_file: server.key, "
+                                          "min_version: TLS13}\n"))
+    assert (cfg.cert_file, cfg.min_version) == (cfg.tls_server_config.cert_file, "TLS13")
+    with pytest.raises(AttributeError):
+        cfg.http2  # noqa: B018 - only the TLS settings read through
+
+
 def test_unreadable_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_web_config(tmp_path / "absent.yml")

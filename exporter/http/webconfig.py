@@ -23,15 +23,24 @@ import threading
 import time
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 import bcrypt
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+from pydantic.dataclasses import dataclass
 
-from exporter.config import ConfigError
+from exporter.configschema import SECTION, ConfigError, Problem, Section, validate
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +99,6 @@ ALLOWED_HEADERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-_TLS_KEYS = frozenset(
-    {
-        "cert_file",
-        "key_file",
-        "client_auth_type",
-        "client_ca_file",
-        "min_version",
-        "max_version",
-        "cipher_suites",
-        "curve_preferences",
-        "prefer_server_cipher_suites",
-    }
-)
 # Refused when set to anything but an empty value (empty is the same as absent, in the toolkit too).
 _TLS_REFUSED = MappingProxyType(
     {
@@ -112,9 +108,6 @@ _TLS_REFUSED = MappingProxyType(
         "client_allowed_sans": "client SAN pinning is not supported by this exporter",
     }
 )
-_HTTP_KEYS = frozenset({"http2", "headers"})
-_TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"})
-_RATE_LIMIT_KEYS = frozenset({"interval", "burst"})
 # A Go duration (time.ParseDuration): "0", or numbers with units, such as "1m30s".
 _GO_DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)")
 
@@ -122,144 +115,144 @@ _GO_DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
-@dataclass(frozen=True)
-class WebConfig:
-    cert_file: str | None = None
-    key_file: str | None = None
-    client_ca_file: str | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str | None = None  # None = the toolkit's default, TLS12
-    max_version: str | None = None  # None = the newest the ssl module offers
-    cipher_suites: tuple[str, ...] = ()  # Go's names, in the file's order
-    curve_preferences: tuple[str, ...] = ()  # the toolkit's names, in the file's order
-    prefer_server_cipher_suites: bool = True
-    basic_auth_users: Mapping[str, str] = field(default_factory=dict, repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def tls_enabled(self) -> bool:
-        return self.cert_file is not None
-
-
 # --------------------------------------------------------------------------------------------------
-# Loading
+# The file, as the toolkit reads it
 
 
-def _check_keys(
-    section: Mapping[Any, Any],
-    where: str,
-    allowed: frozenset[str],
-    refused: Mapping[str, str],
-    errors: list[str],
-) -> None:
-    for key in section:
-        path = f"{where}{key}"
-        if key in refused:
-            errors.append(f"{path}: {refused[key]}")
-        elif key not in allowed:
-            errors.append(f"{path}: unknown key")
-
-
-def _mapping(value: Any, path: str, errors: list[str]) -> Mapping[Any, Any]:
+def _mapping(value: Any) -> Any:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        errors.append(f"{path}: expected a mapping, got {type(value).__name__}")
-        return {}
+        raise ValueError(f"expected a mapping, got {type(value).__name__}")
     return value
 
 
-def _string(section: Mapping[Any, Any], key: str, where: str, errors: list[str]) -> str | None:
-    value = section.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        errors.append(f"{where}{key}: expected a string, got {type(value).__name__}")
-        return None
+def _string(default: str | None = None) -> BeforeValidator:
+    """A string; empty is no value (``default``), as in the toolkit."""
+
+    def read(value: Any) -> str | None:
+        if value is None or value == "":
+            return default
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        return value
+
+    return BeforeValidator(read)
+
+
+def _version(value: str | None) -> str | None:
+    if value is not None and value not in TLS_VERSIONS:
+        raise ValueError(f"{value!r} is not one of {', '.join(TLS_VERSIONS)}")
     return value
 
 
-def _existing_file(
-    section: Mapping[Any, Any], key: str, where: str, base: Path, errors: list[str]
-) -> str | None:
-    value = _string(section, key, where, errors)
+def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     # Relative paths are relative to the web config file, as in the toolkit.
-    path = Path(value) if Path(value).is_absolute() else base / value
+    path = Path(value) if Path(value).is_absolute() else (info.context or {}).get("base_dir", Path()) / value
     if not path.is_file():
-        errors.append(f"{where}{key}: file {str(path)!r} does not exist")
-        return None
+        raise ValueError(f"file {str(path)!r} does not exist")
     return str(path)
 
 
-def _names(
-    section: Mapping[Any, Any], key: str, where: str, known: Mapping[str, Any], what: str, errors: list[str]
-) -> tuple[str, ...]:
+def _names(known: Mapping[str, Any], what: str) -> BeforeValidator:
     """A list of names from ``known`` (Go's cipher suite or curve names), as the toolkit checks it."""
-    value = section.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        errors.append(f"{where}{key}: expected a list of strings")
-        return ()
-    unknown = [v for v in value if v not in known]
-    for name in unknown:
-        errors.append(f"{where}{key}: unknown {what} {name!r} (known: {', '.join(known)})")
-    return () if unknown else tuple(dict.fromkeys(value))
+
+    def read(value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        unknown = [f"unknown {what} {v!r} (known: {', '.join(known)})" for v in value if v not in known]
+        if unknown:
+            raise Problem(*unknown)
+        return tuple(dict.fromkeys(value))
+
+    return BeforeValidator(read)
 
 
-def _parse_tls(section: Mapping[Any, Any], base: Path, errors: list[str]) -> dict[str, Any]:
-    where = "tls_server_config."
-    # An empty inline certificate or key is no certificate or key, as in the toolkit.
-    set_keys = {k: v for k, v in section.items() if not (k in ("cert", "key", "client_ca") and v in (None, ""))}
-    _check_keys(set_keys, where, _TLS_KEYS, _TLS_REFUSED, errors)
-    out: dict[str, Any] = {
-        "cert_file": _existing_file(section, "cert_file", where, base, errors),
-        "key_file": _existing_file(section, "key_file", where, base, errors),
-        "client_ca_file": _existing_file(section, "client_ca_file", where, base, errors),
-    }
-    if section.get("cert_file") and not section.get("key_file"):
-        errors.append(f"{where}key_file: required when cert_file is set")
-    if section.get("key_file") and not section.get("cert_file"):
-        errors.append(f"{where}cert_file: required when key_file is set")
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
 
-    auth = _string(section, "client_auth_type", where, errors) or "NoClientCert"
-    if auth in _UNSUPPORTED_CLIENT_AUTH:
-        errors.append(
-            f"{where}client_auth_type: {auth!r} (client certificate without verification) is not "
-            f"supported; use one of {', '.join(CLIENT_AUTH_TYPES)}"
-        )
-    elif auth not in CLIENT_AUTH_TYPES:
-        errors.append(f"{where}client_auth_type: {auth!r} is not one of {', '.join(CLIENT_AUTH_TYPES)}")
-    out["client_auth_type"] = auth
-    # Without client_ca_file, client certificates are verified against the system's CAs, as in Go.
-    if section.get("client_ca_file") and auth == "NoClientCert":
-        errors.append(f"{where}client_ca_file: set without a client_auth_type that verifies certificates")
-    if section and not section.get("cert_file") and (auth != "NoClientCert" or section.get("client_ca_file")):
-        errors.append(f"{where}cert_file: required for TLS")
 
-    for key in ("min_version", "max_version"):
-        version = _string(section, key, where, errors)
-        if version is not None and version not in TLS_VERSIONS:
-            errors.append(f"{where}{key}: {version!r} is not one of {', '.join(TLS_VERSIONS)}")
-            version = None
-        out[key] = version
-    if (
-        out["min_version"]
-        and out["max_version"]
-        and TLS_VERSIONS[out["min_version"]] > TLS_VERSIONS[out["max_version"]]
-    ):
-        errors.append(f"{where}min_version: {out['min_version']} is above max_version {out['max_version']}")
+File = Annotated[str | None, _string(), AfterValidator(_existing_file)]
+Version = Annotated[str | None, _string(), AfterValidator(_version)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+_A_MAPPING = BeforeValidator(_mapping)  # a section that is not one is named as before
 
-    out["cipher_suites"] = _names(section, "cipher_suites", where, CIPHER_SUITES, "cipher", errors)
-    out["curve_preferences"] = _names(section, "curve_preferences", where, CURVES, "curve", errors)
-    prefer = section.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        errors.append(f"{where}prefer_server_cipher_suites: expected true or false")
-        prefer = True
-    out["prefer_server_cipher_suites"] = prefer
-    return out
+
+@dataclass(frozen=True, config=SECTION)
+class _WebSection(Section):
+    NULL_IS_UNSET = False  # as in the toolkit, null is the default for most keys, not all (see each type)
+
+    @classmethod
+    def unknown(cls, key: Any, keys: frozenset[str]) -> str:
+        return "unknown key"
+
+
+def _client_auth(value: str) -> str:
+    if value in _UNSUPPORTED_CLIENT_AUTH:
+        raise ValueError(f"{value!r} (client certificate without verification) is not supported; use one of "
+                         f"{', '.join(CLIENT_AUTH_TYPES)}")
+    if value not in CLIENT_AUTH_TYPES:
+        raise ValueError(f"{value!r} is not one of {', '.join(CLIENT_AUTH_TYPES)}")
+    return value
+
+
+@dataclass(frozen=True, config=SECTION)
+class TLSServerConfig(_WebSection):
+    cert_file: File = None
+    key_file: File = None
+    client_auth_type: Annotated[str, _string("NoClientCert"), AfterValidator(_client_auth)] = "NoClientCert"
+    client_ca_file: File = None  # without it, client certificates are verified against the system's CAs, as in Go
+    min_version: Version = None  # None = the toolkit's default, TLS12
+    max_version: Version = None  # None = the newest the ssl module offers
+    cipher_suites: Annotated[tuple[str, ...], _names(CIPHER_SUITES, "cipher")] = ()  # Go's names, in the file's order
+    curve_preferences: Annotated[tuple[str, ...], _names(CURVES, "curve")] = ()  # the toolkit's names, in its order
+    prefer_server_cipher_suites: Flag = True
+
+    @classmethod
+    def unknown(cls, key: Any, keys: frozenset[str]) -> str:
+        return _TLS_REFUSED.get(key, "unknown key")
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        for inline in ("cert", "key", "client_ca"):  # an empty inline certificate or key is none, as in the toolkit
+            if data.get(inline, 0) in (None, ""):
+                del data[inline]
+        cert, key, ca, auth = (data.get(k) for k in ("cert_file", "key_file", "client_ca_file", "client_auth_type"))
+        auth = auth if isinstance(auth, str) and auth else "NoClientCert"
+        # A rule puts its problem where a key is missing or empty; a key of the wrong type gets its own.
+        if cert and key in (None, ""):
+            data["key_file"] = Problem("required when cert_file is set")
+        if cert in (None, ""):
+            needed = (["required when key_file is set"] if key else []) + (
+                ["required for TLS"] if data and (auth != "NoClientCert" or ca) else [])
+            data.update({"cert_file": Problem(*needed)} if needed else {})
+        return data
+
+    @field_validator("client_ca_file", mode="wrap")
+    @classmethod
+    def _verified(cls, value: Any, check: ValidatorFunctionWrapHandler, info: ValidationInfo) -> str | None:
+        if not value or info.data.get("client_auth_type") != "NoClientCert":
+            return cast(str | None, check(value))
+        try:
+            check(value)
+            own = []
+        except ValidationError as exc:  # reported as well
+            own = [str(e.get("ctx", {}).get("error", e["msg"])) for e in exc.errors()]
+        raise Problem(*own, "set without a client_auth_type that verifies certificates")
+
+    @field_validator("max_version")
+    @classmethod
+    def _not_below_min_version(cls, value: str | None, info: ValidationInfo) -> str | None:
+        low = info.data.get("min_version")
+        if value and low and TLS_VERSIONS[low] > TLS_VERSIONS[value]:
+            raise Problem(f"{low} is above max_version {value}", at=(1, "min_version"))
+        return value
 
 
 def _header_value(value: Any, text: str | None) -> Any:
@@ -276,38 +269,36 @@ def _header_value(value: Any, text: str | None) -> Any:
     return value
 
 
-def _parse_http(
-    section: Mapping[Any, Any], texts: Mapping[str, str], errors: list[str]
-) -> tuple[dict[str, str], bool]:
-    where = "http_server_config."
-    _check_keys(section, where, _HTTP_KEYS, {}, errors)
-    # HTTP/2 is not spoken by this server; the key is accepted so toolkit files load unchanged (and its
-    # default, true, makes the same cipher lists refused as in the toolkit).
-    http2 = section.get("http2", True)
-    if not isinstance(http2, bool):
-        errors.append(f"{where}http2: expected true or false")
-        http2 = False
-    headers: dict[str, str] = {}
-    for name, value in _mapping(section.get("headers"), f"{where}headers", errors).items():
-        path = f"{where}headers.{name}"
+def _headers(value: Any, info: ValidationInfo) -> dict[str, Any]:
+    """The configured headers; blank means unset, as in the toolkit. ``header_texts`` (of the validation context)
+    are the values as written in the file (see ``_header_value``)."""
+    texts = info.context.get("header_texts", {}) if info.context else {}
+    headers: dict[str, Any] = {}
+    for name, raw in _mapping(value).items():
         if name not in ALLOWED_HEADERS:
-            errors.append(f"{path}: this header cannot be configured (allowed: {', '.join(ALLOWED_HEADERS)})")
+            headers[str(name)] = Problem(f"this header cannot be configured (allowed: {', '.join(ALLOWED_HEADERS)})")
             continue
-        value = _header_value(value, texts.get(name) if isinstance(name, str) else None)
-        if value is None or value == "":
-            continue  # blank means unset, as in the toolkit
-        if not isinstance(value, str):
-            errors.append(f"{path}: expected a string, got {type(value).__name__}")
-            continue
-        if "\r" in value or "\n" in value:
-            errors.append(f"{path}: must be a single line")
-            continue
+        text = _header_value(raw, texts.get(name))
         allowed = ALLOWED_HEADERS[name]
-        if allowed and value not in allowed:
-            errors.append(f"{path}: {value!r} is not one of {', '.join(allowed)}")
+        if text is None or text == "":
             continue
-        headers[name] = value
-    return headers, http2
+        if not isinstance(text, str):
+            headers[name] = Problem(f"expected a string, got {type(text).__name__}")
+        elif "\r" in text or "\n" in text:
+            headers[name] = Problem("must be a single line")
+        else:
+            headers[name] = text if not allowed or text in allowed else \
+                Problem(f"{text!r} is not one of {', '.join(allowed)}")
+    return headers
+
+
+@dataclass(frozen=True, config=SECTION)
+class HTTPServerConfig(_WebSection):
+    # HTTP/2 is not spoken by this server; the key is accepted so toolkit files load unchanged (and its default,
+    # true, makes the same cipher lists refused as in the toolkit).
+    http2: Flag = True
+    headers: Annotated[Mapping[str, str], BeforeValidator(_headers), AfterValidator(MappingProxyType)] = field(
+        default_factory=dict)
 
 
 def _zero_duration(value: Any) -> bool:
@@ -320,41 +311,84 @@ def _zero_duration(value: Any) -> bool:
     return isinstance(value, str) and bool(_GO_DURATION.fullmatch(value)) and not re.search(r"[1-9]", value)
 
 
-def _parse_rate_limit(section: Mapping[Any, Any], errors: list[str]) -> None:
+def _integer(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+@dataclass(frozen=True, config=SECTION)
+class RateLimitConfig(_WebSection):
     """The toolkit rate-limits only when ``interval`` is not zero; a zero interval (or none) is accepted."""
-    where = "rate_limit."
-    _check_keys(section, where, _RATE_LIMIT_KEYS, {}, errors)
-    burst = section.get("burst", 0)
-    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)):
-        errors.append(f"{where}burst: expected an integer")
-    if not _zero_duration(section.get("interval")):
-        errors.append("rate_limit: rate limiting is not supported by this exporter (only interval: 0, which "
-                      "turns it off, is accepted)")
+
+    burst: Annotated[int, BeforeValidator(_integer)] = 0
+    interval: Any = 0  # off; anything else is refused
+
+    @field_validator("interval")
+    @classmethod
+    def _off(cls, value: Any) -> int:
+        if not _zero_duration(value):
+            raise Problem("rate limiting is not supported by this exporter (only interval: 0, which turns it off, "
+                          "is accepted)", at=(1,))
+        return 0
 
 
-def _http2_problem(tls: Mapping[str, Any]) -> str | None:
-    suites = tls["cipher_suites"]
-    min_version = TLS_VERSIONS[tls["min_version"] or "TLS12"]
-    if not suites or min_version >= ssl.TLSVersion.TLSv1_3 or set(suites) & set(_HTTP2_REQUIRED_SUITES):
-        return None
-    return (f"tls_server_config.cipher_suites: no HTTP/2-required suite ({' or '.join(_HTTP2_REQUIRED_SUITES)}) "
-            "while http_server_config.http2 is true, which exporter-toolkit refuses to serve; add one, or set "
-            "http2: false (this server does not speak HTTP/2)")
-
-
-def _parse_users(section: Mapping[Any, Any], errors: list[str]) -> dict[str, str]:
-    users: dict[str, str] = {}
-    for user, hashed in section.items():
-        path = f"basic_auth_users.{user}"
+def _users(value: Any) -> dict[str, Any]:
+    users: dict[str, Any] = {}
+    for user, hashed in _mapping(value).items():
         if not isinstance(user, str) or not user or ":" in user:
-            errors.append(f"{path}: user names must be non-empty strings without ':'")
-            continue
-        # Never print the hash itself: it is a password verifier.
-        if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
-            errors.append(f"{path}: not a bcrypt hash (expected $2a$, $2b$ or $2y$, cost 04-31, 60 characters)")
-            continue
-        users[user] = hashed
+            users[str(user)] = Problem("user names must be non-empty strings without ':'")
+        elif not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):  # never shown: a password verifier
+            users[user] = Problem("not a bcrypt hash (expected $2a$, $2b$ or $2y$, cost 04-31, 60 characters)")
+        else:
+            users[user] = hashed
     return users
+
+
+@dataclass(frozen=True, config=SECTION)
+class WebConfig(_WebSection):
+    """The web config file; its TLS settings also read as settings of the whole (``cfg.cert_file``)."""
+
+    tls_server_config: Annotated[TLSServerConfig, _A_MAPPING] = TLSServerConfig()
+    http_server_config: Annotated[HTTPServerConfig, _A_MAPPING] = HTTPServerConfig()
+    rate_limit: Annotated[RateLimitConfig, _A_MAPPING] = RateLimitConfig()
+    basic_auth_users: Annotated[Mapping[str, str], BeforeValidator(_users), AfterValidator(MappingProxyType)] = (
+        field(default_factory=dict, repr=False))
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_server_config.cert_file is not None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.http_server_config.headers
+
+    def __getattr__(self, name: str) -> Any:
+        if name in TLSServerConfig.__dataclass_fields__:
+            return getattr(self.tls_server_config, name)
+        raise AttributeError(name)
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        tls, http = data.get("tls_server_config"), data.get("http_server_config")
+        if isinstance(tls, dict) and _http2_refused(tls, http.get("http2", True) if isinstance(http, dict) else True):
+            data["tls_server_config"] = {**tls, "cipher_suites": Problem(
+                f"no HTTP/2-required suite ({' or '.join(_HTTP2_REQUIRED_SUITES)}) while http_server_config.http2 is "
+                "true, which exporter-toolkit refuses to serve; add one, or set http2: false (this server does not "
+                "speak HTTP/2)")}
+        return data
+
+
+def _http2_refused(tls: dict[str, Any], http2: Any) -> bool:
+    """Whether Go's HTTP server would refuse to serve (see _HTTP2_REQUIRED_SUITES): HTTP/2 on, and a cipher list
+    without a required suite that allows TLS 1.2."""
+    suites, low = tls.get("cipher_suites"), tls.get("min_version")
+    return (http2 is True and isinstance(suites, list) and bool(suites)
+            and all(isinstance(s, str) and s in CIPHER_SUITES for s in suites)
+            and not set(suites) & set(_HTTP2_REQUIRED_SUITES)
+            and TLS_VERSIONS.get(low if isinstance(low, str) else "", ssl.TLSVersion.TLSv1_2) < ssl.TLSVersion.TLSv1_3)
 
 
 def parse_web_config(
@@ -366,24 +400,9 @@ def parse_web_config(
     to a context, so that a file that cannot be served is refused here. ``header_texts`` are the header values
     as written in the file (see ``_header_value``).
     """
-    errors: list[str] = []
-    top = _mapping(data, "(top level)", errors)
-    _check_keys(top, "", _TOP_KEYS, {}, errors)
-    tls = _parse_tls(_mapping(top.get("tls_server_config"), "tls_server_config", errors), Path(base_dir), errors)
-    headers, http2 = _parse_http(
-        _mapping(top.get("http_server_config"), "http_server_config", errors), header_texts or {}, errors
-    )
-    _parse_rate_limit(_mapping(top.get("rate_limit"), "rate_limit", errors), errors)
-    users = _parse_users(_mapping(top.get("basic_auth_users"), "basic_auth_users", errors), errors)
-    if http2 and (problem := _http2_problem(tls)):
-        errors.append(problem)
-    if errors:
-        raise ConfigError(errors)
-    cfg = WebConfig(
-        **tls,
-        basic_auth_users=MappingProxyType(users),
-        headers=MappingProxyType(headers),
-    )
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"])
+    cfg = validate(WebConfig, data or {}, base_dir=Path(base_dir), header_texts=header_texts or {})
     build_ssl_context(cfg)  # raises ConfigError when it cannot be served
     return cfg
 
@@ -437,49 +456,50 @@ def build_ssl_context(cfg: WebConfig) -> ssl.SSLContext | None:
     """
     if not cfg.tls_enabled:
         return None
+    tls = cfg.tls_server_config
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = TLS_VERSIONS[cfg.min_version or "TLS12"]
-    if cfg.max_version:
-        ctx.maximum_version = TLS_VERSIONS[cfg.max_version]
+    ctx.minimum_version = TLS_VERSIONS[tls.min_version or "TLS12"]
+    if tls.max_version:
+        ctx.maximum_version = TLS_VERSIONS[tls.max_version]
     # Python turns server preference on for every context; the file decides (true unless it says false).
-    if cfg.prefer_server_cipher_suites:
+    if tls.prefer_server_cipher_suites:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     errors: list[str] = []
-    _apply_cipher_suites(ctx, cfg, errors)
-    _apply_curves(ctx, cfg.curve_preferences, errors)
+    _apply_cipher_suites(ctx, tls, errors)
+    _apply_curves(ctx, tls.curve_preferences, errors)
     try:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)  # type: ignore[arg-type]
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)  # type: ignore[arg-type]
     except (ssl.SSLError, OSError) as exc:
         errors.append(f"tls_server_config.cert_file: cannot load certificate and key: {exc}")
-    if cfg.client_auth_type != "NoClientCert":
+    if tls.client_auth_type != "NoClientCert":
         try:
-            if cfg.client_ca_file:
-                ctx.load_verify_locations(cafile=cfg.client_ca_file)
+            if tls.client_ca_file:
+                ctx.load_verify_locations(cafile=tls.client_ca_file)
             else:  # as Go does without ClientCAs: the system's CAs
                 ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         except (ssl.SSLError, OSError) as exc:
             errors.append(f"tls_server_config.client_ca_file: cannot load CA certificates: {exc}")
         ctx.verify_mode = (
-            ssl.CERT_REQUIRED if cfg.client_auth_type == "RequireAndVerifyClientCert" else ssl.CERT_OPTIONAL
+            ssl.CERT_REQUIRED if tls.client_auth_type == "RequireAndVerifyClientCert" else ssl.CERT_OPTIONAL
         )
     if errors:
         raise ConfigError(errors)
     return ctx
 
 
-def _apply_cipher_suites(ctx: ssl.SSLContext, cfg: WebConfig, errors: list[str]) -> None:
+def _apply_cipher_suites(ctx: ssl.SSLContext, tls: TLSServerConfig, errors: list[str]) -> None:
     """Only the listed TLS 1.0-1.2 suites, in the file's order (which decides with server preference on);
     TLS 1.3 suites are left to OpenSSL, as Go leaves them to itself."""
-    if not cfg.cipher_suites:
+    if not tls.cipher_suites:
         return
     where = "tls_server_config.cipher_suites"
-    wanted = [name for name in (CIPHER_SUITES[s] for s in cfg.cipher_suites) if name is not None]
+    wanted = [name for name in (CIPHER_SUITES[s] for s in tls.cipher_suites) if name is not None]
     if not wanted:
         # Only TLS 1.3 suites listed: Go has no TLS 1.2 suite left, so only TLS 1.3 can be negotiated.
-        if cfg.max_version and TLS_VERSIONS[cfg.max_version] < ssl.TLSVersion.TLSv1_3:
-            errors.append(f"{where}: lists only TLS 1.3 suites, but max_version is {cfg.max_version}")
+        if tls.max_version and TLS_VERSIONS[tls.max_version] < ssl.TLSVersion.TLSv1_3:
+            errors.append(f"{where}: lists only TLS 1.3 suites, but max_version is {tls.max_version}")
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         return
     try:
@@ -489,7 +509,7 @@ def _apply_cipher_suites(ctx: ssl.SSLContext, cfg: WebConfig, errors: list[str])
         errors.append(f"{where}: cannot be applied: {exc}")
         return
     have = {c["name"] for c in ctx.get_ciphers()}
-    missing = [go for go in cfg.cipher_suites if CIPHER_SUITES[go] not in have | {None}]
+    missing = [go for go in tls.cipher_suites if CIPHER_SUITES[go] not in have | {None}]
     if missing:
         errors.append(f"{where}: {', '.join(missing)} not available in {ssl.OPENSSL_VERSION}")
 
