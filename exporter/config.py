@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -469,45 +469,55 @@ class Config(Section):
             data["accounts"] = Problem(f"at least one account is required while {_one_of(NAMES)} is enabled")
         fmgr = data.get("fmgr", {})
         if isinstance(fmgr, dict) and FmgrConfig.watches(fmgr)[2]:
-            timeouts.append(_seconds(fmgr, "request_timeout", FmgrConfig.request_timeout) or FmgrConfig.request_timeout)
-        lease = cls._lease(data, max(timeouts, default=0.0))
+            timeouts.append(_Timeout(_seconds(fmgr, "request_timeout", FmgrConfig.request_timeout)
+                                     or FmgrConfig.request_timeout, fmgr if fmgr.get("request_timeout") else None))
+        lease = cls._lease(data, max(timeouts, key=lambda t: t.seconds, default=_Timeout(0.0, None)))
         if isinstance(data.get("quota"), dict):
             cls._quota(data, accounts, lease)
         return data
 
     @staticmethod
-    def _kinds(data: dict[str, Any]) -> list[float]:
+    def _kinds(data: dict[str, Any]) -> list[_Timeout]:
         """Each task kind's section with the kind's own defaults, in ``kinds``; the request timeouts of the enabled
         ones (of an invalid one, its default, as it would run)."""
         kinds, timeouts = {}, []
         for kind in KINDS:
             raw = data.pop(kind.name, {})
             if not isinstance(raw, dict):
-                timeouts += [TaskKindConfig.request_timeout] if kind.enabled else []
+                timeouts += [_Timeout(TaskKindConfig.request_timeout, None)] if kind.enabled else []
             else:
                 budget = RateLimit(requests=kind.budget_requests, per=kind.budget_seconds)
                 given = {k: v for k, v in raw.items() if v is not None}
                 raw = {**raw, "enabled": given.get("enabled", kind.enabled),
                        "rate_limit": with_defaults(given.get("rate_limit", budget), budget)}
                 if boolean(raw["enabled"], kind.enabled):
-                    timeouts.append(_seconds(raw, "request_timeout", TaskKindConfig.request_timeout)
-                                    or TaskKindConfig.request_timeout)
+                    timeouts.append(_Timeout(_seconds(raw, "request_timeout", TaskKindConfig.request_timeout)
+                                             or TaskKindConfig.request_timeout,
+                                             raw if given.get("request_timeout") is not None else None))
             kinds[kind.name] = raw
         # `kinds` is a field, not a key of the file
         data["kinds"] = Problem(unknown_key("kinds", section_keys(Config))) if "kinds" in data else kinds
         return timeouts
 
     @staticmethod
-    def _lease(data: dict[str, Any], longest: float) -> float | None:
-        """``storage.lease_ttl`` if it is valid and fits ``longest``: a holder sends only while its lease outlasts the
-        request, and renews every quarter of the lease, so the longest request timeout must fit in three quarters
-        of it (less a second of margin each side)."""
+    def _lease(data: dict[str, Any], timeout: _Timeout) -> float | None:
+        """``storage.lease_ttl`` if it is valid and fits the longest request timeout: a holder sends only while its
+        lease outlasts the request, and renews every quarter of the lease, so the longest request timeout must fit
+        in three quarters of it (less a second of margin each side). When the lease is the default and that
+        timeout was set, the timeout is the key to blame."""
         storage = data.get("storage", {})
         lease = _seconds(storage, "lease_ttl", StorageConfig.lease_ttl) if isinstance(storage, dict) else None
+        longest = timeout.seconds
         if lease is None or lease < MIN_LEASE:
             return None
         if 0.75 * lease - 1.0 > longest + 1.0:
             return lease
+        if timeout.section is not None and not (isinstance(storage, dict) and storage.get("lease_ttl") is not None):
+            timeout.section["request_timeout"] = Problem(
+                f"{format_duration(longest)} does not fit storage.lease_ttl ({format_duration(lease)}, the default); "
+                f"use at most {format_duration(max(0.0, math.floor(0.75 * lease - 2.0) - 1.0))}, or set "
+                f"storage.lease_ttl to at least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")
+            return None
         data["storage"] = {**storage, "lease_ttl": Problem(
             f"{format_duration(lease)} is too short for a request_timeout of {format_duration(longest)}; use at "
             f"least {format_duration(math.floor((longest + 2.0) / 0.75) + 1)}")}
@@ -529,6 +539,14 @@ class Config(Section):
             quota["request_timeout"] = Problem(
                 f"{format_duration(timeout)} does not fit storage.lease_ttl ({format_duration(lease)}); use at most "
                 f"{format_duration(max(0.0, math.floor(0.75 * lease - 2.0) - 1.0))}")
+
+
+class _Timeout(NamedTuple):
+    """A request timeout as the lease rule compares it: its seconds, and the raw section that set it (None when it
+    is the default), where a problem with it is reported."""
+
+    seconds: float
+    section: dict[str, Any] | None
 
 
 def _seconds(data: dict[str, Any], key: str, default: float) -> float | None:

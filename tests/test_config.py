@@ -1032,10 +1032,16 @@ def test_a_lease_must_outlast_the_longest_request():
     assert cfg.storage.lease_ttl == 44.0
     cfg = parse_config(minimal(prefetch={"request_timeout": "2s"}, storage={"lease_ttl": "6s"}))
     assert cfg.storage.lease_ttl == 6.0
-    # The default lease too, and next to the other problems of the sections involved.
-    assert errors_of(minimal(prefetch={"request_timeout": "50s"})) == [
-        "storage.lease_ttl: 1m is too short for a request_timeout of 50s; use at least 1m10s"]
+    # The default lease too, next to the other problems of the sections involved; the key named is the one the
+    # file set: the timeout when the lease is the default, the lease when both were set.
+    default_lease = ("prefetch.request_timeout: 50s does not fit storage.lease_ttl (1m, the default); use at most 42s, "
+                     "or set storage.lease_ttl to at least 1m10s")
+    assert errors_of(minimal(prefetch={"request_timeout": "50s"})) == [default_lease]
+    assert errors_of(minimal(prefetch={"request_timeout": "43s"})) == [default_lease.replace("50s", "43s").replace(
+        "1m10s", "1m1s")]
     assert errors_of(minimal(prefetch={"request_timeout": "50s", "page_size": 0}, storage={"path": ""})) == [
         "prefetch.page_size: must be from 1 to 10000, got 0",
-        "storage.lease_ttl: 1m is too short for a request_timeout of 50s; use at least 1m10s",
+        default_lease,
         "storage.path: must not be empty"]
+    assert errors_of(minimal(prefetch={"request_timeout": "50s"}, storage={"lease_ttl": "1m"})) == [
+        "storage.lease_ttl: 1m is too short for a request_timeout of 50s; use at least 1m10s"]
