@@ -8,6 +8,7 @@ history the pollers persist, so neither a restart nor a reload can burst past th
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import deque
@@ -88,3 +89,19 @@ def backoff_delay(failures: int, rng: random.Random, base: float = BASE_BACKOFF,
     """Exponential backoff with full jitter in its upper half: never a hot loop, no thundering herd."""
     ceiling = min(cap, math.ldexp(base, min(max(0, failures - 1), 64)))  # base * 2**(failures-1), capped
     return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def after_failure(name: str, kind: str, message: str, retry_after: float | None, *, budget: RateBudget, per: float,
+                  failures: int, rng: random.Random, now: float, log: logging.Logger) -> float | None:
+    """What a poller does after a failed vendor request it has no rule of its own for, logged as one line on the
+    poller's logger: a rate limit blocks the budget until the vendor's Retry-After (a whole period without one)
+    and gives None, since the budget holds the next request back; anything else backs off (at least
+    Retry-After) and gives the time to try again."""
+    if kind == "rate_limited":
+        wait = retry_after if retry_after is not None else per
+        budget.block_until(now + wait)
+        log.warning("%s: rate limited by the vendor; next request in %.0fs", name, wait)
+        return None
+    delay = max(backoff_delay(failures, rng), retry_after or 0.0)
+    log.warning("%s: %s (%s); retrying in %.1fs", name, kind, message, delay)
+    return now + delay

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from exporter.config import Account, TaskKindConfig
 from exporter.metrics.health import ApiHealth
-from exporter.polling.budget import RateBudget, backoff_delay
+from exporter.polling.budget import RateBudget, after_failure, backoff_delay
 from exporter.polling.leases import MARGIN, LeaseView, cdn_lease
 from exporter.polling.pagesize import PageSize
 from exporter.polling.planner import Planner
@@ -242,11 +242,6 @@ class CdnPoller(Worker):
             self.planner.abandon()
             self.not_before = now + backoff_delay(self.failures, self.rng)
             return
-        if exc.kind == "rate_limited":
-            wait = exc.retry_after if exc.retry_after is not None else self.cfg.rate_limit.per
-            self.budget.block_until(now + wait)
-            log.warning("%s: rate limited by the vendor; next request in %.0fs", self.name, wait)
-            return
         if exc.kind == "auth":
             self.not_before = now + AUTH_BACKOFF
             log.error("%s: authentication failed (%s): check username/api key or AK/SK of account %r; "
@@ -259,6 +254,7 @@ class CdnPoller(Worker):
             self.planner.abandon()
             self.not_before = now + backoff_delay(self.failures, self.rng)
             return
-        delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
-        self.not_before = now + delay
-        log.warning("%s: %s (%s); retrying in %.1fs", self.name, exc.kind, exc.message, delay)
+        retry = after_failure(self.name, exc.kind, exc.message, exc.retry_after, budget=self.budget,
+                              per=self.cfg.rate_limit.per, failures=self.failures, rng=self.rng, now=now, log=log)
+        if retry is not None:
+            self.not_before = retry

@@ -24,7 +24,7 @@ import requests
 
 from exporter.config import Account, Config, QuotaConfig
 from exporter.metrics.health import ApiHealth
-from exporter.polling.budget import RateBudget, backoff_delay
+from exporter.polling.budget import RateBudget, after_failure, backoff_delay
 from exporter.polling.leases import MARGIN, Leases, LeaseView, cdn_lease
 from exporter.polling.worker import Worker
 from exporter.quotas import BY_NAME, VOLUME_UNITS, QuotaKind, vendor_day_start
@@ -155,20 +155,16 @@ class QuotaPoller(Worker):
         now = self.clock()
         self.health.poll_result(self.account.name, self.kind.api, False, now)
         self.failures += 1
-        if exc.kind == "rate_limited":
-            wait = exc.retry_after if exc.retry_after is not None else self.cfg.rate_limit.per
-            self.budget.block_until(now + wait)
-            log.warning("%s: rate limited by the vendor; next request in %.0fs", self.name, wait)
-            return
         if exc.kind == "auth":
             self.not_before = now + AUTH_BACKOFF
             log.error("%s: the vendor refused the quota query (%s): check the keys of account %r, and that it may "
                       "query its quotas (quota.accounts); retrying in %.0fs", self.name, exc.message,
                       self.account.name, AUTH_BACKOFF)
             return
-        delay = max(backoff_delay(self.failures, self.rng), exc.retry_after or 0.0)
-        self.not_before = now + delay
-        log.warning("%s: %s (%s); retrying in %.1fs", self.name, exc.kind, exc.message, delay)
+        retry = after_failure(self.name, exc.kind, exc.message, exc.retry_after, budget=self.budget,
+                              per=self.cfg.rate_limit.per, failures=self.failures, rng=self.rng, now=now, log=log)
+        if retry is not None:
+            self.not_before = retry
 
 
 def quota_leases(config: Config) -> list[str]:
