@@ -254,8 +254,11 @@ def type_name(value: Any) -> str:
 # Field types and bounds
 
 
-def _text(value: str) -> str:
-    if not value.strip():
+def _text(value: str, info: ValidationInfo) -> str:
+    # A file's value must not be blank. Outside the loader (no validation context: a section built or
+    # ``dataclasses.replace``d in code, which passes every field again) an empty string is the default of an
+    # optional key, e.g. ``access_key`` with auth: basic, and stays valid.
+    if not value.strip() and (value or info.context is not None):
         raise ValueError("must not be empty")
     return value
 

@@ -1045,3 +1045,14 @@ def test_a_lease_must_outlast_the_longest_request():
         "storage.path: must not be empty"]
     assert errors_of(minimal(prefetch={"request_timeout": "50s"}, storage={"lease_ttl": "1m"})) == [
         "storage.lease_ttl: 1m is too short for a request_timeout of 50s; use at least 1m10s"]
+
+
+def test_sections_built_or_replaced_in_code_keep_their_empty_defaults() -> None:
+    # dataclasses.replace passes every field again, the empty defaults of the keys an auth does not use too;
+    # only a file's value must not be blank.
+    account = parse_config(minimal()).accounts[0]
+    assert account.auth == "basic" and account.access_key == ""
+    wrong = dataclasses.replace(account, api_key="wrong")
+    assert wrong.api_key == "wrong" and wrong.access_key == "" and wrong.tz == account.tz
+    with pytest.raises(ValueError, match="must not be empty"):
+        dataclasses.replace(account, api_key="   ")
