@@ -543,6 +543,8 @@ class Sli:
     by: tuple[str, ...]  # the labels an SLO series keeps besides job: one SLO per account for CDN task kinds
     noun: str  # what the events are, in prose
     title: str  # the alert name's part
+    tasks: str  # the exporter's page of the failed events (path and query), as tasks_url links it
+
 
     @property
     def slo_id(self) -> str:
@@ -566,11 +568,15 @@ def slis(config: slo_model.SloConfig) -> list[Sli]:
     out = []
     for objective in config.enabled():
         if objective.name == "fmgr":
-            out.append(Sli(objective, M.FMGR_ITEMS_FINISHED, 'outcome="failed"', (), "final Fmgr items", "Fmgr"))
+            out.append(Sli(objective, M.FMGR_ITEMS_FINISHED, 'outcome="failed"', (), "final Fmgr items", "Fmgr",
+                           "/fmgr"))
         else:
             kind = next(k for k in KINDS if k.name == objective.name)
+            # No window in the link: the burn windows are not the gauges' windows, and the page's default (the
+            # widest configured window, newest first) holds the failures the alert is about.
             out.append(Sli(objective, M.CDN[kind.name].tasks_finished, 'status="failure"', ("account",),
-                           f"finished {kind.noun} tasks", kind.name.capitalize()))
+                           f"finished {kind.noun} tasks", kind.name.capitalize(),
+                           f"/tasks?account={{{{ $labels.account | urlquery }}}}&kind={kind.name}&status=failure"))
     return out
 
 
@@ -654,6 +660,7 @@ def slo_alerts(s: Settings, sli: Sli) -> list[dict[str, Any]]:
             f"and they still fail (objective: {objective.objective:g}% succeed over {period}, an error budget of "
             f"{percent(budget)}, at least {objective.min_events} events). At {slowest:g}x the {period} budget lasts "
             f"{duration_days(objective.period / slowest)}.",
+            tasks=sli.tasks,
         )
         rule["labels"]["sloth_severity"] = severity.name
         rules.append(rule)

@@ -414,10 +414,13 @@ def test_bad_parameters_answer_400_with_the_valid_values(rig: Rig, query: str, m
 def test_every_alert_link_opens_its_filtered_page(rig: Rig) -> None:
     rules = load_rules_generator()
     settings = rules.Settings(exporter_url=rig.url)
-    alerts = [r for group in yaml.safe_load(rules.render_alerts(settings))["groups"] for r in group["rules"]]
+    files = (rules.render_alerts(settings), rules.render_slo(settings, rules.slo_model.defaults()))
+    alerts = [r for text in files for group in yaml.safe_load(text)["groups"] for r in group["rules"]
+              if "alert" in r]
     linked = [r for r in alerts if "tasks_url" in r["annotations"]]
     assert {r["alert"] for r in linked} >= {"CDNetworksPrefetchSuccessRatioLow", "CDNetworksPurgeTasksStuck",
-                                            "CDNetworksFmgrSuccessRatioLow"}
+                                            "CDNetworksFmgrSuccessRatioLow", "CDNetworksPrefetchErrorBudgetFastBurn",
+                                            "CDNetworksPurgeErrorBudgetSlowBurn", "CDNetworksFmgrErrorBudgetFastBurn"}
     for rule in linked:
         # As Prometheus renders it for the alert of account acme (the Go template's urlquery on a plain name).
         url = rule["annotations"]["tasks_url"].replace("{{ $labels.account | urlquery }}", "acme")

@@ -149,7 +149,7 @@ def test_alerts_follow_conventions() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         notes = rule["annotations"]
         # Every alert about tasks links to the exporter's page of those tasks (tests/test_browser.py opens each).
-        about_tasks = re.search(r"SuccessRatioLow|TasksStuck|NotificationsFailing", name) is not None
+        about_tasks = re.search(r"SuccessRatioLow|TasksStuck|NotificationsFailing|ErrorBudget", name) is not None
         assert set(notes) == {"summary", "description", "runbook_url", *(["tasks_url"] if about_tasks else [])}, name
         assert "{{" not in notes["summary"], f"{name}: the summary must be static (it groups notifications)"
         assert "{{" in notes["description"], f"{name}: the description must say which series and value"
