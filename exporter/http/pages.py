@@ -120,8 +120,7 @@ class TaskBrowser:
         try:
             f = browse.parse_cdn(_params(environ, form=True), self.config, now)
         except browse.BadRequest as exc:
-            return self._page("400 Bad Request", "Bad request", f"<p class=\"note\">{esc(exc)}</p>"
-                              f"<p><a href=\"{esc(self.link(TASKS_PAGE))}\">All tasks</a></p>")
+            return self._bad_request(exc, TASKS_PAGE, "All tasks")
         page = browse.query_cdn(self.store, f)
         sums = browse.summaries(self.store, self.config, f, now)
         title = "Stuck CDN tasks" if f.stuck else "CDN tasks"
@@ -139,13 +138,17 @@ class TaskBrowser:
         try:
             f = browse.parse_fmgr(_params(environ, form=True), self.config, now)
         except browse.BadRequest as exc:
-            return self._page("400 Bad Request", "Bad request", f"<p class=\"note\">{esc(exc)}</p>"
-                              f"<p><a href=\"{esc(self.link(FMGR_PAGE))}\">All Fmgr tasks</a></p>")
+            return self._bad_request(exc, FMGR_PAGE, "All Fmgr tasks")
         page = browse.query_fmgr(self.store, f)
         body = [self._fmgr_form(f), self._fmgr_table(page),
                 self._pager(FMGR_PAGE, f.query(), f.query(page.next) if page.next else None, page.scanned_to,
                             TASKS_PATH, f.query(f.cursor), json_note=" (bearer token)")]
         return self._page("200 OK", "Fmgr tasks", "".join(body))
+
+    def _bad_request(self, exc: browse.BadRequest, page: str, label: str) -> Response:
+        """A 400 page: what is wrong with the query (the valid values included), and a way back."""
+        return self._page("400 Bad Request", "Bad request", f"<p class=\"note\">{esc(exc)}</p>"
+                          f"<p><a href=\"{esc(self.link(page))}\">{esc(label)}</a></p>")
 
     def _page(self, status: str, title: str, body: str) -> Response:
         nav = " ".join(f'<a href="{esc(self.link(p, q))}">{esc(name)}</a>' for name, p, q in (
