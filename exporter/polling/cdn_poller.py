@@ -144,12 +144,8 @@ class CdnPoller(Worker):
 
     # -------------------------------------------------------------- one request
     def step(self) -> None:
-        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
+        if not self.may_send(self.lease, self.cfg.request_timeout, self._restore):
             return
-        if self.lease.newly_taken() is not None:
-            self._restore()  # what the previous holder stored is the truth now
-            if self.next_run() > self.clock():
-                return
         now = self.clock()
         self.page_size = self.planner.sync_page_size()
         read = self.planner.next_read(now, self.view, self.slot)

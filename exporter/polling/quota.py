@@ -127,12 +127,8 @@ class QuotaPoller(Worker):
         }, fence=self.lease.fence())
 
     def step(self) -> None:
-        if not self.lease.usable_for(self.cfg.request_timeout + MARGIN):
+        if not self.may_send(self.lease, self.cfg.request_timeout, self._restore):
             return
-        if self.lease.newly_taken() is not None:
-            self._restore()  # what the previous holder stored is the truth now
-            if self.next_run() > self.clock():
-                return
         self._save_budget(in_flight=self.clock())
         try:
             try:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from exporter.polling.leases import LeaseLost
+from exporter.polling.leases import MARGIN, LeaseLost, LeaseView
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,17 @@ class Worker:
                     time.monotonic() - self._store_failing_since, self._store_failures)
         self._store_failing_since = None
         self._store_failures = 0
+
+    def may_send(self, lease: LeaseView, request_timeout: float, restore: Callable[[], None]) -> bool:
+        """Whether a step of a poller on ``lease`` may send a request now: the lease outlasts one, and, when this
+        replica has just taken it (again), what the previous holder stored is reloaded first (``restore``) and
+        must still say the next request is due."""
+        if not lease.usable_for(request_timeout + MARGIN):
+            return False
+        if lease.newly_taken() is not None:
+            restore()  # what the previous holder stored is the truth now
+            return self.next_run() <= self.clock()
+        return True
 
     def next_run(self) -> float:
         raise NotImplementedError
